@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# setup.sh prepares a Debian machine to build and test m3gate. It is
+# idempotent: every step checks first and does nothing when already done.
+#
+#   - installs Debian's libtorch-dev (CPU libtorch 1.13) when missing, plus the
+#     python3 torch/numpy/scipy used only by reference tests and protoc for
+#     regenerating the gRPC code;
+#   - writes the empty CUDA link stubs gotch's cgo directives ask for into
+#     build/cuda-stubs (inside the repository, ignored by git).
+#
+# With LIBTORCH=/path/to/libtorch-2.1 (an official CUDA build) set, nothing is
+# installed and no stubs are written: the Makefile links that libtorch as is.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ -n "${LIBTORCH:-}" ]]; then
+  if [[ ! -d "$LIBTORCH/lib" ]]; then
+    echo "setup: LIBTORCH=$LIBTORCH has no lib/ folder" >&2
+    exit 1
+  fi
+  echo "setup: using LIBTORCH=$LIBTORCH (no Debian libtorch, no stubs)"
+  exit 0
+fi
+
+need=()
+dpkg -s libtorch-dev >/dev/null 2>&1 || need+=(libtorch-dev)
+for p in python3-torch python3-numpy python3-scipy protobuf-compiler; do
+  dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+done
+if ((${#need[@]})); then
+  sudo=""
+  if [[ $(id -u) -ne 0 ]]; then
+    command -v sudo >/dev/null || { echo "setup: need root (or sudo) to install ${need[*]}" >&2; exit 1; }
+    sudo=sudo
+  fi
+  echo "setup: installing ${need[*]} (about a minute)"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+stubs=build/cuda-stubs
+mkdir -p "$stubs"
+for lib in cuda cudart cublas cudnn caffe2_nvrtc nvrtc-builtins nvrtc nvToolsExt c10_cuda torch_cuda; do
+  f="$stubs/lib$lib.so"
+  [[ -f "$f" ]] || echo '/* empty stub */' >"$f"
+done
+echo "setup: ok (libtorch $(dpkg-query -W -f='${Version}' libtorch-dev))"
