@@ -1,0 +1,232 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+)
+
+// run executes m3gate with args in a temporary working directory (so a
+// stray ./config.yaml is not read) and returns exit code, stdout, stderr.
+func run(t *testing.T, env []string, stdin string, args ...string) (int, string, string) {
+	t.Helper()
+	t.Chdir(t.TempDir())
+	var out, errb bytes.Buffer
+	code := Execute(context.Background(), args, strings.NewReader(stdin), &out, &errb, env)
+	return code, out.String(), errb.String()
+}
+
+func TestHelpListsSubcommands(t *testing.T) {
+	code, out, _ := run(t, nil, "", "--help")
+	if code != ExitOK {
+		t.Fatalf("code = %d, want 0", code)
+	}
+	for _, sub := range []string{"score", "serve", "run", "distill", "finetune", "train-predictor", "eval", "model", "data", "config"} {
+		if !strings.Contains(out, "\n  "+sub+" ") {
+			t.Errorf("--help does not list %q:\n%s", sub, out)
+		}
+	}
+}
+
+func TestNotImplemented(t *testing.T) {
+	tests := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"score", "a.png", "--aspect", "quality"}, "m3gate score: not implemented yet (issue #4)"},
+		{[]string{"serve"}, "m3gate serve: not implemented yet (issue #6)"},
+		{[]string{"run", "wf.json"}, "m3gate run: not implemented yet (issue #7)"},
+		{[]string{"distill"}, "m3gate distill: not implemented yet (issue #5)"},
+		{[]string{"finetune"}, "m3gate finetune: not implemented yet (issue #5)"},
+		{[]string{"train-predictor"}, "m3gate train-predictor: not implemented yet (issue #5)"},
+		{[]string{"eval"}, "m3gate eval: not implemented yet (issue #5)"},
+		{[]string{"data", "convert", "x"}, "m3gate data convert: not implemented yet (issue #5)"},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			code, out, errOut := run(t, nil, "", tt.args...)
+			if code != ExitNotImplemented {
+				t.Errorf("code = %d, want %d", code, ExitNotImplemented)
+			}
+			if got := strings.TrimSpace(errOut); got != tt.want {
+				t.Errorf("stderr = %q, want %q", got, tt.want)
+			}
+			if out != "" {
+				t.Errorf("stdout = %q, want empty", out)
+			}
+		})
+	}
+}
+
+func TestUnknownCommandIsUsageError(t *testing.T) {
+	code, _, errOut := run(t, nil, "", "frobnicate")
+	if code != ExitUsage {
+		t.Errorf("code = %d, want %d", code, ExitUsage)
+	}
+	if !strings.Contains(errOut, `unknown command "frobnicate"`) {
+		t.Errorf("stderr = %q", errOut)
+	}
+}
+
+// fakeSidecar writes an executable shell script named like the sidecar that
+// records its arguments and stdin, writes to stdout/stderr and exits with
+// the code in $FAKE_EXIT.
+func fakeSidecar(t *testing.T, dir string) string {
+	t.Helper()
+	if runtime.GOOS == "windows" {
+		t.Skip("shell script fake needs a unix shell")
+	}
+	p := filepath.Join(dir, SidecarName())
+	script := `#!/bin/sh
+printf '%s\n' "$@" > "$FAKE_LOG"
+cat >> "$FAKE_LOG"
+echo "sidecar stdout"
+echo "sidecar stderr" >&2
+exit ${FAKE_EXIT:-0}
+`
+	if err := os.WriteFile(p, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestModelTinyForwardsToSidecar(t *testing.T) {
+	dir := t.TempDir()
+	bin := fakeSidecar(t, dir)
+	log := filepath.Join(dir, "log")
+	tests := []struct {
+		name     string
+		exit     string
+		wantCode int
+	}{
+		{"success", "0", 0},
+		{"failure passes exit code", "7", 7},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			env := []string{"M3GATE_SIDECAR=" + bin, "FAKE_LOG=" + log, "FAKE_EXIT=" + tt.exit, "PATH=/usr/bin:/bin"}
+			code, out, errOut := run(t, env, "from stdin\n", "model", "tiny", "--out", "/tmp/x", "--size", "256m")
+			if code != tt.wantCode {
+				t.Errorf("code = %d, want %d (stderr %q)", code, tt.wantCode, errOut)
+			}
+			if out != "sidecar stdout\n" {
+				t.Errorf("stdout = %q", out)
+			}
+			if errOut != "sidecar stderr\n" {
+				t.Errorf("stderr = %q, want only the sidecar's", errOut)
+			}
+			b, err := os.ReadFile(log)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := "model\ntiny\n--family\nidefics3\n--out\n/tmp/x\n--size\n256m\nfrom stdin\n"
+			if string(b) != want {
+				t.Errorf("sidecar saw %q, want %q", b, want)
+			}
+		})
+	}
+}
+
+func TestModelTinyRejectsBadFlags(t *testing.T) {
+	tests := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"model", "tiny", "--out", "d", "--size", "huge"}, `unknown --size "huge"`},
+		{[]string{"model", "tiny", "--out", "d", "--family", "llava"}, `unknown --family "llava"`},
+		{[]string{"model", "tiny"}, "--out DIR is required"},
+	}
+	for _, tt := range tests {
+		code, _, errOut := run(t, []string{"M3GATE_SIDECAR=/nonexistent"}, "", tt.args...)
+		if code != ExitUsage || !strings.Contains(errOut, tt.want) {
+			t.Errorf("%v: code %d stderr %q, want %d and %q", tt.args, code, errOut, ExitUsage, tt.want)
+		}
+	}
+}
+
+func TestModelTinyCancel(t *testing.T) {
+	if runtime.GOOS == "windows" {
+		t.Skip("unix only")
+	}
+	dir := t.TempDir()
+	bin := filepath.Join(dir, SidecarName())
+	if err := os.WriteFile(bin, []byte("#!/bin/sh\nexec sleep 30\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	var out, errb bytes.Buffer
+	start := time.Now()
+	code := Execute(ctx, []string{"model", "tiny", "--out", "x"}, strings.NewReader(""), &out, &errb, []string{"M3GATE_SIDECAR=" + bin})
+	if code == 0 {
+		t.Errorf("code = 0 after cancel")
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("cancel took %v", d)
+	}
+	if !strings.Contains(errb.String(), "context deadline exceeded") {
+		t.Errorf("stderr = %q", errb.String())
+	}
+}
+
+func TestLocateSidecar(t *testing.T) {
+	dir := t.TempDir()
+	envBin := fakeSidecar(t, filepath.Join(dir))
+	cfgDir := filepath.Join(dir, "cfg")
+	pathDir := filepath.Join(dir, "path")
+	for _, d := range []string{cfgDir, pathDir} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfgBin := fakeSidecar(t, cfgDir)
+	pathBin := fakeSidecar(t, pathDir)
+	notExec := filepath.Join(dir, "plain")
+	os.WriteFile(notExec, []byte("x"), 0o644)
+
+	tests := []struct {
+		name       string
+		env        []string
+		configured string
+		want       string
+		wantErr    string
+	}{
+		{"env wins", []string{"M3GATE_SIDECAR=" + envBin, "PATH=" + pathDir}, cfgBin, envBin, ""},
+		{"config next", []string{"PATH=" + pathDir}, cfgBin, cfgBin, ""},
+		{"path last", []string{"PATH=/nonexistent" + string(os.PathListSeparator) + pathDir}, "", pathBin, ""},
+		{"missing env target", []string{"M3GATE_SIDECAR=" + filepath.Join(dir, "nope")}, cfgBin, "", "$M3GATE_SIDECAR"},
+		{"config not executable", nil, notExec, "", "not executable"},
+		{"nowhere", []string{"PATH=/nonexistent"}, "", "", "make build"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := LocateSidecar(tt.env, tt.configured)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want one containing %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil || got != tt.want {
+				t.Errorf("got %q, %v; want %q", got, err, tt.want)
+			}
+		})
+	}
+}
+
+func TestConfigPrintDefaults(t *testing.T) {
+	code, out, errOut := run(t, nil, "", "config", "print")
+	if code != 0 {
+		t.Fatalf("code %d, stderr %q", code, errOut)
+	}
+	for _, want := range []string{"listen: 127.0.0.1:8190", "family: idefics3", "built-in defaults"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("config print lacks %q:\n%s", want, out)
+		}
+	}
+}

@@ -1,0 +1,36 @@
+package cli
+
+import (
+	"fmt"
+
+	"github.com/spf13/cobra"
+
+	"github.com/m3gate/m3gate/plugin/config"
+)
+
+// newConfigCmd builds `m3gate config` with print.
+func newConfigCmd(app *App) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "config",
+		Short: "Configuration tools",
+	}
+	cmd.AddCommand(&cobra.Command{
+		Use:   "print",
+		Short: "Print the effective configuration (file + environment overrides) as YAML",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			b, err := config.Marshal(app.Config)
+			if err != nil {
+				return fmt.Errorf("config print: %w", err)
+			}
+			src := app.ConfigPath
+			if src == "" {
+				src = "built-in defaults"
+			}
+			fmt.Fprintf(app.Stdout, "# effective m3gate configuration (from %s + environment)\n", src)
+			_, err = app.Stdout.Write(b)
+			return err
+		},
+	})
+	return cmd
+}

@@ -1,0 +1,63 @@
+package cli
+
+import (
+	"fmt"
+	"strings"
+)
+
+// NotImplementedError is returned by subcommands that are planned but whose
+// issue has not landed yet.
+type NotImplementedError struct {
+	Command string // e.g. "score" or "model tiny"
+	Issue   int
+}
+
+// Error returns "m3gate <cmd>: not implemented yet (issue #N)".
+func (e *NotImplementedError) Error() string {
+	return fmt.Sprintf("m3gate %s: not implemented yet (issue #%d)", e.Command, e.Issue)
+}
+
+// NotImplemented returns the error of a subcommand that is not implemented yet.
+func NotImplemented(command string, issue int) error {
+	return &NotImplementedError{Command: command, Issue: issue}
+}
+
+// UsageError marks bad flags or arguments (exit code 2).
+type UsageError struct{ Err error }
+
+// Error returns the wrapped error's message.
+func (e *UsageError) Error() string { return e.Err.Error() }
+
+// Unwrap returns the wrapped error.
+func (e *UsageError) Unwrap() error { return e.Err }
+
+// ExitCodeError makes m3gate exit with Code, e.g. to pass on a subprocess's
+// exit status. Err, when set, is printed; when nil the subprocess has already
+// reported on stderr.
+type ExitCodeError struct {
+	Code int
+	Err  error
+}
+
+// Error describes the exit code.
+func (e *ExitCodeError) Error() string {
+	if e.Err != nil {
+		return e.Err.Error()
+	}
+	return fmt.Sprintf("exit status %d", e.Code)
+}
+
+// Unwrap returns the wrapped error.
+func (e *ExitCodeError) Unwrap() error { return e.Err }
+
+// isCobraUsageError recognises cobra's argument-validation errors, which
+// are plain errors.
+func isCobraUsageError(err error) bool {
+	msg := err.Error()
+	for _, p := range []string{"unknown command", "accepts ", "requires at least", "requires at most", "received ", "invalid argument", "unknown flag", "unknown shorthand flag", "flag needs an argument", "required flag"} {
+		if strings.Contains(msg, p) {
+			return true
+		}
+	}
+	return false
+}

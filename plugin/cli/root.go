@@ -1,0 +1,153 @@
+// Package cli implements the m3gate command line: a cobra root command with
+// one file per top-level subcommand. Each subcommand file defines a
+// constructor newXxxCmd(app *App) *cobra.Command that root.go registers.
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"github.com/m3gate/m3gate/plugin/config"
+)
+
+// DefaultConfigFile is the config file read when --config is not given and
+// it exists in the working directory.
+const DefaultConfigFile = "config.yaml"
+
+// Exit codes of m3gate.
+const (
+	ExitOK             = 0
+	ExitError          = 1 // the command failed
+	ExitUsage          = 2 // bad flags or arguments
+	ExitNotImplemented = 3 // the subcommand is planned but not implemented yet
+)
+
+// App is the state shared by all subcommands: I/O streams, environment and
+// the effective configuration (loaded before any subcommand runs).
+type App struct {
+	Stdin  io.Reader
+	Stdout io.Writer
+	Stderr io.Writer
+	// Env is the process environment as KEY=VALUE pairs (os.Environ()).
+	Env []string
+
+	// ConfigFlag is the value of --config ("" when not given).
+	ConfigFlag string
+	// ConfigPath is the file the configuration was loaded from; "" means
+	// built-in defaults plus environment overrides.
+	ConfigPath string
+	// Config is the effective configuration.
+	Config config.Config
+}
+
+// Getenv returns the value of the environment variable key in a.Env.
+func (a *App) Getenv(key string) string {
+	v, _ := lookupEnv(a.Env, key)
+	return v
+}
+
+func lookupEnv(env []string, key string) (string, bool) {
+	for i := len(env) - 1; i >= 0; i-- {
+		kv := env[i]
+		if len(kv) > len(key) && kv[len(key)] == '=' && kv[:len(key)] == key {
+			return kv[len(key)+1:], true
+		}
+	}
+	return "", false
+}
+
+// loadConfig resolves --config (default ./config.yaml when present) and loads it.
+func (a *App) loadConfig() error {
+	path := a.ConfigFlag
+	if path == "" {
+		if st, err := os.Stat(DefaultConfigFile); err == nil && !st.IsDir() {
+			path = DefaultConfigFile
+		}
+	}
+	c, err := config.Load(path, a.Env)
+	if err != nil {
+		return err
+	}
+	a.ConfigPath = path
+	a.Config = c
+	return nil
+}
+
+// NewRootCmd builds the m3gate command tree bound to app.
+func NewRootCmd(app *App) *cobra.Command {
+	root := &cobra.Command{
+		Use:   "m3gate",
+		Short: "Score AI-generated images with M3-AGIQA and gate ComfyUI generations",
+		Long: `m3gate scores AI-generated images with M3-AGIQA (multimodal, multi-round,
+multi-aspect quality assessment) and gates ComfyUI generations: images that
+score below a threshold are filtered out or re-generated with a new seed.
+
+Configuration comes from --config (default ./config.yaml when present, else
+built-in defaults), overridden by M3GATE_<SECTION>_<KEY> environment variables.`,
+		SilenceUsage:      true,
+		CompletionOptions: cobra.CompletionOptions{HiddenDefaultCmd: true},
+		SilenceErrors:     true,
+		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
+			return app.loadConfig()
+		},
+	}
+	root.SetIn(app.Stdin)
+	root.SetOut(app.Stdout)
+	root.SetErr(app.Stderr)
+	root.PersistentFlags().StringVar(&app.ConfigFlag, "config", "",
+		"config file (default ./config.yaml if present, else built-in defaults)")
+	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
+		return &UsageError{Err: err}
+	})
+	root.AddCommand(
+		newScoreCmd(app),
+		newServeCmd(app),
+		newRunCmd(app),
+		newDistillCmd(app),
+		newFinetuneCmd(app),
+		newTrainPredictorCmd(app),
+		newEvalCmd(app),
+		newModelCmd(app),
+		newDataCmd(app),
+		newConfigCmd(app),
+	)
+	return root
+}
+
+// Execute runs m3gate with args (without the program name) and returns the
+// process exit code. Errors are printed to stderr.
+func Execute(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, env []string) int {
+	app := &App{Stdin: stdin, Stdout: stdout, Stderr: stderr, Env: env}
+	root := NewRootCmd(app)
+	root.SetArgs(args)
+	err := root.ExecuteContext(ctx)
+	if err == nil {
+		return ExitOK
+	}
+	var exitErr *ExitCodeError
+	switch {
+	case errors.As(err, &exitErr):
+		// A subprocess already reported its own error on our stderr.
+		if exitErr.Err != nil {
+			fmt.Fprintf(stderr, "m3gate: %v\n", exitErr.Err)
+		}
+		return exitErr.Code
+	}
+	var ni *NotImplementedError
+	if errors.As(err, &ni) {
+		fmt.Fprintln(stderr, ni.Error())
+		return ExitNotImplemented
+	}
+	fmt.Fprintf(stderr, "m3gate: %v\n", err)
+	var ue *UsageError
+	if errors.As(err, &ue) || isCobraUsageError(err) {
+		fmt.Fprintln(stderr, "Run 'm3gate --help' for usage.")
+		return ExitUsage
+	}
+	return ExitError
+}

@@ -1,0 +1,150 @@
+// Package config defines m3gate's configuration: the Config type, its
+// defaults, loading from config.yaml plus M3GATE_<SECTION>_<KEY> environment
+// overrides, and validation. It is the only package that imports viper.
+package config
+
+import "time"
+
+// Known aspects that M3-AGIQA scores.
+const (
+	AspectQuality        = "quality"
+	AspectCorrespondence = "correspondence"
+	AspectAuthenticity   = "authenticity"
+)
+
+// Aspects lists every aspect m3gate knows, in canonical order.
+var Aspects = []string{AspectQuality, AspectCorrespondence, AspectAuthenticity}
+
+// Config is the whole effective configuration of m3gate.
+type Config struct {
+	Model   Model   `mapstructure:"model" yaml:"model" json:"model"`
+	Scoring Scoring `mapstructure:"scoring" yaml:"scoring" json:"scoring"`
+	ComfyUI ComfyUI `mapstructure:"comfyui" yaml:"comfyui" json:"comfyui"`
+	Daemon  Daemon  `mapstructure:"daemon" yaml:"daemon" json:"daemon"`
+	Sidecar Sidecar `mapstructure:"sidecar" yaml:"sidecar" json:"sidecar"`
+	Log     Log     `mapstructure:"log" yaml:"log" json:"log"`
+}
+
+// Model configures the local MLLM, its LoRA adapters and xLSTM predictors.
+type Model struct {
+	// Dir is the Hugging Face model directory (config.json, safetensors,
+	// tokenizer.json).
+	Dir string `mapstructure:"dir" yaml:"dir" json:"dir"`
+	// Family is the architecture family: idefics3.
+	Family string `mapstructure:"family" yaml:"family" json:"family"`
+	// DType is the compute dtype: f32 or bf16.
+	DType string `mapstructure:"dtype" yaml:"dtype" json:"dtype"`
+	// Device is cpu or cuda.
+	Device string `mapstructure:"device" yaml:"device" json:"device"`
+	// Threads is libtorch's intra-op thread count; 0 means one per core.
+	Threads int `mapstructure:"threads" yaml:"threads" json:"threads"`
+	// MaxNewTokens bounds the length of a generated description.
+	MaxNewTokens int `mapstructure:"max_new_tokens" yaml:"max_new_tokens" json:"max_new_tokens"`
+	// ImageSplitting turns on Idefics3 tiled mode (tiles + global image).
+	ImageSplitting bool `mapstructure:"image_splitting" yaml:"image_splitting" json:"image_splitting"`
+	// Adapters maps an aspect to a PEFT LoRA adapter directory.
+	Adapters map[string]string `mapstructure:"adapters" yaml:"adapters" json:"adapters"`
+	// Predictors maps an aspect to an xLSTM predictor checkpoint file.
+	Predictors map[string]string `mapstructure:"predictors" yaml:"predictors" json:"predictors"`
+}
+
+// Scoring configures which aspects are scored and how the gate decides.
+type Scoring struct {
+	// Aspects are the aspects scored for every image.
+	Aspects []string `mapstructure:"aspects" yaml:"aspects" json:"aspects"`
+	// Thresholds maps an aspect to the lowest passing score on the 0..5 MOS scale.
+	Thresholds map[string]float64 `mapstructure:"thresholds" yaml:"thresholds" json:"thresholds"`
+	// Gate is "all" (every scored aspect must pass) or "any" (one suffices).
+	Gate string `mapstructure:"gate" yaml:"gate" json:"gate"`
+	// MaxRerolls bounds how often a failing generation is re-queued; 0 disables rerolls.
+	MaxRerolls int `mapstructure:"max_rerolls" yaml:"max_rerolls" json:"max_rerolls"`
+	// BatchSize is how many images the sidecar scores in one batch.
+	BatchSize int `mapstructure:"batch_size" yaml:"batch_size" json:"batch_size"`
+}
+
+// ComfyUI configures the ComfyUI servers m3gate talks to.
+type ComfyUI struct {
+	// Servers are base URLs of ComfyUI servers, e.g. http://127.0.0.1:8188.
+	Servers []string `mapstructure:"servers" yaml:"servers" json:"servers"`
+	// ReconnectMin is the first delay before reconnecting a dropped websocket.
+	ReconnectMin time.Duration `mapstructure:"reconnect_min" yaml:"reconnect_min" json:"reconnect_min"`
+	// ReconnectMax caps the exponential reconnect backoff.
+	ReconnectMax time.Duration `mapstructure:"reconnect_max" yaml:"reconnect_max" json:"reconnect_max"`
+}
+
+// Daemon configures m3gate's own HTTP/WS API (m3gate serve).
+type Daemon struct {
+	// Listen is the host:port the daemon listens on.
+	Listen string `mapstructure:"listen" yaml:"listen" json:"listen"`
+	// QueueSize is how many score requests may wait; more are refused (429).
+	QueueSize int `mapstructure:"queue_size" yaml:"queue_size" json:"queue_size"`
+	// RequestTimeout bounds one score request, queueing included.
+	RequestTimeout time.Duration `mapstructure:"request_timeout" yaml:"request_timeout" json:"request_timeout"`
+}
+
+// Sidecar configures the model process (m3gate-sidecar) and its supervisor.
+type Sidecar struct {
+	// Path is the m3gate-sidecar binary; empty means search (see cli.LocateSidecar).
+	Path string `mapstructure:"path" yaml:"path" json:"path"`
+	// StartTimeout bounds the go-plugin handshake.
+	StartTimeout time.Duration `mapstructure:"start_timeout" yaml:"start_timeout" json:"start_timeout"`
+	// LoadStallTimeout is how long model loading may go without progress.
+	LoadStallTimeout time.Duration `mapstructure:"load_stall_timeout" yaml:"load_stall_timeout" json:"load_stall_timeout"`
+	// BusyTimeout is how long one RPC may run before the sidecar counts as hung.
+	BusyTimeout time.Duration `mapstructure:"busy_timeout" yaml:"busy_timeout" json:"busy_timeout"`
+	// RestartBackoffMax caps the delay between restarts of a crashed sidecar.
+	RestartBackoffMax time.Duration `mapstructure:"restart_backoff_max" yaml:"restart_backoff_max" json:"restart_backoff_max"`
+}
+
+// Log configures logging.
+type Log struct {
+	// Level is debug, info, warn or error.
+	Level string `mapstructure:"level" yaml:"level" json:"level"`
+	// Format is text or json.
+	Format string `mapstructure:"format" yaml:"format" json:"format"`
+}
+
+// Default returns the built-in configuration: CPU, f32, SmolVLM-256M in
+// models/smolvlm-256m, a local ComfyUI and a daemon on 127.0.0.1:8190.
+func Default() Config {
+	return Config{
+		Model: Model{
+			Dir:          "models/smolvlm-256m",
+			Family:       "idefics3",
+			DType:        "f32",
+			Device:       "cpu",
+			Threads:      0,
+			MaxNewTokens: 128,
+			Adapters:     map[string]string{},
+			Predictors:   map[string]string{},
+		},
+		Scoring: Scoring{
+			Aspects: []string{AspectQuality, AspectCorrespondence},
+			Thresholds: map[string]float64{
+				AspectQuality:        2.5,
+				AspectCorrespondence: 2.5,
+				AspectAuthenticity:   2.5,
+			},
+			Gate:       "all",
+			MaxRerolls: 3,
+			BatchSize:  1,
+		},
+		ComfyUI: ComfyUI{
+			Servers:      []string{"http://127.0.0.1:8188"},
+			ReconnectMin: 500 * time.Millisecond,
+			ReconnectMax: 30 * time.Second,
+		},
+		Daemon: Daemon{
+			Listen:         "127.0.0.1:8190",
+			QueueSize:      16,
+			RequestTimeout: 10 * time.Minute,
+		},
+		Sidecar: Sidecar{
+			StartTimeout:      time.Minute,
+			LoadStallTimeout:  2 * time.Minute,
+			BusyTimeout:       10 * time.Minute,
+			RestartBackoffMax: 30 * time.Second,
+		},
+		Log: Log{Level: "info", Format: "text"},
+	}
+}
