@@ -230,3 +230,47 @@ func TestConfigPrintDefaults(t *testing.T) {
 		}
 	}
 }
+
+func TestConfigFlag(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.yaml")
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(good, []byte("daemon:\n  listen: 127.0.0.1:9100\n"), 0o644)
+	os.WriteFile(bad, []byte("daemon:\n  queue_size: 0\n"), 0o644)
+	tests := []struct {
+		name     string
+		args     []string
+		env      []string
+		cwdFile  string // written as ./config.yaml
+		wantCode int
+		wantOut  string
+		wantErr  string
+	}{
+		{"flag", []string{"--config", good, "config", "print"}, nil, "", 0, "listen: 127.0.0.1:9100", ""},
+		{"env overrides flag", []string{"--config", good, "config", "print"}, []string{"M3GATE_DAEMON_LISTEN=127.0.0.1:9200"}, "", 0, "listen: 127.0.0.1:9200", ""},
+		{"cwd config.yaml", []string{"config", "print"}, nil, "log:\n  level: debug\n", 0, "level: debug", ""},
+		{"bad value names file and line", []string{"--config", bad, "config", "print"}, nil, "", ExitError, "", bad + ":2: daemon.queue_size: 0 is out of range [1, 100000]"},
+		{"bad config fails every command", []string{"--config", bad, "serve"}, nil, "", ExitError, "", "daemon.queue_size"},
+		{"missing file", []string{"--config", filepath.Join(dir, "nope.yaml"), "config", "print"}, nil, "", ExitError, "", "no such file"},
+		{"bad env", []string{"config", "print"}, []string{"M3GATE_MODEL_THREADS=x"}, "", ExitError, "", "$M3GATE_MODEL_THREADS"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Chdir(t.TempDir())
+			if tt.cwdFile != "" {
+				os.WriteFile(DefaultConfigFile, []byte(tt.cwdFile), 0o644)
+			}
+			var out, errb bytes.Buffer
+			code := Execute(context.Background(), tt.args, strings.NewReader(""), &out, &errb, tt.env)
+			if code != tt.wantCode {
+				t.Errorf("code = %d, want %d (stderr %q)", code, tt.wantCode, errb.String())
+			}
+			if !strings.Contains(out.String(), tt.wantOut) {
+				t.Errorf("stdout lacks %q:\n%s", tt.wantOut, out.String())
+			}
+			if !strings.Contains(errb.String(), tt.wantErr) {
+				t.Errorf("stderr = %q, want it to contain %q", errb.String(), tt.wantErr)
+			}
+		})
+	}
+}

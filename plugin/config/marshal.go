@@ -39,7 +39,7 @@ func scalar(tag, value string) *yaml.Node {
 
 func toNode(v reflect.Value) (*yaml.Node, error) {
 	if v.Type() == durationType {
-		return scalar("!!str", time.Duration(v.Int()).String()), nil
+		return scalar("!!str", FormatDuration(time.Duration(v.Int()))), nil
 	}
 	switch v.Kind() {
 	case reflect.Struct:
@@ -113,4 +113,17 @@ func yamlKey(f reflect.StructField) string {
 		return strings.ToLower(f.Name)
 	}
 	return name
+}
+
+// FormatDuration writes d as config.yaml does: "10m" rather than "10m0s",
+// "1h" rather than "1h0m0s".
+func FormatDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = s[:len(s)-2]
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = s[:len(s)-2]
+	}
+	return s
 }

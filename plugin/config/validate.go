@@ -1,0 +1,215 @@
+package config
+
+import (
+	"fmt"
+	"net"
+	"net/url"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Allowed values of enumerated keys.
+var (
+	Families = []string{"idefics3"}
+	DTypes   = []string{"f32", "bf16"}
+	Gates    = []string{"all", "any"}
+	Levels   = []string{"debug", "info", "warn", "error"}
+	Formats  = []string{"text", "json"}
+)
+
+// Limits of numeric keys (inclusive).
+const (
+	MaxThreads      = 1024
+	MaxNewTokensMax = 4096
+	MaxScore        = 5.0
+	MaxRerollsMax   = 100
+	MaxBatchSize    = 64
+	MaxQueueSize    = 100000
+)
+
+// Validate checks every key's value and range. It returns nil or Errors
+// naming each bad key (Source and Line are filled in by Load).
+func (c Config) Validate() error {
+	var errs Errors
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, &FieldError{Key: key, Msg: fmt.Sprintf(format, args...)})
+	}
+	oneOf := func(key, v string, allowed []string) {
+		if !slices.Contains(allowed, v) {
+			bad(key, "%q is not one of %s", v, strings.Join(allowed, ", "))
+		}
+	}
+	intRange := func(key string, v, lo, hi int) {
+		if v < lo || v > hi {
+			bad(key, "%d is out of range [%d, %d]", v, lo, hi)
+		}
+	}
+	positive := func(key string, d time.Duration) {
+		if d <= 0 {
+			bad(key, "duration must be positive, got %s", d)
+		}
+	}
+	aspectMap := func(key string, keys []string) {
+		sort.Strings(keys)
+		for _, k := range keys {
+			if !slices.Contains(Aspects, k) {
+				bad(key+"."+k, "unknown aspect (known: %s)", strings.Join(Aspects, ", "))
+			}
+		}
+	}
+
+	m := c.Model
+	if m.Dir == "" {
+		bad("model.dir", "must be set to a model directory (try `m3gate model fetch smolvlm-256m`)")
+	}
+	oneOf("model.family", m.Family, Families)
+	oneOf("model.dtype", m.DType, DTypes)
+	if !validDevice(m.Device) {
+		bad("model.device", "%q is not cpu, cuda or cuda:N", m.Device)
+	}
+	intRange("model.threads", m.Threads, 0, MaxThreads)
+	intRange("model.max_new_tokens", m.MaxNewTokens, 1, MaxNewTokensMax)
+	aspectMap("model.adapters", mapKeys(m.Adapters))
+	aspectMap("model.predictors", mapKeys(m.Predictors))
+	for _, k := range sortedKeys(m.Adapters) {
+		if m.Adapters[k] == "" {
+			bad("model.adapters."+k, "empty path")
+		}
+	}
+	for _, k := range sortedKeys(m.Predictors) {
+		if m.Predictors[k] == "" {
+			bad("model.predictors."+k, "empty path")
+		}
+	}
+
+	s := c.Scoring
+	if len(s.Aspects) == 0 {
+		bad("scoring.aspects", "needs at least one aspect (%s)", strings.Join(Aspects, ", "))
+	}
+	for i, a := range s.Aspects {
+		key := fmt.Sprintf("scoring.aspects[%d]", i)
+		switch {
+		case !slices.Contains(Aspects, a):
+			bad(key, "unknown aspect %q (known: %s)", a, strings.Join(Aspects, ", "))
+		case slices.Index(s.Aspects, a) < i:
+			bad(key, "aspect %q listed twice", a)
+		case func() bool { _, ok := s.Thresholds[a]; return !ok }():
+			bad("scoring.thresholds", "no threshold for scored aspect %q", a)
+		}
+	}
+	thresholdKeys := make([]string, 0, len(s.Thresholds))
+	for k := range s.Thresholds {
+		thresholdKeys = append(thresholdKeys, k)
+	}
+	aspectMap("scoring.thresholds", thresholdKeys)
+	for _, k := range thresholdKeys {
+		if t := s.Thresholds[k]; t < 0 || t > MaxScore {
+			bad("scoring.thresholds."+k, "%g is out of range [0, 5] (the MOS scale)", t)
+		}
+	}
+	oneOf("scoring.gate", s.Gate, Gates)
+	intRange("scoring.max_rerolls", s.MaxRerolls, 0, MaxRerollsMax)
+	intRange("scoring.batch_size", s.BatchSize, 1, MaxBatchSize)
+
+	cu := c.ComfyUI
+	if len(cu.Servers) == 0 {
+		bad("comfyui.servers", "needs at least one server URL such as http://127.0.0.1:8188")
+	}
+	for i, srv := range cu.Servers {
+		key := fmt.Sprintf("comfyui.servers[%d]", i)
+		if err := checkServerURL(srv); err != nil {
+			bad(key, "%v", err)
+		} else if slices.Index(cu.Servers, srv) < i {
+			bad(key, "server %q listed twice", srv)
+		}
+	}
+	positive("comfyui.reconnect_min", cu.ReconnectMin)
+	positive("comfyui.reconnect_max", cu.ReconnectMax)
+	if cu.ReconnectMax > 0 && cu.ReconnectMax < cu.ReconnectMin {
+		bad("comfyui.reconnect_max", "%s is less than reconnect_min %s", cu.ReconnectMax, cu.ReconnectMin)
+	}
+
+	d := c.Daemon
+	if err := checkListen(d.Listen); err != nil {
+		bad("daemon.listen", "%v", err)
+	}
+	intRange("daemon.queue_size", d.QueueSize, 1, MaxQueueSize)
+	positive("daemon.request_timeout", d.RequestTimeout)
+
+	sc := c.Sidecar
+	positive("sidecar.start_timeout", sc.StartTimeout)
+	positive("sidecar.load_stall_timeout", sc.LoadStallTimeout)
+	positive("sidecar.busy_timeout", sc.BusyTimeout)
+	positive("sidecar.restart_backoff_max", sc.RestartBackoffMax)
+
+	oneOf("log.level", c.Log.Level, Levels)
+	oneOf("log.format", c.Log.Format, Formats)
+
+	if len(errs) == 0 {
+		return nil
+	}
+	return errs
+}
+
+func validDevice(d string) bool {
+	if d == "cpu" || d == "cuda" {
+		return true
+	}
+	n, ok := strings.CutPrefix(d, "cuda:")
+	if !ok {
+		return false
+	}
+	i, err := strconv.Atoi(n)
+	return err == nil && i >= 0 && i < 1024
+}
+
+func checkServerURL(s string) error {
+	u, err := url.Parse(s)
+	if err != nil {
+		return fmt.Errorf("bad URL %q: %v", s, err)
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return fmt.Errorf("URL %q must start with http:// or https://", s)
+	}
+	if u.Host == "" {
+		return fmt.Errorf("URL %q has no host", s)
+	}
+	if u.Port() != "" {
+		if p, err := strconv.Atoi(u.Port()); err != nil || p < 1 || p > 65535 {
+			return fmt.Errorf("URL %q has a bad port", s)
+		}
+	}
+	return nil
+}
+
+func checkListen(s string) error {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return fmt.Errorf("want host:port such as 127.0.0.1:8190, got %q", s)
+	}
+	if strings.ContainsAny(host, " /") {
+		return fmt.Errorf("bad host %q", host)
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil || p < 0 || p > 65535 {
+		return fmt.Errorf("port %q is not a number in 0..65535", port)
+	}
+	return nil
+}
+
+func mapKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	return keys
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := mapKeys(m)
+	sort.Strings(keys)
+	return keys
+}
