@@ -1,0 +1,437 @@
+"""m3gate nodes for ComfyUI: score, gate, reroll and best-of-N with M3-AGIQA.
+
+Install by copying or symlinking this folder to ComfyUI/custom_nodes/m3gate.
+The nodes are thin: they forward images to the m3gate daemon over HTTP
+(address from the environment variable M3GATE_URL, default
+http://127.0.0.1:8190) and need nothing beyond what ComfyUI already has.
+
+The node schemas (inputs, outputs, names, tooltips) come from node_defs.json,
+which is generated from the Go registry in nodes/ (scripts/gen-nodes.sh) and
+is byte-for-byte the object_info the pack makes ComfyUI serve. Do not edit it
+by hand.
+"""
+
+import base64
+import io
+import json
+import math
+import os
+import socket
+import urllib.error
+import urllib.request
+
+import numpy as np
+import torch
+from PIL import Image
+
+try:
+    from comfy_execution.graph import ExecutionBlocker
+except ImportError:  # older layouts keep it in graph_utils only
+    from comfy_execution.graph_utils import ExecutionBlocker
+
+try:
+    from server import PromptServer
+except ImportError:  # imported outside ComfyUI: no websocket events
+    PromptServer = None
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+with open(os.path.join(_HERE, "node_defs.json"), encoding="utf-8") as _f:
+    NODE_DEFS = json.load(_f)
+
+ASPECTS = ("quality", "correspondence", "authenticity")
+DEFAULT_URL = "http://127.0.0.1:8190"
+START_HINT = "start the daemon with: m3gate serve"
+PNGINFO_KEY = "m3gate"
+SEED_INPUTS = ("seed", "noise_seed")
+
+
+class DaemonError(RuntimeError):
+    """The m3gate daemon could not be reached or refused a request."""
+
+
+def daemon_url():
+    """Base URL of the m3gate daemon, read at call time from M3GATE_URL."""
+    return (os.environ.get("M3GATE_URL") or DEFAULT_URL).rstrip("/")
+
+
+def _timeout():
+    try:
+        return float(os.environ.get("M3GATE_TIMEOUT", "900"))
+    except ValueError:
+        return 900.0
+
+
+def call_daemon(path, body):
+    """POST body as JSON to the daemon and return the decoded JSON answer."""
+    base = daemon_url()
+    req = urllib.request.Request(
+        base + path,
+        data=json.dumps(body).encode("utf-8"),
+        headers={"Content-Type": "application/json", "Accept": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=_timeout()) as resp:
+            raw = resp.read()
+    except urllib.error.HTTPError as e:
+        detail = e.read().decode("utf-8", errors="replace").strip()
+        try:
+            detail = json.loads(detail).get("error") or detail
+        except (ValueError, AttributeError):
+            pass
+        raise DaemonError(
+            "m3gate daemon at %s answered %d to POST %s: %s" % (base, e.code, path, detail)
+        ) from None
+    except (socket.timeout, TimeoutError):
+        raise DaemonError(
+            "m3gate daemon at %s did not answer POST %s within %g s (set M3GATE_TIMEOUT to wait longer)"
+            % (base, path, _timeout())
+        ) from None
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise DaemonError(
+            "m3gate daemon is not reachable at %s (%s); %s (or set M3GATE_URL to its address)"
+            % (base, reason, START_HINT)
+        ) from None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise DaemonError("m3gate daemon at %s sent invalid JSON for POST %s" % (base, path)) from None
+
+
+def _check_images(images, node):
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[-1] not in (1, 3, 4):
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError("%s: images must be an IMAGE tensor [B,H,W,C], got %s" % (node, shape))
+
+
+def image_to_png(image):
+    """PNG bytes of one IMAGE [H,W,C] float 0..1, quantised like SaveImage."""
+    arr = np.clip(255.0 * image.detach().cpu().float().numpy(), 0, 255).astype(np.uint8)
+    if arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def score_images(images, prompt, aspects, node="M3 Score"):
+    """Ask the daemon to score every image; returns one result dict per image."""
+    _check_images(images, node)
+    body = {
+        "images": [{"data": base64.b64encode(image_to_png(img)).decode("ascii")} for img in images],
+        "prompt": prompt or "",
+        "aspects": list(aspects),
+    }
+    answer = call_daemon("/v1/score", body)
+    results = answer.get("results") if isinstance(answer, dict) else None
+    if not isinstance(results, list) or len(results) != images.shape[0]:
+        raise DaemonError(
+            "m3gate daemon answered /v1/score with %s results for %d images"
+            % (len(results) if isinstance(results, list) else "no", images.shape[0])
+        )
+    out = [None] * len(results)
+    for pos, r in enumerate(results):
+        idx = r.get("index", pos) if isinstance(r, dict) else pos
+        if not isinstance(r, dict) or not isinstance(idx, int) or not 0 <= idx < len(out) or out[idx] is not None:
+            raise DaemonError("m3gate daemon answered /v1/score with a bad result at position %d" % pos)
+        out[idx] = {"index": idx, "error": r.get("error") or "", "aspects": r.get("aspects") or {}}
+    return out
+
+
+def parse_scores(text, batch, node):
+    """Decode the scores STRING of M3 Score for a batch of the given size."""
+    try:
+        scores = json.loads(text)
+    except ValueError as e:
+        raise ValueError("%s: scores is not the JSON of M3 Score: %s" % (node, e)) from None
+    if not isinstance(scores, list) or not all(isinstance(s, dict) for s in scores):
+        raise ValueError("%s: scores must be a JSON list of per-image objects" % node)
+    if len(scores) != batch:
+        raise ValueError("%s: scores describe %d images but the batch has %d" % (node, len(scores), batch))
+    return scores
+
+
+def _mos(result, aspect):
+    a = (result.get("aspects") or {}).get(aspect)
+    if isinstance(a, dict) and isinstance(a.get("mos"), (int, float)):
+        return float(a["mos"])
+    return None
+
+
+def _need_aspect(results, aspect, node):
+    for r in results:
+        if not r.get("error") and _mos(r, aspect) is None:
+            raise ValueError(
+                "%s: the scores have no %s; turn %s on in M3 Score or set its threshold/weight to 0"
+                % (node, aspect, aspect)
+            )
+
+
+def attempt_from_prompt(api_prompt):
+    """The attempt number of this run: the attempt input of M3 Reroll nodes."""
+    best = 1
+    if isinstance(api_prompt, dict):
+        for n in api_prompt.values():
+            if isinstance(n, dict) and n.get("class_type") == "M3Reroll":
+                v = (n.get("inputs") or {}).get("attempt")
+                if isinstance(v, int) and not isinstance(v, bool) and v > best:
+                    best = v
+    return best
+
+
+def parse_seed_nodes(text):
+    """Node ids from M3 Reroll's seed_nodes text, e.g. "3, 12" -> ["3", "12"]."""
+    for sep in ",;":
+        text = text.replace(sep, " ")
+    return text.split()
+
+
+def send_event(event, data):
+    """Send a custom websocket event to the client that queued the prompt."""
+    server = getattr(PromptServer, "instance", None) if PromptServer is not None else None
+    if server is None:
+        return
+    server.send_sync(event, data, getattr(server, "client_id", None))
+
+
+def _select(images, idx):
+    return images.index_select(0, torch.tensor(idx, dtype=torch.long, device=images.device))
+
+
+def _reindex(results, idx, **extra):
+    out = []
+    for new, old in enumerate(idx):
+        r = dict(results[old])
+        r["source_index"] = r.get("index", old)
+        r["index"] = new
+        for k, v in extra.items():
+            r[k] = v[new]
+        out.append(r)
+    return out
+
+
+def _fmt(x):
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else "%.2f" % x
+
+
+class _Node:
+    """Schema attributes come from node_defs.json, keyed by CLASS."""
+
+    CLASS = ""
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        d = NODE_DEFS[cls.CLASS]
+        cls.RETURN_TYPES = tuple(d["output"])
+        cls.RETURN_NAMES = tuple(d["output_name"])
+        if any(d["output_is_list"]):
+            cls.OUTPUT_IS_LIST = tuple(d["output_is_list"])
+        if "output_tooltips" in d:
+            cls.OUTPUT_TOOLTIPS = tuple(d["output_tooltips"])
+        cls.DESCRIPTION = d["description"]
+        cls.CATEGORY = d["category"]
+        cls.OUTPUT_NODE = bool(d["output_node"])
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        groups = {}
+        for group, inputs in NODE_DEFS[cls.CLASS]["input"].items():
+            if group == "hidden":
+                groups[group] = dict(inputs)
+            else:
+                groups[group] = {name: tuple(spec) for name, spec in inputs.items()}
+        return groups
+
+
+class M3Score(_Node):
+    CLASS = "M3Score"
+    FUNCTION = "score"
+
+    def score(self, images, quality=True, correspondence=True, authenticity=False,
+              prompt=None, api_prompt=None, unique_id=None, extra_pnginfo=None):
+        on = {"quality": quality, "correspondence": correspondence, "authenticity": authenticity}
+        aspects = [a for a in ASPECTS if on[a]]
+        if not aspects:
+            raise ValueError("M3 Score: turn on at least one aspect")
+        results = score_images(images, prompt, aspects)
+        attempt = attempt_from_prompt(api_prompt)
+        means = {}
+        for a in ASPECTS:
+            vals = [m for m in (_mos(r, a) for r in results if not r["error"]) if m is not None]
+            means[a] = sum(vals) / len(vals) if vals else float("nan")
+        for r in results:
+            r["attempt"] = attempt
+        mean_json = {a: (None if math.isnan(v) else v) for a, v in means.items() if a in aspects}
+        if isinstance(extra_pnginfo, dict):
+            extra_pnginfo[PNGINFO_KEY] = {
+                "node": None if unique_id is None else str(unique_id),
+                "attempt": attempt,
+                "prompt": prompt or "",
+                "aspects": aspects,
+                "mean": mean_json,
+                "images": [
+                    {
+                        "index": r["index"],
+                        "error": r["error"],
+                        "aspects": {
+                            a: {"mos": v.get("mos"), "rating": v.get("rating")}
+                            for a, v in r["aspects"].items() if isinstance(v, dict)
+                        },
+                    }
+                    for r in results
+                ],
+            }
+        lines = ["attempt %d: " % attempt + ", ".join("%s %s" % (a, _fmt(means[a])) for a in aspects)]
+        for r in results:
+            if r["error"]:
+                lines.append("#%d error: %s" % (r["index"], r["error"]))
+            else:
+                lines.append("#%d " % r["index"] + ", ".join(
+                    "%s %s (%s)" % (a, _fmt(_mos(r, a)), (r["aspects"].get(a) or {}).get("rating", "?"))
+                    for a in aspects))
+        send_event("m3gate.scores", {"node": unique_id, "attempt": attempt, "mean": mean_json,
+                                     "results": [{"index": r["index"], "error": r["error"],
+                                                  "mos": {a: _mos(r, a) for a in aspects}} for r in results]})
+        out = (images,) + tuple(means[a] for a in ASPECTS) + (json.dumps(results),)
+        return {"ui": {"text": ["\n".join(lines)]}, "result": out}
+
+
+class M3Gate(_Node):
+    CLASS = "M3Gate"
+    FUNCTION = "gate"
+
+    def gate(self, images, mode="all", quality_min=3.0, correspondence_min=0.0, authenticity_min=0.0,
+             scores=None, prompt=None, unique_id=None):
+        _check_images(images, "M3 Gate")
+        if mode not in ("all", "any"):
+            raise ValueError("M3 Gate: mode must be all or any, got %r" % (mode,))
+        mins = {"quality": quality_min, "correspondence": correspondence_min, "authenticity": authenticity_min}
+        thresholds = {a: float(mins[a]) for a in ASPECTS if mins[a] > 0}
+        batch = images.shape[0]
+        if scores is not None and scores != "":
+            results = parse_scores(scores, batch, "M3 Gate")
+        elif thresholds and batch > 0:
+            results = score_images(images, prompt, list(thresholds), node="M3 Gate")
+        else:
+            results = [{"index": i, "error": "", "aspects": {}} for i in range(batch)]
+        for a in thresholds:
+            _need_aspect(results, a, "M3 Gate")
+
+        def passes(r):
+            if r.get("error"):
+                return False
+            if not thresholds:
+                return True
+            ok = [_mos(r, a) >= t for a, t in thresholds.items()]
+            return all(ok) if mode == "all" else any(ok)
+
+        passed = [i for i, r in enumerate(results) if passes(r)]
+        rejected = [i for i in range(batch) if i not in set(passed)]
+        blocked = ExecutionBlocker(None)  # silent: downstream nodes just do not run
+        out_passed = _select(images, passed) if passed else blocked
+        out_rejected = _select(images, rejected) if rejected else blocked
+        out_scores = json.dumps(_reindex(results, passed)) if passed else blocked
+        rule = (" %s " % ("and" if mode == "all" else "or")).join(
+            "%s >= %s" % (a, _fmt(t)) for a, t in thresholds.items()) or "no thresholds"
+        text = "passed %d / %d (%s)" % (len(passed), batch, rule)
+        send_event("m3gate.gate", {"node": unique_id, "passed": passed, "rejected": rejected})
+        return {"ui": {"text": [text]},
+                "result": (out_passed, out_rejected, len(passed), len(rejected), out_scores)}
+
+
+class M3Reroll(_Node):
+    CLASS = "M3Reroll"
+    FUNCTION = "reroll"
+
+    def reroll(self, passed_count, wanted=1, max_tries=3, seed_nodes="", attempt=1,
+               api_prompt=None, unique_id=None, extra_pnginfo=None):
+        passed_count, wanted, max_tries, attempt = int(passed_count), int(wanted), int(max_tries), int(attempt)
+        if isinstance(extra_pnginfo, dict):
+            extra_pnginfo["m3gate_reroll"] = {"attempt": attempt, "max_tries": max_tries,
+                                              "passed": passed_count, "wanted": wanted}
+        requeued = False
+        answer = None
+        if passed_count >= wanted:
+            text = "accepted: %d of %d wanted passed on attempt %d" % (passed_count, wanted, attempt)
+        elif attempt >= max_tries:
+            text = "gave up: %d of %d wanted passed after %d of %d tries" % (passed_count, wanted, attempt, max_tries)
+        else:
+            if not isinstance(api_prompt, dict) or not api_prompt:
+                raise ValueError("M3 Reroll: ComfyUI passed no prompt to re-queue")
+            ids = parse_seed_nodes(seed_nodes or "")
+            for i in ids:
+                if i not in api_prompt:
+                    raise ValueError("M3 Reroll: seed node %s is not in the prompt (nodes: %s)"
+                                     % (i, ", ".join(sorted(api_prompt))))
+            candidates = ids or list(api_prompt)
+            if not any(s in ((api_prompt[i] or {}).get("inputs") or {}) for i in candidates for s in SEED_INPUTS):
+                where = "nodes " + ", ".join(ids) if ids else "the prompt"
+                raise ValueError("M3 Reroll: no seed or noise_seed input in %s; name the sampler nodes in seed_nodes"
+                                 % where)
+            server = getattr(PromptServer, "instance", None) if PromptServer is not None else None
+            body = {
+                "prompt": api_prompt,
+                "node_id": None if unique_id is None else str(unique_id),
+                "seed_nodes": ids,
+                "attempt": attempt,
+                "max_tries": max_tries,
+                "passed": passed_count,
+                "wanted": wanted,
+                "client_id": getattr(server, "client_id", None) or "",
+                "extra_pnginfo": extra_pnginfo if isinstance(extra_pnginfo, dict) else None,
+            }
+            answer = call_daemon("/v1/reroll", body)
+            requeued = True
+            text = "re-queued attempt %d of %d (%d of %d wanted passed)" % (
+                attempt + 1, max_tries, passed_count, wanted)
+            if isinstance(answer, dict) and answer.get("prompt_id"):
+                text += " as prompt %s" % answer["prompt_id"]
+        send_event("m3gate.reroll", {"node": unique_id, "attempt": attempt, "max_tries": max_tries,
+                                     "passed": passed_count, "wanted": wanted, "requeued": requeued,
+                                     "prompt_id": answer.get("prompt_id") if isinstance(answer, dict) else None})
+        return {"ui": {"text": [text]}, "result": (attempt, requeued)}
+
+
+class M3BestOfN(_Node):
+    CLASS = "M3BestOfN"
+    FUNCTION = "best_of_n"
+
+    def best_of_n(self, images, top_k=1, quality_weight=1.0, correspondence_weight=0.0,
+                  authenticity_weight=0.0, scores=None, prompt=None, unique_id=None):
+        _check_images(images, "M3 Best-of-N")
+        w = {"quality": quality_weight, "correspondence": correspondence_weight,
+             "authenticity": authenticity_weight}
+        weights = {a: float(w[a]) for a in ASPECTS if w[a] > 0}
+        if not weights:
+            raise ValueError("M3 Best-of-N: set at least one aspect weight above 0")
+        batch = images.shape[0]
+        if batch == 0:
+            raise ValueError("M3 Best-of-N: the batch is empty")
+        if scores is not None and scores != "":
+            results = parse_scores(scores, batch, "M3 Best-of-N")
+        else:
+            results = score_images(images, prompt, list(weights), node="M3 Best-of-N")
+        for a in weights:
+            _need_aspect(results, a, "M3 Best-of-N")
+        total = sum(weights.values())
+        ranked = []
+        for i, r in enumerate(results):
+            if r.get("error"):
+                continue
+            ranked.append((sum(wt * _mos(r, a) for a, wt in weights.items()) / total, i))
+        if not ranked:
+            errors = "; ".join(str(r.get("error")) for r in results)
+            raise ValueError("M3 Best-of-N: no image could be scored (%s)" % errors)
+        ranked.sort(key=lambda t: (-t[0], t[1]))
+        keep = ranked[: int(top_k)]
+        idx = [i for _, i in keep]
+        kept = _reindex(results, idx, weighted_score=[s for s, _ in keep])
+        text = "kept %d of %d: " % (len(idx), batch) + ", ".join("#%d %.2f" % (i, s) for s, i in keep)
+        return {"ui": {"text": [text]}, "result": (_select(images, idx), json.dumps(kept), keep[0][0])}
+
+
+NODE_CLASS_MAPPINGS = {cls.CLASS: cls for cls in (M3Score, M3Gate, M3Reroll, M3BestOfN)}
+NODE_DISPLAY_NAME_MAPPINGS = {name: NODE_DEFS[name]["display_name"] for name in NODE_CLASS_MAPPINGS}
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

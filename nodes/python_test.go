@@ -1,0 +1,323 @@
+package nodes
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"image"
+	"image/png"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+const debianPython = "/usr/bin/python3"
+
+// The daemon API the pack calls. The daemon (plugin/server) must answer
+// these shapes; fakeDaemon below speaks them.
+
+type scoreRequest struct {
+	Images []struct {
+		Data string `json:"data"`
+	} `json:"images"`
+	Prompt  string   `json:"prompt"`
+	Aspects []string `json:"aspects"`
+}
+
+type aspectScore struct {
+	MOS         float64            `json:"mos"`
+	Rating      string             `json:"rating"`
+	WordProbs   map[string]float64 `json:"word_probs"`
+	Description string             `json:"description"`
+	Source      string             `json:"source"`
+}
+
+type scoreResult struct {
+	Index   int                    `json:"index"`
+	Error   string                 `json:"error"`
+	Aspects map[string]aspectScore `json:"aspects"`
+}
+
+type rerollRequest struct {
+	Prompt       map[string]json.RawMessage `json:"prompt"`
+	NodeID       string                     `json:"node_id"`
+	SeedNodes    []string                   `json:"seed_nodes"`
+	Attempt      int                        `json:"attempt"`
+	MaxTries     int                        `json:"max_tries"`
+	Passed       int                        `json:"passed"`
+	Wanted       int                        `json:"wanted"`
+	ClientID     string                     `json:"client_id"`
+	ExtraPNGInfo map[string]any             `json:"extra_pnginfo"`
+}
+
+// fakeDaemon answers /v1/score by decoding each PNG and scoring its mean
+// brightness b (quality 5b, correspondence 5(1-b), authenticity 2.5), and
+// /v1/reroll by acknowledging a new prompt id. It records what it got.
+type fakeDaemon struct {
+	mu      sync.Mutex
+	scores  []scoreRequest
+	rerolls []rerollRequest
+	sizes   [][2]int // width, height of every decoded image
+	errs    []string
+}
+
+func (f *fakeDaemon) fail(format string, args ...any) {
+	f.mu.Lock()
+	f.errs = append(f.errs, fmt.Sprintf(format, args...))
+	f.mu.Unlock()
+}
+
+func rating(mos float64) string {
+	switch {
+	case mos < 1:
+		return "bad"
+	case mos < 2:
+		return "poor"
+	case mos < 3:
+		return "fair"
+	case mos < 4:
+		return "good"
+	}
+	return "excellent"
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func (f *fakeDaemon) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost || r.Header.Get("Content-Type") != "application/json" {
+		f.fail("%s %s with content type %q", r.Method, r.URL.Path, r.Header.Get("Content-Type"))
+		writeJSON(w, http.StatusMethodNotAllowed, map[string]string{"error": "POST application/json only"})
+		return
+	}
+	switch r.URL.Path {
+	case "/v1/score":
+		f.score(w, r)
+	case "/v1/reroll":
+		var req rerollRequest
+		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+			f.fail("reroll body: %v", err)
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
+			return
+		}
+		f.mu.Lock()
+		f.rerolls = append(f.rerolls, req)
+		f.mu.Unlock()
+		writeJSON(w, http.StatusOK, map[string]any{
+			"queued": true, "prompt_id": fmt.Sprintf("rerolled-%d", req.Attempt+1), "attempt": req.Attempt + 1,
+		})
+	default:
+		f.fail("unexpected path %s", r.URL.Path)
+		http.NotFound(w, r)
+	}
+}
+
+func (f *fakeDaemon) score(w http.ResponseWriter, r *http.Request) {
+	var req scoreRequest
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+		f.fail("score body: %v", err)
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
+		return
+	}
+	f.mu.Lock()
+	f.scores = append(f.scores, req)
+	f.mu.Unlock()
+	if req.Prompt == "daemon-error" {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "sidecar is not ready"})
+		return
+	}
+	results := []scoreResult{}
+	for i, im := range req.Images {
+		raw, err := base64.StdEncoding.DecodeString(im.Data)
+		if err != nil {
+			f.fail("image %d: base64: %v", i, err)
+			continue
+		}
+		img, err := png.Decode(bytes.NewReader(raw))
+		if err != nil {
+			f.fail("image %d: png: %v", i, err)
+			continue
+		}
+		b := img.Bounds()
+		f.mu.Lock()
+		f.sizes = append(f.sizes, [2]int{b.Dx(), b.Dy()})
+		f.mu.Unlock()
+		bright := meanBrightness(img)
+		res := scoreResult{Index: i, Aspects: map[string]aspectScore{}}
+		if req.Prompt == "image-error" && i == len(req.Images)-1 {
+			res.Error = fmt.Sprintf("model failed on image %d", i)
+			res.Aspects = nil
+			results = append(results, res)
+			continue
+		}
+		for _, a := range req.Aspects {
+			var mos float64
+			switch a {
+			case "quality":
+				mos = 5 * bright
+			case "correspondence":
+				mos = 5 * (1 - bright)
+			default:
+				mos = 2.5
+			}
+			res.Aspects[a] = aspectScore{MOS: mos, Rating: rating(mos), Description: "fake " + a,
+				Source: "predictor", WordProbs: map[string]float64{rating(mos): 1}}
+		}
+		results = append(results, res)
+	}
+	// Answer in reverse order: the pack must place results by index.
+	for i, j := 0, len(results)-1; i < j; i, j = i+1, j-1 {
+		results[i], results[j] = results[j], results[i]
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"results": results})
+}
+
+func meanBrightness(img image.Image) float64 {
+	b := img.Bounds()
+	var sum float64
+	for y := b.Min.Y; y < b.Max.Y; y++ {
+		for x := b.Min.X; x < b.Max.X; x++ {
+			r, g, bl, _ := img.At(x, y).RGBA()
+			sum += float64(r+g+bl) / 3 / 0xffff
+		}
+	}
+	return sum / float64(b.Dx()*b.Dy())
+}
+
+// closedURL returns the URL of a local port where nothing listens.
+func closedURL(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return "http://" + addr
+}
+
+// TestPythonPack runs testdata/pack_test.py under Debian's python3 (real
+// torch, numpy, PIL; stub server/comfy/comfy_execution modules) against the
+// fake daemon, then checks what reached the daemon on the wire.
+func TestPythonPack(t *testing.T) {
+	if _, err := os.Stat(debianPython); err != nil {
+		t.Skipf("skipping the Python pack tests: %s not found (%v)", debianPython, err)
+	}
+	root := repoRoot(t)
+	fake := &fakeDaemon{}
+	srv := httptest.NewServer(fake)
+	defer srv.Close()
+
+	dir := t.TempDir()
+	compact := filepath.Join(dir, "object_info.json")
+	if err := os.WriteFile(compact, Default().ObjectInfoJSON(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	funcs := map[string]string{}
+	for _, d := range Defs() {
+		funcs[d.Class] = d.Function
+	}
+	funcsJSON, _ := json.Marshal(funcs)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, debianPython, "-B", "testdata/pack_test.py")
+	cmd.Env = append(os.Environ(),
+		"PYTHONPATH="+filepath.Join(root, "nodes", "testdata", "pystubs"),
+		"PYTHONDONTWRITEBYTECODE=1",
+		"OMP_NUM_THREADS=1",
+		"M3GATE_PACK="+filepath.Join(root, "nodes", "comfyui", "m3gate"),
+		"M3GATE_URL="+srv.URL,
+		"M3GATE_DOWN_URL="+closedURL(t),
+		"M3GATE_GOLDEN="+filepath.Join(root, filepath.FromSlash(ObjectInfoPath)),
+		"M3GATE_COMPACT="+compact,
+		"M3GATE_FUNCTIONS="+string(funcsJSON),
+		"M3GATE_TIMEOUT=30",
+	)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("python pack tests failed: %v\n%s", err, out)
+	}
+	t.Logf("python pack tests:\n%s", lastLines(string(out), 6))
+
+	fake.mu.Lock()
+	defer fake.mu.Unlock()
+	for _, e := range fake.errs {
+		t.Errorf("fake daemon: %s", e)
+	}
+	if len(fake.scores) == 0 || len(fake.rerolls) == 0 {
+		t.Fatalf("daemon saw %d score and %d reroll requests, want some of each", len(fake.scores), len(fake.rerolls))
+	}
+	for _, sz := range fake.sizes {
+		if sz != [2]int{6, 8} {
+			t.Errorf("PNG of %dx%d, want the 6x8 test images", sz[0], sz[1])
+		}
+	}
+	var sawPrompt bool
+	for _, s := range fake.scores {
+		for _, a := range s.Aspects {
+			if !contains(Aspects, a) {
+				t.Errorf("score request asks for unknown aspect %q", a)
+			}
+		}
+		if s.Prompt == "a red fox" {
+			sawPrompt = true
+			if strings.Join(s.Aspects, ",") != "quality,correspondence" || len(s.Images) != 2 {
+				t.Errorf("score request %+v, want 2 images and quality,correspondence", s.Aspects)
+			}
+		}
+	}
+	if !sawPrompt {
+		t.Error("no score request carried the linked prompt")
+	}
+	var got *rerollRequest
+	for i := range fake.rerolls {
+		if fake.rerolls[i].Wanted == 2 {
+			got = &fake.rerolls[i]
+		}
+	}
+	if got == nil {
+		t.Fatalf("no reroll request with wanted=2 among %+v", fake.rerolls)
+	}
+	if got.NodeID != "12" || got.Attempt != 1 || got.MaxTries != 3 || got.Passed != 0 ||
+		strings.Join(got.SeedNodes, ",") != "3" || got.ClientID != "client-1" {
+		t.Errorf("reroll request %+v", *got)
+	}
+	// Seeds up to 2^64-1 must reach the daemon exactly.
+	var sampler struct {
+		Inputs struct {
+			Seed json.Number `json:"seed"`
+		} `json:"inputs"`
+	}
+	dec := json.NewDecoder(bytes.NewReader(got.Prompt["3"]))
+	dec.UseNumber()
+	if err := dec.Decode(&sampler); err != nil || sampler.Inputs.Seed.String() != "18446744073709551615" {
+		t.Errorf("sampler seed in the re-queued prompt = %q (%v), want 18446744073709551615", sampler.Inputs.Seed, err)
+	}
+	if got.ExtraPNGInfo == nil {
+		t.Error("reroll request without extra_pnginfo")
+	}
+	if _, ok := got.ExtraPNGInfo["m3gate_reroll"]; !ok {
+		t.Errorf("extra_pnginfo %v lacks m3gate_reroll", got.ExtraPNGInfo)
+	}
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
