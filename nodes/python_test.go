@@ -3,11 +3,11 @@ package nodes
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"image"
 	"image/png"
+	"math"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -22,50 +22,14 @@ import (
 
 const debianPython = "/usr/bin/python3"
 
-// The daemon API the pack calls. The daemon (plugin/server) must answer
-// these shapes; fakeDaemon below speaks them.
-
-type scoreRequest struct {
-	Images []struct {
-		Data string `json:"data"`
-	} `json:"images"`
-	Prompt  string   `json:"prompt"`
-	Aspects []string `json:"aspects"`
-}
-
-type aspectScore struct {
-	MOS         float64            `json:"mos"`
-	Rating      string             `json:"rating"`
-	WordProbs   map[string]float64 `json:"word_probs"`
-	Description string             `json:"description"`
-	Source      string             `json:"source"`
-}
-
-type scoreResult struct {
-	Index   int                    `json:"index"`
-	Error   string                 `json:"error"`
-	Aspects map[string]aspectScore `json:"aspects"`
-}
-
-type rerollRequest struct {
-	Prompt       map[string]json.RawMessage `json:"prompt"`
-	NodeID       string                     `json:"node_id"`
-	SeedNodes    []string                   `json:"seed_nodes"`
-	Attempt      int                        `json:"attempt"`
-	MaxTries     int                        `json:"max_tries"`
-	Passed       int                        `json:"passed"`
-	Wanted       int                        `json:"wanted"`
-	ClientID     string                     `json:"client_id"`
-	ExtraPNGInfo map[string]any             `json:"extra_pnginfo"`
-}
-
 // fakeDaemon answers /v1/score by decoding each PNG and scoring its mean
 // brightness b (quality 5b, correspondence 5(1-b), authenticity 2.5), and
 // /v1/reroll by acknowledging a new prompt id. It records what it got.
 type fakeDaemon struct {
 	mu      sync.Mutex
-	scores  []scoreRequest
-	rerolls []rerollRequest
+	scores  []ScoreRequest
+	rerolls []RerollRequest
+	plans   []RerollPlan
 	sizes   [][2]int // width, height of every decoded image
 	errs    []string
 }
@@ -103,21 +67,26 @@ func (f *fakeDaemon) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	switch r.URL.Path {
-	case "/v1/score":
+	case PathScore:
 		f.score(w, r)
-	case "/v1/reroll":
-		var req rerollRequest
+	case PathReroll:
+		var req RerollRequest
 		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
 			f.fail("reroll body: %v", err)
-			writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
+			writeJSON(w, http.StatusBadRequest, ErrorResponse{Error: err.Error()})
 			return
 		}
+		plan, err := PlanReroll(req, nil)
 		f.mu.Lock()
 		f.rerolls = append(f.rerolls, req)
+		f.plans = append(f.plans, plan)
 		f.mu.Unlock()
-		writeJSON(w, http.StatusOK, map[string]any{
-			"queued": true, "prompt_id": fmt.Sprintf("rerolled-%d", req.Attempt+1), "attempt": req.Attempt + 1,
-		})
+		if err != nil {
+			writeJSON(w, http.StatusBadRequest, ErrorResponse{Error: err.Error()})
+			return
+		}
+		writeJSON(w, http.StatusOK, RerollResponse{Queued: true,
+			PromptID: fmt.Sprintf("rerolled-%d", plan.Attempt), Attempt: plan.Attempt, Seeds: plan.Seeds})
 	default:
 		f.fail("unexpected path %s", r.URL.Path)
 		http.NotFound(w, r)
@@ -125,27 +94,22 @@ func (f *fakeDaemon) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func (f *fakeDaemon) score(w http.ResponseWriter, r *http.Request) {
-	var req scoreRequest
+	var req ScoreRequest
 	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
 		f.fail("score body: %v", err)
-		writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
+		writeJSON(w, http.StatusBadRequest, ErrorResponse{Error: err.Error()})
 		return
 	}
 	f.mu.Lock()
 	f.scores = append(f.scores, req)
 	f.mu.Unlock()
 	if req.Prompt == "daemon-error" {
-		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "sidecar is not ready"})
+		writeJSON(w, http.StatusServiceUnavailable, ErrorResponse{Error: "sidecar is not ready"})
 		return
 	}
-	results := []scoreResult{}
+	results := []ScoreResult{}
 	for i, im := range req.Images {
-		raw, err := base64.StdEncoding.DecodeString(im.Data)
-		if err != nil {
-			f.fail("image %d: base64: %v", i, err)
-			continue
-		}
-		img, err := png.Decode(bytes.NewReader(raw))
+		img, err := png.Decode(bytes.NewReader(im.Data))
 		if err != nil {
 			f.fail("image %d: png: %v", i, err)
 			continue
@@ -155,7 +119,7 @@ func (f *fakeDaemon) score(w http.ResponseWriter, r *http.Request) {
 		f.sizes = append(f.sizes, [2]int{b.Dx(), b.Dy()})
 		f.mu.Unlock()
 		bright := meanBrightness(img)
-		res := scoreResult{Index: i, Aspects: map[string]aspectScore{}}
+		res := ScoreResult{Index: i, Aspects: map[string]AspectScore{}}
 		if req.Prompt == "image-error" && i == len(req.Images)-1 {
 			res.Error = fmt.Sprintf("model failed on image %d", i)
 			res.Aspects = nil
@@ -172,7 +136,7 @@ func (f *fakeDaemon) score(w http.ResponseWriter, r *http.Request) {
 			default:
 				mos = 2.5
 			}
-			res.Aspects[a] = aspectScore{MOS: mos, Rating: rating(mos), Description: "fake " + a,
+			res.Aspects[a] = AspectScore{MOS: mos, Rating: rating(mos), Description: "fake " + a,
 				Source: "predictor", WordProbs: map[string]float64{rating(mos): 1}}
 		}
 		results = append(results, res)
@@ -181,7 +145,7 @@ func (f *fakeDaemon) score(w http.ResponseWriter, r *http.Request) {
 	for i, j := 0, len(results)-1; i < j; i, j = i+1, j-1 {
 		results[i], results[j] = results[j], results[i]
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"results": results})
+	writeJSON(w, http.StatusOK, ScoreResponse{Results: results})
 }
 
 func meanBrightness(img image.Image) float64 {
@@ -282,7 +246,7 @@ func TestPythonPack(t *testing.T) {
 	if !sawPrompt {
 		t.Error("no score request carried the linked prompt")
 	}
-	var got *rerollRequest
+	var got *RerollRequest
 	for i := range fake.rerolls {
 		if fake.rerolls[i].Wanted == 2 {
 			got = &fake.rerolls[i]
@@ -295,22 +259,30 @@ func TestPythonPack(t *testing.T) {
 		strings.Join(got.SeedNodes, ",") != "3" || got.ClientID != "client-1" {
 		t.Errorf("reroll request %+v", *got)
 	}
-	// Seeds up to 2^64-1 must reach the daemon exactly.
-	var sampler struct {
-		Inputs struct {
-			Seed json.Number `json:"seed"`
-		} `json:"inputs"`
+	// Seeds up to 2^64-1 reach the daemon exactly, and the plan changes them.
+	plan := fake.plans[len(fake.plans)-1]
+	for i := range fake.rerolls {
+		if &fake.rerolls[i] == got {
+			plan = fake.plans[i]
+		}
 	}
-	dec := json.NewDecoder(bytes.NewReader(got.Prompt["3"]))
-	dec.UseNumber()
-	if err := dec.Decode(&sampler); err != nil || sampler.Inputs.Seed.String() != "18446744073709551615" {
-		t.Errorf("sampler seed in the re-queued prompt = %q (%v), want 18446744073709551615", sampler.Inputs.Seed, err)
+	var prompt map[string]struct {
+		Inputs map[string]json.RawMessage `json:"inputs"`
 	}
-	if got.ExtraPNGInfo == nil {
-		t.Error("reroll request without extra_pnginfo")
+	if err := decodeExact(got.Prompt, &prompt); err != nil {
+		t.Fatalf("reroll prompt: %v", err)
 	}
-	if _, ok := got.ExtraPNGInfo["m3gate_reroll"]; !ok {
-		t.Errorf("extra_pnginfo %v lacks m3gate_reroll", got.ExtraPNGInfo)
+	if s := string(prompt["3"].Inputs["seed"]); s != "18446744073709551615" {
+		t.Errorf("sampler seed sent = %s, want 18446744073709551615", s)
+	}
+	if seed, ok := plan.Seeds["3.seed"]; !ok || seed == math.MaxUint64 || plan.Attempt != 2 {
+		t.Errorf("plan seeds %v attempt %d, want a new 3.seed and attempt 2", plan.Seeds, plan.Attempt)
+	}
+	if !strings.Contains(string(got.ExtraPNGInfo), PNGInfoRerollKey) {
+		t.Errorf("extra_pnginfo %s lacks %s", got.ExtraPNGInfo, PNGInfoRerollKey)
+	}
+	if strings.Contains(string(plan.ExtraPNGInfo), PNGInfoRerollKey) {
+		t.Errorf("planned extra_pnginfo %s keeps %s", plan.ExtraPNGInfo, PNGInfoRerollKey)
 	}
 }
 

@@ -1,0 +1,291 @@
+package nodes
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strconv"
+)
+
+// The HTTP API of the m3gate daemon that the Python pack calls. Every call is
+// POST with a JSON body; a refusal is a non-2xx status with ErrorResponse.
+const (
+	// EnvDaemonURL names the environment variable the pack reads the
+	// daemon's base URL from; DefaultDaemonURL applies when it is unset.
+	EnvDaemonURL     = "M3GATE_URL"
+	DefaultDaemonURL = "http://127.0.0.1:8190"
+	// PathScore takes a ScoreRequest and answers a ScoreResponse.
+	PathScore = "/v1/score"
+	// PathReroll takes a RerollRequest and answers a RerollResponse.
+	PathReroll = "/v1/reroll"
+	// PNGInfoKey is the extra_pnginfo key (and so the PNG text chunk) M3 Score
+	// writes; PNGInfoRerollKey the one M3 Reroll writes.
+	PNGInfoKey       = "m3gate"
+	PNGInfoRerollKey = "m3gate_reroll"
+)
+
+// ScoreImage is one image of a ScoreRequest: PNG bytes, base64 in JSON.
+type ScoreImage struct {
+	Data []byte `json:"data"`
+}
+
+// ScoreRequest is the body of POST /v1/score.
+type ScoreRequest struct {
+	Images  []ScoreImage `json:"images"`
+	Prompt  string       `json:"prompt"`
+	Aspects []string     `json:"aspects"`
+}
+
+// AspectScore is one image's score on one aspect.
+type AspectScore struct {
+	MOS         float64            `json:"mos"`
+	Rating      string             `json:"rating"`
+	WordProbs   map[string]float64 `json:"word_probs,omitempty"`
+	Description string             `json:"description,omitempty"`
+	Source      string             `json:"source,omitempty"`
+}
+
+// ScoreResult is the outcome for the image at Index: Aspects, or Error when
+// this image failed.
+type ScoreResult struct {
+	Index   int                    `json:"index"`
+	Error   string                 `json:"error"`
+	Aspects map[string]AspectScore `json:"aspects"`
+}
+
+// ScoreResponse answers POST /v1/score with one result per image.
+type ScoreResponse struct {
+	Results []ScoreResult `json:"results"`
+}
+
+// ErrorResponse is the body of a refusal; the pack shows Error to the user.
+type ErrorResponse struct {
+	Error string `json:"error"`
+}
+
+// RerollRequest is the body of POST /v1/reroll: M3 Reroll asks the daemon to
+// queue Prompt (the API-format prompt that just ran) again on the ComfyUI
+// server with new seeds, as attempt Attempt+1.
+type RerollRequest struct {
+	// Prompt is the API-format prompt {id: {class_type, inputs}} that ran.
+	Prompt json.RawMessage `json:"prompt"`
+	// NodeID is the id of the M3 Reroll node in Prompt.
+	NodeID string `json:"node_id"`
+	// SeedNodes names the nodes whose seeds change; empty: every node with a
+	// seed or noise_seed input.
+	SeedNodes []string `json:"seed_nodes"`
+	// Attempt is the attempt that just ran (1 for the first run).
+	Attempt  int `json:"attempt"`
+	MaxTries int `json:"max_tries"`
+	Passed   int `json:"passed"`
+	Wanted   int `json:"wanted"`
+	// ClientID is the websocket client that queued the prompt; the re-queued
+	// prompt is sent with it so that client sees its progress.
+	ClientID string `json:"client_id"`
+	// ExtraPNGInfo is the prompt's extra_pnginfo (the UI workflow, m3gate's
+	// keys), or null when the prompt was queued without one.
+	ExtraPNGInfo json.RawMessage `json:"extra_pnginfo"`
+}
+
+// RerollResponse answers POST /v1/reroll.
+type RerollResponse struct {
+	Queued   bool   `json:"queued"`
+	PromptID string `json:"prompt_id"`
+	// Attempt is the number of the attempt that was queued.
+	Attempt int `json:"attempt"`
+	// Seeds maps "node_id.input" to the new seed.
+	Seeds map[string]uint64 `json:"seeds,omitempty"`
+}
+
+// RerollPlan is what the daemon queues for a RerollRequest: POST /prompt
+// {"prompt": Prompt, "client_id": req.ClientID,
+// "extra_data": {"extra_pnginfo": ExtraPNGInfo}}.
+type RerollPlan struct {
+	Prompt       json.RawMessage
+	ExtraPNGInfo json.RawMessage // always an object, so SaveImage has one to write
+	Attempt      int
+	Seeds        map[string]uint64
+}
+
+// SeedFunc returns the new seed of input name of node id for an attempt.
+type SeedFunc func(nodeID, input string, old uint64, attempt int) uint64
+
+// DeriveSeed is the default SeedFunc: a SplitMix64 hash of the old seed, the
+// attempt and the node and input, so a reroll is reproducible, and never
+// equal to the old seed.
+func DeriveSeed(nodeID, input string, old uint64, attempt int) uint64 {
+	x := old ^ uint64(attempt)*0x9e3779b97f4a7c15
+	for _, c := range []byte(nodeID + "." + input) {
+		x = (x ^ uint64(c)) * 0x100000001b3
+	}
+	x += 0x9e3779b97f4a7c15
+	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9
+	x = (x ^ (x >> 27)) * 0x94d049bb133111eb
+	x ^= x >> 31
+	if x == old {
+		x++
+	}
+	return x
+}
+
+// PlanReroll checks req and builds the prompt to queue next: the seeds of
+// the sampler nodes replaced (a seed input linked to another node, such as
+// a primitive, changes that node's seed or value input instead), the M3
+// Reroll node's attempt input set to Attempt+1, and m3gate's keys dropped
+// from extra_pnginfo. Seeds keep their exact 64-bit values; everything else
+// in the prompt is copied unchanged. newSeed nil means DeriveSeed.
+func PlanReroll(req RerollRequest, newSeed SeedFunc) (RerollPlan, error) {
+	if newSeed == nil {
+		newSeed = DeriveSeed
+	}
+	if req.Attempt < 1 || req.MaxTries < 1 {
+		return RerollPlan{}, fmt.Errorf("reroll: attempt %d and max_tries %d must be at least 1", req.Attempt, req.MaxTries)
+	}
+	if req.Attempt >= req.MaxTries {
+		return RerollPlan{}, fmt.Errorf("reroll: attempt %d already reached max_tries %d", req.Attempt, req.MaxTries)
+	}
+	prompt := map[string]map[string]json.RawMessage{}
+	if err := decodeExact(req.Prompt, &prompt); err != nil || len(prompt) == 0 {
+		return RerollPlan{}, fmt.Errorf("reroll: prompt is not an API-format prompt object: %v", err)
+	}
+	inputsOf := func(id string) (map[string]json.RawMessage, error) {
+		in := map[string]json.RawMessage{}
+		if raw, ok := prompt[id]["inputs"]; ok {
+			if err := decodeExact(raw, &in); err != nil {
+				return nil, fmt.Errorf("reroll: inputs of node %s: %w", id, err)
+			}
+		}
+		return in, nil
+	}
+	setInput := func(id string, in map[string]json.RawMessage, name string, v json.RawMessage) error {
+		in[name] = v
+		raw, err := json.Marshal(in)
+		if err != nil {
+			return fmt.Errorf("reroll: node %s: %w", id, err)
+		}
+		prompt[id]["inputs"] = raw
+		return nil
+	}
+
+	if _, ok := prompt[req.NodeID]; !ok {
+		return RerollPlan{}, fmt.Errorf("reroll: node_id %q is not in the prompt", req.NodeID)
+	}
+	targets := req.SeedNodes
+	if len(targets) == 0 {
+		for id := range prompt {
+			targets = append(targets, id)
+		}
+		sort.Strings(targets)
+	}
+	next := req.Attempt + 1
+	seeds := map[string]uint64{}
+	for _, id := range targets {
+		if _, ok := prompt[id]; !ok {
+			return RerollPlan{}, fmt.Errorf("reroll: seed node %s is not in the prompt", id)
+		}
+		in, err := inputsOf(id)
+		if err != nil {
+			return RerollPlan{}, err
+		}
+		found := false
+		for _, name := range SeedInputNames {
+			raw, ok := in[name]
+			if !ok {
+				continue
+			}
+			found = true
+			var link []json.RawMessage
+			if json.Unmarshal(raw, &link) == nil {
+				// A linked seed: change it where it is set, one node up.
+				var src string
+				if len(link) != 2 || json.Unmarshal(link[0], &src) != nil {
+					return RerollPlan{}, fmt.Errorf("reroll: node %s input %s is neither a seed nor a link", id, name)
+				}
+				if err := rerollLiteral(prompt, src, inputsOf, setInput, newSeed, next, seeds, linkedSeedNames); err != nil {
+					return RerollPlan{}, fmt.Errorf("reroll: node %s input %s links node %s: %w", id, name, src, err)
+				}
+				continue
+			}
+			if err := rerollLiteral(prompt, id, inputsOf, setInput, newSeed, next, seeds, []string{name}); err != nil {
+				return RerollPlan{}, err
+			}
+		}
+		if !found && len(req.SeedNodes) > 0 {
+			return RerollPlan{}, fmt.Errorf("reroll: seed node %s has no seed or noise_seed input", id)
+		}
+	}
+	if len(seeds) == 0 {
+		return RerollPlan{}, fmt.Errorf("reroll: no seed or noise_seed input in the prompt; name the sampler nodes in seed_nodes")
+	}
+
+	in, err := inputsOf(req.NodeID)
+	if err != nil {
+		return RerollPlan{}, err
+	}
+	if err := setInput(req.NodeID, in, "attempt", json.RawMessage(strconv.Itoa(next))); err != nil {
+		return RerollPlan{}, err
+	}
+	out, err := json.Marshal(prompt)
+	if err != nil {
+		return RerollPlan{}, fmt.Errorf("reroll: %w", err)
+	}
+	extra := map[string]json.RawMessage{}
+	if len(bytes.TrimSpace(req.ExtraPNGInfo)) > 0 && string(bytes.TrimSpace(req.ExtraPNGInfo)) != "null" {
+		if err := json.Unmarshal(req.ExtraPNGInfo, &extra); err != nil {
+			return RerollPlan{}, fmt.Errorf("reroll: extra_pnginfo is not an object: %w", err)
+		}
+	}
+	delete(extra, PNGInfoKey)
+	delete(extra, PNGInfoRerollKey)
+	extraJSON, err := json.Marshal(extra)
+	if err != nil {
+		return RerollPlan{}, fmt.Errorf("reroll: %w", err)
+	}
+	return RerollPlan{Prompt: out, ExtraPNGInfo: extraJSON, Attempt: next, Seeds: seeds}, nil
+}
+
+// linkedSeedNames are the inputs that hold a seed on a node that a sampler's
+// seed input links to (a primitive's value, a seed node's seed).
+var linkedSeedNames = []string{"seed", "noise_seed", "value"}
+
+// rerollLiteral replaces the first literal integer input among names of
+// node id with a new seed.
+func rerollLiteral(prompt map[string]map[string]json.RawMessage,
+	id string,
+	inputsOf func(string) (map[string]json.RawMessage, error),
+	setInput func(string, map[string]json.RawMessage, string, json.RawMessage) error,
+	newSeed SeedFunc, attempt int, seeds map[string]uint64, names []string) error {
+	if _, ok := prompt[id]; !ok {
+		return fmt.Errorf("node %s is not in the prompt", id)
+	}
+	in, err := inputsOf(id)
+	if err != nil {
+		return err
+	}
+	for _, name := range names {
+		raw, ok := in[name]
+		if !ok {
+			continue
+		}
+		old, err := strconv.ParseUint(string(bytes.TrimSpace(raw)), 10, 64)
+		if err != nil {
+			return fmt.Errorf("node %s input %s = %s is not a seed (an integer 0..2^64-1)", id, name, raw)
+		}
+		key := id + "." + name
+		if _, done := seeds[key]; done {
+			return nil // two samplers share one seed node
+		}
+		seed := newSeed(id, name, old, attempt)
+		seeds[key] = seed
+		return setInput(id, in, name, json.RawMessage(strconv.FormatUint(seed, 10)))
+	}
+	return fmt.Errorf("node %s has no literal %v input", id, names)
+}
+
+// decodeExact decodes JSON keeping numbers as their literal text.
+func decodeExact(raw json.RawMessage, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	return dec.Decode(v)
+}
