@@ -3,12 +3,15 @@ package cli
 import (
 	"bytes"
 	"context"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/m3gate/m3gate/plugin/config"
 )
 
 // run executes m3gate with args in a temporary working directory (so a
@@ -110,7 +113,7 @@ func TestModelTinyForwardsToSidecar(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			env := []string{"M3GATE_SIDECAR=" + bin, "FAKE_LOG=" + log, "FAKE_EXIT=" + tt.exit, "PATH=/usr/bin:/bin"}
-			code, out, errOut := run(t, env, "from stdin\n", "model", "tiny", "--out", "/tmp/x", "--size", "256m")
+			code, out, errOut := run(t, env, "from stdin\n", "model", "tiny", "--out", "/tmp/x", "--size", "256m", "--seed", "42")
 			if code != tt.wantCode {
 				t.Errorf("code = %d, want %d (stderr %q)", code, tt.wantCode, errOut)
 			}
@@ -124,7 +127,7 @@ func TestModelTinyForwardsToSidecar(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			want := "model\ntiny\n--family\nidefics3\n--out\n/tmp/x\n--size\n256m\nfrom stdin\n"
+			want := "model\ntiny\n--family\nidefics3\n--out\n/tmp/x\n--size\n256m\n--seed\n42\nfrom stdin\n"
 			if string(b) != want {
 				t.Errorf("sidecar saw %q, want %q", b, want)
 			}
@@ -273,4 +276,34 @@ func TestConfigFlag(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestNewLogger(t *testing.T) {
+	tests := []struct {
+		level, format string
+		want          string // what an Info and a Warn line produce
+	}{
+		{"info", "text", "level=INFO msg=i\nlevel=WARN msg=w\n"},
+		{"warn", "text", "level=WARN msg=w\n"},
+		{"error", "json", ""},
+		{"debug", "json", `{"level":"INFO","msg":"i"}` + "\n" + `{"level":"WARN","msg":"w"}` + "\n"},
+	}
+	for _, tt := range tests {
+		var buf bytes.Buffer
+		l := NewLogger(config.Log{Level: tt.level, Format: tt.format}, &buf)
+		l = slog.New(dropTime{l.Handler()})
+		l.Info("i")
+		l.Warn("w")
+		if got := buf.String(); got != tt.want {
+			t.Errorf("%s/%s: got %q, want %q", tt.level, tt.format, got, tt.want)
+		}
+	}
+}
+
+// dropTime removes the time attribute so log lines compare exactly.
+type dropTime struct{ slog.Handler }
+
+func (d dropTime) Handle(ctx context.Context, r slog.Record) error {
+	r.Time = time.Time{}
+	return d.Handler.Handle(ctx, r)
 }

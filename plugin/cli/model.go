@@ -2,6 +2,7 @@ package cli
 
 import (
 	"fmt"
+	"strconv"
 
 	"github.com/spf13/cobra"
 )
@@ -25,6 +26,7 @@ func newModelCmd(app *App) *cobra.Command {
 // newModelTinyCmd builds `m3gate model tiny`, which the sidecar binary runs.
 func newModelTinyCmd(app *App) *cobra.Command {
 	var family, out, size string
+	var seed int64
 	cmd := &cobra.Command{
 		Use:   "tiny --out DIR [--family idefics3] [--size tiny|256m]",
 		Short: "Write a model directory with random weights in the real tensor layout",
@@ -43,12 +45,17 @@ SmolVLM-256M's shapes, for benchmarks. Runs in the m3gate-sidecar binary.`,
 			if out == "" {
 				return &UsageError{Err: fmt.Errorf("model tiny: --out DIR is required")}
 			}
-			return RunSidecar(cmd.Context(), app, "model", "tiny", "--family", family, "--out", out, "--size", size)
+			args = []string{"model", "tiny", "--family", family, "--out", out, "--size", size}
+			if cmd.Flags().Changed("seed") {
+				args = append(args, "--seed", strconv.FormatInt(seed, 10))
+			}
+			return RunSidecar(cmd.Context(), app, args...)
 		},
 	}
 	cmd.Flags().StringVar(&family, "family", "idefics3", "model family (idefics3)")
 	cmd.Flags().StringVar(&out, "out", "", "output directory (required)")
 	cmd.Flags().StringVar(&size, "size", "tiny", "tiny (unit tests) or 256m (SmolVLM-256M shapes)")
+	cmd.Flags().Int64Var(&seed, "seed", 0, "random seed of the weights")
 	return cmd
 }
 

@@ -40,7 +40,7 @@ selects a mirror.`,
 			c.Progress = app.Stderr
 			res, err := c.Download(cmd.Context(), repo, revision, dir, nil)
 			if err != nil {
-				return fmt.Errorf("model fetch %s: %w", repo, err)
+				return fmt.Errorf("model fetch: %w", err)
 			}
 			var total int64
 			for _, f := range res.Files {

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 
 	"github.com/spf13/cobra"
@@ -22,9 +23,10 @@ const DefaultConfigFile = "config.yaml"
 // Exit codes of m3gate.
 const (
 	ExitOK             = 0
-	ExitError          = 1 // the command failed
-	ExitUsage          = 2 // bad flags or arguments
-	ExitNotImplemented = 3 // the subcommand is planned but not implemented yet
+	ExitError          = 1   // the command failed
+	ExitUsage          = 2   // bad flags or arguments
+	ExitNotImplemented = 3   // the subcommand is planned but not implemented yet
+	ExitInterrupted    = 130 // stopped by SIGINT or SIGTERM (ctx cancelled)
 )
 
 // App is the state shared by all subcommands: I/O streams, environment and
@@ -43,6 +45,8 @@ type App struct {
 	ConfigPath string
 	// Config is the effective configuration.
 	Config config.Config
+	// Logger logs to Stderr with the configured level and format.
+	Logger *slog.Logger
 }
 
 // Getenv returns the value of the environment variable key in a.Env.
@@ -75,6 +79,7 @@ func (a *App) loadConfig() error {
 	}
 	a.ConfigPath = path
 	a.Config = c
+	a.Logger = NewLogger(c.Log, a.Stderr)
 	return nil
 }
 
@@ -144,6 +149,9 @@ func Execute(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 		return ExitNotImplemented
 	}
 	fmt.Fprintf(stderr, "m3gate: %v\n", err)
+	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
+		return ExitInterrupted
+	}
 	var ue *UsageError
 	if errors.As(err, &ue) || isCobraUsageError(err) {
 		fmt.Fprintln(stderr, "Run 'm3gate --help' for usage.")

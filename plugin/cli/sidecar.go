@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -59,9 +60,9 @@ func LocateSidecar(env []string, configured string) (string, error) {
 		}
 	}
 	looked = append(looked, "$PATH")
-	return "", fmt.Errorf("%s not found (looked at %v): build it with `make build` "+
+	return "", fmt.Errorf("%s not found (looked at %s): build it with `make build` "+
 		"(it lands in bin/ next to m3gate), or set $%s or sidecar.path in config.yaml",
-		SidecarName(), looked, SidecarEnv)
+		SidecarName(), strings.Join(looked, ", "), SidecarEnv)
 }
 
 func checkExecutable(p string) error {
