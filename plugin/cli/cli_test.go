@@ -307,3 +307,21 @@ func (d dropTime) Handle(ctx context.Context, r slog.Record) error {
 	r.Time = time.Time{}
 	return d.Handler.Handle(ctx, r)
 }
+
+func TestInterruptExitCode(t *testing.T) {
+	if runtime.GOOS == "windows" {
+		t.Skip("unix only")
+	}
+	dir := t.TempDir()
+	bin := filepath.Join(dir, SidecarName())
+	if err := os.WriteFile(bin, []byte("#!/bin/sh\nexec sleep 30\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(100*time.Millisecond, cancel)
+	var out, errb bytes.Buffer
+	code := Execute(ctx, []string{"model", "tiny", "--out", "x"}, strings.NewReader(""), &out, &errb, []string{"M3GATE_SIDECAR=" + bin})
+	if code != ExitInterrupted {
+		t.Errorf("code = %d, want %d (stderr %q)", code, ExitInterrupted, errb.String())
+	}
+}
