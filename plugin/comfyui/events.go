@@ -43,12 +43,12 @@ const (
 
 // Binary frame event numbers (first 4 bytes, big endian).
 const (
-	BinaryPreviewImage         = 1
-	BinaryUnencodedPreview     = 2
-	BinaryText                 = 3
-	BinaryPreviewWithMetadata  = 4
-	PreviewFormatJPEG          = 1
-	PreviewFormatPNG           = 2
+	BinaryPreviewImage        = 1
+	BinaryUnencodedPreview    = 2
+	BinaryText                = 3
+	BinaryPreviewWithMetadata = 4
+	PreviewFormatJPEG         = 1
+	PreviewFormatPNG          = 2
 )
 
 // StatusEvent is "status": the queue length, broadcast to every socket.

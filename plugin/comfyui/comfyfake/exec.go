@@ -47,12 +47,12 @@ type cached struct {
 }
 
 type job struct {
-	number    int64
-	id        string
-	prompt    comfyui.Workflow
-	extra     map[string]any
-	outputs   []string
-	clientID  string
+	number   int64
+	id       string
+	prompt   comfyui.Workflow
+	extra    map[string]any
+	outputs  []string
+	clientID string
 }
 
 type historyEntry struct {
