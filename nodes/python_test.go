@@ -3,6 +3,7 @@ package nodes
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"image"
@@ -184,7 +185,7 @@ func TestPythonPack(t *testing.T) {
 	srv := httptest.NewServer(fake)
 	defer srv.Close()
 
-	dir := t.TempDir()
+	dir, outDir := t.TempDir(), t.TempDir()
 	compact := filepath.Join(dir, "object_info.json")
 	if err := os.WriteFile(compact, Default().ObjectInfoJSON(), 0o644); err != nil {
 		t.Fatal(err)
@@ -209,6 +210,8 @@ func TestPythonPack(t *testing.T) {
 		"M3GATE_COMPACT="+compact,
 		"M3GATE_FUNCTIONS="+string(funcsJSON),
 		"M3GATE_TIMEOUT=30",
+		"M3GATE_WORKFLOW="+filepath.Join(root, "nodes", "testdata", "workflow-api.json"),
+		"M3GATE_OUT="+outDir,
 	)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
@@ -248,16 +251,17 @@ func TestPythonPack(t *testing.T) {
 	}
 	var got *RerollRequest
 	for i := range fake.rerolls {
-		if fake.rerolls[i].Wanted == 2 {
+		if r := fake.rerolls[i]; r.Wanted == 2 && r.Passed == 0 && r.Attempt == 1 {
 			got = &fake.rerolls[i]
 		}
 	}
 	if got == nil {
-		t.Fatalf("no reroll request with wanted=2 among %+v", fake.rerolls)
+		t.Fatalf("no reroll request with wanted=2 passed=0 attempt=1 among %d", len(fake.rerolls))
 	}
 	if got.NodeID != "12" || got.Attempt != 1 || got.MaxTries != 3 || got.Passed != 0 ||
 		strings.Join(got.SeedNodes, ",") != "3" || got.ClientID != "client-1" {
-		t.Errorf("reroll request %+v", *got)
+		t.Errorf("reroll request node %s attempt %d/%d passed %d seeds %v client %q",
+			got.NodeID, got.Attempt, got.MaxTries, got.Passed, got.SeedNodes, got.ClientID)
 	}
 	// Seeds up to 2^64-1 reach the daemon exactly, and the plan changes them.
 	plan := fake.plans[len(fake.plans)-1]
@@ -284,6 +288,94 @@ func TestPythonPack(t *testing.T) {
 	if strings.Contains(string(plan.ExtraPNGInfo), PNGInfoRerollKey) {
 		t.Errorf("planned extra_pnginfo %s keeps %s", plan.ExtraPNGInfo, PNGInfoRerollKey)
 	}
+	// The workflow run: 1 of 2 passed, every seed input rerolled.
+	var wf int
+	for i, r := range fake.rerolls {
+		if r.Passed == 1 && r.Wanted == 2 {
+			wf++
+			if len(r.SeedNodes) != 0 || r.NodeID != "12" {
+				t.Errorf("workflow reroll node %s seed nodes %v", r.NodeID, r.SeedNodes)
+			}
+			if _, ok := fake.plans[i].Seeds["3.seed"]; !ok || len(fake.plans[i].Seeds) != 1 {
+				t.Errorf("workflow reroll plan seeds %v, want 3.seed", fake.plans[i].Seeds)
+			}
+		}
+	}
+	if wf != 1 {
+		t.Errorf("%d workflow reroll requests, want 1", wf)
+	}
+	checkWorkflowOutputs(t, outDir)
+}
+
+// checkWorkflowOutputs reads the PNGs the Python executor's SaveImage
+// stand-in wrote and checks the scores M3 Score put in extra_pnginfo.
+func checkWorkflowOutputs(t *testing.T, dir string) {
+	t.Helper()
+	chunks, img := readPNGText(t, filepath.Join(dir, "passed_00000_.png"))
+	if b := meanBrightness(img); math.Abs(b-0.9) > 0.01 {
+		t.Errorf("passed image brightness %.3f, want the 0.9 image", b)
+	}
+	var meta struct {
+		Attempt int      `json:"attempt"`
+		Aspects []string `json:"aspects"`
+		Prompt  string   `json:"prompt"`
+		Images  []struct {
+			Index   int                    `json:"index"`
+			Aspects map[string]AspectScore `json:"aspects"`
+		} `json:"images"`
+	}
+	raw, ok := chunks[PNGInfoKey]
+	if !ok {
+		t.Fatalf("passed PNG has text chunks %v, no %q", keys(chunks), PNGInfoKey)
+	}
+	if err := json.Unmarshal([]byte(raw), &meta); err != nil {
+		t.Fatalf("m3gate chunk %q: %v", raw, err)
+	}
+	if meta.Attempt != 1 || meta.Prompt != "a red fox in the snow" || len(meta.Images) != 2 ||
+		math.Abs(meta.Images[1].Aspects["quality"].MOS-5*229.0/255) > 1e-3 || meta.Images[1].Aspects["quality"].Rating != "excellent" {
+		t.Errorf("m3gate chunk %s", raw)
+	}
+	if _, ok := chunks["prompt"]; !ok {
+		t.Errorf("passed PNG lacks the prompt chunk: %v", keys(chunks))
+	}
+	if _, err := os.Stat(filepath.Join(dir, "allfail_passed_00000_.png")); err == nil {
+		t.Error("a blocked passed side still saved an image")
+	}
+}
+
+func keys(m map[string]string) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}
+
+// readPNGText returns a PNG's tEXt chunks and its decoded image.
+func readPNGText(t *testing.T, path string) (map[string]string, image.Image) {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := png.Decode(bytes.NewReader(data))
+	if err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	chunks := map[string]string{}
+	for p := 8; p+12 <= len(data); {
+		n := int(binary.BigEndian.Uint32(data[p:]))
+		typ := string(data[p+4 : p+8])
+		if p+12+n > len(data) {
+			t.Fatalf("%s: truncated %s chunk", path, typ)
+		}
+		if typ == "tEXt" {
+			k, v, _ := bytes.Cut(data[p+8:p+8+n], []byte{0})
+			chunks[string(k)] = string(v)
+		}
+		p += 12 + n
+	}
+	return chunks, img
 }
 
 func lastLines(s string, n int) string {

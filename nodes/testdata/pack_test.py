@@ -9,6 +9,8 @@ PYTHONPATH and real torch, numpy and PIL. The Go test passes:
   M3GATE_GOLDEN     schemas/nodes/object_info.json
   M3GATE_COMPACT    the Go rendering of GET /object_info (Python separators)
   M3GATE_FUNCTIONS  JSON {class: FUNCTION} from the Go registry
+  M3GATE_WORKFLOW   testdata/workflow-api.json, run by a small executor
+  M3GATE_OUT        where the executor's save node writes PNGs
 """
 
 import importlib.util
@@ -18,7 +20,10 @@ import os
 import sys
 import unittest
 
+import numpy as np
 import torch
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 import server
 from comfy_execution.graph import ExecutionBlocker
@@ -323,6 +328,122 @@ class BestOfNTests(Base):
     def test_all_weights_zero_is_an_error(self):
         with self.assertRaisesRegex(ValueError, "at least one aspect weight"):
             pack.M3BestOfN().best_of_n(batch(0.5), 1, 0.0, 0.0, 0.0)
+
+
+class TestImages:
+    """Test source node: a batch of grey images, levels "0.2,0.9"."""
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "run"
+
+    def run(self, levels):
+        return (batch(*[float(x) for x in levels.split(",")]),)
+
+
+class TestText:
+    RETURN_TYPES = ("STRING",)
+    FUNCTION = "run"
+
+    def run(self, text):
+        return (text,)
+
+
+class TestSave:
+    """Writes PNGs the way ComfyUI's SaveImage does, metadata included."""
+    RETURN_TYPES = ()
+    FUNCTION = "save"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"images": ("IMAGE",), "filename_prefix": ("STRING",)},
+                "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}}
+
+    def save(self, images, filename_prefix, prompt=None, extra_pnginfo=None):
+        for i, image in enumerate(images):
+            img = Image.fromarray(np.clip(255. * image.cpu().numpy(), 0, 255).astype(np.uint8))
+            metadata = PngInfo()
+            if prompt is not None:
+                metadata.add_text("prompt", json.dumps(prompt))
+            if extra_pnginfo is not None:
+                for x in extra_pnginfo:
+                    metadata.add_text(x, json.dumps(extra_pnginfo[x]))
+            img.save(os.path.join(os.environ["M3GATE_OUT"], "%s_%05d_.png" % (filename_prefix, i)),
+                     pnginfo=metadata, compress_level=4)
+        return {"ui": {"images": [{"filename": filename_prefix}]}}
+
+
+def run_prompt(prompt, extra_pnginfo):
+    """Execute an API prompt with ComfyUI's semantics for what the pack uses:
+    links resolve to upstream outputs, hidden inputs are filled, a node with
+    an ExecutionBlocker input does not run and blocks its outputs, only
+    output nodes and what they need run. Returns (outputs, ui, ran)."""
+    classes = dict(pack.NODE_CLASS_MAPPINGS, TestImages=TestImages, TestText=TestText, TestSave=TestSave)
+    outputs, ui, ran = {}, {}, []
+
+    def execute(nid):
+        if nid in outputs:
+            return outputs[nid]
+        node = prompt[nid]
+        cls = classes[node["class_type"]]
+        kwargs = {}
+        for name, v in node["inputs"].items():
+            if isinstance(v, list) and len(v) == 2 and isinstance(v[0], str):
+                val = execute(v[0])[v[1]]
+                if isinstance(val, ExecutionBlocker):
+                    outputs[nid] = tuple(val for _ in cls.RETURN_TYPES)
+                    return outputs[nid]
+                kwargs[name] = val
+            else:
+                kwargs[name] = v
+        hidden = cls.INPUT_TYPES().get("hidden", {}) if hasattr(cls, "INPUT_TYPES") else {}
+        for name, kind in hidden.items():
+            kwargs[name] = {"PROMPT": prompt, "UNIQUE_ID": nid, "EXTRA_PNGINFO": extra_pnginfo}[kind]
+        res = getattr(cls(), cls.FUNCTION)(**kwargs)
+        ran.append(nid)
+        if isinstance(res, dict):
+            ui[nid] = res.get("ui")
+            res = res.get("result", ())
+        outputs[nid] = tuple(res)
+        return outputs[nid]
+
+    for nid in sorted(prompt, key=int):
+        if getattr(classes.get(prompt[nid]["class_type"]), "OUTPUT_NODE", False):
+            execute(nid)
+    return outputs, ui, ran
+
+
+class WorkflowTests(Base):
+    def load(self):
+        with open(os.environ["M3GATE_WORKFLOW"], encoding="utf-8") as f:
+            return json.load(f)
+
+    def test_workflow_scores_gates_saves_and_rerolls(self):
+        prompt = self.load()
+        extra = {"workflow": {"nodes": [], "links": []}}
+        outputs, ui, ran = run_prompt(prompt, extra)
+        self.assertEqual(outputs["11"][2:4], (1, 1))
+        self.assertEqual(outputs["12"], (1, True))  # 1 of 2 wanted passed: re-queued
+        self.assertIn("rerolled-2", ui["12"]["text"][0])
+        out = os.environ["M3GATE_OUT"]
+        for name in ("passed_00000_.png", "rejected_00000_.png", "best_00000_.png"):
+            self.assertTrue(os.path.exists(os.path.join(out, name)), name)
+        self.assertNotIn("3", ran)  # the sampler is only a seed holder here
+        self.assertEqual(extra[pack.PNGINFO_KEY]["attempt"], 1)
+
+    def test_nothing_passes_blocks_the_passed_save(self):
+        prompt = self.load()
+        prompt["1"]["inputs"]["levels"] = "0.1,0.2"
+        for n in ("13", "14", "16"):
+            prompt[n]["inputs"]["filename_prefix"] = "allfail_" + prompt[n]["inputs"]["filename_prefix"]
+        prompt["12"]["inputs"]["attempt"] = 2
+        outputs, ui, ran = run_prompt(prompt, {})
+        self.assertNotIn("13", ran)  # blocked, not run on an empty batch
+        self.assertIn("14", ran)
+        self.assertIsInstance(outputs["11"][0], ExecutionBlocker)
+        self.assertEqual(outputs["12"], (2, True))
+        out = os.environ["M3GATE_OUT"]
+        self.assertFalse(os.path.exists(os.path.join(out, "allfail_passed_00000_.png")))
+        self.assertTrue(os.path.exists(os.path.join(out, "allfail_rejected_00001_.png")))
 
 
 if __name__ == "__main__":
