@@ -1,0 +1,36 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+)
+
+// modelTiny implements `m3gate-sidecar model tiny --family idefics3 --out DIR
+// --size tiny|256m`: it writes a randomly initialised model of the family's
+// architecture (safetensors + config.json + tokenizer.json) for tests and
+// demos.
+//
+// LEAD: call into sidecar/mllm's tiny-model generator here once it exists;
+// the flag parsing below is the command's interface.
+func modelTiny(ctx context.Context, args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("model tiny", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	family := fs.String("family", "idefics3", "model family")
+	out := fs.String("out", "", "output directory")
+	size := fs.String("size", "tiny", "tiny or 256m")
+	seed := fs.Int64("seed", 0, "random seed")
+	if err := fs.Parse(args); err != nil {
+		return fmt.Errorf("model tiny: %w", err)
+	}
+	if *out == "" {
+		return errors.New("model tiny: --out is required")
+	}
+	if *size != "tiny" && *size != "256m" {
+		return fmt.Errorf("model tiny: --size %q: want tiny or 256m", *size)
+	}
+	_ = seed
+	return fmt.Errorf("model tiny --family %s: %w", *family, errNotBuiltIn)
+}
