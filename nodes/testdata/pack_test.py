@@ -179,6 +179,22 @@ class ScoreTests(Base):
         self.assertEqual(ev[0][1], "client-1")
         self.assertEqual(ev[0][0]["attempt"], 2)
 
+    def test_prompt_comes_from_the_graph_when_not_linked(self):
+        p = api_prompt()
+        p["3"]["inputs"]["positive"] = ["6", 0]
+        p["6"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "graph prompt", "clip": ["4", 1]}}
+        pnginfo = {}
+        pack.M3Score().score(batch(0.5), quality=True, correspondence=True, authenticity=False,
+                             api_prompt=p, unique_id="10", extra_pnginfo=pnginfo)
+        self.assertEqual(pnginfo["m3gate"]["prompt"], "graph prompt")
+
+    def test_correspondence_without_any_prompt_is_an_error(self):
+        with self.assertRaisesRegex(ValueError, "link a STRING to prompt or turn correspondence off"):
+            pack.M3Score().score(batch(0.5), quality=True, correspondence=True, api_prompt=api_prompt())
+        # quality alone needs no prompt
+        out = pack.M3Score().score(batch(0.5), quality=True, correspondence=False, api_prompt=api_prompt())
+        self.assertAlmostEqual(out["result"][1], 5 * 127 / 255, places=3)
+
     def test_score_without_aspects_is_an_error(self):
         with self.assertRaisesRegex(ValueError, "at least one aspect"):
             pack.M3Score().score(batch(0.5), quality=False, correspondence=False, authenticity=False)
@@ -247,6 +263,10 @@ class GateTests(Base):
         out = pack.M3Gate().gate(images, "all", 3.0, 0.0, 0.0, prompt="p")
         self.assertEqual(out["result"][2:4], (1, 1))
         self.assertTrue(torch.equal(out["result"][0], images[0:1]))
+
+    def test_correspondence_threshold_needs_a_prompt(self):
+        with self.assertRaisesRegex(ValueError, "M3 Gate: correspondence is judged against the text prompt"):
+            pack.M3Gate().gate(batch(0.5), "all", 0.0, 3.0, 0.0)
 
     def test_threshold_on_unscored_aspect_is_an_error(self):
         with self.assertRaisesRegex(ValueError, "no authenticity"):

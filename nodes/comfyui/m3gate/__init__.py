@@ -118,6 +118,9 @@ def image_to_png(image):
 def score_images(images, prompt, aspects, node="M3 Score"):
     """Ask the daemon to score every image; returns one result dict per image."""
     _check_images(images, node)
+    if "correspondence" in aspects and not prompt:
+        raise ValueError("%s: correspondence is judged against the text prompt; link a STRING to prompt "
+                         "(or link scores from M3 Score)" % node)
     body = {
         "images": [{"data": base64.b64encode(image_to_png(img)).decode("ascii")} for img in images],
         "prompt": prompt or "",
@@ -178,6 +181,26 @@ def attempt_from_prompt(api_prompt):
                 if isinstance(v, int) and not isinstance(v, bool) and v > best:
                     best = v
     return best
+
+
+def prompt_from_graph(api_prompt):
+    """The positive prompt text of the graph when no prompt is linked: the
+    literal text input of the node that a sampler's positive input links to
+    (CLIPTextEncode and the like), first sampler by node id; "" if none."""
+    if not isinstance(api_prompt, dict):
+        return ""
+
+    def key(i):
+        return (0, int(i), "") if str(i).isdigit() else (1, 0, str(i))
+
+    for nid in sorted(api_prompt, key=key):
+        node = api_prompt[nid]
+        link = ((node or {}).get("inputs") or {}).get("positive") if isinstance(node, dict) else None
+        if isinstance(link, list) and len(link) == 2 and link[0] in api_prompt:
+            text = ((api_prompt[link[0]] or {}).get("inputs") or {}).get("text")
+            if isinstance(text, str) and text.strip():
+                return text
+    return ""
 
 
 def parse_seed_nodes(text):
@@ -250,10 +273,17 @@ class M3Score(_Node):
 
     def score(self, images, quality=True, correspondence=True, authenticity=False,
               prompt=None, api_prompt=None, unique_id=None, extra_pnginfo=None):
+        _check_images(images, "M3 Score")
         on = {"quality": quality, "correspondence": correspondence, "authenticity": authenticity}
         aspects = [a for a in ASPECTS if on[a]]
         if not aspects:
             raise ValueError("M3 Score: turn on at least one aspect")
+        if not prompt:
+            prompt = prompt_from_graph(api_prompt)
+        if not prompt and "correspondence" in aspects:
+            raise ValueError("M3 Score: correspondence is judged against the text prompt, but none was linked "
+                             "and no sampler's positive input leads to a text; link a STRING to prompt "
+                             "or turn correspondence off")
         results = score_images(images, prompt, aspects)
         attempt = attempt_from_prompt(api_prompt)
         means = {}
