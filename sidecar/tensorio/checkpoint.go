@@ -151,7 +151,7 @@ func openFile(path string) (*Checkpoint, error) {
 }
 
 // openIndex opens a sharded checkpoint from its index file.
-func openIndex(path string) (c *Checkpoint, err error) {
+func openIndex(path string) (_ *Checkpoint, err error) {
 	raw, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("open checkpoint: %w", err)
@@ -170,7 +170,7 @@ func openIndex(path string) (c *Checkpoint, err error) {
 		}
 	}
 	sort.Strings(files)
-	c = &Checkpoint{entries: map[string]ref{}, meta: map[string]string{}}
+	c := &Checkpoint{entries: map[string]ref{}, meta: map[string]string{}}
 	defer func() {
 		if err != nil {
 			c.Close()

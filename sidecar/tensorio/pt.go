@@ -23,7 +23,7 @@ func LoadPT(path string) (out map[string]*ts.Tensor, err error) {
 			out, err = nil, fmt.Errorf("load %s: pickle loader failed: %v", path, r)
 		}
 	}()
-	obj, err := pickle.LoadWithUnpickler(path, func(r io.Reader) pickle.Unpickler { return pickle.NewUnpickler(r) })
+	obj, err := pickle.LoadWithUnpickler(path, newUnpickler)
 	if err != nil {
 		return nil, fmt.Errorf("load %s: %w", path, err)
 	}
@@ -59,6 +59,19 @@ func LoadPT(path string) (out map[string]*ts.Tensor, err error) {
 		out[name] = t
 	}
 	return out, nil
+}
+
+// newUnpickler is gotch's unpickler plus the storage class gotch's own
+// table lacks (torch.BFloat16Storage).
+func newUnpickler(r io.Reader) pickle.Unpickler {
+	u := pickle.NewUnpickler(r)
+	u.FindClass = func(module, name string) (any, error) {
+		if module == "torch" && name == "BFloat16Storage" {
+			return &pickle.BFloat16StorageClass{}, nil
+		}
+		return nil, fmt.Errorf("class not found: %s.%s", module, name)
+	}
+	return u
 }
 
 // dictEntries returns the key/value pairs of a pickled dict or OrderedDict.
