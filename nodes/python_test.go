@@ -181,6 +181,19 @@ func TestPythonPack(t *testing.T) {
 		t.Skipf("skipping the Python pack tests: %s not found (%v)", debianPython, err)
 	}
 	root := repoRoot(t)
+	// Open every file python reads, so that go test's cache notices edits.
+	for _, dir := range []string{"comfyui/m3gate", "testdata"} {
+		err := filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+			if err != nil || d.IsDir() {
+				return err
+			}
+			_, err = os.ReadFile(path)
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
 	fake := &fakeDaemon{}
 	srv := httptest.NewServer(fake)
 	defer srv.Close()
