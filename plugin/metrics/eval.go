@@ -1,0 +1,404 @@
+package metrics
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/csv"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// Prediction is one scored image: the predicted score and the ground-truth
+// MOS of one aspect.
+type Prediction struct {
+	Image     string  `json:"image"`
+	Aspect    string  `json:"aspect"`
+	Predicted float64 `json:"predicted"`
+	MOS       float64 `json:"mos"`
+	Source    string  `json:"source,omitempty"`
+}
+
+// ReadPredictions reads a predictions file: JSONL (one Prediction object
+// per line) or CSV with a header naming the columns image, aspect,
+// predicted, mos and optionally source. The format is chosen by the
+// extension (.csv is CSV, anything else JSONL). Every bad line is listed in
+// the error with file and line.
+func ReadPredictions(path string) ([]Prediction, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read predictions: %w", err)
+	}
+	var preds []Prediction
+	var probs []string
+	if strings.EqualFold(filepath.Ext(path), ".csv") {
+		preds, probs, err = readPredictionsCSV(path, b)
+		if err != nil {
+			return nil, err
+		}
+	} else {
+		preds, probs = readPredictionsJSONL(path, b)
+	}
+	if len(probs) > 0 {
+		return nil, fmt.Errorf("read predictions: %d bad lines:\n%s", len(probs), strings.Join(probs, "\n"))
+	}
+	if len(preds) == 0 {
+		return nil, fmt.Errorf("read predictions %s: no predictions", path)
+	}
+	return preds, nil
+}
+
+func validPrediction(p Prediction) error {
+	if p.Image == "" {
+		return errors.New("no image")
+	}
+	if math.IsNaN(p.Predicted) || math.IsInf(p.Predicted, 0) || math.IsNaN(p.MOS) || math.IsInf(p.MOS, 0) {
+		return fmt.Errorf("predicted %v, mos %v not finite", p.Predicted, p.MOS)
+	}
+	return nil
+}
+
+func readPredictionsJSONL(path string, b []byte) ([]Prediction, []string) {
+	var preds []Prediction
+	var probs []string
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	sc.Buffer(make([]byte, 64*1024), 16*1024*1024)
+	line := 0
+	for sc.Scan() {
+		line++
+		l := bytes.TrimSpace(sc.Bytes())
+		if len(l) == 0 {
+			continue
+		}
+		var raw struct {
+			Prediction
+			Predicted *float64 `json:"predicted"`
+			MOS       *float64 `json:"mos"`
+		}
+		if err := json.Unmarshal(l, &raw); err != nil {
+			probs = append(probs, fmt.Sprintf("%s:%d: %v", path, line, err))
+			continue
+		}
+		if raw.Predicted == nil || raw.MOS == nil {
+			probs = append(probs, fmt.Sprintf("%s:%d: needs predicted and mos", path, line))
+			continue
+		}
+		p := raw.Prediction
+		p.Predicted, p.MOS = *raw.Predicted, *raw.MOS
+		if err := validPrediction(p); err != nil {
+			probs = append(probs, fmt.Sprintf("%s:%d: %v", path, line, err))
+			continue
+		}
+		preds = append(preds, p)
+	}
+	return preds, probs
+}
+
+func readPredictionsCSV(path string, b []byte) ([]Prediction, []string, error) {
+	r := csv.NewReader(bytes.NewReader(b))
+	r.FieldsPerRecord = -1
+	hdr, err := r.Read()
+	if err != nil {
+		return nil, nil, fmt.Errorf("read predictions %s: header: %w", path, err)
+	}
+	col := map[string]int{}
+	for i, h := range hdr {
+		col[strings.ToLower(strings.TrimSpace(strings.TrimPrefix(h, "\ufeff")))] = i
+	}
+	for _, c := range []string{"image", "predicted", "mos"} {
+		if _, ok := col[c]; !ok {
+			return nil, nil, fmt.Errorf("read predictions %s: header %q lacks column %s", path, hdr, c)
+		}
+	}
+	get := func(row []string, name string) string {
+		i, ok := col[name]
+		if !ok || i >= len(row) {
+			return ""
+		}
+		return strings.TrimSpace(row[i])
+	}
+	var preds []Prediction
+	var probs []string
+	for {
+		row, err := r.Read()
+		if err == io.EOF {
+			break
+		}
+		line, _ := r.FieldPos(0)
+		if err != nil {
+			probs = append(probs, fmt.Sprintf("%s: %v", path, err))
+			var pe *csv.ParseError
+			if !errors.As(err, &pe) {
+				break
+			}
+			continue
+		}
+		p := Prediction{Image: get(row, "image"), Aspect: get(row, "aspect"), Source: get(row, "source")}
+		var e1, e2 error
+		p.Predicted, e1 = strconv.ParseFloat(get(row, "predicted"), 64)
+		p.MOS, e2 = strconv.ParseFloat(get(row, "mos"), 64)
+		if err := errors.Join(e1, e2); err != nil {
+			probs = append(probs, fmt.Sprintf("%s:%d: %v", path, line, err))
+			continue
+		}
+		if err := validPrediction(p); err != nil {
+			probs = append(probs, fmt.Sprintf("%s:%d: %v", path, line, err))
+			continue
+		}
+		preds = append(preds, p)
+	}
+	return preds, probs, nil
+}
+
+// Result holds the metrics of one aspect.
+type Result struct {
+	Aspect     string              `json:"aspect"`
+	N          int                 `json:"n"`
+	SRCC       float64             `json:"srcc"`
+	PLCC       float64             `json:"plcc"`
+	PLCCFitted float64             `json:"plcc_fitted"`
+	KRCC       float64             `json:"krcc"`
+	RMSE       float64             `json:"rmse"`
+	RMSEFitted float64             `json:"rmse_fitted"`
+	Logistic   Logistic            `json:"logistic"`
+	CI         map[string]Interval `json:"ci,omitempty"`
+	// FitError says why the logistic fit failed (PLCCFitted is then NaN and
+	// written as null).
+	FitError string `json:"fit_error,omitempty"`
+}
+
+// MarshalJSON writes NaN metrics as null.
+func (r Result) MarshalJSON() ([]byte, error) {
+	type plain Result
+	type out struct {
+		plain
+		PLCCFitted *float64 `json:"plcc_fitted"`
+		RMSEFitted *float64 `json:"rmse_fitted"`
+	}
+	o := out{plain: plain(r)}
+	if !math.IsNaN(r.PLCCFitted) {
+		o.PLCCFitted = &r.PLCCFitted
+	}
+	if !math.IsNaN(r.RMSEFitted) {
+		o.RMSEFitted = &r.RMSEFitted
+	}
+	return json.Marshal(o)
+}
+
+// EvalReport is the outcome of Evaluate.
+type EvalReport struct {
+	Results   []Result `json:"results"`
+	Bootstrap int      `json:"bootstrap"`
+	Seed      uint64   `json:"seed"`
+	Level     float64  `json:"level"`
+}
+
+// EvalOptions configure Evaluate.
+type EvalOptions struct {
+	// Bootstrap is the number of bootstrap resamples; 0 skips the
+	// confidence intervals.
+	Bootstrap int
+	Seed      uint64
+	// Level is the confidence level (default 0.95).
+	Level float64
+}
+
+// Aspects returns the aspects present in preds, sorted.
+func Aspects(preds []Prediction) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, p := range preds {
+		if !seen[p.Aspect] {
+			seen[p.Aspect] = true
+			out = append(out, p.Aspect)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// ByAspect returns the predictions of one aspect.
+func ByAspect(preds []Prediction, aspect string) []Prediction {
+	var out []Prediction
+	for _, p := range preds {
+		if p.Aspect == aspect {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func vectors(preds []Prediction) (x, y []float64) {
+	for _, p := range preds {
+		x = append(x, p.Predicted)
+		y = append(y, p.MOS)
+	}
+	return x, y
+}
+
+// Evaluate computes the metrics of every aspect in preds.
+func Evaluate(preds []Prediction, opts EvalOptions) (*EvalReport, error) {
+	if opts.Level <= 0 || opts.Level >= 1 {
+		opts.Level = 0.95
+	}
+	rep := &EvalReport{Bootstrap: opts.Bootstrap, Seed: opts.Seed, Level: opts.Level}
+	for _, a := range Aspects(preds) {
+		res, err := evaluateAspect(a, ByAspect(preds, a), opts)
+		if err != nil {
+			return nil, fmt.Errorf("evaluate %s: %w", a, err)
+		}
+		rep.Results = append(rep.Results, res)
+	}
+	if len(rep.Results) == 0 {
+		return nil, errors.New("evaluate: no predictions")
+	}
+	return rep, nil
+}
+
+func evaluateAspect(aspect string, preds []Prediction, opts EvalOptions) (Result, error) {
+	x, y := vectors(preds)
+	res := Result{Aspect: aspect, N: len(x)}
+	var err error
+	if res.SRCC, err = SRCC(x, y); err != nil {
+		return res, err
+	}
+	if res.PLCC, err = PLCC(x, y); err != nil {
+		return res, err
+	}
+	if res.KRCC, err = KRCC(x, y); err != nil {
+		return res, err
+	}
+	if res.RMSE, err = RMSE(x, y); err != nil {
+		return res, err
+	}
+	fitted, b, ferr := FittedPLCC(x, y)
+	res.PLCCFitted, res.Logistic = fitted, b
+	res.RMSEFitted = math.NaN()
+	if ferr != nil {
+		res.FitError = ferr.Error()
+	} else {
+		res.RMSEFitted, _ = RMSE(b.ApplyAll(x), y)
+	}
+	if opts.Bootstrap > 0 {
+		bo := BootstrapOptions{N: opts.Bootstrap, Seed: opts.Seed, Level: opts.Level}
+		res.CI = map[string]Interval{}
+		ms := []struct {
+			name string
+			fn   Metric
+		}{{"srcc", SRCC}, {"plcc", PLCC}, {"krcc", KRCC}, {"rmse", RMSE}}
+		if ferr == nil {
+			ms = append(ms, struct {
+				name string
+				fn   Metric
+			}{"plcc_fitted", func(x, y []float64) (float64, error) {
+				// Start each resample's fit at the full-data optimum.
+				return PLCC(fitFrom(x, y, b, bootstrapIter).ApplyAll(x), y)
+			}})
+		}
+		for _, m := range ms {
+			ci, err := Bootstrap(x, y, m.fn, bo)
+			if err != nil {
+				return res, fmt.Errorf("%s: %w", m.name, err)
+			}
+			res.CI[m.name] = ci
+		}
+	}
+	return res, nil
+}
+
+// WriteJSON writes the report as indented JSON.
+func (r *EvalReport) WriteJSON(w io.Writer) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(r)
+}
+
+// Result returns the result of an aspect.
+func (r *EvalReport) Result(aspect string) (Result, bool) {
+	for _, res := range r.Results {
+		if res.Aspect == aspect {
+			return res, true
+		}
+	}
+	return Result{}, false
+}
+
+// WritePredictionsCSV writes one row per prediction: image, aspect, source,
+// predicted, mos, and the prediction mapped by the aspect's fitted logistic.
+func (r *EvalReport) WritePredictionsCSV(w io.Writer, preds []Prediction) error {
+	cw := csv.NewWriter(w)
+	if err := cw.Write([]string{"image", "aspect", "source", "predicted", "mos", "predicted_fitted"}); err != nil {
+		return err
+	}
+	f := func(v float64) string { return strconv.FormatFloat(v, 'g', -1, 64) }
+	for _, p := range preds {
+		fitted := ""
+		if res, ok := r.Result(p.Aspect); ok && res.FitError == "" {
+			fitted = f(res.Logistic.Apply(p.Predicted))
+		}
+		if err := cw.Write([]string{p.Image, p.Aspect, p.Source, f(p.Predicted), f(p.MOS), fitted}); err != nil {
+			return err
+		}
+	}
+	cw.Flush()
+	return cw.Error()
+}
+
+// WriteOutputs writes report.json, predictions.csv and one
+// scatter_<aspect>.png per aspect into dir and returns the paths written.
+func (r *EvalReport) WriteOutputs(dir string, preds []Prediction) ([]string, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("write eval outputs: %w", err)
+	}
+	var files []string
+	write := func(name string, fn func(io.Writer) error) error {
+		p := filepath.Join(dir, name)
+		f, err := os.Create(p)
+		if err != nil {
+			return fmt.Errorf("write %s: %w", name, err)
+		}
+		if err := fn(f); err != nil {
+			f.Close()
+			return fmt.Errorf("write %s: %w", name, err)
+		}
+		if err := f.Close(); err != nil {
+			return fmt.Errorf("write %s: %w", name, err)
+		}
+		files = append(files, p)
+		return nil
+	}
+	if err := write("report.json", r.WriteJSON); err != nil {
+		return files, err
+	}
+	if err := write("predictions.csv", func(w io.Writer) error { return r.WritePredictionsCSV(w, preds) }); err != nil {
+		return files, err
+	}
+	for _, res := range r.Results {
+		name := "scatter_" + safeName(res.Aspect) + ".png"
+		sub := ByAspect(preds, res.Aspect)
+		res := res
+		if err := write(name, func(w io.Writer) error { return Scatter(w, sub, &res) }); err != nil {
+			return files, err
+		}
+	}
+	return files, nil
+}
+
+func safeName(s string) string {
+	if s == "" {
+		return "all"
+	}
+	return strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' {
+			return r
+		}
+		return '_'
+	}, s)
+}

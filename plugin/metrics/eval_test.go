@@ -1,0 +1,151 @@
+package metrics
+
+import (
+	"bytes"
+	"encoding/csv"
+	"encoding/json"
+	"image/png"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestEvaluateKnownValues evaluates prediction files (JSONL and CSV with
+// the same rows) built from the scipy reference vectors and checks the
+// report against scipy's values.
+func TestEvaluateKnownValues(t *testing.T) {
+	ref := map[string]refCase{}
+	for _, c := range loadRef(t) {
+		ref[c.Name] = c
+	}
+	want := map[string]refCase{"quality": ref["other_scale"], "correspondence": ref["sigmoid_pred"]}
+	for _, file := range []string{"testdata/predictions.jsonl", "testdata/predictions.csv"} {
+		preds, err := ReadPredictions(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rep, err := Evaluate(preds, EvalOptions{Bootstrap: 200, Seed: 7})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(rep.Results) != 2 {
+			t.Fatalf("%s: %d results", file, len(rep.Results))
+		}
+		for _, res := range rep.Results {
+			w := want[res.Aspect]
+			if res.N != len(w.X) || math.Abs(res.SRCC-w.SRCC) > 1e-9 || math.Abs(res.PLCC-w.PLCC) > 1e-9 ||
+				math.Abs(res.KRCC-w.KRCC) > 1e-9 || math.Abs(res.RMSE-w.RMSE) > 1e-9 || math.Abs(res.PLCCFitted-*w.PLCCFitted) > 1e-4 {
+				t.Errorf("%s %s: %+v, want scipy %+v", file, res.Aspect, res, w)
+			}
+			for name, ci := range res.CI {
+				point := map[string]float64{"srcc": res.SRCC, "plcc": res.PLCC, "krcc": res.KRCC, "rmse": res.RMSE, "plcc_fitted": res.PLCCFitted}[name]
+				if !(ci.Lo < point && point < ci.Hi) || (name != "rmse" && ci.Hi-ci.Lo > 0.5) {
+					t.Errorf("%s %s: CI %v around %v", res.Aspect, name, ci, point)
+				}
+			}
+			if len(res.CI) != 5 {
+				t.Errorf("%s: CIs %v", res.Aspect, res.CI)
+			}
+		}
+	}
+}
+
+func TestBootstrapSeeded(t *testing.T) {
+	c := loadRef(t)[0]
+	a, err := Bootstrap(c.X, c.Y, SRCC, BootstrapOptions{N: 300, Seed: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := Bootstrap(c.X, c.Y, SRCC, BootstrapOptions{N: 300, Seed: 1})
+	d, _ := Bootstrap(c.X, c.Y, SRCC, BootstrapOptions{N: 300, Seed: 2})
+	if a != b {
+		t.Errorf("same seed, different intervals %v %v", a, b)
+	}
+	if a == d {
+		t.Errorf("different seeds, same interval %v", a)
+	}
+	narrow, _ := Bootstrap(c.X, c.Y, SRCC, BootstrapOptions{N: 300, Seed: 1, Level: 0.5})
+	if !(narrow.Hi-narrow.Lo < a.Hi-a.Lo) {
+		t.Errorf("50%% interval %v not narrower than 95%% %v", narrow, a)
+	}
+	// All resamples undefined: constant x.
+	if _, err := Bootstrap([]float64{1, 1, 1}, []float64{1, 2, 3}, SRCC, BootstrapOptions{N: 10}); err == nil {
+		t.Error("constant input: no error")
+	}
+}
+
+func TestReadPredictionsBad(t *testing.T) {
+	_, err := ReadPredictions("testdata/predictions_bad.jsonl")
+	if err == nil {
+		t.Fatal("no error")
+	}
+	for _, s := range []string{"3 bad lines", "predictions_bad.jsonl:2: needs predicted and mos", "predictions_bad.jsonl:3:", "predictions_bad.jsonl:4: no image"} {
+		if !strings.Contains(err.Error(), s) {
+			t.Errorf("error lacks %q: %v", s, err)
+		}
+	}
+	_, err = ReadPredictions("testdata/predictions_bad.csv")
+	if err == nil || !strings.Contains(err.Error(), "predictions_bad.csv:3:") {
+		t.Errorf("csv error = %v", err)
+	}
+}
+
+func TestWriteOutputs(t *testing.T) {
+	preds, err := ReadPredictions("testdata/predictions.jsonl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := Evaluate(preds, EvalOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := os.Getenv("M3GATE_PLOT_DIR") // set to keep the files for a look
+	if dir == "" {
+		dir = t.TempDir()
+	}
+	files, err := rep.WriteOutputs(dir, preds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(files) != 4 {
+		t.Fatalf("files %v", files)
+	}
+	var back EvalReport
+	b, _ := os.ReadFile(filepath.Join(dir, "report.json"))
+	if err := json.Unmarshal(b, &back); err != nil || len(back.Results) != 2 || back.Results[1].SRCC != rep.Results[1].SRCC {
+		t.Errorf("report.json: %v %+v", err, back)
+	}
+	f, _ := os.Open(filepath.Join(dir, "predictions.csv"))
+	rows, err := csv.NewReader(f).ReadAll()
+	f.Close()
+	if err != nil || len(rows) != len(preds)+1 || rows[0][5] != "predicted_fitted" || rows[1][5] == "" {
+		t.Errorf("predictions.csv: %v, %d rows, %v", err, len(rows), rows[:2])
+	}
+	b, _ = os.ReadFile(filepath.Join(dir, "scatter_quality.png"))
+	img, err := png.Decode(bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if img.Bounds().Dx() != plotW || img.Bounds().Dy() != plotH {
+		t.Errorf("size %v", img.Bounds())
+	}
+	// Each source's colour appears in the image.
+	for i := 0; i < 3; i++ {
+		c := palette[i]
+		found := false
+		for y := 0; y < plotH && !found; y++ {
+			for x := 0; x < plotW; x++ {
+				r, g, bl, _ := img.At(x, y).RGBA()
+				if uint8(r>>8) == c.R && uint8(g>>8) == c.G && uint8(bl>>8) == c.B {
+					found = true
+					break
+				}
+			}
+		}
+		if !found {
+			t.Errorf("colour %v of source %d not drawn", c, i)
+		}
+	}
+}
