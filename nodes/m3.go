@@ -52,9 +52,12 @@ func scoreDef() Def {
 		Description: "Scores every image of the batch with M3-AGIQA through the m3gate daemon: a mean opinion score (0-5) and a rating word per aspect. Shows the scores on the node and stores them in the PNG metadata that SaveImage writes.",
 		Category:    Category,
 		Function:    "score",
-		Required:    []Input{imagesIn("The images to score.")},
-		Optional:    []Input{promptIn()},
-		Hidden:      []Input{hiddenPrompt, hiddenID, hiddenPNG},
+		// An output node runs even when nothing is linked to it, so a Score
+		// node placed only to see the scores still runs.
+		OutputNode: true,
+		Required:   []Input{imagesIn("The images to score.")},
+		Optional:   []Input{promptIn()},
+		Hidden:     []Input{hiddenPrompt, hiddenID, hiddenPNG},
 	}
 	defaults := map[string]bool{"quality": true, "correspondence": true, "authenticity": false}
 	for _, a := range Aspects {
