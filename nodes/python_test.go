@@ -208,6 +208,7 @@ func TestPythonPack(t *testing.T) {
 		funcs[d.Class] = d.Function
 	}
 	funcsJSON, _ := json.Marshal(funcs)
+	aspectsJSON, _ := json.Marshal(Aspects)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -222,6 +223,7 @@ func TestPythonPack(t *testing.T) {
 		"M3GATE_GOLDEN="+filepath.Join(root, filepath.FromSlash(ObjectInfoPath)),
 		"M3GATE_COMPACT="+compact,
 		"M3GATE_FUNCTIONS="+string(funcsJSON),
+		"M3GATE_ASPECTS="+string(aspectsJSON),
 		"M3GATE_TIMEOUT=30",
 		"M3GATE_WORKFLOW="+filepath.Join(root, "nodes", "testdata", "workflow-api.json"),
 		"M3GATE_OUT="+outDir,

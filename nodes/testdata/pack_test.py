@@ -9,6 +9,7 @@ PYTHONPATH and real torch, numpy and PIL. The Go test passes:
   M3GATE_GOLDEN     schemas/nodes/object_info.json
   M3GATE_COMPACT    the Go rendering of GET /object_info (Python separators)
   M3GATE_FUNCTIONS  JSON {class: FUNCTION} from the Go registry
+  M3GATE_ASPECTS    JSON list of the registry's aspects
   M3GATE_WORKFLOW   testdata/workflow-api.json, run by a small executor
   M3GATE_OUT        where the executor's save node writes PNGs
 """
@@ -115,6 +116,9 @@ class SchemaTests(Base):
         want = json.loads(os.environ["M3GATE_FUNCTIONS"])
         got = {name: cls.FUNCTION for name, cls in pack.NODE_CLASS_MAPPINGS.items()}
         self.assertEqual(got, want)
+
+    def test_aspects_match_the_registry(self):
+        self.assertEqual(list(pack.ASPECTS), json.loads(os.environ["M3GATE_ASPECTS"]))
 
     def test_object_info_equals_golden_file(self):
         infos = {name: node_info(pack, name) for name in sorted(pack.NODE_CLASS_MAPPINGS)}
