@@ -1,0 +1,33 @@
+package mllm
+
+import "github.com/sugarme/gotch/ts"
+
+// LinearDelta is an adapter added to a Linear layer's output (LoRA).
+type LinearDelta interface {
+	// Forward returns a tensor shaped like the layer's output, or nil for
+	// "no change".
+	Forward(x *ts.Tensor) *ts.Tensor
+}
+
+// Linear is y = x·Wᵀ (+ B) plus, when Delta is set, Delta.Forward(x) added
+// to y. One Linear exists per Hugging Face nn.Linear module.
+type Linear struct {
+	W     *ts.Tensor  // [out, in]
+	B     *ts.Tensor  // nil when the layer has no bias
+	Delta LinearDelta // nil: no adapter
+}
+
+// Forward applies the layer to x [..., in] and returns [..., out].
+func (l *Linear) Forward(x *ts.Tensor) *ts.Tensor {
+	b := l.B
+	if b == nil {
+		b = ts.None
+	}
+	y := ts.MustLinear(x, l.W, b)
+	if l.Delta != nil {
+		if d := l.Delta.Forward(x); d != nil {
+			y = y.MustAdd(d, true)
+		}
+	}
+	return y
+}
