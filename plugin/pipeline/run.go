@@ -1,0 +1,486 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/m3gate/m3gate/plugin/comfyui"
+	"github.com/schollz/progressbar/v3"
+)
+
+// runner is the state of one Run.
+type runner struct {
+	cfg    Config
+	seeds  []SeedInput
+	prompt string
+	out    *writer
+
+	mu     sync.Mutex
+	rng    *rand.Rand
+	used   map[uint64]bool
+	sum    Summary
+	tries  int
+	bar    *progressbar.ProgressBar
+	fatal  error
+	cancel context.CancelFunc
+	jobs   chan *job
+}
+
+type job struct {
+	index int // 1-based
+	tries int
+}
+
+// Run executes a run: Count jobs spread over the servers, each rerolled
+// with new seeds until an image passes the gate or MaxTries prompts have
+// run. It returns the summary (also on error, with what was done). An
+// incomplete run (jobs exhausted) is not an error: check
+// Summary.Complete.
+func Run(ctx context.Context, cfg Config) (*Summary, error) {
+	if err := cfg.check(); err != nil {
+		return nil, err
+	}
+	seeds, err := SeedInputs(cfg.Workflow, cfg.SeedNodes)
+	if err != nil {
+		return nil, fmt.Errorf("run: %w", err)
+	}
+	r := &runner{cfg: cfg, seeds: seeds, prompt: cfg.Prompt, used: map[uint64]bool{}}
+	if r.prompt == "" {
+		r.prompt = PromptText(cfg.Workflow)
+	}
+	seed := cfg.RandSeed
+	if seed == 0 {
+		seed = rand.Uint64()
+	}
+	r.rng = rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+	for _, s := range seeds {
+		r.used[s.Value] = true // never "reroll" to the seed the workflow has
+	}
+	r.out, err = newWriter(cfg.OutDir, cfg.KeepRejected)
+	if err != nil {
+		return nil, err
+	}
+	defer r.out.close()
+	if cfg.Progress != nil {
+		r.bar = progressbar.NewOptions(cfg.Count,
+			progressbar.OptionSetWriter(cfg.Progress),
+			progressbar.OptionSetDescription("accepted"),
+			progressbar.OptionShowCount(),
+			progressbar.OptionSetPredictTime(false),
+			progressbar.OptionSetElapsedTime(true),
+			progressbar.OptionThrottle(100*time.Millisecond),
+			progressbar.OptionSetRenderBlankState(true),
+		)
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	r.cancel = cancel
+	r.jobs = make(chan *job, cfg.Count)
+	for i := 1; i <= cfg.Count; i++ {
+		r.jobs <- &job{index: i}
+	}
+	close(r.jobs)
+
+	var wg sync.WaitGroup
+	for _, url := range cfg.Servers {
+		cl, err := comfyui.New(url, cfg.ClientOptions...)
+		if err != nil {
+			return nil, fmt.Errorf("run: %w", err)
+		}
+		defer cl.Close()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := r.connect(ctx, cl); err != nil {
+				r.fail(err)
+				return
+			}
+			var inner sync.WaitGroup
+			for p := 0; p < cfg.Parallel; p++ {
+				inner.Add(1)
+				go func() {
+					defer inner.Done()
+					for j := range r.jobs {
+						if ctx.Err() != nil {
+							return
+						}
+						r.work(ctx, cl, j)
+					}
+				}()
+			}
+			inner.Wait()
+		}()
+	}
+	wg.Wait()
+
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.bar != nil {
+		r.bar.Describe(r.describe())
+		_ = r.bar.RenderBlank()
+		fmt.Fprintln(cfg.Progress)
+	}
+	sum := r.sum
+	if r.fatal != nil {
+		return &sum, r.fatal
+	}
+	if err := ctx.Err(); err != nil && len(sum.Accepted) < cfg.Count {
+		return &sum, fmt.Errorf("run: %w", err)
+	}
+	return &sum, nil
+}
+
+// fail records the first fatal error and stops the run.
+func (r *runner) fail(err error) {
+	r.mu.Lock()
+	if r.fatal == nil {
+		r.fatal = err
+	}
+	r.mu.Unlock()
+	r.cancel()
+}
+
+func (r *runner) describe() string {
+	return fmt.Sprintf("accepted (tries %d, rejected %d, exhausted %d)", r.tries, r.sum.Rejected, r.sum.Exhausted)
+}
+
+func (r *runner) progress(accepted bool) {
+	if r.bar == nil {
+		return
+	}
+	r.bar.Describe(r.describe())
+	if accepted {
+		_ = r.bar.Add(1)
+	}
+}
+
+// newSeeds draws a fresh seed for every seed input, never one used before
+// in this run.
+func (r *runner) newSeeds() []uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]uint64, len(r.seeds))
+	for i := range out {
+		for {
+			s := r.rng.Uint64()
+			if !r.used[s] {
+				r.used[s] = true
+				out[i] = s
+				break
+			}
+		}
+	}
+	return out
+}
+
+// connect opens the client's websocket, retrying until RetryTimeout.
+func (r *runner) connect(ctx context.Context, cl *comfyui.Client) error {
+	start := time.Now()
+	for n := 1; ; n++ {
+		err := cl.Connect(ctx)
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if time.Since(start) > r.cfg.RetryTimeout {
+			return fmt.Errorf("run: comfyui %s unreachable for %v: %w", cl.URL(), r.cfg.RetryTimeout, err)
+		}
+		r.cfg.Log.Warn("comfyui unreachable, retrying", "server", cl.URL(), "err", err)
+		if !sleep(ctx, retryDelay(n)) {
+			return ctx.Err()
+		}
+	}
+}
+
+func retryDelay(n int) time.Duration {
+	d := 50 * time.Millisecond << min(n-1, 7)
+	return min(d, 5*time.Second)
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// attempt is one try of a job.
+type attempt struct {
+	job      int
+	try      int
+	seeds    []uint64
+	server   string
+	promptID string
+}
+
+// work runs a job's tries on one server until an image is accepted or the
+// tries are spent.
+func (r *runner) work(ctx context.Context, cl *comfyui.Client, j *job) {
+	for j.tries < r.cfg.MaxTries {
+		if ctx.Err() != nil {
+			return
+		}
+		j.tries++
+		r.mu.Lock()
+		r.tries++
+		r.mu.Unlock()
+		a := &attempt{job: j.index, try: j.tries, seeds: r.newSeeds(), server: cl.URL()}
+		wf := ApplySeeds(r.cfg.Workflow, r.seeds, a.seeds)
+		res, err := r.runPrompt(ctx, cl, wf, a)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			var ee *comfyui.ExecutionError
+			var ie *comfyui.InterruptedError
+			if errors.As(err, &ee) || errors.As(err, &ie) {
+				r.mu.Lock()
+				r.sum.Failed++
+				r.mu.Unlock()
+				if werr := r.out.result(r.resultFor(a, nil, nil, err)); werr != nil {
+					r.fail(werr)
+					return
+				}
+				r.cfg.Log.Warn("prompt failed, rerolling", "job", j.index, "try", j.tries, "err", err)
+				continue
+			}
+			r.fail(err)
+			return
+		}
+		images, err := r.fetch(ctx, cl, res)
+		if errors.Is(err, comfyui.ErrNotFound) {
+			// The outputs vanished (server restarted and lost temp files):
+			// this try does not count.
+			j.tries--
+			r.mu.Lock()
+			r.sum.Resubmitted++
+			r.mu.Unlock()
+			continue
+		}
+		if err != nil {
+			if ctx.Err() == nil {
+				r.fail(err)
+			}
+			return
+		}
+		scores, err := r.score(ctx, images)
+		if err != nil {
+			if ctx.Err() == nil {
+				r.fail(err)
+			}
+			return
+		}
+		accepted, err := r.decide(a, images, scores)
+		if err != nil {
+			r.fail(err)
+			return
+		}
+		if accepted {
+			return
+		}
+	}
+	r.mu.Lock()
+	r.sum.Exhausted++
+	r.progress(false)
+	r.mu.Unlock()
+	r.cfg.Log.Warn("job exhausted its tries", "job", j.index, "tries", j.tries)
+}
+
+// runPrompt queues a workflow and waits for it, queueing it again when the
+// server loses it and retrying while the server is unreachable.
+func (r *runner) runPrompt(ctx context.Context, cl *comfyui.Client, wf comfyui.Workflow, a *attempt) (*comfyui.PromptResult, error) {
+	var downSince time.Time
+	for n := 1; ; n++ {
+		extra := map[string]any{"extra_pnginfo": map[string]any{"m3gate_run": map[string]any{"job": a.job, "attempt": a.try}}}
+		pr, err := cl.QueuePrompt(ctx, comfyui.PromptRequest{Prompt: wf, ExtraData: extra})
+		if err != nil {
+			var pe *comfyui.PromptError
+			if errors.As(err, &pe) {
+				return nil, fmt.Errorf("run: %s rejected the workflow: %w", cl.URL(), pe)
+			}
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			if downSince.IsZero() {
+				downSince = time.Now()
+			}
+			if time.Since(downSince) > r.cfg.RetryTimeout {
+				return nil, fmt.Errorf("run: comfyui %s unreachable for %v: %w", cl.URL(), r.cfg.RetryTimeout, err)
+			}
+			r.cfg.Log.Debug("queue prompt failed, retrying", "server", cl.URL(), "err", err)
+			if !sleep(ctx, retryDelay(n)) {
+				return nil, ctx.Err()
+			}
+			continue
+		}
+		downSince = time.Time{}
+		a.promptID = pr.PromptID
+		res, err := cl.WaitPrompt(ctx, pr.PromptID)
+		if errors.Is(err, comfyui.ErrPromptLost) {
+			r.mu.Lock()
+			r.sum.Resubmitted++
+			r.mu.Unlock()
+			r.cfg.Log.Info("prompt lost by the server, queueing it again", "server", cl.URL(), "prompt", pr.PromptID)
+			continue
+		}
+		if err == nil {
+			r.mu.Lock()
+			r.sum.Prompts++
+			r.mu.Unlock()
+		}
+		return res, err
+	}
+}
+
+// fetch downloads the prompt's images: saved outputs, or temp previews
+// when the workflow saves nothing.
+func (r *runner) fetch(ctx context.Context, cl *comfyui.Client, res *comfyui.PromptResult) ([]Image, error) {
+	all := res.Images()
+	var refs []comfyui.NodeImage
+	for _, im := range all {
+		if im.Type == "output" {
+			refs = append(refs, im)
+		}
+	}
+	if len(refs) == 0 {
+		refs = all
+	}
+	if len(refs) == 0 {
+		return nil, fmt.Errorf("run: prompt %s produced no images (does the workflow end in SaveImage or PreviewImage?)", res.PromptID)
+	}
+	images := make([]Image, 0, len(refs))
+	for _, ref := range refs {
+		var downSince time.Time
+		for n := 1; ; n++ {
+			data, err := cl.View(ctx, ref.ImageRef)
+			if err == nil {
+				images = append(images, Image{Data: data, Ref: ref.ImageRef, Node: ref.Node, Index: ref.Index})
+				break
+			}
+			if errors.Is(err, comfyui.ErrNotFound) || ctx.Err() != nil {
+				return nil, err
+			}
+			if downSince.IsZero() {
+				downSince = time.Now()
+			}
+			if time.Since(downSince) > r.cfg.RetryTimeout {
+				return nil, fmt.Errorf("run: fetch image: %w", err)
+			}
+			if !sleep(ctx, retryDelay(n)) {
+				return nil, ctx.Err()
+			}
+		}
+	}
+	return images, nil
+}
+
+// score calls the scorer, retrying transient failures a few times.
+func (r *runner) score(ctx context.Context, images []Image) ([]Scores, error) {
+	var last error
+	for n := 1; n <= 4; n++ {
+		scores, err := r.cfg.Scorer.Score(ctx, images, r.prompt, r.cfg.Aspects)
+		if err == nil {
+			if len(scores) != len(images) {
+				return nil, fmt.Errorf("run: scorer returned %d results for %d images", len(scores), len(images))
+			}
+			return scores, nil
+		}
+		last = err
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		r.cfg.Log.Warn("scoring failed, retrying", "err", err)
+		if !sleep(ctx, time.Duration(n)*500*time.Millisecond) {
+			return nil, ctx.Err()
+		}
+	}
+	return nil, fmt.Errorf("run: score images: %w", last)
+}
+
+// decide gates the images of one try: the first passing image is the
+// job's (written before it counts); others are recorded as rejected or
+// surplus.
+func (r *runner) decide(a *attempt, images []Image, scores []Scores) (bool, error) {
+	accepted := false
+	for i, img := range images {
+		passed := r.cfg.Gate.Pass(scores[i])
+		res := r.resultFor(a, &img, &scores[i], nil)
+		res.Passed = passed
+		md := r.metadataFor(a, &img, &scores[i], passed)
+		switch {
+		case passed && !accepted:
+			file, err := r.out.image(false, a, &img, md)
+			if err != nil {
+				return false, err
+			}
+			res.Accepted, res.File = true, file
+		case passed:
+			res.Note = "surplus: the job already has its image"
+		default:
+			if r.cfg.KeepRejected {
+				file, err := r.out.image(true, a, &img, md)
+				if err != nil {
+					return false, err
+				}
+				res.File = file
+			}
+		}
+		if err := r.out.result(res); err != nil {
+			return false, err
+		}
+		r.mu.Lock()
+		if res.Accepted {
+			accepted = true
+			r.sum.Accepted = append(r.sum.Accepted, res.File)
+			r.progress(true)
+		} else if !passed {
+			r.sum.Rejected++
+			r.progress(false)
+		}
+		r.mu.Unlock()
+	}
+	return accepted, nil
+}
+
+func (r *runner) seedMap(seeds []uint64) map[string]uint64 {
+	m := make(map[string]uint64, len(seeds))
+	for i, in := range r.seeds {
+		key := in.Node
+		if _, dup := m[key]; dup {
+			key = in.Node + "." + in.Input
+		}
+		m[key] = seeds[i]
+	}
+	return m
+}
+
+func (r *runner) resultFor(a *attempt, img *Image, s *Scores, err error) Result {
+	res := Result{Time: time.Now().UTC(), Job: a.job, Attempt: a.try, Server: a.server, PromptID: a.promptID,
+		Seed: a.seeds[0], Seeds: r.seedMap(a.seeds)}
+	if img != nil {
+		res.Node, res.Index, res.Source = img.Node, img.Index, img.Ref
+	}
+	if s != nil {
+		res.Scores, res.Error = s.Aspects, s.Error
+	}
+	if err != nil {
+		res.Error = err.Error()
+	}
+	return res
+}
+
+func (r *runner) metadataFor(a *attempt, img *Image, s *Scores, passed bool) Metadata {
+	return Metadata{Scores: s.Aspects, Passed: passed, Seed: a.seeds[0], Seeds: r.seedMap(a.seeds), Attempt: a.try,
+		Job: a.job, PromptID: a.promptID, Server: a.server, Node: img.Node, Prompt: r.prompt, Gate: r.cfg.Gate}
+}
