@@ -1,6 +1,6 @@
 // Package dataset reads the image-quality datasets M3-AGIQA is trained and
 // evaluated on, converts them into one manifest format of m3gate's own, and
-// holds the per-aspect conversation prompts (prompts.yaml) and the
+// holds the per-aspect conversation prompts (prompts.json, embedded) and the
 // conversations format of the reference's distilled training data.
 //
 // # Readers

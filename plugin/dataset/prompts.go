@@ -2,32 +2,32 @@ package dataset
 
 import (
 	_ "embed"
+	"encoding/json"
 	"fmt"
 	"sort"
 	"strings"
 	"sync"
-
-	"go.yaml.in/yaml/v3"
 )
 
-//go:embed prompts.yaml
-var promptsYAML []byte
+//go:embed prompts.json
+var promptsJSON []byte
 
 // PromptPair is the two user turns of one aspect's conversation.
 type PromptPair struct {
 	// Round1 is the first user turn; PromptPlaceholder marks where the
 	// image's text prompt goes.
-	Round1 string `yaml:"round1" json:"round1"`
+	Round1 string `json:"round1"`
 	// Round2 asks for one rating word.
-	Round2 string `yaml:"round2" json:"round2"`
+	Round2 string `json:"round2"`
 }
 
 // PromptPlaceholder is the marker in Round1 replaced by the text prompt.
 const PromptPlaceholder = "{prompt}"
 
 type promptFile struct {
-	DefaultStyle string                           `yaml:"default_style"`
-	Styles       map[string]map[string]PromptPair `yaml:"styles"`
+	Comment      string                           `json:"comment"`
+	DefaultStyle string                           `json:"default_style"`
+	Styles       map[string]map[string]PromptPair `json:"styles"`
 }
 
 var (
@@ -38,12 +38,12 @@ var (
 
 func loadPrompts() (promptFile, error) {
 	promptsOnce.Do(func() {
-		promptsErr = yaml.Unmarshal(promptsYAML, &prompts)
+		promptsErr = json.Unmarshal(promptsJSON, &prompts)
 		if promptsErr == nil {
 			promptsErr = checkPrompts(prompts)
 		}
 		if promptsErr != nil {
-			promptsErr = fmt.Errorf("embedded prompts.yaml: %w", promptsErr)
+			promptsErr = fmt.Errorf("embedded prompts.json: %w", promptsErr)
 		}
 	})
 	return prompts, promptsErr

@@ -102,7 +102,7 @@ func TestSharedLabels(t *testing.T) {
 }
 
 // TestSharedConversations checks the reference conversations against
-// data.csv and prompts.yaml: every round-1/round-2 string is the embedded
+// data.csv and prompts.json: every round-1/round-2 string is the embedded
 // wording, and every quality rating word is RatingWord(mos_quality).
 func TestSharedConversations(t *testing.T) {
 	dir := sharedData(t)
