@@ -4,11 +4,14 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"image"
 	"image/color"
 	"image/png"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -405,5 +408,68 @@ func TestConfigErrors(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%s: %v, want %q", tt.name, err, tt.want)
 		}
+	}
+}
+
+// TestRunWithDaemonScorer runs the pipeline with the DaemonScorer against
+// an HTTP daemon speaking the /v1/score contract (scoring brightness), so
+// the whole path ComfyUI → PNG → base64 → daemon → gate → file is real.
+func TestRunWithDaemonScorer(t *testing.T) {
+	rec := &seedRecorder{good: func(s uint64) bool { return s%2 == 0 }}
+	s := startFake(t, comfyfake.WithImageFunc(rec.image))
+	inner := &brightnessScorer{}
+	daemon := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var req scoreRequest
+		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		imgs := make([]Image, len(req.Images))
+		for i, im := range req.Images {
+			b, err := base64.StdEncoding.DecodeString(im.Data)
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
+			imgs[i] = Image{Data: b}
+		}
+		scores, err := inner.Score(r.Context(), imgs, req.Prompt, req.Aspects)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		var ans struct {
+			Results []map[string]any `json:"results"`
+		}
+		for i, sc := range scores {
+			ans.Results = append(ans.Results, map[string]any{"index": i, "error": "", "aspects": sc.Aspects})
+		}
+		json.NewEncoder(w).Encode(ans)
+	}))
+	defer daemon.Close()
+	dir := t.TempDir()
+	sum, err := Run(context.Background(), Config{
+		Workflow: sdWorkflow(t), Servers: []string{s.URL()}, Count: 2, MaxTries: 40,
+		Gate:   Gate{Thresholds: map[string]float64{"quality": 3.5, "correspondence": 3.5}, Mode: ModeAll},
+		Scorer: &DaemonScorer{URL: daemon.URL}, OutDir: dir, ClientOptions: fastClient(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(sum.Accepted) != 2 {
+		t.Fatalf("summary %+v", sum)
+	}
+	for _, f := range sum.Accepted {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		md, err := ReadMetadata(data)
+		if err != nil || md.Seed%2 != 0 || len(md.Scores) != 2 || md.Scores["correspondence"].MOS < 3.5 {
+			t.Errorf("metadata %+v %v", md, err)
+		}
+	}
+	if inner.prompts[0] != "a red fox in snow" {
+		t.Errorf("daemon got prompt %q", inner.prompts[0])
 	}
 }
