@@ -21,10 +21,25 @@ import (
 	"syscall"
 	"unsafe"
 
+	"github.com/m3gate/m3gate/sidecar/tensorio/header"
 	"github.com/sugarme/gotch"
 	lib "github.com/sugarme/gotch/libtch"
 	"github.com/sugarme/gotch/ts"
 )
+
+// DType is a safetensors dtype name as written in a header ("F32", "BF16", ...).
+type DType = header.DType
+
+// The dtypes this package reads and writes; any other is rejected by name.
+const (
+	F32  = header.F32
+	F16  = header.F16
+	BF16 = header.BF16
+	I64  = header.I64
+)
+
+// IndexName is the file name of a sharded checkpoint's index.
+const IndexName = header.IndexName
 
 // Info describes one tensor of a checkpoint.
 type Info struct {
@@ -35,9 +50,9 @@ type Info struct {
 	File string
 }
 
-// Kind returns the gotch dtype of a safetensors dtype; ok is false for an
+// KindOf returns the gotch dtype of a safetensors dtype; ok is false for an
 // unsupported one.
-func (d DType) Kind() (kind gotch.DType, ok bool) {
+func KindOf(d DType) (kind gotch.DType, ok bool) {
 	switch d {
 	case F32:
 		return gotch.Float, true
@@ -71,12 +86,12 @@ func DTypeOf(kind gotch.DType) (DType, error) {
 type shard struct {
 	path string
 	data []byte // the read-only mapping; nil for an empty file
-	hdr  *Header
+	hdr  *header.Header
 }
 
 type ref struct {
 	sh *shard
-	e  Entry
+	e  header.Entry
 }
 
 // Checkpoint is an open safetensors checkpoint. Its methods are safe for
@@ -156,7 +171,7 @@ func openIndex(path string) (_ *Checkpoint, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("open checkpoint: %w", err)
 	}
-	idx, err := ParseIndex(raw)
+	idx, err := header.ParseIndex(raw)
 	if err != nil {
 		return nil, fmt.Errorf("open checkpoint %s: %w", path, err)
 	}
@@ -251,7 +266,7 @@ func mapShard(path string) (*shard, error) {
 			return nil, fmt.Errorf("mmap %s: %w", path, err)
 		}
 	}
-	hdr, err := ParseHeader(data)
+	hdr, err := header.Parse(data)
 	if err != nil {
 		if data != nil {
 			syscall.Munmap(data)
@@ -299,7 +314,7 @@ func (c *Checkpoint) Tensor(name string) (*ts.Tensor, error) {
 	if !ok {
 		return nil, fmt.Errorf("tensor %q: not in the checkpoint", name)
 	}
-	kind, _ := r.e.DType.Kind()
+	kind, _ := KindOf(r.e.DType)
 	start := r.sh.hdr.DataStart + r.e.Begin
 	end := r.sh.hdr.DataStart + r.e.End
 	t, err := fromBytes(r.sh.data[start:end], r.e.Shape, kind)

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"unsafe"
 
+	"github.com/m3gate/m3gate/sidecar/tensorio/header"
 	"github.com/sugarme/gotch"
 	"github.com/sugarme/gotch/ts"
 )
@@ -143,7 +144,7 @@ func TestRoundTrip(t *testing.T) {
 		})
 	}
 	// Data layout follows the given order.
-	h, err := ParseHeader(raw)
+	h, err := header.Parse(raw)
 	if err != nil {
 		t.Fatal(err)
 	}

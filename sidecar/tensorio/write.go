@@ -1,17 +1,15 @@
 package tensorio
 
 import (
-	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
-	"strconv"
 	"unsafe"
 
+	"github.com/m3gate/m3gate/sidecar/tensorio/header"
 	"github.com/sugarme/gotch"
 	"github.com/sugarme/gotch/ts"
 )
@@ -58,7 +56,7 @@ func plan(tensors []Named) ([]planned, error) {
 		if err != nil {
 			return nil, fmt.Errorf("tensor %q: %w", n.Name, cleanErr(err))
 		}
-		size, ok := byteSize(d, shape)
+		size, ok := header.ByteSize(d, shape)
 		if !ok {
 			return nil, fmt.Errorf("tensor %q: shape %v overflows", n.Name, shape)
 		}
@@ -67,69 +65,15 @@ func plan(tensors []Named) ([]planned, error) {
 	return out, nil
 }
 
-// encodeHeader renders the JSON header for tensors laid out in order, padded
-// with spaces to a multiple of 8 bytes as the reference writer does.
+// encodeHeader lays tensors out back to back in order and renders the header.
 func encodeHeader(ps []planned, metadata map[string]string) ([]byte, error) {
-	var buf bytes.Buffer
-	buf.WriteByte('{')
-	first := true
-	comma := func() {
-		if !first {
-			buf.WriteByte(',')
-		}
-		first = false
-	}
-	if len(metadata) > 0 {
-		comma()
-		keys := make([]string, 0, len(metadata))
-		for k := range metadata {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		buf.WriteString(`"__metadata__":{`)
-		for i, k := range keys {
-			if i > 0 {
-				buf.WriteByte(',')
-			}
-			writeJSONString(&buf, k)
-			buf.WriteByte(':')
-			writeJSONString(&buf, metadata[k])
-		}
-		buf.WriteByte('}')
-	}
+	entries := make([]header.Entry, len(ps))
 	var off int64
-	for _, p := range ps {
-		comma()
-		writeJSONString(&buf, p.name)
-		buf.WriteString(`:{"dtype":"`)
-		buf.WriteString(string(p.dtype))
-		buf.WriteString(`","shape":[`)
-		for i, s := range p.shape {
-			if i > 0 {
-				buf.WriteByte(',')
-			}
-			buf.WriteString(strconv.FormatInt(s, 10))
-		}
-		buf.WriteString(`],"data_offsets":[`)
-		buf.WriteString(strconv.FormatInt(off, 10))
-		buf.WriteByte(',')
+	for i, p := range ps {
+		entries[i] = header.Entry{Name: p.name, DType: p.dtype, Shape: p.shape, Begin: off, End: off + p.size}
 		off += p.size
-		buf.WriteString(strconv.FormatInt(off, 10))
-		buf.WriteString("]}")
 	}
-	buf.WriteByte('}')
-	for buf.Len()%8 != 0 {
-		buf.WriteByte(' ')
-	}
-	if buf.Len() > MaxHeaderSize {
-		return nil, fmt.Errorf("header of %d bytes exceeds the limit of %d", buf.Len(), MaxHeaderSize)
-	}
-	return buf.Bytes(), nil
-}
-
-func writeJSONString(buf *bytes.Buffer, s string) {
-	b, _ := json.Marshal(s) // a string always marshals
-	buf.Write(b)
+	return header.Encode(entries, metadata)
 }
 
 // Write writes tensors (in the given order) to one safetensors file at path,
@@ -271,11 +215,11 @@ func WriteSharded(dir string, tensors []Named, maxShardBytes int64, metadata map
 	if err != nil {
 		return fmt.Errorf("write sharded %s: %w", dir, err)
 	}
-	tmp := filepath.Join(dir, "."+IndexName+".tmp")
+	tmp := filepath.Join(dir, "."+header.IndexName+".tmp")
 	if err := os.WriteFile(tmp, append(js, '\n'), 0o644); err != nil {
 		return fmt.Errorf("write sharded %s: %w", dir, err)
 	}
-	if err := os.Rename(tmp, filepath.Join(dir, IndexName)); err != nil {
+	if err := os.Rename(tmp, filepath.Join(dir, header.IndexName)); err != nil {
 		return fmt.Errorf("write sharded %s: %w", dir, err)
 	}
 	return nil

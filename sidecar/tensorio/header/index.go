@@ -1,6 +1,4 @@
-package tensorio
-
-// Pure Go: the sharded-checkpoint index (model.safetensors.index.json).
+package header
 
 import (
 	"bytes"

@@ -1,6 +1,7 @@
-package tensorio
+package header
 
 import (
+	"encoding/binary"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -8,6 +9,21 @@ import (
 	"strconv"
 	"testing"
 )
+
+// rawFile assembles a safetensors file from a header text and data bytes.
+func rawFile(header string, data []byte) []byte {
+	b := make([]byte, 8, 8+len(header)+len(data))
+	binary.LittleEndian.PutUint64(b, uint64(len(header)))
+	b = append(b, header...)
+	return append(b, data...)
+}
+
+// withLen is a length prefix (which may lie) followed by rest.
+func withLen(n uint64, rest string) []byte {
+	b := make([]byte, 8)
+	binary.LittleEndian.PutUint64(b, n)
+	return append(b, rest...)
+}
 
 // fuzzSeeds are the seed inputs of FuzzParseHeader (also written to
 // testdata/fuzz/FuzzParseHeader by TestWriteFuzzSeeds when
@@ -28,7 +44,7 @@ func fuzzSeeds() [][]byte {
 	}
 }
 
-// FuzzParseHeader checks that ParseHeader never panics, and that whatever it
+// FuzzParseHeader checks that Parse never panics, and that whatever it
 // accepts is consistent: entries tile the data section exactly, each entry's
 // size is dtype×shape, and re-encoding the header parses to the same result.
 func FuzzParseHeader(f *testing.F) {
@@ -36,7 +52,7 @@ func FuzzParseHeader(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, file []byte) {
-		h, err := ParseHeader(file)
+		h, err := Parse(file)
 		if err != nil {
 			if h != nil {
 				t.Fatal("header returned with an error")
@@ -45,26 +61,25 @@ func FuzzParseHeader(f *testing.F) {
 		}
 		dataSize := int64(len(file)) - h.DataStart
 		var pos int64
-		ps := make([]planned, 0, len(h.Entries))
+
 		for _, e := range h.Entries {
 			if e.Begin != pos {
 				t.Fatalf("entry %q begins at %d, want %d", e.Name, e.Begin, pos)
 			}
-			size, ok := byteSize(e.DType, e.Shape)
+			size, ok := ByteSize(e.DType, e.Shape)
 			if !ok || e.End-e.Begin != size {
 				t.Fatalf("entry %q spans %d bytes, dtype×shape %d (ok=%v)", e.Name, e.End-e.Begin, size, ok)
 			}
 			pos = e.End
-			ps = append(ps, planned{name: e.Name, dtype: e.DType, shape: e.Shape, size: size})
 		}
 		if pos != dataSize {
 			t.Fatalf("entries cover %d of %d data bytes", pos, dataSize)
 		}
-		hdr, err := encodeHeader(ps, h.Metadata)
+		hdr, err := Encode(h.Entries, h.Metadata)
 		if err != nil {
 			return // too large to re-encode; nothing to compare
 		}
-		again, err := ParseHeader(append(rawFile(string(hdr), nil), file[h.DataStart:]...))
+		again, err := Parse(append(rawFile(string(hdr), nil), file[h.DataStart:]...))
 		if err != nil {
 			t.Fatalf("re-encoded header rejected: %v\n%s", err, hdr)
 		}
@@ -96,9 +111,9 @@ func TestWriteFuzzSeeds(t *testing.T) {
 	}
 }
 
-func TestParseHeaderEntries(t *testing.T) {
+func TestParseEntries(t *testing.T) {
 	file := rawFile(`{"__metadata__":{"format":"pt"},"b":{"dtype":"I64","shape":[1],"data_offsets":[8,16]},"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}`, make([]byte, 16))
-	h, err := ParseHeader(file)
+	h, err := Parse(file)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,7 +1,9 @@
-package tensorio
-
-// This file is pure Go (no gotch, no cgo) so the header parser can be fuzzed
-// cheaply: go test -run '^$' -fuzz FuzzParseHeader ./sidecar/tensorio/
+// Package header parses, validates and encodes safetensors headers and
+// sharded-checkpoint indexes. It is pure Go (no gotch, no cgo) so it can be
+// fuzzed cheaply:
+//
+//	go test -run '^$' -fuzz FuzzParseHeader ./sidecar/tensorio/header/
+package header
 
 import (
 	"bytes"
@@ -42,10 +44,10 @@ func (d DType) Size() int64 {
 	return 0
 }
 
-// MaxHeaderSize is the largest JSON header accepted, in bytes (the reference
+// MaxSize is the largest JSON header accepted, in bytes (the reference
 // implementation's limit). A larger length prefix is refused before anything
 // is allocated.
-const MaxHeaderSize = 100_000_000
+const MaxSize = 100_000_000
 
 // Entry describes one tensor of a safetensors header. Begin and End are byte
 // offsets relative to the start of the data section (data_offsets).
@@ -67,20 +69,20 @@ type Header struct {
 	DataStart int64
 }
 
-// ParseHeader parses and validates the header of a safetensors file whose
+// Parse parses and validates the header of a safetensors file whose
 // complete contents are file (typically a read-only memory mapping). It checks
 // the 8-byte little-endian length prefix against the file size before
 // looking at the JSON, rejects duplicate keys, unsupported dtypes, negative or
 // overflowing shapes, data_offsets that disagree with dtype×shape, offsets
 // out of range, overlapping tensors and holes in the data section. Errors do
 // not name the file; callers wrap them with it.
-func ParseHeader(file []byte) (*Header, error) {
+func Parse(file []byte) (*Header, error) {
 	if len(file) < 8 {
 		return nil, fmt.Errorf("truncated: %d bytes, need at least 8 for the header length", len(file))
 	}
 	n := binary.LittleEndian.Uint64(file[:8])
-	if n > MaxHeaderSize {
-		return nil, fmt.Errorf("header length %d exceeds the limit of %d bytes", n, MaxHeaderSize)
+	if n > MaxSize {
+		return nil, fmt.Errorf("header length %d exceeds the limit of %d bytes", n, MaxSize)
 	}
 	if n > uint64(len(file)-8) {
 		return nil, fmt.Errorf("truncated: header length %d runs past the end of the file (%d bytes after the length prefix)", n, len(file)-8)
@@ -160,7 +162,7 @@ func validateLayout(entries []Entry, dataSize int64) error {
 		if e.End > dataSize {
 			return fmt.Errorf("tensor %q: data_offsets [%d, %d] run past the end of the data section (%d bytes; file truncated?)", e.Name, e.Begin, e.End, dataSize)
 		}
-		want, ok := byteSize(e.DType, e.Shape)
+		want, ok := ByteSize(e.DType, e.Shape)
 		if !ok {
 			return fmt.Errorf("tensor %q: shape %v of %s overflows", e.Name, e.Shape, e.DType)
 		}
@@ -196,10 +198,13 @@ func validateLayout(entries []Entry, dataSize int64) error {
 	return nil
 }
 
-// byteSize returns the number of bytes of a dtype×shape tensor; ok is false
-// on overflow of int64.
-func byteSize(d DType, shape []int64) (int64, bool) {
+// ByteSize returns the number of bytes of a dtype×shape tensor; ok is false
+// on overflow of int64 or for an unsupported dtype.
+func ByteSize(d DType, shape []int64) (int64, bool) {
 	n := uint64(d.Size())
+	if n == 0 {
+		return 0, false
+	}
 	for _, s := range shape {
 		hi, lo := bits.Mul64(n, uint64(s))
 		if hi != 0 || lo > math.MaxInt64 {
