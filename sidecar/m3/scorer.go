@@ -1,0 +1,348 @@
+package m3
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"strings"
+	"time"
+
+	"github.com/sugarme/gotch"
+	"github.com/sugarme/gotch/ts"
+
+	"github.com/m3gate/m3gate/sidecar/mllm"
+	"github.com/m3gate/m3gate/sidecar/xlstm"
+)
+
+// Source values say where a result's MOS came from.
+const (
+	// SourcePredictor: the aspect's xLSTM predictor.
+	SourcePredictor = "predictor"
+	// SourceWordProbs: the expectation over the rating-word probabilities
+	// (no predictor configured for the aspect).
+	SourceWordProbs = "word_probs"
+)
+
+// AdapterSwitch selects which LoRA adapter the model runs with; "" is the
+// bare base model. sidecar/lora's adapter set implements it.
+type AdapterSwitch interface {
+	Activate(name string) error
+}
+
+// Aspect is one aspect to score: its questions, the adapter to run it with
+// ("" for none) and its predictor (nil: MOS from the rating-word
+// probabilities).
+type Aspect struct {
+	Name      string
+	Prompts   Prompts
+	Adapter   string
+	Predictor *xlstm.Predictor
+}
+
+// Options tunes scoring.
+type Options struct {
+	// MaxNewTokens bounds the round-1 description (default 128).
+	MaxNewTokens int
+	// MaxSeqLen truncates the predictor's input on the right (default 512).
+	MaxSeqLen int
+	// SkipDescription rates without generating a description (the
+	// assistant's round-1 turn is left empty): faster, less faithful.
+	SkipDescription bool
+	// Literal feeds the predictor the vocabulary-wide logits instead of the
+	// fused W·lm_head shortcut (for checking; slower).
+	Literal bool
+	// Uncached recomputes the whole three-message prefix instead of
+	// extending the cached image + round-1 prefix (for checking).
+	Uncached bool
+}
+
+func (o Options) withDefaults() Options {
+	if o.MaxNewTokens <= 0 {
+		o.MaxNewTokens = 128
+	}
+	if o.MaxSeqLen <= 0 {
+		o.MaxSeqLen = 512
+	}
+	return o
+}
+
+// Item is one image to score with its generation prompt.
+type Item struct {
+	Pixels mllm.Pixels
+	Prompt string
+}
+
+// Timings are the wall-clock durations of one aspect's stages. Encode is
+// the image's share of the batch's vision pass.
+type Timings struct {
+	Encode, Describe, Rate, Predict time.Duration
+}
+
+// Result is one aspect's score of one image.
+type Result struct {
+	Aspect      string
+	MOS         float64 // 0–5
+	Rating      string  // the most probable rating word
+	WordProbs   map[string]float64
+	Description string
+	Source      string // SourcePredictor or SourceWordProbs
+	Timings     Timings
+}
+
+// Scorer runs M3-AGIQA on a loaded MLLM.
+type Scorer struct {
+	model    *mllm.Model
+	adapters AdapterSwitch
+	wordIDs  [5]int64
+	stops    []int64
+}
+
+// New prepares a scorer on model. adapters may be nil when no aspect uses
+// an adapter.
+func New(model *mllm.Model, adapters AdapterSwitch) (*Scorer, error) {
+	if model == nil || model.Tokenizer == nil {
+		return nil, fmt.Errorf("new scorer: the model has no tokenizer")
+	}
+	s := &Scorer{model: model, adapters: adapters}
+	seen := map[int64]string{}
+	for i, w := range RatingWords {
+		// The answer follows "Assistant:", so the word comes with a space.
+		ids, err := model.Tokenizer.Encode(" " + w)
+		if err != nil || len(ids) == 0 {
+			return nil, fmt.Errorf("new scorer: tokenize rating word %q: %v", w, err)
+		}
+		if prev, dup := seen[ids[0]]; dup {
+			return nil, fmt.Errorf("new scorer: rating words %q and %q start with the same token %d", prev, w, ids[0])
+		}
+		seen[ids[0]] = w
+		s.wordIDs[i] = ids[0]
+	}
+	if id, ok := model.Tokenizer.TokenID("<end_of_utterance>"); ok {
+		s.stops = append(s.stops, id)
+	}
+	s.stops = append(s.stops, model.Generation.EOSTokenIDs...)
+	if len(s.stops) == 0 {
+		return nil, fmt.Errorf("new scorer: the tokenizer has no <end_of_utterance> and the generation config no eos token")
+	}
+	return s, nil
+}
+
+// Score scores every item on every aspect. The images are encoded once, in
+// one vision batch; each aspect then runs its two rounds over the whole
+// batch. The result is indexed [item][aspect].
+func (s *Scorer) Score(ctx context.Context, items []Item, aspects []Aspect, opts Options) ([][]Result, error) {
+	opts = opts.withDefaults()
+	if len(items) == 0 {
+		return nil, nil
+	}
+	if len(aspects) == 0 {
+		return nil, fmt.Errorf("score: no aspects")
+	}
+	for _, a := range aspects {
+		if err := a.Prompts.Validate(); err != nil {
+			return nil, fmt.Errorf("score: aspect %s: %w", a.Name, err)
+		}
+		if a.Adapter != "" && s.adapters == nil {
+			return nil, fmt.Errorf("score: aspect %s wants adapter %q but none are loaded", a.Name, a.Adapter)
+		}
+	}
+	t0 := time.Now()
+	px := make([]mllm.Pixels, len(items))
+	for i, it := range items {
+		px[i] = it.Pixels
+	}
+	feats, err := s.model.EncodeImages(px, false)
+	if err != nil {
+		return nil, fmt.Errorf("score: %w", err)
+	}
+	encode := time.Since(t0) / time.Duration(len(items))
+	out := make([][]Result, len(items))
+	for _, a := range aspects {
+		if err := ctx.Err(); err != nil {
+			return nil, fmt.Errorf("score: %w", err)
+		}
+		res, err := s.scoreAspect(ctx, items, feats, a, opts)
+		if err != nil {
+			return nil, fmt.Errorf("score aspect %s: %w", a.Name, err)
+		}
+		for i := range items {
+			res[i].Timings.Encode = encode
+			out[i] = append(out[i], res[i])
+		}
+	}
+	return out, nil
+}
+
+// scoreAspect runs one aspect's two rounds for the batch.
+func (s *Scorer) scoreAspect(ctx context.Context, items []Item, feats []*mllm.ImageFeatures, a Aspect, opts Options) ([]Result, error) {
+	if s.adapters != nil {
+		if err := s.adapters.Activate(a.Adapter); err != nil {
+			return nil, err
+		}
+	}
+	n := len(items)
+	res := make([]Result, n)
+	// Round 1: the image and the question; the assistant describes.
+	t0 := time.Now()
+	prefix := make([]mllm.Sequence, n)
+	for i, it := range items {
+		seq, err := s.model.EncodeChat(RoundOne(a.Prompts, it.Prompt), true, feats[i:i+1])
+		if err != nil {
+			return nil, err
+		}
+		prefix[i] = seq
+	}
+	pout, cache, err := s.model.Prefill(prefix, mllm.ForwardOptions{Logits: mllm.LogitsLast, Hidden: true})
+	if err != nil {
+		return nil, err
+	}
+	desc := make([]string, n)
+	if !opts.SkipDescription {
+		gen, err := s.model.Generate(ctx, cache, pout.Logits, mllm.GenerateOptions{MaxTokens: opts.MaxNewTokens, StopTokens: s.stops})
+		if err != nil {
+			return nil, err
+		}
+		for i, toks := range gen.Tokens {
+			if gen.Stopped[i] && len(toks) > 0 {
+				toks = toks[:len(toks)-1]
+			}
+			text, err := s.model.Tokenizer.Decode(toks, true)
+			if err != nil {
+				return nil, err
+			}
+			// A description cut at the token limit can end inside a
+			// multi-byte character; replace it as Hugging Face's decode does.
+			desc[i] = strings.TrimSpace(strings.ToValidUTF8(text, "\uFFFD"))
+		}
+	}
+	describe := time.Since(t0) / time.Duration(n)
+
+	// Round 2: description and rating question, extending the cached prefix.
+	t1 := time.Now()
+	full := make([]mllm.Sequence, n)
+	cont := make([]mllm.Sequence, n)
+	for i, it := range items {
+		seq, err := s.model.EncodeChat(ThreeMessages(a.Prompts, it.Prompt, desc[i]), true, feats[i:i+1])
+		if err != nil {
+			return nil, err
+		}
+		p := prefix[i].Tokens
+		if len(seq.Tokens) <= len(p) || !equalIDs(seq.Tokens[:len(p)], p) {
+			return nil, fmt.Errorf("item %d: the three-message prompt does not start with the round-1 prompt's tokens", i)
+		}
+		full[i] = seq
+		cont[i] = mllm.Sequence{Tokens: seq.Tokens[len(p):]}
+	}
+	var hidden []*ts.Tensor // per item [1, S, H]
+	var last *ts.Tensor     // [B, V]
+	if opts.Uncached {
+		o, _, err := s.model.Prefill(full, mllm.ForwardOptions{Logits: mllm.LogitsLast, Hidden: true})
+		if err != nil {
+			return nil, err
+		}
+		last = o.Logits
+		for i := range items {
+			hidden = append(hidden, unpad(o.Hidden, i, o.Pad[i]))
+		}
+	} else {
+		o, _, err := s.model.Extend(cache, cont, mllm.ForwardOptions{Logits: mllm.LogitsLast, Hidden: true})
+		if err != nil {
+			return nil, err
+		}
+		last = o.Logits
+		for i := range items {
+			h := ts.MustCat([]*ts.Tensor{unpad(pout.Hidden, i, pout.Pad[i]), unpad(o.Hidden, i, o.Pad[i])}, 1)
+			hidden = append(hidden, h)
+		}
+	}
+	probs := last.MustSoftmax(-1, gotch.Float, false)
+	ids := ts.MustOfSlice(s.wordIDs[:])
+	pv := probs.MustIndexSelect(1, ids, true).Float64Values() // [B, 5]
+	rate := time.Since(t1) / time.Duration(n)
+
+	for i := range items {
+		wp := map[string]float64{}
+		best, sum, expect := 0, 0.0, 0.0
+		for k, w := range RatingWords {
+			p := pv[i*len(RatingWords)+k]
+			wp[w] = p
+			sum += p
+			expect += p * float64(k+1)
+			if p > pv[i*len(RatingWords)+best] {
+				best = k
+			}
+		}
+		r := Result{Aspect: a.Name, Rating: RatingWords[best], WordProbs: wp, Description: desc[i], Source: SourceWordProbs}
+		r.Timings.Describe, r.Timings.Rate = describe, rate
+		if sum > 0 {
+			r.MOS = (expect/sum - 1) * 5 / 4
+		}
+		if a.Predictor != nil {
+			t2 := time.Now()
+			mos, err := s.predict(a.Predictor, hidden[i], opts)
+			if err != nil {
+				return nil, fmt.Errorf("item %d: predictor: %w", i, err)
+			}
+			r.MOS, r.Source = clamp(mos, 0, 5), SourcePredictor
+			r.Timings.Predict = time.Since(t2)
+		}
+		if math.IsNaN(r.MOS) || math.IsInf(r.MOS, 0) {
+			return nil, fmt.Errorf("item %d: MOS is not finite", i)
+		}
+		res[i] = r
+	}
+	return res, nil
+}
+
+// truncate cuts hidden states [1, S, H] to at most maxLen positions (the
+// predictor's input is truncated on the right).
+func truncate(h *ts.Tensor, maxLen int) *ts.Tensor {
+	if s := h.MustSize()[1]; s > int64(maxLen) {
+		return h.MustNarrow(1, 0, int64(maxLen), false)
+	}
+	return h
+}
+
+func (s *Scorer) predict(p *xlstm.Predictor, hidden *ts.Tensor, opts Options) (float64, error) {
+	h := truncate(hidden, opts.MaxSeqLen)
+	lm := s.model.Linears()["lm_head"]
+	if lm == nil {
+		return 0, fmt.Errorf("the model has no lm_head")
+	}
+	var y *ts.Tensor
+	var err error
+	ts.NoGrad(func() {
+		if opts.Literal {
+			logits := h.MustTotype(gotch.Float, false).MustMatmul(lm.W.MustTotype(gotch.Float, false).MustT(true), true)
+			y, err = p.ForwardLogits(logits, nil)
+		} else {
+			y, err = p.ForwardHidden(h, lm.W, nil)
+		}
+	})
+	if err != nil {
+		return 0, err
+	}
+	return y.Float64Values()[0], nil
+}
+
+// unpad returns item i of a left-padded [B, T, H] batch as [1, T-pad, H].
+func unpad(h *ts.Tensor, i, pad int) *ts.Tensor {
+	t := h.MustSize()[1]
+	return h.MustNarrow(0, int64(i), 1, false).MustNarrow(1, int64(pad), t-int64(pad), true)
+}
+
+func equalIDs(a, b []int64) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func clamp(v, lo, hi float64) float64 {
+	return math.Max(lo, math.Min(hi, v))
+}

@@ -1,0 +1,218 @@
+package m3
+
+import (
+	"context"
+	"math"
+	"math/rand"
+	"sync"
+	"testing"
+
+	"github.com/sugarme/gotch"
+
+	"github.com/m3gate/m3gate/sidecar/mllm"
+	"github.com/m3gate/m3gate/sidecar/xlstm"
+)
+
+var (
+	tinyOnce  sync.Once
+	tinyModel *mllm.Model
+	tinyErr   error
+)
+
+// loadTiny writes the tiny Idefics3 model once per test binary and loads it.
+func loadTiny(t testing.TB) *mllm.Model {
+	t.Helper()
+	tinyOnce.Do(func() {
+		dir, err := tempDir()
+		if err != nil {
+			tinyErr = err
+			return
+		}
+		if tinyErr = mllm.WriteTiny(dir, "tiny", 7); tinyErr != nil {
+			return
+		}
+		tinyModel, tinyErr = mllm.Load(dir, mllm.LoadOptions{})
+	})
+	if tinyErr != nil {
+		t.Fatal(tinyErr)
+	}
+	return tinyModel
+}
+
+// randomPixels is a normalised random image of the model's tile size.
+func randomPixels(m *mllm.Model, seed int64) mllm.Pixels {
+	s := m.Config.Vision.ImageSize
+	r := rand.New(rand.NewSource(seed))
+	tile := make([]float32, 3*s*s)
+	for i := range tile {
+		tile[i] = r.Float32()*2 - 1
+	}
+	return mllm.Pixels{Tiles: [][]float32{tile}, Size: s}
+}
+
+var testPrompts = Prompts{
+	Round1: "Take a close look at this AI-generated image. It's original prompt is: '{prompt}'. Could you please help to analyze the image's quality?",
+	Round2: "Now based on your analysis, could you please help to rate the image based on it's overall quality? Please give me one word from the list [bad, poor, fair, good, excellent].",
+}
+
+func tinyPredictor(t testing.TB, m *mllm.Model) *xlstm.Predictor {
+	t.Helper()
+	cfg := xlstm.DefaultConfig(m.Config.Text.VocabSize)
+	cfg.EmbeddingDim, cfg.NumHeads, cfg.SLSTMHeads, cfg.HeadHidden = 32, 2, 2, 16
+	p, err := xlstm.New(cfg, 3, gotch.CPU)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestScoreTiny(t *testing.T) {
+	m := loadTiny(t)
+	s, err := New(m, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	items := []Item{
+		{Pixels: randomPixels(m, 1), Prompt: "a red apple on a table"},
+		{Pixels: randomPixels(m, 2), Prompt: "statue of a man, baroque style"},
+		{Pixels: randomPixels(m, 3), Prompt: "sushi"},
+	}
+	pred := tinyPredictor(t, m)
+	aspects := []Aspect{
+		{Name: "quality", Prompts: testPrompts, Predictor: pred},
+		{Name: "correspondence", Prompts: testPrompts},
+	}
+	opts := Options{MaxNewTokens: 6}
+	ctx := context.Background()
+	first, err := s.Score(ctx, items, aspects, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(first) != len(items) {
+		t.Fatalf("got %d results, want %d", len(first), len(items))
+	}
+	for i, rs := range first {
+		if len(rs) != len(aspects) {
+			t.Fatalf("item %d: got %d aspects, want %d", i, len(rs), len(aspects))
+		}
+		for j, r := range rs {
+			if r.Aspect != aspects[j].Name {
+				t.Errorf("item %d: aspect %q, want %q", i, r.Aspect, aspects[j].Name)
+			}
+			if math.IsNaN(r.MOS) || r.MOS < 0 || r.MOS > 5 {
+				t.Errorf("item %d %s: MOS %v outside 0..5", i, r.Aspect, r.MOS)
+			}
+			sum := 0.0
+			for _, p := range r.WordProbs {
+				if !(p >= 0 && p <= 1) {
+					t.Errorf("item %d %s: word probability %v", i, r.Aspect, p)
+				}
+				sum += p
+			}
+			if len(r.WordProbs) != 5 || sum > 1+1e-5 {
+				t.Errorf("item %d %s: word probs %v (sum %v)", i, r.Aspect, r.WordProbs, sum)
+			}
+			wantSrc := SourceWordProbs
+			if aspects[j].Predictor != nil {
+				wantSrc = SourcePredictor
+			}
+			if r.Source != wantSrc {
+				t.Errorf("item %d %s: source %q, want %q", i, r.Aspect, r.Source, wantSrc)
+			}
+			if r.Source == SourceWordProbs {
+				// MOS is the expectation over the normalised word probabilities.
+				e := 0.0
+				for k, w := range RatingWords {
+					e += r.WordProbs[w] / sum * float64(k+1)
+				}
+				if want := (e - 1) * 1.25; math.Abs(r.MOS-want) > 1e-9 {
+					t.Errorf("item %d %s: MOS %v, want %v", i, r.Aspect, r.MOS, want)
+				}
+			}
+		}
+	}
+
+	// Determinism: the same call gives the same results.
+	second, err := s.Score(ctx, items, aspects, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The cached-prefix path equals recomputing the whole prefix, and the
+	// W·lm_head shortcut equals the literal logits path.
+	uncached, err := s.Score(ctx, items, aspects, Options{MaxNewTokens: 6, Uncached: true, Literal: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// One at a time equals the batch (padding changes nothing).
+	single, err := s.Score(ctx, items[1:2], aspects, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range items {
+		for j := range aspects {
+			a := first[i][j]
+			if b := second[i][j]; a.MOS != b.MOS || a.Description != b.Description || a.Rating != b.Rating {
+				t.Errorf("item %d %s: second run %v/%q, first %v/%q", i, a.Aspect, b.MOS, b.Description, a.MOS, a.Description)
+			}
+			u := uncached[i][j]
+			if u.Description != a.Description {
+				t.Errorf("item %d %s: uncached description %q, cached %q", i, a.Aspect, u.Description, a.Description)
+			}
+			if math.Abs(u.MOS-a.MOS) > 1e-4 {
+				t.Errorf("item %d %s: uncached/literal MOS %v, cached/shortcut %v", i, a.Aspect, u.MOS, a.MOS)
+			}
+			for w, p := range a.WordProbs {
+				if math.Abs(u.WordProbs[w]-p) > 1e-4 {
+					t.Errorf("item %d %s: uncached p(%s) %v, cached %v", i, a.Aspect, w, u.WordProbs[w], p)
+				}
+			}
+		}
+	}
+	for j := range aspects {
+		a, b := first[1][j], single[0][j]
+		if b.Description != a.Description || math.Abs(a.MOS-b.MOS) > 1e-4 {
+			t.Errorf("%s: alone %v/%q, in a batch %v/%q", a.Aspect, b.MOS, b.Description, a.MOS, a.Description)
+		}
+	}
+}
+
+func TestScoreErrors(t *testing.T) {
+	m := loadTiny(t)
+	s, err := New(m, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	item := []Item{{Pixels: randomPixels(m, 1), Prompt: "x"}}
+	tests := []struct {
+		name    string
+		items   []Item
+		aspects []Aspect
+	}{
+		{"no aspects", item, nil},
+		{"empty round 2", item, []Aspect{{Name: "quality", Prompts: Prompts{Round1: "q {prompt}"}}}},
+		{"adapter without set", item, []Aspect{{Name: "quality", Prompts: testPrompts, Adapter: "quality"}}},
+		{"wrong tile size", []Item{{Pixels: mllm.Pixels{Tiles: [][]float32{{1, 2, 3}}, Size: 1}}}, []Aspect{{Name: "quality", Prompts: testPrompts}}},
+	}
+	for _, tt := range tests {
+		if _, err := s.Score(context.Background(), tt.items, tt.aspects, Options{MaxNewTokens: 2}); err == nil {
+			t.Errorf("%s: got no error", tt.name)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := s.Score(ctx, item, []Aspect{{Name: "quality", Prompts: testPrompts}}, Options{MaxNewTokens: 4}); err == nil {
+		t.Error("cancelled context: got no error")
+	}
+}
+
+func TestWordForMOS(t *testing.T) {
+	tests := []struct {
+		mos  float64
+		want string
+	}{{0, "bad"}, {0.99, "bad"}, {1, "poor"}, {2.5, "fair"}, {3.99, "good"}, {4, "excellent"}, {5, "excellent"}}
+	for _, tt := range tests {
+		if got := WordForMOS(tt.mos); got != tt.want {
+			t.Errorf("WordForMOS(%v) = %q, want %q", tt.mos, got, tt.want)
+		}
+	}
+}
