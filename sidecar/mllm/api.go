@@ -36,16 +36,20 @@ type ImageFeatures struct {
 // NumTokens is the number of <image> tokens the image takes in a prompt.
 func (f *ImageFeatures) NumTokens() int { return int(f.Tokens.MustSize()[0]) }
 
-// withGrad runs fn with autograd on or off on a locked OS thread (grad mode
-// is thread-local in libtorch), turning panics into errors.
+// WithGradMode runs fn on a locked OS thread with libtorch's autograd
+// explicitly on or off, turning gotch panics into errors. Grad mode is
+// thread-local in libtorch and a goroutine moves between OS threads, and
+// threads libtorch did not start can begin with grad off: code that builds
+// a loss and calls Backward (LoRA training) must run inside
+// WithGradMode(true, ...).
+func WithGradMode(grad bool, fn func() error) error { return withGrad(grad, "run", fn) }
+
 func withGrad(grad bool, what string, fn func() error) (err error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	defer recoverErr(&err, what)
-	if !grad {
-		prev := ts.MustGradSetEnabled(false)
-		defer ts.MustGradSetEnabled(prev)
-	}
+	prev := ts.MustGradSetEnabled(grad)
+	defer ts.MustGradSetEnabled(prev)
 	return fn()
 }
 

@@ -359,7 +359,7 @@ func (m *Model) textForward(x *ts.Tensor, valid [][]bool, cache *KVCache) (*ts.T
 func gqaAttention(q, k, v, mask *ts.Tensor, nkv, nrep, hd int, scale []float64) *ts.Tensor {
 	sz := q.MustSize()
 	B, Tq := sz[0], sz[1]
-	q = q.MustView([]int64{B, Tq, int64(nkv), int64(nrep), int64(hd)}, true).
+	q = q.MustView([]int64{B, Tq, int64(nkv), int64(nrep), int64(hd)}, false).
 		MustPermute([]int64{0, 2, 3, 1, 4}, true).
 		MustReshape([]int64{B, int64(nkv), int64(nrep) * Tq, int64(hd)}, true)
 	o := ts.MustScaledDotProductAttention(q, k, v, mask, 0, false, scale)

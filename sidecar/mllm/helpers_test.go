@@ -81,3 +81,5 @@ func maxAbsDiff(a, b []float32) float64 {
 	}
 	return d
 }
+
+func newTestRand() *rand.Rand { return rand.New(rand.NewSource(1)) }

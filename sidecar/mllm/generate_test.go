@@ -1,0 +1,296 @@
+package mllm
+
+import (
+	"context"
+	"fmt"
+	"testing"
+
+	"github.com/sugarme/gotch/ts"
+)
+
+// prompts returns n chat prompts of different lengths, with an image each
+// when withImage is set.
+func prompts(t *testing.T, m *Model, n int, withImage bool) []Sequence {
+	t.Helper()
+	texts := []string{"Rate the quality.", "Please closely examine this AI-generated image, ok?", "Hi — ünïcödé 日本 🙂 and a longer prompt: 'a cat, HDR lighting'"}
+	var out []Sequence
+	for i := 0; i < n; i++ {
+		var imgs []*ImageFeatures
+		if withImage {
+			f, err := m.EncodeImage(testPixels(int64(10+i), m.Config.Vision.ImageSize))
+			if err != nil {
+				t.Fatal(err)
+			}
+			imgs = append(imgs, f)
+		}
+		seq, err := m.EncodeChat([]Message{UserMessage(texts[i%len(texts)], withImage)}, true, imgs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, seq)
+	}
+	return out
+}
+
+// generateCached prefills seqs and generates greedily with the cache.
+func generateCached(t *testing.T, m *Model, seqs []Sequence, n int) *Generation {
+	t.Helper()
+	out, cache, err := m.Prefill(seqs, ForwardOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := m.Generate(context.Background(), cache, out.Logits, GenerateOptions{MaxTokens: n, KeepLogits: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return g
+}
+
+// TestCachedGenerationEqualsRecompute: tokens exactly and logits within
+// 1e-4 of recomputing every full sequence without a cache; batched runs
+// equal single-sequence runs.
+func TestCachedGenerationEqualsRecompute(t *testing.T) {
+	m := loadTiny(t, 0)
+	const steps = 8
+	for _, tc := range []struct {
+		batch int
+		image bool
+	}{{1, false}, {1, true}, {3, false}, {3, true}} {
+		t.Run(fmt.Sprintf("batch%d_image%v", tc.batch, tc.image), func(t *testing.T) {
+			seqs := prompts(t, m, tc.batch, tc.image)
+			g := generateCached(t, m, seqs, steps)
+			var full []Sequence
+			for i, s := range seqs {
+				if len(g.Tokens[i]) == 0 {
+					t.Fatalf("sequence %d generated nothing", i)
+				}
+				toks := append(append([]int64{}, s.Tokens...), g.Tokens[i][:len(g.Tokens[i])-1]...)
+				full = append(full, Sequence{Tokens: toks, Images: s.Images})
+			}
+			out, _, err := m.Prefill(full, ForwardOptions{Logits: LogitsAll})
+			if err != nil {
+				t.Fatal(err)
+			}
+			all := out.Logits
+			vocab := int64(m.Config.Text.VocabSize)
+			worst := 0.0
+			for i, s := range seqs {
+				for st, tok := range g.Tokens[i] {
+					p := int64(out.Pad[i] + len(s.Tokens) - 1 + st)
+					want := all.MustSelect(0, int64(i), false).MustSelect(0, p, true)
+					got := g.Logits[st].MustSelect(0, int64(i), false)
+					d := maxAbsDiff(floats(got), floats(want))
+					worst = max(worst, d)
+					if d > 1e-4 {
+						t.Errorf("seq %d step %d: cached logits differ from recomputed by %g", i, st, d)
+					}
+					if am := argmax(floats(want)); am != tok {
+						t.Errorf("seq %d step %d: cached generation chose %d, recomputation argmax is %d", i, st, tok, am)
+					}
+					_ = vocab
+				}
+			}
+			t.Logf("max |cached-recomputed| = %.2g", worst)
+			if tc.batch > 1 {
+				for i, s := range seqs {
+					one := generateCached(t, m, []Sequence{s}, steps)
+					if !equalIDs(one.Tokens[0], g.Tokens[i]) {
+						t.Errorf("seq %d: batched generation %v, alone %v", i, g.Tokens[i], one.Tokens[0])
+					}
+					for st := range one.Tokens[0] {
+						if d := maxAbsDiff(floats(one.Logits[st]), floats(g.Logits[st].MustSelect(0, int64(i), false))); d > 1e-4 {
+							t.Errorf("seq %d step %d: batched logits differ from alone by %g", i, st, d)
+						}
+					}
+				}
+			}
+		})
+	}
+}
+
+func argmax(v []float32) int64 {
+	b := 0
+	for i := range v {
+		if v[i] > v[b] {
+			b = i
+		}
+	}
+	return int64(b)
+}
+
+// TestPrefixCacheReuse: one cached prefix extended several ways equals
+// prefilling each full prompt, and extending does not change the prefix.
+func TestPrefixCacheReuse(t *testing.T) {
+	m := loadTiny(t, 0)
+	f, err := m.EncodeImage(testPixels(3, m.Config.Vision.ImageSize))
+	if err != nil {
+		t.Fatal(err)
+	}
+	prefix, err := m.EncodeChat([]Message{UserMessage("Analyse the quality.", true)}, true, []*ImageFeatures{f})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, cache, err := m.Prefill([]Sequence{prefix}, ForwardOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	snapshot := cache.Clone()
+	conts := []string{" The image is sharp.", " Blurry.<end_of_utterance>\nUser: Rate it."}
+	var extended []*ts.Tensor
+	for _, c := range conts {
+		ids, err := m.Tokenizer.Encode(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, _, err := m.Extend(cache, []Sequence{{Tokens: ids}}, ForwardOptions{Logits: LogitsAll, Hidden: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		extended = append(extended, out.Logits)
+		full := Sequence{Tokens: append(append([]int64{}, prefix.Tokens...), ids...), Images: prefix.Images}
+		want, _, err := m.Prefill([]Sequence{full}, ForwardOptions{Logits: LogitsAll})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tail := want.Logits.MustNarrow(1, int64(len(prefix.Tokens)), int64(len(ids)), false)
+		if d := maxAbsDiff(floats(out.Logits), floats(tail)); d > 1e-4 {
+			t.Errorf("extend %q: differs from full prefill by %g", c, d)
+		}
+		if out.Hidden == nil {
+			t.Errorf("extend %q: no hidden states returned", c)
+		}
+	}
+	if cache.Len() != snapshot.Len() || cache.NextPos[0] != snapshot.NextPos[0] {
+		t.Errorf("extending changed the prefix cache: len %d→%d", snapshot.Len(), cache.Len())
+	}
+	// a batch of the same prefix continued both ways at once
+	two, err := cache.Select(0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seqs []Sequence
+	for _, c := range conts {
+		ids, _ := m.Tokenizer.Encode(c)
+		seqs = append(seqs, Sequence{Tokens: ids})
+	}
+	out, _, err := m.Extend(two, seqs, ForwardOptions{Logits: LogitsAll})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range conts {
+		n := extended[i].MustSize()[1]
+		got := out.Logits.MustSelect(0, int64(i), false).MustNarrow(0, int64(out.Pad[i]), n, true)
+		if d := maxAbsDiff(floats(got), floats(extended[i].MustSelect(0, 0, false))); d > 1e-4 {
+			t.Errorf("batched continuation %d differs from single by %g", i, d)
+		}
+	}
+}
+
+// TestJoinCaches: caches of different lengths joined into one batch decode
+// like each alone.
+func TestJoinCaches(t *testing.T) {
+	m := loadTiny(t, 0)
+	seqs := prompts(t, m, 2, false)
+	var caches []*KVCache
+	var lasts []*ts.Tensor
+	for _, s := range seqs {
+		out, c, err := m.Prefill([]Sequence{s}, ForwardOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		caches = append(caches, c)
+		lasts = append(lasts, out.Logits)
+	}
+	joined, err := JoinCaches(caches...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := m.Generate(context.Background(), joined, ts.MustCat(lasts, 0), GenerateOptions{MaxTokens: 6})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, c := range caches {
+		one, err := m.Generate(context.Background(), c, lasts[i], GenerateOptions{MaxTokens: 6})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !equalIDs(one.Tokens[0], g.Tokens[i]) {
+			t.Errorf("seq %d: joined %v, alone %v", i, g.Tokens[i], one.Tokens[0])
+		}
+	}
+}
+
+// TestSamplingAndStops: sampling is reproducible from the seed, differs
+// across seeds, and a stop token ends a sequence.
+func TestSamplingAndStops(t *testing.T) {
+	m := loadTiny(t, 0)
+	seqs := prompts(t, m, 1, false)
+	out, cache, err := m.Prefill(seqs, ForwardOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	gen := func(seed int64, stops []int64) *Generation {
+		g, err := m.Generate(ctx, cache, out.Logits, GenerateOptions{MaxTokens: 12, Temperature: 1.5, TopP: 0.95, Seed: seed, StopTokens: stops})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return g
+	}
+	a, b := gen(1, nil), gen(1, nil)
+	if !equalIDs(a.Tokens[0], b.Tokens[0]) {
+		t.Errorf("same seed gave %v and %v", a.Tokens[0], b.Tokens[0])
+	}
+	differ := false
+	for s := int64(2); s < 6 && !differ; s++ {
+		differ = !equalIDs(gen(s, nil).Tokens[0], a.Tokens[0])
+	}
+	if !differ {
+		t.Errorf("different seeds all gave %v", a.Tokens[0])
+	}
+	if len(a.Tokens[0]) != 12 {
+		t.Fatalf("max tokens 12 gave %d tokens", len(a.Tokens[0]))
+	}
+	stop := a.Tokens[0][4]
+	c := gen(1, []int64{stop})
+	idx := 0
+	for a.Tokens[0][idx] != stop {
+		idx++
+	}
+	if !c.Stopped[0] || len(c.Tokens[0]) != idx+1 || c.Tokens[0][idx] != stop {
+		t.Errorf("stop token %d: got %v (stopped %v), want %v", stop, c.Tokens[0], c.Stopped[0], a.Tokens[0][:idx+1])
+	}
+	if c.Cache.Len() != cache.Len()+idx {
+		t.Errorf("cache after stop holds %d slots, want prompt %d + %d", c.Cache.Len(), cache.Len(), idx)
+	}
+	ctx2, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := m.Generate(ctx2, cache, out.Logits, GenerateOptions{MaxTokens: 3}); err == nil {
+		t.Error("cancelled context: no error")
+	}
+	if _, err := m.Generate(ctx, cache, out.Logits, GenerateOptions{}); err == nil {
+		t.Error("max tokens 0: no error")
+	}
+}
+
+func TestPickTokenTopP(t *testing.T) {
+	logits := []float32{0, 5, 4.9, -3}
+	rng := newTestRand()
+	seen := map[int64]bool{}
+	for i := 0; i < 200; i++ {
+		seen[pickToken(logits, 1, 0.5, rng)] = true
+	}
+	if len(seen) != 1 || !seen[1] {
+		t.Errorf("top-p 0.5 sampled %v, want only the top token 1", seen)
+	}
+	seen = map[int64]bool{}
+	for i := 0; i < 500; i++ {
+		seen[pickToken(logits, 1, 0.9, rng)] = true
+	}
+	if !seen[1] || !seen[2] || seen[3] {
+		t.Errorf("top-p 0.9 sampled %v, want 1 and 2 but never 3", seen)
+	}
+	if got := pickToken(logits, 0, 1, rng); got != 1 {
+		t.Errorf("greedy picked %d", got)
+	}
+}

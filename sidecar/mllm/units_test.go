@@ -1,0 +1,571 @@
+package mllm
+
+import (
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/sugarme/gotch"
+	"github.com/sugarme/gotch/ts"
+)
+
+func tensorOf(v []float32, shape ...int64) *ts.Tensor {
+	return ts.MustOfSlice(v).MustView(shape, true)
+}
+
+func randTensor(seed int64, shape ...int64) *ts.Tensor {
+	rng := newTestRand()
+	rng.Seed(seed)
+	n := int64(1)
+	for _, d := range shape {
+		n *= d
+	}
+	v := make([]float32, n)
+	for i := range v {
+		v[i] = float32(rng.NormFloat64())
+	}
+	return tensorOf(v, shape...)
+}
+
+// TestAttentionMatchesExplicitFormula: the fused GQA attention equals
+// softmax(QKᵀ/√d + mask)·V computed head by head with head h reading KV
+// head h / nrep.
+func TestAttentionMatchesExplicitFormula(t *testing.T) {
+	const B, Tq, T, nkv, nrep, hd = 2, 3, 5, 2, 3, 4
+	H := nkv * nrep
+	q := randTensor(1, B, Tq, int64(H*hd))
+	k := randTensor(2, B, nkv, T, hd)
+	v := randTensor(3, B, nkv, T, hd)
+	// causal mask over the last Tq of T slots, plus a hidden slot 0 in batch 1
+	mv := make([]float32, B*nrep*Tq*T)
+	hidden := func(b, j, key int) bool { return key > T-Tq+j || (b == 1 && key == 0) }
+	for b := 0; b < B; b++ {
+		for r := 0; r < nrep; r++ {
+			for j := 0; j < Tq; j++ {
+				for key := 0; key < T; key++ {
+					if hidden(b, j, key) {
+						mv[((b*nrep+r)*Tq+j)*T+key] = maskedScore
+					}
+				}
+			}
+		}
+	}
+	mask := tensorOf(mv, B, 1, int64(nrep*Tq), T)
+	got := floats(gqaAttention(q, k, v, mask, nkv, nrep, hd, []float64{1 / math.Sqrt(hd)}))
+	qv, kv, vv := floats(q), floats(k), floats(v)
+	for b := 0; b < B; b++ {
+		for h := 0; h < H; h++ {
+			g := h / nrep
+			for j := 0; j < Tq; j++ {
+				scores := make([]float64, T)
+				mx := math.Inf(-1)
+				for key := 0; key < T; key++ {
+					if hidden(b, j, key) {
+						scores[key] = math.Inf(-1)
+						continue
+					}
+					s := 0.0
+					for d := 0; d < hd; d++ {
+						s += float64(qv[(b*Tq+j)*H*hd+h*hd+d]) * float64(kv[((b*nkv+g)*T+key)*hd+d])
+					}
+					scores[key] = s / math.Sqrt(hd)
+					mx = math.Max(mx, scores[key])
+				}
+				sum := 0.0
+				for key := range scores {
+					scores[key] = math.Exp(scores[key] - mx)
+					sum += scores[key]
+				}
+				for d := 0; d < hd; d++ {
+					want := 0.0
+					for key := 0; key < T; key++ {
+						want += scores[key] / sum * float64(vv[((b*nkv+g)*T+key)*hd+d])
+					}
+					if gv := got[(b*Tq+j)*H*hd+h*hd+d]; math.Abs(float64(gv)-want) > 1e-5 {
+						t.Fatalf("b%d h%d q%d d%d: fused %g, explicit %g", b, h, j, d, gv, want)
+					}
+				}
+			}
+		}
+	}
+}
+
+// TestRopeHandComputed: head_dim 4, theta 10000 → inverse frequencies 1
+// and 1/100; dimension i pairs with i+2.
+func TestRopeHandComputed(t *testing.T) {
+	m := &Model{DType: gotch.Float}
+	m.Config.Text = TextConfig{NumAttentionHeads: 2, NumKeyValueHeads: 1, HeadDim: 4, RopeTheta: 10000}
+	m.initRope()
+	x := []float32{1, 2, 3, 4, -1, 0.5, 2, -3}
+	pos := []int64{0, 5, 17}
+	xt := tensorOf(append(append(append([]float32{}, x...), x...), x...), 1, 3, 8)
+	cos, sin := m.ropeTables([][]int64{pos}, 2)
+	got := floats(applyRope(xt, cos, sin, m.rotQ))
+	for j, p := range pos {
+		for h := 0; h < 2; h++ {
+			a, b, c, d := float64(x[h*4]), float64(x[h*4+1]), float64(x[h*4+2]), float64(x[h*4+3])
+			t0, t1 := float64(p), float64(p)/100
+			want := []float64{
+				a*math.Cos(t0) - c*math.Sin(t0),
+				b*math.Cos(t1) - d*math.Sin(t1),
+				c*math.Cos(t0) + a*math.Sin(t0),
+				d*math.Cos(t1) + b*math.Sin(t1),
+			}
+			for i, w := range want {
+				if g := got[j*8+h*4+i]; math.Abs(float64(g)-w) > 1e-5 {
+					t.Errorf("pos %d head %d dim %d: got %g, want %g", p, h, i, g, w)
+				}
+			}
+		}
+	}
+}
+
+func TestRMSNormHandComputed(t *testing.T) {
+	x := tensorOf([]float32{1, 2, 3, 4, 0, 0, 0, 2}, 2, 4)
+	w := tensorOf([]float32{1, 0.5, 2, 1}, 4)
+	got := floats(rmsNorm(x, w, 1e-5))
+	r1 := math.Sqrt(7.5 + 1e-5) // mean of 1, 4, 9, 16
+	r2 := math.Sqrt(1 + 1e-5)   // mean of 0, 0, 0, 4
+	want := []float64{1 / r1, 2 / r1 * 0.5, 3 / r1 * 2, 4 / r1, 0, 0, 0, 2 / r2}
+	for i := range want {
+		if math.Abs(float64(got[i])-want[i]) > 1e-6 {
+			t.Errorf("element %d: got %g, want %g", i, got[i], want[i])
+		}
+	}
+	// bf16 input: normalised in f32, cast back, then times the weight
+	gb := floats(rmsNorm(x.MustTotype(gotch.BFloat16, false), w.MustTotype(gotch.BFloat16, false), 1e-5))
+	for i := range want {
+		if math.Abs(float64(gb[i])-want[i]) > 0.02 {
+			t.Errorf("bf16 element %d: got %g, want %g", i, gb[i], want[i])
+		}
+	}
+}
+
+// TestPixelShuffleIndexPermutation checks
+// out[b, i·(n/s)+j, (m·s+k)·D+d] = x[b, (i·s+m)·n + (j·s+k), d] built by hand.
+func TestPixelShuffleIndexPermutation(t *testing.T) {
+	for _, tc := range []struct{ b, n, d, s int }{{1, 4, 2, 2}, {2, 6, 3, 3}, {1, 8, 5, 4}} {
+		seq := tc.n * tc.n
+		v := make([]float32, tc.b*seq*tc.d)
+		for i := range v {
+			v[i] = float32(i)
+		}
+		got := floats(pixelShuffle(tensorOf(v, int64(tc.b), int64(seq), int64(tc.d)), int64(tc.s)))
+		ns := tc.n / tc.s
+		w := tc.d * tc.s * tc.s
+		for b := 0; b < tc.b; b++ {
+			for i := 0; i < ns; i++ {
+				for j := 0; j < ns; j++ {
+					for m := 0; m < tc.s; m++ {
+						for k := 0; k < tc.s; k++ {
+							for d := 0; d < tc.d; d++ {
+								src := v[(b*seq+(i*tc.s+m)*tc.n+(j*tc.s+k))*tc.d+d]
+								dst := got[(b*ns*ns+i*ns+j)*w+(m*tc.s+k)*tc.d+d]
+								if src != dst {
+									t.Fatalf("%+v: out[%d,%d,%d] = %g, want %g", tc, b, i*ns+j, (m*tc.s+k)*tc.d+d, dst, src)
+								}
+							}
+						}
+					}
+				}
+			}
+		}
+	}
+}
+
+// TestBF16MatchesF32: a bf16 checkpoint computed in bf16 gives the logits
+// of its f32 conversion within bf16 tolerance.
+func TestBF16MatchesF32(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "bf16")
+	if err := WriteTinyWith(dir, TinyOptions{Size: "tiny", Seed: tinySeed, DType: gotch.BFloat16}); err != nil {
+		t.Fatal(err)
+	}
+	ck, err := openCheckpoint(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info, _ := ck.Info("lm_head.weight"); info.DType != "BF16" {
+		t.Fatalf("lm_head stored as %s, want BF16", info.DType)
+	}
+	ck.Close()
+	var logits [][]float32
+	for _, kind := range []gotch.DType{gotch.BFloat16, gotch.Float} {
+		m, err := Load(dir, LoadOptions{DType: kind})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.embed.DType() != kind {
+			t.Fatalf("weights loaded as %v, want %v", m.embed.DType(), kind)
+		}
+		seqs := prompts(t, m, 1, true)
+		out, _, err := m.Prefill(seqs, ForwardOptions{Logits: LogitsAll})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if out.Logits.DType() != gotch.Float {
+			t.Errorf("logits dtype %v, want f32", out.Logits.DType())
+		}
+		logits = append(logits, floats(out.Logits))
+	}
+	scale := 0.0
+	for _, v := range logits[1] {
+		scale = math.Max(scale, math.Abs(float64(v)))
+	}
+	d := maxAbsDiff(logits[0], logits[1])
+	t.Logf("bf16 vs f32: max diff %.3g, max |logit| %.3g", d, scale)
+	if d > 0.05*scale {
+		t.Errorf("bf16 logits differ from f32 by %g (max |logit| %g)", d, scale)
+	}
+	if d == 0 {
+		t.Error("bf16 and f32 logits are identical: the bf16 path did not run in bf16")
+	}
+}
+
+func TestTokenizerSpecialTokensAndRoundTrip(t *testing.T) {
+	m := loadTiny(t, 0)
+	tk := m.Tokenizer
+	for _, s := range append(append([]string{}, leadingSpecial...), SpecialTokens()...) {
+		ids, err := tk.Encode(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, ok := tk.TokenID(s)
+		if !ok || len(ids) != 1 || ids[0] != id {
+			t.Errorf("%s encodes to %v, want the single id %d", s, ids, id)
+		}
+		ids, _ = tk.Encode("x" + s + "y")
+		if len(ids) != 3 || ids[1] != id {
+			t.Errorf("x%sy encodes to %v, want [x %d y]", s, ids, id)
+		}
+	}
+	for _, s := range []string{
+		"Please closely examine this AI-generated image: 'a cat, HDR lighting'.",
+		"ünïcödé — 日本語のプロンプト 🙂🎨 Ελληνικά\ttab  two  spaces\n\nnew lines",
+		"<|im_start|>User:<image>Rate it.<end_of_utterance>\nAssistant: good",
+		" good", "", "1024×512 ½ €",
+	} {
+		ids, err := tk.Encode(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		back, err := tk.Decode(ids, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if back != s {
+			t.Errorf("decode(encode(%q)) = %q", s, back)
+		}
+	}
+	ids, _ := tk.Encode("<|im_start|>User: hi<end_of_utterance>")
+	if s, _ := tk.Decode(ids, true); s != "User: hi" {
+		t.Errorf("decode skipping special tokens = %q", s)
+	}
+	if _, err := tk.Decode([]int64{-1}, false); err == nil {
+		t.Error("negative id: no error")
+	}
+	if _, err := LoadTokenizer(filepath.Join(t.TempDir(), "missing.json")); err == nil {
+		t.Error("missing tokenizer.json: no error")
+	}
+}
+
+func TestChatTemplateRendering(t *testing.T) {
+	got := RenderChat([]Message{
+		UserMessage("Describe it.", true),
+		AssistantMessage("A cat."),
+		{Role: "user", Content: []Part{{Text: "Rate "}, {Image: true}, {Text: "."}}},
+	}, true)
+	want := "<|im_start|>User:<image>Describe it.<end_of_utterance>\nAssistant: A cat.<end_of_utterance>\nUser: Rate <image>.<end_of_utterance>\nAssistant:"
+	if got != want {
+		t.Errorf("RenderChat:\n got %q\nwant %q", got, want)
+	}
+	if got := ImagePrompt(2, 0, 0); got != "<fake_token_around_image><global-img><image><image><fake_token_around_image>" {
+		t.Errorf("single image prompt %q", got)
+	}
+	want = "<fake_token_around_image><row_1_col_1><image><fake_token_around_image><row_1_col_2><image>\n" +
+		"<fake_token_around_image><row_2_col_1><image><fake_token_around_image><row_2_col_2><image>\n" +
+		"\n<fake_token_around_image><global-img><image><fake_token_around_image>"
+	if got := ImagePrompt(1, 2, 2); got != want {
+		t.Errorf("split image prompt\n got %q\nwant %q", got, want)
+	}
+}
+
+// rewriteCheckpoint copies the tiny model directory with its tensors edited.
+func rewriteCheckpoint(t *testing.T, edit func([]named) []named) string {
+	t.Helper()
+	src := tinyModelDir(t)
+	dir := t.TempDir()
+	for _, f := range []string{"config.json", "tokenizer.json", "generation_config.json"} {
+		raw, err := os.ReadFile(filepath.Join(src, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(dir, f), raw, 0o644)
+	}
+	ck, err := openCheckpoint(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ck.Close()
+	var ts []named
+	for _, n := range ck.Names() {
+		tt, err := ck.TensorAs(n, gotch.Float)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ts = append(ts, named{n, tt})
+	}
+	if err := writeSafetensors(filepath.Join(dir, "model.safetensors"), edit(ts), nil); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+func TestLoadErrorsNameTheTensor(t *testing.T) {
+	const victim = "model.text_model.layers.1.self_attn.k_proj.weight"
+	for _, tc := range []struct {
+		name string
+		edit func([]named) []named
+		want []string
+	}{
+		{"missing", func(in []named) (out []named) {
+			for _, n := range in {
+				if n.Name != victim {
+					out = append(out, n)
+				}
+			}
+			return out
+		}, []string{"missing tensors", victim}},
+		{"unexpected", func(in []named) []named {
+			return append(in, named{"model.text_model.layers.9.extra.weight", ts.MustZeros([]int64{2}, gotch.Float, gotch.CPU)})
+		}, []string{"unexpected tensors", "model.text_model.layers.9.extra.weight"}},
+		{"misshaped", func(in []named) []named {
+			for i, n := range in {
+				if n.Name == victim {
+					in[i].Tensor = ts.MustZeros([]int64{3, 64}, gotch.Float, gotch.CPU)
+				}
+			}
+			return in
+		}, []string{"mis-shaped", victim, "[3 64]", "[32 64]"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Load(rewriteCheckpoint(t, tc.edit), LoadOptions{})
+			if err == nil {
+				t.Fatal("no error")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+		})
+	}
+	if _, err := Load(t.TempDir(), LoadOptions{}); err == nil {
+		t.Error("empty directory: no error")
+	}
+}
+
+// TestShardedCheckpoint loads the tiny weights split over two files with
+// an index and gets the same logits.
+func TestShardedCheckpoint(t *testing.T) {
+	src := tinyModelDir(t)
+	dir := t.TempDir()
+	for _, f := range []string{"config.json", "tokenizer.json"} {
+		raw, _ := os.ReadFile(filepath.Join(src, f))
+		os.WriteFile(filepath.Join(dir, f), raw, 0o644)
+	}
+	ck, err := openCheckpoint(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var shards [2][]named
+	wm := map[string]string{}
+	for i, n := range ck.Names() {
+		tt, _ := ck.TensorAs(n, gotch.Float)
+		shards[i%2] = append(shards[i%2], named{n, tt})
+		wm[n] = []string{"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"}[i%2]
+	}
+	ck.Close()
+	for i, s := range shards {
+		if err := writeSafetensors(filepath.Join(dir, []string{"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"}[i]), s, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	idx := `{"metadata": {}, "weight_map": {`
+	first := true
+	for k, v := range wm {
+		if !first {
+			idx += ","
+		}
+		first = false
+		idx += `"` + k + `": "` + v + `"`
+	}
+	os.WriteFile(filepath.Join(dir, "model.safetensors.index.json"), []byte(idx+"}}"), 0o644)
+	a, err := Load(dir, LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := loadTiny(t, 0)
+	seq := prompts(t, b, 1, false)
+	oa, _, err := a.Prefill(seq, ForwardOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ob, _, _ := b.Prefill(seq, ForwardOptions{})
+	if d := maxAbsDiff(floats(oa.Logits), floats(ob.Logits)); d != 0 {
+		t.Errorf("sharded checkpoint logits differ by %g", d)
+	}
+}
+
+func TestConfigDefaults(t *testing.T) {
+	c, err := ParseConfig([]byte(`{"model_type":"idefics3","image_token_id":5,"scale_factor":4,
+	 "vision_config":{"hidden_size":768,"intermediate_size":3072,"num_hidden_layers":12,"num_attention_heads":12,"image_size":512,"patch_size":16},
+	 "text_config":{"vocab_size":100,"hidden_size":576,"intermediate_size":1536,"num_hidden_layers":30,"num_attention_heads":9,"num_key_value_heads":3,"rms_norm_eps":1e-5,"rope_theta":100000}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Vision.LayerNormEps != 1e-6 || c.Vision.HiddenAct != "gelu_pytorch_tanh" || c.Vision.NumChannels != 3 {
+		t.Errorf("vision defaults: %+v", c.Vision)
+	}
+	if c.Text.HeadDim != 64 || c.Text.HiddenAct != "silu" || c.TieWordEmbeddings || c.ImageSeqLen() != 64 {
+		t.Errorf("text defaults: %+v, image seq %d", c.Text, c.ImageSeqLen())
+	}
+	for _, bad := range []string{
+		`{"text_config":{"num_attention_heads":9,"num_key_value_heads":4}}`,
+		`{"model_type":"llava"}`,
+		`{"text_config":{"hidden_act":"gelu"}}`,
+		`{"text_config":{"rope_scaling":{"rope_type":"yarn","factor":4}}}`,
+		`{not json`,
+	} {
+		if _, err := ParseConfig([]byte(bad)); err == nil {
+			t.Errorf("config %s: no error", bad)
+		}
+	}
+}
+
+// scaleDelta is a test adapter: Forward returns x·Aᵀ scaled.
+type scaleDelta struct{ A *ts.Tensor }
+
+func (d scaleDelta) Forward(x *ts.Tensor) *ts.Tensor { return ts.MustLinear(x, d.A, ts.None) }
+
+// TestLinearDeltaAndGrad: an adapter changes the output, a zero adapter
+// does not, and gradients flow to adapter parameters with Grad on.
+func TestLinearDeltaAndGrad(t *testing.T) {
+	m := loadTiny(t, 0)
+	seq := prompts(t, m, 1, true)
+	base, _, err := m.Prefill(seq, ForwardOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const name = "model.text_model.layers.0.self_attn.q_proj"
+	l := m.Linears()[name]
+	if l == nil {
+		t.Fatalf("no Linear %s; have %d linears", name, len(m.Linears()))
+	}
+	want := 6*m.Config.Vision.NumHiddenLayers + 1 + 7*m.Config.Text.NumHiddenLayers + 1
+	if len(m.Linears()) != want {
+		t.Errorf("%d linears, want %d", len(m.Linears()), want)
+	}
+	sz := l.W.MustSize()
+	l.Delta = scaleDelta{ts.MustZeros(sz, gotch.Float, gotch.CPU)}
+	zero, _, _ := m.Prefill(seq, ForwardOptions{})
+	if d := maxAbsDiff(floats(zero.Logits), floats(base.Logits)); d != 0 {
+		t.Errorf("zero adapter changed logits by %g", d)
+	}
+	a := randTensor(5, sz...).MustMulScalar(ts.FloatScalar(0.1), true).MustSetRequiresGrad(true, true)
+	l.Delta = scaleDelta{a}
+	defer func() { l.Delta = nil }()
+	out, _, err := m.Prefill(seq, ForwardOptions{Grad: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := maxAbsDiff(floats(out.Logits), floats(base.Logits)); d == 0 {
+		t.Error("adapter did not change logits")
+	}
+	var g []float32
+	err = WithGradMode(true, func() error {
+		if !out.Logits.MustRequiresGrad() {
+			t.Fatal("logits with Grad on do not require grad")
+		}
+		out.Logits.MustSum(gotch.Float, false).MustBackward()
+		g = floats(a.MustGrad(false))
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nz := false
+	for _, v := range g {
+		nz = nz || v != 0
+	}
+	if !nz {
+		t.Error("no gradient reached the adapter")
+	}
+	inf, _, _ := m.Prefill(seq, ForwardOptions{})
+	if inf.Logits.MustRequiresGrad() {
+		t.Error("inference logits require grad")
+	}
+}
+
+func TestWriteTinyFiles(t *testing.T) {
+	dir := tinyModelDir(t)
+	for _, f := range []string{"config.json", "model.safetensors", "generation_config.json", "preprocessor_config.json",
+		"processor_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.json"} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			t.Errorf("missing %s", f)
+		}
+	}
+	raw, _ := os.ReadFile(filepath.Join(dir, "config.json"))
+	for _, k := range []string{`"vision_config"`, `"text_config"`, `"scale_factor"`, `"image_token_id"`, `"num_key_value_heads"`, `"rope_theta"`} {
+		if !strings.Contains(string(raw), k) {
+			t.Errorf("config.json lacks %s", k)
+		}
+	}
+	fi, _ := os.Stat(filepath.Join(dir, "model.safetensors"))
+	if fi.Size() > 8<<20 {
+		t.Errorf("tiny model.safetensors is %d bytes", fi.Size())
+	}
+	// deterministic in the seed
+	again := filepath.Join(t.TempDir(), "again")
+	if err := WriteTiny(again, "tiny", tinySeed); err != nil {
+		t.Fatal(err)
+	}
+	a, _ := os.ReadFile(filepath.Join(dir, "model.safetensors"))
+	b, _ := os.ReadFile(filepath.Join(again, "model.safetensors"))
+	if string(a) != string(b) {
+		t.Error("same seed wrote different weights")
+	}
+	if err := WriteTiny(t.TempDir(), "huge", 1); err == nil {
+		t.Error("unknown size: no error")
+	}
+	c, err := TinyConfig("256m")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Text.VocabSize != 49280 || c.Vision.HiddenSize != 768 || c.ScaleFactor != 4 || c.ImageSeqLen() != 64 || c.Text.NumHiddenLayers != 30 {
+		t.Errorf("256m config %+v", c)
+	}
+}
+
+func TestForwardInputErrors(t *testing.T) {
+	m := loadTiny(t, 0)
+	img, _ := m.EncodeImage(testPixels(1, m.Config.Vision.ImageSize))
+	for name, seqs := range map[string][]Sequence{
+		"empty":         {},
+		"no tokens":     {{}},
+		"bad id":        {{Tokens: []int64{int64(m.Config.Text.VocabSize)}}},
+		"missing image": {{Tokens: []int64{m.Config.ImageTokenID}}},
+		"extra image":   {{Tokens: []int64{1}, Images: []*ImageFeatures{img}}},
+	} {
+		if _, _, err := m.Prefill(seqs, ForwardOptions{}); err == nil {
+			t.Errorf("%s: no error", name)
+		}
+	}
+	if _, err := m.EncodeImage(Pixels{Size: 64}); err == nil {
+		t.Error("no tiles: no error")
+	}
+	if _, err := m.EncodeImage(testPixels(1, 32)); err == nil {
+		t.Error("wrong size: no error")
+	}
+}
