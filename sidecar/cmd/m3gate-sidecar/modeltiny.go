@@ -6,15 +6,15 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"strings"
+
+	"github.com/m3gate/m3gate/sidecar/mllm"
 )
 
 // modelTiny implements `m3gate-sidecar model tiny --family idefics3 --out DIR
 // --size tiny|256m`: it writes a randomly initialised model of the family's
 // architecture (safetensors + config.json + tokenizer.json) for tests and
 // demos.
-//
-// LEAD: call into sidecar/mllm's tiny-model generator here once it exists;
-// the flag parsing below is the command's interface.
 func modelTiny(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("model tiny", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
@@ -31,6 +31,12 @@ func modelTiny(ctx context.Context, args []string, stdout io.Writer) error {
 	if *size != "tiny" && *size != "256m" {
 		return fmt.Errorf("model tiny: --size %q: want tiny or 256m", *size)
 	}
-	_ = seed
-	return fmt.Errorf("model tiny --family %s: %w", *family, errNotBuiltIn)
+	if *family != "idefics3" {
+		return fmt.Errorf("model tiny: unknown family %q (known: %s)", *family, strings.Join(mllm.Families(), ", "))
+	}
+	if err := mllm.WriteTiny(*out, *size, *seed); err != nil {
+		return fmt.Errorf("model tiny: %w", err)
+	}
+	fmt.Fprintf(stdout, "wrote a %s %s model with random weights to %s\n", *size, *family, *out)
+	return nil
 }
