@@ -31,6 +31,7 @@ type Client struct {
 	mu        sync.Mutex
 	subs      map[*Subscription]struct{}
 	connected bool
+	downSince time.Time // when the websocket dropped (zero while up)
 	started   bool
 	closed    bool
 	cancel    context.CancelFunc
@@ -48,6 +49,7 @@ type options struct {
 	maxBackoff      time.Duration
 	previewMetadata bool
 	historyPoll     time.Duration
+	downTimeout     time.Duration
 	log             *slog.Logger
 }
 
@@ -80,6 +82,11 @@ func WithPreviewMetadata(on bool) Option { return func(o *options) { o.previewMe
 // WithHistoryPoll sets how long WaitPrompt waits without hearing about its
 // prompt before it checks /history and /queue itself (default 5 s).
 func WithHistoryPoll(d time.Duration) Option { return func(o *options) { o.historyPoll = d } }
+
+// WithDownTimeout makes WaitPrompt give up with ErrServerDown once the
+// websocket has been down (and /history unreachable) for d (default 0:
+// wait forever).
+func WithDownTimeout(d time.Duration) Option { return func(o *options) { o.downTimeout = d } }
 
 // WithLogger sets the logger for connection changes (default: discard).
 func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
@@ -132,6 +139,17 @@ func (c *Client) ID() string { return c.id }
 
 // URL returns the server's base URL.
 func (c *Client) URL() string { return c.base.String() }
+
+// DownFor returns how long the websocket has been down (0 while it is up
+// or before Connect).
+func (c *Client) DownFor() time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.connected || c.downSince.IsZero() {
+		return 0
+	}
+	return time.Since(c.downSince)
+}
 
 // Connected reports whether the websocket is currently up.
 func (c *Client) Connected() bool {
@@ -232,6 +250,7 @@ func (c *Client) supervise(ctx context.Context, conn *websocket.Conn) {
 		err := c.serve(ctx, conn, attempts)
 		c.mu.Lock()
 		c.connected = false
+		c.downSince = time.Now()
 		c.mu.Unlock()
 		if ctx.Err() != nil {
 			return
@@ -286,6 +305,7 @@ func (c *Client) serve(ctx context.Context, conn *websocket.Conn, redials int) e
 	out := make(chan []byte, 16)
 	c.mu.Lock()
 	c.connected = true
+	c.downSince = time.Time{}
 	c.out = out
 	c.mu.Unlock()
 	if c.opts.previewMetadata {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 )
 
 // PromptResult is a finished prompt: its outputs and how it ended.
@@ -45,6 +46,10 @@ func (e *InterruptedError) Error() string {
 // ErrPromptLost means the server knows the prompt neither in its queue nor
 // in its history (it was restarted): queue it again.
 var ErrPromptLost = errors.New("prompt lost by the server (restarted?)")
+
+// ErrServerDown means the server stayed unreachable longer than the
+// client's down timeout (WithDownTimeout) while a prompt was awaited.
+var ErrServerDown = errors.New("comfyui server unreachable")
 
 func trimNL(s string) string {
 	for len(s) > 0 && (s[len(s)-1] == '\n' || s[len(s)-1] == '\r') {
@@ -89,6 +94,9 @@ func (c *Client) WaitPrompt(ctx context.Context, promptID string) (*PromptResult
 			// Quiet for a poll interval: ask the server.
 			if res, done, err := c.checkPrompt(ctx, promptID); done {
 				return res, err
+			}
+			if d := c.DownFor(); c.opts.downTimeout > 0 && d > c.opts.downTimeout {
+				return nil, fmt.Errorf("wait prompt %s: %w (down for %v)", promptID, ErrServerDown, d.Round(time.Millisecond))
 			}
 			continue
 		}

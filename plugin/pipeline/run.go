@@ -19,15 +19,88 @@ type runner struct {
 	prompt string
 	out    *writer
 
-	mu     sync.Mutex
-	rng    *rand.Rand
-	used   map[uint64]bool
-	sum    Summary
-	tries  int
-	bar    *progressbar.ProgressBar
-	fatal  error
-	cancel context.CancelFunc
-	jobs   chan *job
+	mu       sync.Mutex
+	rng      *rand.Rand
+	used     map[uint64]bool
+	sum      Summary
+	tries    int
+	bar      *progressbar.ProgressBar
+	fatal    error
+	lastDown error
+	cancel   context.CancelFunc
+	sched    *scheduler
+}
+
+// errServerDown marks a server that stayed unreachable past RetryTimeout.
+var errServerDown = errors.New("server down")
+
+// scheduler hands out jobs to the workers of every server. A job given
+// back (its server died) goes to whichever worker asks next; workers wait
+// while other jobs are in progress, since those may come back.
+type scheduler struct {
+	mu      sync.Mutex
+	cond    *sync.Cond
+	pending []*job
+	active  int
+	ctx     context.Context
+}
+
+func newScheduler(ctx context.Context, count int) *scheduler {
+	s := &scheduler{ctx: ctx}
+	s.cond = sync.NewCond(&s.mu)
+	for i := 1; i <= count; i++ {
+		s.pending = append(s.pending, &job{index: i})
+	}
+	go func() {
+		<-ctx.Done()
+		s.mu.Lock()
+		s.cond.Broadcast()
+		s.mu.Unlock()
+	}()
+	return s
+}
+
+// next returns a job to work on, or nil when none is left (or the run
+// ended).
+func (s *scheduler) next() *job {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for len(s.pending) == 0 && s.active > 0 && s.ctx.Err() == nil {
+		s.cond.Wait()
+	}
+	if len(s.pending) == 0 || s.ctx.Err() != nil {
+		return nil
+	}
+	j := s.pending[0]
+	s.pending = s.pending[1:]
+	s.active++
+	return j
+}
+
+// done ends work on a job, giving it back when requeue is set.
+func (s *scheduler) done(j *job, requeue bool) {
+	s.mu.Lock()
+	s.active--
+	if requeue {
+		s.pending = append([]*job{j}, s.pending...)
+	}
+	s.cond.Broadcast()
+	s.mu.Unlock()
+}
+
+// left counts jobs never finished.
+func (s *scheduler) left() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.pending)
+}
+
+// serverDown records that a server's workers stopped.
+func (r *runner) serverDown(cl *comfyui.Client, err error) {
+	r.mu.Lock()
+	r.lastDown = err
+	r.mu.Unlock()
+	r.cfg.Log.Error("giving up on comfyui server", "server", cl.URL(), "err", err)
 }
 
 type job struct {
@@ -80,15 +153,12 @@ func Run(ctx context.Context, cfg Config) (*Summary, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	r.cancel = cancel
-	r.jobs = make(chan *job, cfg.Count)
-	for i := 1; i <= cfg.Count; i++ {
-		r.jobs <- &job{index: i}
-	}
-	close(r.jobs)
+	r.sched = newScheduler(ctx, cfg.Count)
 
 	var wg sync.WaitGroup
 	for _, url := range cfg.Servers {
-		cl, err := comfyui.New(url, cfg.ClientOptions...)
+		opts := append([]comfyui.Option{comfyui.WithDownTimeout(cfg.RetryTimeout)}, cfg.ClientOptions...)
+		cl, err := comfyui.New(url, opts...)
 		if err != nil {
 			return nil, fmt.Errorf("run: %w", err)
 		}
@@ -97,7 +167,9 @@ func Run(ctx context.Context, cfg Config) (*Summary, error) {
 		go func() {
 			defer wg.Done()
 			if err := r.connect(ctx, cl); err != nil {
-				r.fail(err)
+				if ctx.Err() == nil {
+					r.serverDown(cl, err)
+				}
 				return
 			}
 			var inner sync.WaitGroup
@@ -105,11 +177,21 @@ func Run(ctx context.Context, cfg Config) (*Summary, error) {
 				inner.Add(1)
 				go func() {
 					defer inner.Done()
-					for j := range r.jobs {
-						if ctx.Err() != nil {
+					for {
+						j := r.sched.next()
+						if j == nil {
 							return
 						}
-						r.work(ctx, cl, j)
+						err := r.work(ctx, cl, j)
+						if errors.Is(err, errServerDown) {
+							// Hand the job to the other servers; this try did
+							// not happen.
+							j.tries--
+							r.sched.done(j, true)
+							r.serverDown(cl, err)
+							return
+						}
+						r.sched.done(j, false)
 					}
 				}()
 			}
@@ -118,6 +200,9 @@ func Run(ctx context.Context, cfg Config) (*Summary, error) {
 	}
 	wg.Wait()
 
+	if left := r.sched.left(); left > 0 && ctx.Err() == nil {
+		r.fail(fmt.Errorf("run: %d jobs left and no ComfyUI server reachable (last error: %v)", left, r.lastDown))
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.bar != nil {
@@ -225,11 +310,13 @@ type attempt struct {
 }
 
 // work runs a job's tries on one server until an image is accepted or the
-// tries are spent.
-func (r *runner) work(ctx context.Context, cl *comfyui.Client, j *job) {
+// tries are spent. It returns an error wrapping errServerDown when the
+// server stayed unreachable (the job should go elsewhere); other failures
+// stop the run through r.fail.
+func (r *runner) work(ctx context.Context, cl *comfyui.Client, j *job) error {
 	for j.tries < r.cfg.MaxTries {
 		if ctx.Err() != nil {
-			return
+			return nil
 		}
 		j.tries++
 		r.mu.Lock()
@@ -238,56 +325,51 @@ func (r *runner) work(ctx context.Context, cl *comfyui.Client, j *job) {
 		a := &attempt{job: j.index, try: j.tries, seeds: r.newSeeds(), server: cl.URL()}
 		wf := ApplySeeds(r.cfg.Workflow, r.seeds, a.seeds)
 		res, err := r.runPrompt(ctx, cl, wf, a)
-		if err != nil {
-			if ctx.Err() != nil {
-				return
-			}
-			var ee *comfyui.ExecutionError
-			var ie *comfyui.InterruptedError
-			if errors.As(err, &ee) || errors.As(err, &ie) {
+		if err == nil {
+			var images []Image
+			images, err = r.fetch(ctx, cl, res)
+			if errors.Is(err, comfyui.ErrNotFound) {
+				// The outputs vanished (the server lost its files): this
+				// try does not count.
+				j.tries--
 				r.mu.Lock()
-				r.sum.Failed++
+				r.sum.Resubmitted++
 				r.mu.Unlock()
-				if werr := r.out.result(r.resultFor(a, nil, nil, err)); werr != nil {
-					r.fail(werr)
-					return
-				}
-				r.cfg.Log.Warn("prompt failed, rerolling", "job", j.index, "try", j.tries, "err", err)
 				continue
 			}
-			r.fail(err)
-			return
+			if err == nil {
+				var scores []Scores
+				if scores, err = r.score(ctx, images); err == nil {
+					var accepted bool
+					if accepted, err = r.decide(a, images, scores); err == nil && accepted {
+						return nil
+					}
+				}
+			}
 		}
-		images, err := r.fetch(ctx, cl, res)
-		if errors.Is(err, comfyui.ErrNotFound) {
-			// The outputs vanished (server restarted and lost temp files):
-			// this try does not count.
-			j.tries--
-			r.mu.Lock()
-			r.sum.Resubmitted++
-			r.mu.Unlock()
+		if err == nil {
 			continue
 		}
-		if err != nil {
-			if ctx.Err() == nil {
-				r.fail(err)
-			}
-			return
+		if ctx.Err() != nil {
+			return nil
 		}
-		scores, err := r.score(ctx, images)
-		if err != nil {
-			if ctx.Err() == nil {
-				r.fail(err)
+		var ee *comfyui.ExecutionError
+		var ie *comfyui.InterruptedError
+		switch {
+		case errors.Is(err, errServerDown):
+			return err
+		case errors.As(err, &ee) || errors.As(err, &ie):
+			r.mu.Lock()
+			r.sum.Failed++
+			r.mu.Unlock()
+			if werr := r.out.result(r.resultFor(a, nil, nil, err)); werr != nil {
+				r.fail(werr)
+				return nil
 			}
-			return
-		}
-		accepted, err := r.decide(a, images, scores)
-		if err != nil {
+			r.cfg.Log.Warn("prompt failed, rerolling", "job", j.index, "try", j.tries, "err", err)
+		default:
 			r.fail(err)
-			return
-		}
-		if accepted {
-			return
+			return nil
 		}
 	}
 	r.mu.Lock()
@@ -295,6 +377,7 @@ func (r *runner) work(ctx context.Context, cl *comfyui.Client, j *job) {
 	r.progress(false)
 	r.mu.Unlock()
 	r.cfg.Log.Warn("job exhausted its tries", "job", j.index, "tries", j.tries)
+	return nil
 }
 
 // runPrompt queues a workflow and waits for it, queueing it again when the
@@ -316,7 +399,7 @@ func (r *runner) runPrompt(ctx context.Context, cl *comfyui.Client, wf comfyui.W
 				downSince = time.Now()
 			}
 			if time.Since(downSince) > r.cfg.RetryTimeout {
-				return nil, fmt.Errorf("run: comfyui %s unreachable for %v: %w", cl.URL(), r.cfg.RetryTimeout, err)
+				return nil, fmt.Errorf("run: comfyui %s unreachable for %v: %w: %w", cl.URL(), r.cfg.RetryTimeout, errServerDown, err)
 			}
 			r.cfg.Log.Debug("queue prompt failed, retrying", "server", cl.URL(), "err", err)
 			if !sleep(ctx, retryDelay(n)) {
@@ -333,6 +416,9 @@ func (r *runner) runPrompt(ctx context.Context, cl *comfyui.Client, wf comfyui.W
 			r.mu.Unlock()
 			r.cfg.Log.Info("prompt lost by the server, queueing it again", "server", cl.URL(), "prompt", pr.PromptID)
 			continue
+		}
+		if errors.Is(err, comfyui.ErrServerDown) {
+			return nil, fmt.Errorf("run: %w: %w", errServerDown, err)
 		}
 		if err == nil {
 			r.mu.Lock()
@@ -375,7 +461,7 @@ func (r *runner) fetch(ctx context.Context, cl *comfyui.Client, res *comfyui.Pro
 				downSince = time.Now()
 			}
 			if time.Since(downSince) > r.cfg.RetryTimeout {
-				return nil, fmt.Errorf("run: fetch image: %w", err)
+				return nil, fmt.Errorf("run: fetch image from %s: %w: %w", cl.URL(), errServerDown, err)
 			}
 			if !sleep(ctx, retryDelay(n)) {
 				return nil, ctx.Err()

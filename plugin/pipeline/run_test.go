@@ -473,3 +473,44 @@ func TestRunWithDaemonScorer(t *testing.T) {
 		t.Errorf("daemon got prompt %q", inner.prompts[0])
 	}
 }
+
+// TestRunServerDiesJobsMove: one of two servers dies for good; its jobs
+// move to the other after RetryTimeout and the run completes.
+func TestRunServerDiesJobsMove(t *testing.T) {
+	rec := &seedRecorder{good: func(uint64) bool { return true }}
+	opts := []comfyfake.Option{comfyfake.WithImageFunc(rec.image), comfyfake.WithStepDelay(20 * time.Millisecond)}
+	a, b := startFake(t, opts...), startFake(t, opts...)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	go func() {
+		for a.PromptsExecuted() < 1 && ctx.Err() == nil {
+			time.Sleep(5 * time.Millisecond)
+		}
+		a.Stop()
+	}()
+	dir := t.TempDir()
+	sum, err := Run(ctx, Config{
+		Workflow: sdWorkflow(t), Servers: []string{a.URL(), b.URL()}, Count: 6, MaxTries: 1,
+		Gate: Gate{Thresholds: map[string]float64{"quality": 3.5}}, Scorer: &brightnessScorer{}, OutDir: dir,
+		Parallel: 2, RetryTimeout: 300 * time.Millisecond, ClientOptions: fastClient(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(sum.Accepted) != 6 || sum.Exhausted != 0 {
+		t.Errorf("summary %+v", sum)
+	}
+	if n := len(readResults(t, dir)); n != 6 {
+		t.Errorf("%d results lines", n)
+	}
+
+	// Every server dead: the run fails and says why.
+	b.Stop()
+	_, err = Run(ctx, Config{
+		Workflow: sdWorkflow(t), Servers: []string{b.URL()}, Count: 1, MaxTries: 1, Scorer: &brightnessScorer{},
+		OutDir: t.TempDir(), RetryTimeout: 200 * time.Millisecond, ClientOptions: fastClient(),
+	})
+	if err == nil || !strings.Contains(err.Error(), "no ComfyUI server reachable") {
+		t.Errorf("all servers down: %v", err)
+	}
+}
