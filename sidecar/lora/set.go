@@ -1,0 +1,278 @@
+package lora
+
+import (
+	"fmt"
+	"runtime"
+	"sort"
+	"sync"
+
+	"github.com/m3gate/m3gate/sidecar/mllm"
+	"github.com/sugarme/gotch"
+	ts "github.com/sugarme/gotch/ts"
+)
+
+// SetOptions tune a Set.
+type SetOptions struct {
+	// IgnoreSavedModules accepts adapters with modules_to_save tensors and
+	// leaves those modules at their base weights (results then differ from
+	// PEFT's). Without it such adapters are refused.
+	IgnoreSavedModules bool
+}
+
+// Set holds several adapters attached to one model's linear layers. Exactly
+// one adapter (or none: the base model) is active; its update is added to
+// each targeted layer's output at run time through mllm.Linear.Delta.
+// Switching the active adapter is cheap and reloads nothing. Activate,
+// Merge and Unmerge must not run while a forward pass is in flight.
+type Set struct {
+	mu       sync.RWMutex
+	linears  map[string]*mllm.Linear
+	opts     SetOptions
+	adapters map[string]*Adapter
+	hooked   map[string]*hook
+	active   string
+	merged   string // adapter folded into the base weights, "" when none
+	training bool
+}
+
+// NewSet prepares a set for a model's linear layers (mllm.Model.Linears()).
+func NewSet(linears map[string]*mllm.Linear, opts SetOptions) *Set {
+	return &Set{linears: linears, opts: opts, adapters: map[string]*Adapter{}, hooked: map[string]*hook{}}
+}
+
+// hook is the LinearDelta installed on one layer.
+type hook struct {
+	set    *Set
+	module string
+}
+
+// Forward returns Scale·(x·Aᵀ)·Bᵀ for the active adapter, or nil.
+func (h *hook) Forward(x *ts.Tensor) *ts.Tensor {
+	s := h.set
+	s.mu.RLock()
+	name, merged, training := s.active, s.merged, s.training
+	a := s.adapters[name]
+	s.mu.RUnlock()
+	if a == nil || name == merged {
+		return nil
+	}
+	l := a.Layers[h.module]
+	if l == nil {
+		return nil
+	}
+	A, B := l.A, l.B
+	if x.DType() != A.DType() {
+		A, B = A.MustTotype(x.DType(), false), B.MustTotype(x.DType(), false)
+	}
+	in := x
+	if training && a.Config.LoraDropout > 0 {
+		in = ts.MustDropout(x, a.Config.LoraDropout, true)
+	}
+	d := ts.MustLinear(ts.MustLinear(in, A, ts.None), B, ts.None)
+	return d.MustMulScalar(ts.FloatScalar(l.Scale), true)
+}
+
+// Add attaches an adapter under a.Name after checking that it fits the base
+// model (every module present, shapes matching); A and B move to each base
+// weight's device. The active adapter does not change.
+func (s *Set) Add(a *Adapter) error {
+	if a == nil || a.Name == "" {
+		return fmt.Errorf("add adapter: adapter has no name")
+	}
+	if err := a.Fit(s.linears); err != nil {
+		return err
+	}
+	if len(a.Saved) > 0 && !s.opts.IgnoreSavedModules {
+		keys := make([]string, 0, len(a.Saved))
+		for k := range a.Saved {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		return fmt.Errorf("adapter %s: modules_to_save tensors (%s, ... %d in all) replace base weights, which is not supported; set IgnoreSavedModules to use only the LoRA layers", a.Name, keys[0], len(keys))
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, dup := s.adapters[a.Name]; dup {
+		return fmt.Errorf("add adapter %s: name already in use", a.Name)
+	}
+	for _, m := range a.Modules() {
+		lin := s.linears[m]
+		if lin.Delta != nil {
+			if h, ok := lin.Delta.(*hook); !ok || h.set != s {
+				return fmt.Errorf("add adapter %s: module %s already has another adapter hook", a.Name, m)
+			}
+		}
+	}
+	for _, m := range a.Modules() {
+		lin := s.linears[m]
+		l := a.Layers[m]
+		dev := lin.W.MustDevice()
+		if ad := l.A.MustDevice(); ad != dev && (ad.IsCuda() || dev.IsCuda()) {
+			l.A = l.A.MustTo(dev, false)
+			l.B = l.B.MustTo(dev, false)
+		}
+		if _, ok := s.hooked[m]; !ok {
+			h := &hook{set: s, module: m}
+			s.hooked[m] = h
+			lin.Delta = h
+		}
+	}
+	s.adapters[a.Name] = a
+	return nil
+}
+
+// Remove detaches an adapter (unmerging it first when merged).
+func (s *Set) Remove(name string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.adapters[name]; !ok {
+		return fmt.Errorf("remove adapter %s: not loaded", name)
+	}
+	if s.merged == name {
+		s.unmergeLocked()
+	}
+	delete(s.adapters, name)
+	if s.active == name {
+		s.active = ""
+	}
+	return nil
+}
+
+// Detach unmerges, removes every hook and forgets all adapters.
+func (s *Set) Detach() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.unmergeLocked()
+	for m, h := range s.hooked {
+		if lin := s.linears[m]; lin != nil && lin.Delta == h {
+			lin.Delta = nil
+		}
+	}
+	s.hooked = map[string]*hook{}
+	s.adapters = map[string]*Adapter{}
+	s.active = ""
+}
+
+// Names returns the attached adapters' names, sorted.
+func (s *Set) Names() []string {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]string, 0, len(s.adapters))
+	for n := range s.adapters {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Adapter returns an attached adapter by name.
+func (s *Set) Adapter(name string) (*Adapter, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	a, ok := s.adapters[name]
+	return a, ok
+}
+
+// Activate selects the adapter applied from now on; "" selects the base
+// model. A merged adapter other than name is unmerged first.
+func (s *Set) Activate(name string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if name != "" {
+		if _, ok := s.adapters[name]; !ok {
+			return fmt.Errorf("activate adapter %s: not loaded (have %v)", name, s.namesLocked())
+		}
+	}
+	if s.merged != "" && s.merged != name {
+		s.unmergeLocked()
+	}
+	s.active = name
+	return nil
+}
+
+// Active returns the active adapter's name ("" for the base model).
+func (s *Set) Active() string {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.active
+}
+
+// SetTraining turns LoRA dropout on (training) or off.
+func (s *Set) SetTraining(on bool) {
+	s.mu.Lock()
+	s.training = on
+	s.mu.Unlock()
+}
+
+// Merge folds the active adapter into the base weights, W += Scale·B·A,
+// so forwards skip the extra matmuls. Activate of another adapter (or
+// Unmerge) subtracts it again; rounding of W's dtype applies.
+func (s *Set) Merge() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.active == "" {
+		return fmt.Errorf("merge: no active adapter")
+	}
+	if s.merged == s.active {
+		return nil
+	}
+	s.unmergeLocked()
+	s.apply(s.adapters[s.active], 1)
+	s.merged = s.active
+	return nil
+}
+
+// Unmerge restores the base weights if an adapter is merged.
+func (s *Set) Unmerge() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.unmergeLocked()
+}
+
+// Merged returns the merged adapter's name, "" when none.
+func (s *Set) Merged() string {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.merged
+}
+
+func (s *Set) unmergeLocked() {
+	if s.merged == "" {
+		return
+	}
+	if a := s.adapters[s.merged]; a != nil {
+		s.apply(a, -1)
+	}
+	s.merged = ""
+}
+
+// apply adds sign·Scale·B·A to every adapted weight in place, without
+// autograd, computing the product in float32.
+func (s *Set) apply(a *Adapter, sign float64) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	prev := ts.MustGradSetEnabled(false)
+	defer ts.MustGradSetEnabled(prev)
+	for _, m := range a.Modules() {
+		l := a.Layers[m]
+		w := s.linears[m].W
+		delta := l.B.MustDetach(false).MustTotype(gotch.Float, true).
+			MustMatmul(l.A.MustDetach(false).MustTotype(gotch.Float, true), true).
+			MustMulScalar(ts.FloatScalar(sign*l.Scale), true)
+		if w.DType() == gotch.Float {
+			w.MustAdd_(delta)
+			continue
+		}
+		nw := w.MustTotype(gotch.Float, false).MustAdd(delta, true).MustTotype(w.DType(), true)
+		w.Copy_(nw)
+	}
+}
+
+func (s *Set) namesLocked() []string {
+	out := make([]string, 0, len(s.adapters))
+	for n := range s.adapters {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
+}
