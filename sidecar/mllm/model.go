@@ -9,6 +9,8 @@ import (
 
 	"github.com/sugarme/gotch"
 	"github.com/sugarme/gotch/ts"
+
+	"github.com/m3gate/m3gate/sidecar/tensorio"
 )
 
 // layerNorm is an nn.LayerNorm with weight and bias.
@@ -190,7 +192,7 @@ func LoadWeights(cfg Config, path string, opts LoadOptions) (*Model, error) {
 	if kind != gotch.BFloat16 && kind != gotch.Half {
 		kind = gotch.Float
 	}
-	ck, err := openCheckpoint(path)
+	ck, err := tensorio.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("load weights: %w", err)
 	}

@@ -11,6 +11,8 @@ import (
 
 	"github.com/sugarme/gotch"
 	"github.com/sugarme/gotch/ts"
+
+	"github.com/m3gate/m3gate/sidecar/tensorio"
 )
 
 // TinySizes lists the sizes WriteTiny accepts.
@@ -93,15 +95,15 @@ func WriteTinyWith(dir string, opts TinyOptions) (err error) {
 		return err
 	}
 	m := &Model{Config: cfg}
-	var tensors []named
+	var tensors []tensorio.Named
 	for _, s := range m.specs() {
 		t := randomTensor(s, opts.Seed)
 		if opts.DType == gotch.BFloat16 {
 			t = t.MustTotype(gotch.BFloat16, true)
 		}
-		tensors = append(tensors, named{s.Name, t})
+		tensors = append(tensors, tensorio.Named{Name: s.Name, Tensor: t})
 	}
-	if err := writeSafetensors(filepath.Join(dir, "model.safetensors"), tensors, map[string]string{"format": "pt"}); err != nil {
+	if err := tensorio.Write(filepath.Join(dir, "model.safetensors"), tensors, map[string]string{"format": "pt"}); err != nil {
 		return fmt.Errorf("write tiny model: %w", err)
 	}
 	eou := vocab["<end_of_utterance>"]

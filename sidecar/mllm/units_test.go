@@ -9,6 +9,8 @@ import (
 
 	"github.com/sugarme/gotch"
 	"github.com/sugarme/gotch/ts"
+
+	"github.com/m3gate/m3gate/sidecar/tensorio"
 )
 
 func tensorOf(v []float32, shape ...int64) *ts.Tensor {
@@ -182,7 +184,7 @@ func TestBF16MatchesF32(t *testing.T) {
 	if err := WriteTinyWith(dir, TinyOptions{Size: "tiny", Seed: tinySeed, DType: gotch.BFloat16}); err != nil {
 		t.Fatal(err)
 	}
-	ck, err := openCheckpoint(dir)
+	ck, err := tensorio.Open(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -292,7 +294,7 @@ func TestChatTemplateRendering(t *testing.T) {
 }
 
 // rewriteCheckpoint copies the tiny model directory with its tensors edited.
-func rewriteCheckpoint(t *testing.T, edit func([]named) []named) string {
+func rewriteCheckpoint(t *testing.T, edit func([]tensorio.Named) []tensorio.Named) string {
 	t.Helper()
 	src := tinyModelDir(t)
 	dir := t.TempDir()
@@ -303,20 +305,20 @@ func rewriteCheckpoint(t *testing.T, edit func([]named) []named) string {
 		}
 		os.WriteFile(filepath.Join(dir, f), raw, 0o644)
 	}
-	ck, err := openCheckpoint(src)
+	ck, err := tensorio.Open(src)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ck.Close()
-	var ts []named
+	var tensors []tensorio.Named
 	for _, n := range ck.Names() {
 		tt, err := ck.TensorAs(n, gotch.Float)
 		if err != nil {
 			t.Fatal(err)
 		}
-		ts = append(ts, named{n, tt})
+		tensors = append(tensors, tensorio.Named{Name: n, Tensor: tt})
 	}
-	if err := writeSafetensors(filepath.Join(dir, "model.safetensors"), edit(ts), nil); err != nil {
+	if err := tensorio.Write(filepath.Join(dir, "model.safetensors"), edit(tensors), nil); err != nil {
 		t.Fatal(err)
 	}
 	return dir
@@ -326,10 +328,10 @@ func TestLoadErrorsNameTheTensor(t *testing.T) {
 	const victim = "model.text_model.layers.1.self_attn.k_proj.weight"
 	for _, tc := range []struct {
 		name string
-		edit func([]named) []named
+		edit func([]tensorio.Named) []tensorio.Named
 		want []string
 	}{
-		{"missing", func(in []named) (out []named) {
+		{"missing", func(in []tensorio.Named) (out []tensorio.Named) {
 			for _, n := range in {
 				if n.Name != victim {
 					out = append(out, n)
@@ -337,10 +339,10 @@ func TestLoadErrorsNameTheTensor(t *testing.T) {
 			}
 			return out
 		}, []string{"missing tensors", victim}},
-		{"unexpected", func(in []named) []named {
-			return append(in, named{"model.text_model.layers.9.extra.weight", ts.MustZeros([]int64{2}, gotch.Float, gotch.CPU)})
+		{"unexpected", func(in []tensorio.Named) []tensorio.Named {
+			return append(in, tensorio.Named{Name: "model.text_model.layers.9.extra.weight", Tensor: ts.MustZeros([]int64{2}, gotch.Float, gotch.CPU)})
 		}, []string{"unexpected tensors", "model.text_model.layers.9.extra.weight"}},
-		{"misshaped", func(in []named) []named {
+		{"misshaped", func(in []tensorio.Named) []tensorio.Named {
 			for i, n := range in {
 				if n.Name == victim {
 					in[i].Tensor = ts.MustZeros([]int64{3, 64}, gotch.Float, gotch.CPU)
@@ -375,20 +377,20 @@ func TestShardedCheckpoint(t *testing.T) {
 		raw, _ := os.ReadFile(filepath.Join(src, f))
 		os.WriteFile(filepath.Join(dir, f), raw, 0o644)
 	}
-	ck, err := openCheckpoint(src)
+	ck, err := tensorio.Open(src)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var shards [2][]named
+	var shards [2][]tensorio.Named
 	wm := map[string]string{}
 	for i, n := range ck.Names() {
 		tt, _ := ck.TensorAs(n, gotch.Float)
-		shards[i%2] = append(shards[i%2], named{n, tt})
+		shards[i%2] = append(shards[i%2], tensorio.Named{Name: n, Tensor: tt})
 		wm[n] = []string{"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"}[i%2]
 	}
 	ck.Close()
 	for i, s := range shards {
-		if err := writeSafetensors(filepath.Join(dir, []string{"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"}[i]), s, nil); err != nil {
+		if err := tensorio.Write(filepath.Join(dir, []string{"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"}[i]), s, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
