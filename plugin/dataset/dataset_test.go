@@ -234,3 +234,15 @@ func TestPrompts(t *testing.T) {
 		t.Errorf("FillRound1 = %q", got)
 	}
 }
+
+func TestRelativeTo(t *testing.T) {
+	for _, tc := range []struct{ base, p, want string }{
+		{"/data", "/data/images/a.jpg", "images/a.jpg"},
+		{"/data/manifests", "/data/images/a.jpg", "/data/images/a.jpg"},
+		{"/data", "/data/../etc/a.jpg", "/etc/a.jpg"},
+	} {
+		if got := relativeTo(tc.base, tc.p); got != tc.want {
+			t.Errorf("relativeTo(%q, %q) = %q, want %q", tc.base, tc.p, got, tc.want)
+		}
+	}
+}

@@ -37,7 +37,9 @@
 // Blank lines are ignored. Fields:
 //
 //	image         string  path of the image file; a relative path is relative
-//	                      to the directory holding the manifest (required)
+//	                      to the directory holding the manifest (required).
+//	                      data convert writes a relative path when the images
+//	                      lie under the manifest's folder, else an absolute one
 //	name          string  the image's name in the source dataset
 //	prompt        string  the text prompt the image was generated from
 //	mos           object  aspect → mean opinion score on 0–5, for aspects

@@ -170,8 +170,8 @@ func statReason(err error) string {
 	return err.Error()
 }
 
-// relativeTo returns p relative to base when both can be made absolute,
-// else p unchanged.
+// relativeTo returns p relative to base when p lies inside base (so the
+// manifest and its images move together), else p made absolute.
 func relativeTo(base, p string) string {
 	ab, err1 := filepath.Abs(base)
 	ap, err2 := filepath.Abs(p)
@@ -179,8 +179,8 @@ func relativeTo(base, p string) string {
 		return p
 	}
 	rel, err := filepath.Rel(ab, ap)
-	if err != nil {
-		return ap
+	if err != nil || rel == ".." || strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
+		return filepath.ToSlash(ap)
 	}
 	return filepath.ToSlash(rel)
 }

@@ -86,6 +86,8 @@ type Config struct {
 	// key is sent (local servers). The key never appears in logs, errors
 	// or files.
 	KeyEnv string
+	// Getenv looks up KeyEnv (default os.Getenv).
+	Getenv func(string) string
 	// Template is the teacher prompt template (empty: DefaultTemplate).
 	Template string
 	// PromptStyle selects the conversation wording (dataset.Prompts).
@@ -138,6 +140,9 @@ func (c *Config) defaults() {
 	}
 	if c.Sleep == nil {
 		c.Sleep = sleepCtx
+	}
+	if c.Getenv == nil {
+		c.Getenv = os.Getenv
 	}
 }
 
@@ -228,7 +233,7 @@ func Run(ctx context.Context, cfg Config, items []Item) (*Summary, error) {
 	}
 	r := &runner{cfg: cfg, sum: &Summary{Items: len(items)}}
 	if cfg.KeyEnv != "" {
-		r.key = os.Getenv(cfg.KeyEnv)
+		r.key = cfg.Getenv(cfg.KeyEnv)
 		if r.key == "" {
 			return nil, fmt.Errorf("distill: environment variable %s is empty or unset", cfg.KeyEnv)
 		}
