@@ -264,6 +264,8 @@ func (g *generation) execute(j *job) {
 				r.outputs[id] = c.ui
 				r.meta[id] = map[string]any{"node_id": id, "display_node": id, "parent_node": nil, "real_node_id": id}
 				r.send("executed", map[string]any{"node": id, "display_node": id, "output": c.ui, "prompt_id": j.id})
+				r.setState(id, 1, 1, "finished")
+				r.progressState()
 			}
 			continue
 		}
@@ -289,8 +291,12 @@ func (g *generation) execute(j *job) {
 			break
 		}
 		if err != nil {
+			etype := "RuntimeError"
+			if ne, ok := err.(*nodeError); ok {
+				etype = ne.typ
+			}
 			msg := map[string]any{"prompt_id": j.id, "node_id": id, "node_type": node.ClassType, "executed": r.executedList(),
-				"exception_message": err.Error() + "\n", "exception_type": "RuntimeError",
+				"exception_message": err.Error() + "\n", "exception_type": etype,
 				"traceback": []string{"  File \"comfyfake\", line 1, in execute\n"}, "current_inputs": map[string]any{},
 				"current_outputs": map[string]any{}, "timestamp": nowMS()}
 			r.send("execution_error", msg)
@@ -375,6 +381,11 @@ func (r *run) interrupted(id string) bool {
 	return true
 }
 
+// nodeError is an exception raised by a node.
+type nodeError struct{ typ, msg string }
+
+func (e *nodeError) Error() string { return e.msg }
+
 type interruptErr struct{}
 
 func (interruptErr) Error() string { return "interrupted" }
@@ -419,6 +430,9 @@ func (r *run) signature(id string) string {
 		}
 		b, _ := json.Marshal(v)
 		fmt.Fprintf(h, "%s=%s\x00", k, b)
+	}
+	if n.ClassType == "QualityProbe" { // IS_CHANGED is NaN: never cached
+		h.Write([]byte(randomHex(8)))
 	}
 	if n.ClassType == "LoadImage" {
 		name, _ := n.Inputs["image"].(string)
@@ -527,6 +541,8 @@ func (r *run) runNode(id string, n comfyui.Node) (cached, error) {
 			}
 		}
 		return cached{}, nil
+	case "QualityProbe":
+		return r.runProbe(id, n)
 	case "VAEDecode":
 		seed := combineSeeds(r.seedsUpstream(id))
 		batch := 1
@@ -678,4 +694,66 @@ func previewImage(seed uint64, step int) []byte {
 	_ = png.Encode(&buf, img)
 	previewCache.Store(key, buf.Bytes())
 	return buf.Bytes()
+}
+
+// runProbe is the QualityProbe node of the transcripts' probe pack.
+func (r *run) runProbe(id string, n comfyui.Node) (cached, error) {
+	imgs := r.linkedImages(n, "images")
+	threshold := floatInput(n, "threshold", 0.5)
+	if f, _ := n.Inputs["fail"].(bool); f {
+		return cached{}, &nodeError{typ: "ValueError", msg: "probe asked to fail"}
+	}
+	const steps = 4
+	sleep := time.Duration(floatInput(n, "sleep_s", 0) * float64(time.Second) / steps)
+	r.setState(id, 0, steps, "running")
+	for i := 1; i <= steps; i++ {
+		if sleep > 0 {
+			select {
+			case <-r.g.ctx.Done():
+				return cached{}, r.g.ctx.Err()
+			case <-time.After(sleep):
+			}
+		}
+		if r.interrupted(id) {
+			return cached{}, errInterrupted
+		}
+		r.states[id]["value"] = i
+		r.progressState()
+		r.sendAll("progress", map[string]any{"value": i, "max": steps, "prompt_id": r.j.id, "node": id})
+	}
+	scores := make([]float64, len(imgs))
+	var mean float64
+	shape := []int{len(imgs), 0, 0, 3}
+	for k, img := range imgs {
+		b := img.Bounds()
+		shape[1], shape[2] = b.Dy(), b.Dx()
+		var sum float64
+		for y := b.Min.Y; y < b.Max.Y; y++ {
+			for x := b.Min.X; x < b.Max.X; x++ {
+				cr, cg, cb, _ := img.At(x, y).RGBA()
+				sum += float64(cr>>8+cg>>8+cb>>8) / 255
+			}
+		}
+		scores[k] = float64(float32(sum / float64(3*b.Dx()*b.Dy())))
+		mean += scores[k]
+	}
+	if len(imgs) > 0 {
+		mean /= float64(len(imgs))
+	}
+	passed := mean >= threshold
+	r.g.s.mu.Lock()
+	r.g.broadcast(jsonFrame("quality_probe.score", map[string]any{"node": id, "scores": scores, "score": mean,
+		"threshold": threshold, "passed": passed, "shape": shape, "dtype": "torch.float32"}))
+	r.g.broadcast(wsFrame{binary: true, data: comfyui.EncodeTextFrame(id, fmt.Sprintf("score=%.3f", mean))})
+	r.g.s.mu.Unlock()
+	return cached{imgs: imgs, ui: map[string]any{"scores": scores, "passed": []bool{passed}}}, nil
+}
+
+func floatInput(n comfyui.Node, name string, def float64) float64 {
+	if num, ok := n.Inputs[name].(json.Number); ok {
+		if f, err := num.Float64(); err == nil {
+			return f
+		}
+	}
+	return def
 }

@@ -6,6 +6,9 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"image"
+	"image/png"
+	"mime/multipart"
 	"net/http"
 	"os"
 	"reflect"
@@ -274,7 +277,8 @@ func TestFixtureSequenceCached(t *testing.T) {
 	first := ws.until(t, "first")
 	postJSON(t, s.URL()+"/prompt", map[string]any{"prompt": prompt, "client_id": "c1", "prompt_id": "second"})
 	second := ws.until(t, "second")
-	wantSecond := []step{"status:1", "status:1", "execution_start", "execution_cached:[4 5 6]", "executed:5", "executed:6",
+	wantSecond := []step{"status:1", "status:1", "execution_start", "execution_cached:[4 5 6]", "executed:5", "progress_state:5=1/1:finished",
+		"executed:6", "progress_state:5=1/1:finished,6=1/1:finished",
 		"execution_success", "status:0", "executing:null"}
 	if !reflect.DeepEqual(second, wantSecond) {
 		t.Errorf("re-queue\n got: %v\nwant: %v", second, wantSecond)
@@ -405,5 +409,52 @@ func TestWhoReceivesWhat(t *testing.T) {
 	}
 	if !contains(gb, "progress:2:1/2") {
 		t.Errorf("observer saw no progress: %v", gb)
+	}
+}
+
+// TestFixtureSequencesProbe replays the scenarios of the transcript recorded
+// with the probe pack (first run, identical re-queue, changed threshold,
+// runtime error) on the fake with the QualityProbe node and checks the
+// submitter sees the recorded message sequence, message for message.
+func TestFixtureSequencesProbe(t *testing.T) {
+	lines := readFixture(t, "transcript-custom-base.jsonl")
+	s := startFake(t, WithQualityProbe())
+	img := image.NewRGBA(image.Rect(0, 0, 64, 48))
+	for i := range img.Pix {
+		img.Pix[i] = 117
+	}
+	var pngBuf, body bytes.Buffer
+	png.Encode(&pngBuf, img)
+	mw := multipart.NewWriter(&body)
+	fw, _ := mw.CreateFormFile("image", "probe.png")
+	fw.Write(pngBuf.Bytes())
+	mw.Close()
+	resp, err := http.Post(s.URL()+"/upload/image", mw.FormDataContentType(), &body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	ws := dialWS(t, s.URL(), "sidecar-1960e908")
+	ws.next(t)
+	for _, name := range []string{"first", "second_same", "reroll_threshold", "runtime_error"} {
+		want := scenario(t, lines, name)
+		if len(want) < 10 || want[len(want)-1] != "executing:null" {
+			t.Fatalf("%s: recorded scenario too short: %v", name, want)
+		}
+		prompt := promptFromFixture(t, lines, "GET /history/{id} "+name)
+		code, b := postJSON(t, s.URL()+"/prompt", map[string]any{"prompt": prompt, "client_id": "sidecar-1960e908", "prompt_id": name})
+		if code != 200 {
+			t.Fatalf("%s: %d %s", name, code, b)
+		}
+		got := ws.until(t, name)
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("%s: sequence differs\n got: %v\nwant: %v", name, got, want)
+		}
+	}
+	// The runtime error's history says so, like the recorded one.
+	var h map[string]historyEntry
+	getJSON(t, s.URL()+"/history/runtime_error", &h)
+	if st := h["runtime_error"].Status; st.StatusStr != "error" || st.Completed || len(st.Messages) != 3 || st.Messages[2][0] != "execution_error" {
+		t.Errorf("history status %+v", st)
 	}
 }

@@ -33,6 +33,12 @@ import (
 //go:embed object_info.json
 var objectInfoJSON []byte
 
+// probeInfoJSON is the object_info of the QualityProbe research node of the
+// recorded transcripts.
+//
+//go:embed probe_info.json
+var probeInfoJSON []byte
+
 // ImageFunc makes the image a sampler produces for a seed (batch item i
 // gets seed+i).
 type ImageFunc func(seed uint64) image.Image
@@ -61,6 +67,7 @@ type options struct {
 	maxSteps  int
 	previews  bool
 	failSeed  func(seed uint64) bool
+	probe     bool
 }
 
 // Option configures a Server.
@@ -83,6 +90,14 @@ func WithPreviews(on bool) Option { return func(o *options) { o.previews = on } 
 // WithFailSeed makes sampler nodes raise (execution_error) for the seeds
 // where f is true.
 func WithFailSeed(f func(seed uint64) bool) Option { return func(o *options) { o.failSeed = f } }
+
+// WithQualityProbe adds the QualityProbe node of the recorded transcripts'
+// probe pack: it scores an IMAGE batch by mean brightness, broadcasts a
+// "quality_probe.score" event and a binary text frame, shows
+// {"scores","passed"} on the node, raises ValueError when its "fail" input
+// is true, and is never cached. With it the fake replays the transcripts'
+// scenarios message for message.
+func WithQualityProbe() Option { return func(o *options) { o.probe = true } }
 
 // DefaultImage is the default ImageFunc: a 32×32 gray image of brightness
 // seed mod 256 with a faint diagonal pattern.
@@ -112,6 +127,15 @@ func New(opts ...Option) *Server {
 	s := &Server{opts: o, files: map[fileKey][]byte{}, counters: map[string]int{}}
 	if err := json.Unmarshal(objectInfoJSON, &s.rawInfo); err != nil {
 		panic(fmt.Sprintf("comfyfake: embedded object_info.json: %v", err)) // build-time data
+	}
+	if o.probe {
+		var probe map[string]json.RawMessage
+		if err := json.Unmarshal(probeInfoJSON, &probe); err != nil {
+			panic(fmt.Sprintf("comfyfake: embedded probe_info.json: %v", err))
+		}
+		for k, v := range probe {
+			s.rawInfo[k] = v
+		}
 	}
 	s.classes = parseClasses(s.rawInfo)
 	s.gen = newGeneration(s)
