@@ -438,7 +438,7 @@ func TestFixtureSequencesProbe(t *testing.T) {
 	ws.next(t)
 	for _, name := range []string{"first", "second_same", "reroll_threshold", "runtime_error"} {
 		want := scenario(t, lines, name)
-		if len(want) < 10 || want[len(want)-1] != "executing:null" {
+		if len(want) < 8 || want[len(want)-1] != "executing:null" {
 			t.Fatalf("%s: recorded scenario too short: %v", name, want)
 		}
 		prompt := promptFromFixture(t, lines, "GET /history/{id} "+name)
