@@ -333,12 +333,7 @@ func (c *Client) serve(ctx context.Context, conn *websocket.Conn, redials int) e
 	<-writerDone
 	conn.Close()
 	if ctx.Err() != nil {
-		<-readErr
-	} else {
-		select {
-		case <-readErr:
-		default:
-		}
+		<-readErr // the closed connection ends the reader
 	}
 	c.mu.Lock()
 	if c.out == out {

@@ -473,3 +473,20 @@ func TestPNGTextRoundTrip(t *testing.T) {
 		t.Error("empty key accepted")
 	}
 }
+
+// TestWaitPromptPollsHistory: the prompt's events go to another socket, so
+// WaitPrompt only learns of the end by polling /history.
+func TestWaitPromptPollsHistory(t *testing.T) {
+	s := startFake(t, comfyfake.WithStepDelay(20*time.Millisecond))
+	c := connect(t, s.URL(), comfyui.WithHistoryPoll(100*time.Millisecond))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	pr, err := c.QueuePrompt(ctx, comfyui.PromptRequest{Prompt: mustWorkflow(t, sdWorkflow("9")), ClientID: "someone-else"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := c.WaitPrompt(ctx, pr.PromptID)
+	if err != nil || len(res.Images()) != 1 || !res.FromHistory {
+		t.Fatalf("result %+v, %v", res, err)
+	}
+}

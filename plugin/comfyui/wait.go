@@ -80,10 +80,16 @@ func (c *Client) WaitPrompt(ctx context.Context, promptID string) (*PromptResult
 	if done {
 		return res, err
 	}
+	lastCheck := time.Now()
 	for {
-		wctx, cancel := context.WithTimeout(ctx, c.opts.historyPoll)
-		ev, nerr := sub.Next(wctx)
-		cancel()
+		wait := c.opts.historyPoll - time.Since(lastCheck)
+		var ev Event
+		var nerr error = context.DeadlineExceeded
+		if wait > 0 {
+			wctx, cancel := context.WithTimeout(ctx, wait)
+			ev, nerr = sub.Next(wctx)
+			cancel()
+		}
 		if nerr != nil {
 			if ctx.Err() != nil {
 				return nil, fmt.Errorf("wait prompt %s: %w", promptID, ctx.Err())
@@ -91,7 +97,9 @@ func (c *Client) WaitPrompt(ctx context.Context, promptID string) (*PromptResult
 			if errors.Is(nerr, ErrClosed) {
 				return nil, fmt.Errorf("wait prompt %s: %w", promptID, nerr)
 			}
-			// Quiet for a poll interval: ask the server.
+			// A poll interval went by: ask the server, in case an event
+			// was missed.
+			lastCheck = time.Now()
 			if res, done, err := c.checkPrompt(ctx, promptID); done {
 				return res, err
 			}
@@ -102,6 +110,7 @@ func (c *Client) WaitPrompt(ctx context.Context, promptID string) (*PromptResult
 		}
 		switch e := ev.(type) {
 		case *Reconnected:
+			lastCheck = time.Now()
 			if res, done, err := c.checkPrompt(ctx, promptID); done {
 				return res, err
 			}
