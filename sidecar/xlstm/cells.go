@@ -33,46 +33,47 @@ func mlstmParallel(q, k, v, ig, fg *ts.Tensor) *ts.Tensor {
 }
 
 // slstmCell runs the sLSTM recurrence (xlstm 1.0.6, cuda backend layout).
-// wx: [S, B, NH, 4, DH] input pre-activations in gate order i, f, z, o with
-// the bias already added; r: [NH, DH, 4·DH] with R[h, j, g·DH+o].
-// Per step: raw = wx_t + y_{t−1}·R; m = ĩ on the first step, else
-// max(ĩ, m + logσ(f̃)); i = exp(ĩ − m), f = exp(m_old + logσ(f̃) − m),
+// wx: [S, NH, B, 4·DH] input pre-activations, per head the gates i, f, z, o
+// (DH each) with the bias already added; r: [NH, DH, 4·DH] with
+// R[h, j, g·DH+o]. Per step: raw = wx_t + y_{t−1}·R; m = ĩ on the first
+// step, else max(ĩ, m + logσ(f̃)); i = exp(ĩ − m), f = exp(m_old + logσ(f̃) − m),
 // c = f·c + i·tanh(z̃), n = f·n + i, y = σ(õ)·c/n.
-// Returns y for every step: [B, NH, S, DH].
+// Returns y for every step: [NH, B, S, DH]. Ops are fused (baddbmm,
+// addcmul) because every gotch op has a fixed cost and this loop runs S times.
 func slstmCell(wx, r *ts.Tensor) *ts.Tensor {
 	sz := wx.MustSize()
-	S, B, NH, DH := sz[0], sz[1], sz[2], sz[4]
+	S, DH := sz[0], sz[3]/4
+	steps := wx.MustUnbind(0, false) // S × [NH, B, 4DH]
+	one := ts.FloatScalar(1)
 	var y, c, n, m *ts.Tensor
 	ys := make([]*ts.Tensor, 0, S)
 	for t := int64(0); t < S; t++ {
-		raw := wx.MustSelect(0, t, false) // [B,NH,4,DH]
+		raw := steps[t]
 		if t > 0 {
-			ry := y.MustUnsqueeze(2, false).MustMatmul(r, true) // [B,NH,1,4DH]
-			raw = raw.MustAdd(ry.MustView([]int64{B, NH, 4, DH}, true), true)
+			raw = raw.MustBaddbmm(y, r, one, one, false) // + y·R per head
 		}
-		ir := raw.MustSelect(2, 0, false)
-		fr := raw.MustSelect(2, 1, false)
-		zr := raw.MustSelect(2, 2, false)
-		or := raw.MustSelect(2, 3, false)
-		zt := zr.MustTanh(true)
+		g := raw.MustSplit(DH, -1, false)
+		ir, fr, zr, or := g[0], g[1], g[2], g[3]
+		zt := zr.MustTanh(false)
+		so := or.MustSigmoid(false)
 		if t == 0 {
 			// Zero state: m = ĩ, so i = 1 and the forget term multiplies zeros.
 			m = ir
 			c = zt
 			n = zt.MustOnesLike(false)
-			y = or.MustSigmoid(true).MustMul(c, true)
+			y = so.MustMul(c, true)
 			ys = append(ys, y)
 			continue
 		}
-		lfm := fr.MustLogSigmoid(true).MustAdd(m, true)
+		lfm := fr.MustLogSigmoid(false).MustAdd(m, true)
 		mNew := ir.MustMaximum(lfm, false)
-		ig := ir.MustSub(mNew, true).MustExp(true)
+		ig := ir.MustSub(mNew, false).MustExp(true)
 		fg := lfm.MustSub(mNew, true).MustExp(true)
-		c = fg.MustMul(c, false).MustAdd(ig.MustMul(zt, false), true)
-		n = fg.MustMul(n, true).MustAdd(ig, true)
+		c = fg.MustMul(c, false).MustAddcmul(ig, zt, true)
+		n = ig.MustAddcmul(fg, n, true)
 		m = mNew
-		y = or.MustSigmoid(true).MustMul(c, true).MustDiv(n, true)
+		y = so.MustMul(c, true).MustDiv(n, true)
 		ys = append(ys, y)
 	}
-	return ts.MustStack(ys, 2) // [B,NH,S,DH]
+	return ts.MustStack(ys, 2) // [NH,B,S,DH]
 }

@@ -267,13 +267,14 @@ func (p *Predictor) slstmBlock(i int, x *ts.Tensor) *ts.Tensor {
 	gf := headwise(xc, p.bw(i, "xlstm.igate.weight"))
 	gz := headwise(xn, p.bw(i, "xlstm.zgate.weight"))
 	gog := headwise(xn, p.bw(i, "xlstm.ogate.weight"))
-	wx := ts.MustStack([]*ts.Tensor{gi, gf, gz, gog}, 2). // [B,S,4,E]
-								MustView([]int64{B, S, 4, NH, DH}, true).
-								MustPermute([]int64{1, 0, 3, 2, 4}, true) // [S,B,NH,4,DH]
-	bias := p.bw(i, "xlstm.slstm_cell._bias_").MustView([]int64{NH, 4, DH}, false)
+	// [B,S,4,NH,DH] → [S,NH,B,4,DH] → [S,NH,B,4·DH], plus the bias (cuda
+	// layout [NH,4,DH] flat).
+	wx := ts.MustStack([]*ts.Tensor{gi, gf, gz, gog}, 2).MustView([]int64{B, S, 4, NH, DH}, true).
+		MustPermute([]int64{1, 3, 0, 2, 4}, true).MustReshape([]int64{S, NH, B, 4 * DH}, true)
+	bias := p.bw(i, "xlstm.slstm_cell._bias_").MustView([]int64{NH, 1, 4 * DH}, false)
 	wx = wx.MustAdd(bias, true).MustContiguous(true)
-	y := slstmCell(wx, p.bw(i, "xlstm.slstm_cell._recurrent_kernel_")) // [B,NH,S,DH]
-	yn := headNorm(y.MustTranspose(1, 2, true), p.bw(i, "xlstm.group_norm.weight"), NH)
+	y := slstmCell(wx, p.bw(i, "xlstm.slstm_cell._recurrent_kernel_")) // [NH,B,S,DH]
+	yn := headNorm(y.MustPermute([]int64{1, 2, 0, 3}, true), p.bw(i, "xlstm.group_norm.weight"), NH)
 	x = x.MustAdd(yn, false)
 	// Gated feed-forward: GELU(first half, exact erf) ⊙ second half.
 	F := int64(p.cfg.FFNDim())
