@@ -149,3 +149,51 @@ func TestWriteOutputs(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkEvaluate3000 is one aspect of a 3,000-image test set with 1,000
+// bootstrap resamples (the default of m3gate eval).
+func BenchmarkEvaluate3000(b *testing.B) {
+	preds := make([]Prediction, 3000)
+	for i := range preds {
+		mos := 5 * float64(i) / 3000
+		preds[i] = Prediction{Image: "x", Aspect: "quality", MOS: mos, Predicted: 2.5 + 2*math.Tanh(mos-2.5) + 0.3*math.Sin(float64(i)*1.7)}
+	}
+	for b.Loop() {
+		if _, err := Evaluate(preds, EvalOptions{Bootstrap: 1000, Seed: 1}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// TestBootstrapWarmFitMatchesFullFit checks the shortcut of the fitted-PLCC
+// bootstrap (bootstrapIter iterations from the full-data optimum) against
+// full fits from the usual initialisation.
+func TestBootstrapWarmFitMatchesFullFit(t *testing.T) {
+	for _, c := range loadRef(t) {
+		if c.PLCCFitted == nil {
+			continue
+		}
+		b, err := FitLogistic(c.X, c.Y)
+		if err != nil {
+			t.Fatal(err)
+		}
+		opts := BootstrapOptions{N: 50, Seed: 3}
+		warm, err := Bootstrap(c.X, c.Y, func(x, y []float64) (float64, error) {
+			return PLCC(fitFrom(x, y, b, bootstrapIter).ApplyAll(x), y)
+		}, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		full, err := Bootstrap(c.X, c.Y, func(x, y []float64) (float64, error) {
+			r, _, err := FittedPLCC(x, y)
+			return r, err
+		}, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%s: warm %v full %v", c.Name, warm, full)
+		if math.Abs(warm.Lo-full.Lo) > 1e-3 || math.Abs(warm.Hi-full.Hi) > 1e-3 {
+			t.Errorf("%s: warm-start CI %v, full-fit CI %v", c.Name, warm, full)
+		}
+	}
+}

@@ -68,7 +68,7 @@ func InitLogistic(x, y []float64) Logistic {
 // full-data optimum (along an ill-posed valley the PLCC hardly moves).
 const (
 	maxIter       = 5000
-	bootstrapIter = 100
+	bootstrapIter = 20
 )
 
 // FitLogistic fits the 5-parameter logistic mapping x → y by least squares
