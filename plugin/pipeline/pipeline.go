@@ -152,7 +152,9 @@ type Config struct {
 	// Servers are ComfyUI base URLs ("http://host:8188"); jobs spread over
 	// them.
 	Servers []string
-	// Count is the number of accepted images wanted (one job each).
+	// Count is the number of accepted images wanted. Up to Count jobs run;
+	// a job ends when one of its tries yields an accepted image (a batch
+	// may fill several slots at once).
 	Count int
 	// MaxTries is the number of prompts a job may run before it gives up
 	// (prompts a server lost in a restart do not count).

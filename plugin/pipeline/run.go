@@ -27,6 +27,7 @@ type runner struct {
 	bar      *progressbar.ProgressBar
 	fatal    error
 	lastDown error
+	reserved int // accepted-image slots taken (≤ Count)
 	cancel   context.CancelFunc
 	sched    *scheduler
 }
@@ -43,10 +44,11 @@ type scheduler struct {
 	pending []*job
 	active  int
 	ctx     context.Context
+	full    func() bool // no job needed any more
 }
 
-func newScheduler(ctx context.Context, count int) *scheduler {
-	s := &scheduler{ctx: ctx}
+func newScheduler(ctx context.Context, count int, full func() bool) *scheduler {
+	s := &scheduler{ctx: ctx, full: full}
 	s.cond = sync.NewCond(&s.mu)
 	for i := 1; i <= count; i++ {
 		s.pending = append(s.pending, &job{index: i})
@@ -68,7 +70,7 @@ func (s *scheduler) next() *job {
 	for len(s.pending) == 0 && s.active > 0 && s.ctx.Err() == nil {
 		s.cond.Wait()
 	}
-	if len(s.pending) == 0 || s.ctx.Err() != nil {
+	if len(s.pending) == 0 || s.ctx.Err() != nil || s.full() {
 		return nil
 	}
 	j := s.pending[0]
@@ -153,7 +155,7 @@ func Run(ctx context.Context, cfg Config) (*Summary, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	r.cancel = cancel
-	r.sched = newScheduler(ctx, cfg.Count)
+	r.sched = newScheduler(ctx, cfg.Count, r.full)
 
 	var wg sync.WaitGroup
 	for _, url := range cfg.Servers {
@@ -200,7 +202,7 @@ func Run(ctx context.Context, cfg Config) (*Summary, error) {
 	}
 	wg.Wait()
 
-	if left := r.sched.left(); left > 0 && ctx.Err() == nil {
+	if left := r.sched.left(); left > 0 && ctx.Err() == nil && !r.full() {
 		r.fail(fmt.Errorf("run: %d jobs left and no ComfyUI server reachable (last error: %v)", left, r.lastDown))
 	}
 	r.mu.Lock()
@@ -494,9 +496,10 @@ func (r *runner) score(ctx context.Context, images []Image) ([]Scores, error) {
 	return nil, fmt.Errorf("run: score images: %w", last)
 }
 
-// decide gates the images of one try: the first passing image is the
-// job's (written before it counts); others are recorded as rejected or
-// surplus.
+// decide gates the images of one try. Every passing image fills one of the
+// Count slots while slots are free (a batch may fill several); it is on
+// disk before it counts. Passing images beyond Count are recorded as
+// surplus. It reports whether the try accepted at least one image.
 func (r *runner) decide(a *attempt, images []Image, scores []Scores) (bool, error) {
 	accepted := false
 	for i, img := range images {
@@ -504,15 +507,16 @@ func (r *runner) decide(a *attempt, images []Image, scores []Scores) (bool, erro
 		res := r.resultFor(a, &img, &scores[i], nil)
 		res.Passed = passed
 		md := r.metadataFor(a, &img, &scores[i], passed)
+		slot := passed && r.reserve()
 		switch {
-		case passed && !accepted:
+		case slot:
 			file, err := r.out.image(false, a, &img, md)
 			if err != nil {
 				return false, err
 			}
 			res.Accepted, res.File = true, file
 		case passed:
-			res.Note = "surplus: the job already has its image"
+			res.Note = "surplus: the run already has its images"
 		default:
 			if r.cfg.KeepRejected {
 				file, err := r.out.image(true, a, &img, md)
@@ -537,6 +541,24 @@ func (r *runner) decide(a *attempt, images []Image, scores []Scores) (bool, erro
 		r.mu.Unlock()
 	}
 	return accepted, nil
+}
+
+// reserve takes one of the Count slots, if one is free.
+func (r *runner) reserve() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.reserved >= r.cfg.Count {
+		return false
+	}
+	r.reserved++
+	return true
+}
+
+// full reports whether every slot is taken.
+func (r *runner) full() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.reserved >= r.cfg.Count
 }
 
 func (r *runner) seedMap(seeds []uint64) map[string]uint64 {

@@ -514,3 +514,40 @@ func TestRunServerDiesJobsMove(t *testing.T) {
 		t.Errorf("all servers down: %v", err)
 	}
 }
+
+// TestRunBatchFillsSeveralSlots: with batch_size 3 one prompt can accept
+// three images; the run stops once Count are accepted and records the
+// extra passing images as surplus.
+func TestRunBatchFillsSeveralSlots(t *testing.T) {
+	rec := &seedRecorder{good: func(uint64) bool { return true }}
+	s := startFake(t, comfyfake.WithImageFunc(rec.image))
+	w := sdWorkflow(t)
+	w["5"].Inputs["batch_size"] = json.Number("3")
+	dir := t.TempDir()
+	sum, err := Run(context.Background(), Config{
+		Workflow: w, Servers: []string{s.URL()}, Count: 4, MaxTries: 3, Parallel: 1,
+		Gate: Gate{Thresholds: map[string]float64{"quality": 3.5}}, Scorer: &brightnessScorer{}, OutDir: dir, ClientOptions: fastClient(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(sum.Accepted) != 4 || sum.Prompts != 2 || sum.Exhausted != 0 {
+		t.Errorf("summary %+v", sum)
+	}
+	var accepted, surplus int
+	indexes := map[int]bool{}
+	for _, r := range readResults(t, dir) {
+		switch {
+		case r.Accepted:
+			accepted++
+			indexes[r.Index] = true
+		case r.Passed && strings.HasPrefix(r.Note, "surplus"):
+			surplus++
+		default:
+			t.Errorf("result %+v", r)
+		}
+	}
+	if accepted != 4 || surplus != 2 || len(indexes) != 3 {
+		t.Errorf("accepted %d surplus %d batch indexes %v", accepted, surplus, indexes)
+	}
+}
