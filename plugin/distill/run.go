@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/m3gate/m3gate/plugin/dataset"
@@ -97,7 +98,10 @@ type Config struct {
 	Timeout     time.Duration // per request (default 2 minutes)
 	BaseBackoff time.Duration // first backoff (default 1 s)
 	MaxBackoff  time.Duration // backoff cap, also caps Retry-After (default 60 s)
-	JSONMode    bool          // ask for a JSON response (response_format / responseMimeType)
+	// JSONMode asks for a JSON response (response_format /
+	// responseMimeType). A server that answers 400 naming that field makes
+	// the run drop it for the remaining calls.
+	JSONMode    bool
 	Temperature float64
 	// Prices per 1,000 prompt and completion tokens, for the cost estimate.
 	PricePromptPer1K, PriceCompletionPer1K float64
@@ -199,6 +203,7 @@ type job struct {
 }
 
 type runner struct {
+	noJSON  atomic.Bool // the server rejected JSON mode
 	cfg     Config
 	key     string
 	teacher *Teacher
@@ -405,6 +410,7 @@ func (r *runner) do(ctx context.Context, j job) error {
 			return nil
 		}
 		attempts++
+		req.JSONMode = r.cfg.JSONMode && !r.noJSON.Load()
 		text, u, err := r.call(ctx, req)
 		usage.PromptTokens += u.PromptTokens
 		usage.CompletionTokens += u.CompletionTokens
@@ -466,6 +472,11 @@ func (r *runner) do(ctx context.Context, j job) error {
 			if d, ok := retryAfter(he.RetryAfter, time.Now()); ok {
 				wait = min(d, r.cfg.MaxBackoff)
 			}
+		case errors.As(err, &he) && he.Status == http.StatusBadRequest && req.JSONMode && mentionsJSONMode(he.Body):
+			if !r.noJSON.Swap(true) {
+				log.Warn("teacher rejects JSON mode; asking without it", "error", r.redact(err.Error()))
+			}
+			wait = time.Nanosecond // retry at once; not counted as a failure
 		case errors.As(err, &he) && he.Status < 500 && he.Status != http.StatusRequestTimeout:
 			log.Warn("teacher refused the request", "status", he.Status, "error", r.redact(err.Error()))
 			r.finish(func(s *Summary) {
@@ -493,6 +504,18 @@ func (r *runner) do(ctx context.Context, j job) error {
 			return nil
 		}
 	}
+}
+
+// mentionsJSONMode reports whether a 400 body is about the JSON response
+// format option.
+func mentionsJSONMode(body string) bool {
+	b := strings.ToLower(body)
+	for _, s := range []string{"response_format", "responsemimetype", "response_mime_type", "json_object"} {
+		if strings.Contains(b, s) {
+			return true
+		}
+	}
+	return false
 }
 
 // call makes one HTTP request.

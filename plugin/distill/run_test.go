@@ -427,3 +427,23 @@ func TestItemsFromManifest(t *testing.T) {
 		t.Errorf("items %+v skipped %d", items, skipped)
 	}
 }
+
+func TestJSONModeFallback(t *testing.T) {
+	for _, format := range []Format{FormatOpenAI, FormatGemini} {
+		f := newFake(format)
+		defer f.Close()
+		f.RejectJSONMode(true)
+		items := makeItems(t, 4)
+		cfg := baseConfig(t, f, format)
+		cfg.Concurrency = 1
+		sum, err := Run(context.Background(), cfg, items)
+		if err != nil || sum.Fetched != 4 || sum.Errors != 0 || f.Calls() != 5 {
+			t.Errorf("%s: %v %+v calls %d", format, err, sum, f.Calls())
+		}
+		for _, r := range f.Requests() {
+			if r.JSONMode {
+				t.Errorf("%s: JSON mode still asked for", format)
+			}
+		}
+	}
+}

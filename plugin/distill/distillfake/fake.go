@@ -1,7 +1,8 @@
 // Package distillfake is a scriptable local stand-in for the online teacher
 // MLLM: an httptest server speaking either the OpenAI-compatible chat
 // completions API or the Gemini generateContent API. It checks the request
-// shape strictly (400 on anything the real service would reject), counts
+// shape strictly (400 on anything but the documented request shape the
+// client sends: snake_case inline_data, base64 data URLs), counts
 // calls per image, and answers as scripted: good JSON, rate limiting (429
 // with Retry-After), server errors, garbage, slow answers.
 package distillfake
@@ -60,6 +61,7 @@ type Server struct {
 	PromptTokens, CompletionTokens int64
 
 	mu       sync.Mutex
+	noJSON   bool
 	key      string
 	script   func(n, k int, r *Request) Reply
 	calls    int
@@ -95,6 +97,14 @@ func (s *Server) SetKey(key string) {
 func (s *Server) SetScript(fn func(n, k int, r *Request) Reply) {
 	s.mu.Lock()
 	s.script = fn
+	s.mu.Unlock()
+}
+
+// RejectJSONMode makes the server answer 400 to requests that ask for a
+// JSON response format, as some OpenAI-compatible servers do.
+func (s *Server) RejectJSONMode(reject bool) {
+	s.mu.Lock()
+	s.noJSON = reject
 	s.mu.Unlock()
 }
 
@@ -167,6 +177,16 @@ func (s *Server) handle(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.mu.Lock()
+	if s.noJSON && req.JSONMode {
+		s.calls++
+		s.mu.Unlock()
+		field := "response_format"
+		if s.Format == "gemini" {
+			field = "generationConfig.responseMimeType"
+		}
+		s.fail(w, http.StatusBadRequest, "unsupported parameter: "+field)
+		return
+	}
 	n := s.calls
 	s.calls++
 	k := s.perImage[req.ImageSHA]
