@@ -25,6 +25,7 @@ func (m *Model) initRope() {
 	}
 	m.rotQ = rotateHalfMatrix(t.NumAttentionHeads, hd, m.DType)
 	m.rotK = rotateHalfMatrix(t.NumKeyValueHeads, hd, m.DType)
+	m.rotHead = rotateHalfMatrix(1, hd, m.DType)
 }
 
 // rotateHalfMatrix returns R with x·R = rotate_half(x) applied per head:
@@ -82,8 +83,20 @@ func (m *Model) ropeTables(pos [][]int64, heads int) (cos, sin *ts.Tensor) {
 }
 
 // applyRope is x·cos + rotate_half(x)·sin with x [B, T, heads·hd].
-func applyRope(x, cos, sin, rot *ts.Tensor) *ts.Tensor {
-	r := x.MustMatmul(rot, false).MustMul(sin, true)
+// rotate_half is a matmul with a signed permutation (exact): with the
+// heads·hd-wide block-diagonal rot for short inputs (one op, decode steps),
+// per head with the hd-wide rotHead for long ones (prefill), where the wide
+// matmul would cost more than the two extra view ops.
+func applyRope(x, cos, sin, rot, rotHead *ts.Tensor) *ts.Tensor {
+	var r *ts.Tensor
+	sz := x.MustSize()
+	if rotHead != nil && sz[0]*sz[1] > 8 {
+		hd := rotHead.MustSize()[0]
+		r = x.MustView([]int64{sz[0], sz[1], sz[2] / hd, hd}, false).MustMatmul(rotHead, true).MustView(sz, true)
+	} else {
+		r = x.MustMatmul(rot, false)
+	}
+	r = r.MustMul(sin, true)
 	return x.MustMul(cos, false).MustAdd(r, true)
 }
 
@@ -329,12 +342,17 @@ func (m *Model) textForward(x *ts.Tensor, valid [][]bool, cache *KVCache) (*ts.T
 	for li := range m.text {
 		l := &m.text[li]
 		h := rmsNorm(x, l.InNorm, t.RMSNormEps)
-		q := applyRope(l.Q.Forward(h), cosQ, sinQ, m.rotQ)
-		k := applyRope(l.K.Forward(h), cosK, sinK, m.rotK)
+		q := applyRope(l.Q.Forward(h), cosQ, sinQ, m.rotQ, m.rotHead)
+		k := applyRope(l.K.Forward(h), cosK, sinK, m.rotK, m.rotHead)
 		v := l.V.Forward(h)
 		h.MustDrop()
-		k = k.MustView([]int64{B, Tq, int64(nkv), int64(hd)}, true).MustTranspose(1, 2, true)
-		v = v.MustView([]int64{B, Tq, int64(nkv), int64(hd)}, true).MustTranspose(1, 2, true)
+		if Tq == 1 { // [B, 1, nKV·hd] is already laid out as [B, nKV, 1, hd]
+			k = k.MustView([]int64{B, int64(nkv), 1, int64(hd)}, true)
+			v = v.MustView([]int64{B, int64(nkv), 1, int64(hd)}, true)
+		} else {
+			k = k.MustView([]int64{B, Tq, int64(nkv), int64(hd)}, true).MustTranspose(1, 2, true)
+			v = v.MustView([]int64{B, Tq, int64(nkv), int64(hd)}, true).MustTranspose(1, 2, true)
+		}
 		if cache != nil {
 			k = ts.MustCat([]*ts.Tensor{cache.K[li], k}, 2)
 			v = ts.MustCat([]*ts.Tensor{cache.V[li], v}, 2)
@@ -359,6 +377,11 @@ func (m *Model) textForward(x *ts.Tensor, valid [][]bool, cache *KVCache) (*ts.T
 func gqaAttention(q, k, v, mask *ts.Tensor, nkv, nrep, hd int, scale []float64) *ts.Tensor {
 	sz := q.MustSize()
 	B, Tq := sz[0], sz[1]
+	if Tq == 1 { // one query: the regrouping is a view
+		q = q.MustView([]int64{B, int64(nkv), int64(nrep), int64(hd)}, false)
+		o := ts.MustScaledDotProductAttention(q, k, v, mask, 0, false, scale)
+		return o.MustView([]int64{B, 1, int64(nkv * nrep * hd)}, true)
+	}
 	q = q.MustView([]int64{B, Tq, int64(nkv), int64(nrep), int64(hd)}, false).
 		MustPermute([]int64{0, 2, 3, 1, 4}, true).
 		MustReshape([]int64{B, int64(nkv), int64(nrep) * Tq, int64(hd)}, true)

@@ -55,6 +55,7 @@ type Model struct {
 	linears                map[string]*Linear
 
 	rotQ, rotK *ts.Tensor // block-diagonal rotate_half matrices
+	rotHead    *ts.Tensor // one head's rotate_half matrix
 	invFreq    []float32
 }
 

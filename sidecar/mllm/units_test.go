@@ -35,9 +35,14 @@ func randTensor(seed int64, shape ...int64) *ts.Tensor {
 // softmax(QKᵀ/√d + mask)·V computed head by head with head h reading KV
 // head h / nrep.
 func TestAttentionMatchesExplicitFormula(t *testing.T) {
-	const B, Tq, T, nkv, nrep, hd = 2, 3, 5, 2, 3, 4
+	t.Run("prefill", func(t *testing.T) { testAttention(t, 3) })
+	t.Run("decode", func(t *testing.T) { testAttention(t, 1) })
+}
+
+func testAttention(t *testing.T, Tq int) {
+	const B, T, nkv, nrep, hd = 2, 5, 2, 3, 4
 	H := nkv * nrep
-	q := randTensor(1, B, Tq, int64(H*hd))
+	q := randTensor(1, B, int64(Tq), int64(H*hd))
 	k := randTensor(2, B, nkv, T, hd)
 	v := randTensor(3, B, nkv, T, hd)
 	// causal mask over the last Tq of T slots, plus a hidden slot 0 in batch 1
@@ -104,7 +109,14 @@ func TestRopeHandComputed(t *testing.T) {
 	pos := []int64{0, 5, 17}
 	xt := tensorOf(append(append(append([]float32{}, x...), x...), x...), 1, 3, 8)
 	cos, sin := m.ropeTables([][]int64{pos}, 2)
-	got := floats(applyRope(xt, cos, sin, m.rotQ))
+	got := floats(applyRope(xt, cos, sin, m.rotQ, nil))
+	// the per-head path (taken for long inputs) agrees with the wide one
+	long := tensorOf(make([]float32, 10*8), 1, 10, 8).MustAdd(randTensor(9, 1, 10, 8), true)
+	lpos := [][]int64{{0, 1, 2, 3, 4, 5, 6, 7, 8, 99}}
+	lc, ls := m.ropeTables(lpos, 2)
+	if d := maxAbsDiff(floats(applyRope(long, lc, ls, m.rotQ, nil)), floats(applyRope(long, lc, ls, m.rotQ, m.rotHead))); d != 0 {
+		t.Errorf("per-head and block-diagonal rotate_half differ by %g", d)
+	}
 	for j, p := range pos {
 		for h := 0; h < 2; h++ {
 			a, b, c, d := float64(x[h*4]), float64(x[h*4+1]), float64(x[h*4+2]), float64(x[h*4+3])

@@ -1,0 +1,185 @@
+package mllm
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// The 256M benchmarks write a SmolVLM-256M-shaped model (random f32
+// weights, about 1 GB) once per test binary; they run only when -bench
+// selects them:
+//
+//	go test ./sidecar/mllm -run '^$' -bench 256M -benchtime 5x
+
+var (
+	bigOnce  sync.Once
+	bigModel *Model
+	bigErr   error
+)
+
+// load256M loads the 256M-shaped model from $MLLM_BENCH_256M_DIR when it
+// holds one (a directory written by WriteTiny(dir, "256m", 1)), otherwise
+// writes it to a temporary directory in a child process so that the
+// writer's memory does not count in this process's peak RSS.
+func load256M(b *testing.B) *Model {
+	b.Helper()
+	bigOnce.Do(func() {
+		dir := os.Getenv("MLLM_BENCH_256M_DIR")
+		if _, err := os.Stat(filepath.Join(dir, "model.safetensors")); dir == "" || err != nil {
+			dir = filepath.Join(testRoot, "256m")
+			cmd := exec.Command(os.Args[0], "-test.run=^TestWrite256MHelper$")
+			cmd.Env = append(os.Environ(), "MLLM_WRITE_256M="+dir)
+			if out, err := cmd.CombinedOutput(); err != nil {
+				bigErr = fmt.Errorf("write 256m model: %v\n%s", err, out)
+				return
+			}
+			defer os.RemoveAll(dir)
+		}
+		bigModel, bigErr = Load(dir, LoadOptions{})
+	})
+	if bigErr != nil {
+		b.Fatal(bigErr)
+	}
+	return bigModel
+}
+
+// TestWrite256MHelper is the child process of load256M; it does nothing
+// unless MLLM_WRITE_256M names a directory.
+func TestWrite256MHelper(t *testing.T) {
+	dir := os.Getenv("MLLM_WRITE_256M")
+	if dir == "" {
+		t.Skip("helper process for the 256M benchmarks")
+	}
+	if err := WriteTiny(dir, "256m", 1); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// peakRSSMB is VmHWM of this process in MB.
+func peakRSSMB() float64 {
+	f, err := os.Open("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
+			kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 64)
+			return kb / 1024
+		}
+	}
+	return 0
+}
+
+// benchPrompt is a 64-image-token + 150-text-token prompt.
+func benchPrompt(b *testing.B, m *Model, f *ImageFeatures) Sequence {
+	b.Helper()
+	seq, err := m.EncodeChat([]Message{UserMessage("Please closely examine this AI-generated image", true)}, true, []*ImageFeatures{f})
+	if err != nil {
+		b.Fatal(err)
+	}
+	words, err := m.Tokenizer.Encode(strings.Repeat(" the image shows a cat with good detail and fair colors.", 40))
+	if err != nil {
+		b.Fatal(err)
+	}
+	n := 150 - (len(seq.Tokens) - f.NumTokens())
+	seq.Tokens = append(seq.Tokens[:len(seq.Tokens)-3:len(seq.Tokens)-3], append(words[:n], seq.Tokens[len(seq.Tokens)-3:]...)...)
+	return seq
+}
+
+func median(d []time.Duration) time.Duration {
+	s := append([]time.Duration(nil), d...)
+	for i := range s {
+		for j := i + 1; j < len(s); j++ {
+			if s[j] < s[i] {
+				s[i], s[j] = s[j], s[i]
+			}
+		}
+	}
+	return s[len(s)/2]
+}
+
+func BenchmarkVisionEncode256M(b *testing.B) {
+	m := load256M(b)
+	px := testPixels(1, m.Config.Vision.ImageSize)
+	var ds []time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		t0 := time.Now()
+		if _, err := m.EncodeImage(px); err != nil {
+			b.Fatal(err)
+		}
+		ds = append(ds, time.Since(t0))
+	}
+	b.ReportMetric(median(ds).Seconds(), "median-s")
+	b.ReportMetric(peakRSSMB(), "peak-RSS-MB")
+}
+
+func BenchmarkPrefill256M(b *testing.B) {
+	m := load256M(b)
+	f, err := m.EncodeImage(testPixels(1, m.Config.Vision.ImageSize))
+	if err != nil {
+		b.Fatal(err)
+	}
+	seq := benchPrompt(b, m, f)
+	var ds []time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		t0 := time.Now()
+		if _, _, err := m.Prefill([]Sequence{seq}, ForwardOptions{}); err != nil {
+			b.Fatal(err)
+		}
+		ds = append(ds, time.Since(t0))
+	}
+	b.ReportMetric(float64(len(seq.Tokens)), "tokens")
+	b.ReportMetric(median(ds).Seconds(), "median-s")
+	b.ReportMetric(peakRSSMB(), "peak-RSS-MB")
+}
+
+func benchDecode(b *testing.B, batch int) {
+	m := load256M(b)
+	f, err := m.EncodeImage(testPixels(1, m.Config.Vision.ImageSize))
+	if err != nil {
+		b.Fatal(err)
+	}
+	seq := benchPrompt(b, m, f)
+	seqs := make([]Sequence, batch)
+	for i := range seqs {
+		seqs[i] = seq
+	}
+	out, cache, err := m.Prefill(seqs, ForwardOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	const steps = 32
+	var ds []time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		t0 := time.Now()
+		g, err := m.Generate(context.Background(), cache, out.Logits, GenerateOptions{MaxTokens: steps})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if len(g.Tokens[0]) != steps {
+			b.Fatalf("generated %d tokens", len(g.Tokens[0]))
+		}
+		ds = append(ds, time.Since(t0))
+	}
+	per := median(ds) / (steps - 1) // steps-1 forward passes
+	b.ReportMetric(per.Seconds()*1000, "median-ms/step")
+	b.ReportMetric(float64(batch)/per.Seconds(), "tokens/s")
+	b.ReportMetric(peakRSSMB(), "peak-RSS-MB")
+}
+
+func BenchmarkDecode256M(b *testing.B)       { benchDecode(b, 1) }
+func BenchmarkDecodeBatch3256M(b *testing.B) { benchDecode(b, 3) }
