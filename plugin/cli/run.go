@@ -21,7 +21,7 @@ func newRunCmd(app *App) *cobra.Command {
 		aspects                        []string
 		count, maxTries, parallel      int
 		mode, out, prompt, daemon      string
-		keepRejected                   bool
+		keepRejected, resume           bool
 		randSeed                       uint64
 	)
 	cmd := &cobra.Command{
@@ -37,7 +37,8 @@ image falls below a threshold is rerolled, up to --max-tries prompts.
 Accepted images are written to --out as PNG with their scores, seed, attempt
 and prompt id in a tEXt chunk "m3gate"; results.jsonl gets one line per image,
 accepted or not. A ComfyUI restart during the run is survived: prompts the
-server lost are queued again.`,
+server lost are queued again; a server unreachable for long hands its jobs to
+the others. With --resume, a run into the same --out continues an earlier one.`,
 		Example: `  m3gate run workflow_api.json --server http://127.0.0.1:8188 --count 4 --threshold quality=3.5 --max-tries 5 --out out/
   m3gate run wf.json --server http://gpu1:8188 --server http://gpu2:8188 --count 100 \
       --threshold quality=3.5 --threshold correspondence=3 --mode any --out night/`,
@@ -95,7 +96,7 @@ server lost are queued again.`,
 			cfg := pipeline.Config{
 				Workflow: wf, Servers: servers, Count: count, MaxTries: maxTries,
 				Gate:    pipeline.Gate{Thresholds: th, Mode: m},
-				Aspects: aspects, SeedNodes: seedNodes, Prompt: prompt, OutDir: out, KeepRejected: keepRejected,
+				Aspects: aspects, SeedNodes: seedNodes, Prompt: prompt, OutDir: out, KeepRejected: keepRejected, Resume: resume,
 				Scorer:   &pipeline.DaemonScorer{URL: daemon},
 				Progress: app.Stderr, Parallel: parallel, RandSeed: randSeed,
 				ClientOptions: copts, Log: app.Logger,
@@ -103,8 +104,8 @@ server lost are queued again.`,
 			start := time.Now()
 			sum, err := pipeline.Run(cmd.Context(), cfg)
 			if sum != nil {
-				fmt.Fprintf(app.Stdout, "accepted %d/%d images in %s (%d prompts, %d rejected, %d failed, %d resubmitted after a server restart)\n",
-					len(sum.Accepted), count, time.Since(start).Round(time.Second), sum.Prompts, sum.Rejected, sum.Failed, sum.Resubmitted)
+				fmt.Fprintf(app.Stdout, "accepted %d/%d images in %s (%d prompts, %d rejected, %d failed, %d resubmitted after a server restart, %d resumed)\n",
+					len(sum.Accepted), count, time.Since(start).Round(time.Second), sum.Prompts, sum.Rejected, sum.Failed, sum.Resubmitted, sum.Resumed)
 				for _, f := range sum.Accepted {
 					fmt.Fprintln(app.Stdout, f)
 				}
@@ -127,14 +128,15 @@ server lost are queued again.`,
 	f.IntVar(&count, "count", 1, "number of accepted images wanted")
 	f.StringArrayVar(&thresholds, "threshold", nil, "minimum MOS per aspect, e.g. quality=3.5 (repeatable; default scoring.thresholds)")
 	f.StringSliceVar(&aspects, "aspects", nil, "aspects to score (default: the thresholded ones, or scoring.aspects)")
-	f.StringVar(&mode, "mode", "all", "gate mode: all thresholds must pass, or any")
-	f.IntVar(&maxTries, "max-tries", 4, "prompts per job before giving up (default scoring.max_rerolls+1)")
+	f.StringVar(&mode, "mode", "", "gate mode: all thresholds must pass, or any (default scoring.gate)")
+	f.IntVar(&maxTries, "max-tries", 0, "prompts per job before giving up (default scoring.max_rerolls+1)")
 	f.StringVar(&out, "out", "m3gate-out", "output folder for accepted images and results.jsonl")
 	f.StringArrayVar(&seedNodes, "seed-node", nil, "node id whose seed is rerolled (repeatable; default every seed input)")
 	f.StringVar(&prompt, "prompt", "", "prompt text to score against (default: the text feeding the sampler's positive input)")
 	f.StringVar(&daemon, "daemon", "", "m3gate daemon URL (default http://<daemon.listen>)")
 	f.IntVar(&parallel, "parallel", 2, "prompts in flight per server")
 	f.BoolVar(&keepRejected, "keep-rejected", false, "also write rejected images, under OUT/rejected")
+	f.BoolVar(&resume, "resume", false, "count images already accepted in OUT (per its results.jsonl) toward --count")
 	f.Uint64Var(&randSeed, "rand-seed", 0, "seed of the seed generator, for reproducible runs (0: random)")
 	return cmd
 }

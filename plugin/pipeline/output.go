@@ -3,6 +3,7 @@ package pipeline
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"image"
 	_ "image/jpeg" // decode JPEG outputs before re-encoding them as PNG
@@ -79,6 +80,27 @@ type Result struct {
 	Note     string                 `json:"note,omitempty"`
 }
 
+// readResults reads a results.jsonl; a missing file has no results, and
+// lines that do not decode (a write cut short by a crash) are skipped.
+func readResults(path string) ([]Result, error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("run: read %s: %w", path, err)
+	}
+	var out []Result
+	for _, line := range bytes.Split(data, []byte("\n")) {
+		var r Result
+		if len(bytes.TrimSpace(line)) == 0 || json.Unmarshal(line, &r) != nil {
+			continue
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
 // writer owns the output folder.
 type writer struct {
 	dir     string
@@ -98,9 +120,20 @@ func newWriter(dir string, keepRejected bool) (*writer, error) {
 			return nil, fmt.Errorf("run: output folder: %w", err)
 		}
 	}
-	f, err := os.OpenFile(filepath.Join(dir, ResultsFile), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	path := filepath.Join(dir, ResultsFile)
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("run: results file: %w", err)
+	}
+	// A line cut short by a crash must not swallow the next one.
+	if st, err := f.Stat(); err == nil && st.Size() > 0 {
+		last := make([]byte, 1)
+		if _, err := f.ReadAt(last, st.Size()-1); err == nil && last[0] != '\n' {
+			if _, err := f.Write([]byte("\n")); err != nil {
+				f.Close()
+				return nil, fmt.Errorf("run: results file: %w", err)
+			}
+		}
 	}
 	w.results = f
 	return w, nil

@@ -173,6 +173,10 @@ type Config struct {
 	OutDir string
 	// KeepRejected also writes rejected images, under OutDir/rejected.
 	KeepRejected bool
+	// Resume counts the images accepted by earlier runs into OutDir (as
+	// listed in its results.jsonl, files present) toward Count, and never
+	// reuses their seeds.
+	Resume bool
 	// Scorer scores images.
 	Scorer Scorer
 	// Progress receives a progress bar (nil: none).
@@ -204,6 +208,9 @@ type Summary struct {
 	Prompts, Resubmitted int
 	// Failed counts prompts that ended with an execution error.
 	Failed int
+	// Resumed counts accepted images taken over from an earlier run
+	// (Config.Resume); they are included in Accepted.
+	Resumed int
 }
 
 // Complete reports whether every job got its image.

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -47,11 +49,12 @@ type scheduler struct {
 	full    func() bool // no job needed any more
 }
 
-func newScheduler(ctx context.Context, count int, full func() bool) *scheduler {
+// newScheduler queues count jobs numbered from first.
+func newScheduler(ctx context.Context, first, count int, full func() bool) *scheduler {
 	s := &scheduler{ctx: ctx, full: full}
 	s.cond = sync.NewCond(&s.mu)
-	for i := 1; i <= count; i++ {
-		s.pending = append(s.pending, &job{index: i})
+	for i := 0; i < count; i++ {
+		s.pending = append(s.pending, &job{index: first + i})
 	}
 	go func() {
 		<-ctx.Done()
@@ -140,6 +143,28 @@ func Run(ctx context.Context, cfg Config) (*Summary, error) {
 		return nil, err
 	}
 	defer r.out.close()
+	lastJob := 0
+	if cfg.Resume {
+		prev, err := readResults(filepath.Join(cfg.OutDir, ResultsFile))
+		if err != nil {
+			return nil, err
+		}
+		for _, p := range prev {
+			lastJob = max(lastJob, p.Job)
+			for _, sd := range p.Seeds {
+				r.used[sd] = true
+			}
+			if !p.Accepted || r.reserved >= cfg.Count {
+				continue
+			}
+			if _, err := os.Stat(p.File); err != nil {
+				continue // the image is gone: make it again
+			}
+			r.reserved++
+			r.sum.Accepted = append(r.sum.Accepted, p.File)
+			r.sum.Resumed++
+		}
+	}
 	if cfg.Progress != nil {
 		r.bar = progressbar.NewOptions(cfg.Count,
 			progressbar.OptionSetWriter(cfg.Progress),
@@ -150,12 +175,15 @@ func Run(ctx context.Context, cfg Config) (*Summary, error) {
 			progressbar.OptionThrottle(100*time.Millisecond),
 			progressbar.OptionSetRenderBlankState(true),
 		)
+		if r.reserved > 0 {
+			_ = r.bar.Set(r.reserved)
+		}
 	}
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	r.cancel = cancel
-	r.sched = newScheduler(ctx, cfg.Count, r.full)
+	r.sched = newScheduler(ctx, lastJob+1, cfg.Count-r.reserved, r.full)
 
 	var wg sync.WaitGroup
 	for _, url := range cfg.Servers {

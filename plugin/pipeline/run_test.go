@@ -123,7 +123,7 @@ func fastClient() []comfyui.Option {
 	return []comfyui.Option{comfyui.WithBackoff(10*time.Millisecond, 100*time.Millisecond), comfyui.WithHistoryPoll(500 * time.Millisecond)}
 }
 
-func readResults(t *testing.T, dir string) []Result {
+func readResultsT(t *testing.T, dir string) []Result {
 	t.Helper()
 	f, err := os.Open(filepath.Join(dir, ResultsFile))
 	if err != nil {
@@ -172,7 +172,7 @@ func TestRunRerollsUntilMaxTries(t *testing.T) {
 		}
 		distinct[sd] = true
 	}
-	res := readResults(t, dir)
+	res := readResultsT(t, dir)
 	if len(res) != 6 {
 		t.Fatalf("%d results lines, want 6", len(res))
 	}
@@ -218,7 +218,7 @@ func TestRunWritesAcceptedWithMetadata(t *testing.T) {
 	if len(sum.Accepted) != 3 || sum.Exhausted != 0 {
 		t.Fatalf("summary %+v", sum)
 	}
-	res := readResults(t, dir)
+	res := readResultsT(t, dir)
 	var accepted int
 	for _, r := range res {
 		good := r.Seed%4 == 0
@@ -313,7 +313,7 @@ func TestRunSurvivesRestart(t *testing.T) {
 		t.Errorf("summary %+v", o.sum)
 	}
 	jobs := map[int]bool{}
-	for _, r := range readResults(t, dir) {
+	for _, r := range readResultsT(t, dir) {
 		if !r.Accepted {
 			t.Errorf("unexpected result %+v", r)
 			continue
@@ -353,7 +353,7 @@ func TestRunTwoServersAndFailures(t *testing.T) {
 		t.Errorf("summary %+v; prompts %d / %d", sum, a.PromptsExecuted(), b.PromptsExecuted())
 	}
 	var failed int
-	for _, r := range readResults(t, dir) {
+	for _, r := range readResultsT(t, dir) {
 		if r.Error != "" {
 			failed++
 			if !fail(r.Seed) || !strings.Contains(r.Error, "sampler failed") || r.Accepted {
@@ -500,7 +500,7 @@ func TestRunServerDiesJobsMove(t *testing.T) {
 	if len(sum.Accepted) != 6 || sum.Exhausted != 0 {
 		t.Errorf("summary %+v", sum)
 	}
-	if n := len(readResults(t, dir)); n != 6 {
+	if n := len(readResultsT(t, dir)); n != 6 {
 		t.Errorf("%d results lines", n)
 	}
 
@@ -536,7 +536,7 @@ func TestRunBatchFillsSeveralSlots(t *testing.T) {
 	}
 	var accepted, surplus int
 	indexes := map[int]bool{}
-	for _, r := range readResults(t, dir) {
+	for _, r := range readResultsT(t, dir) {
 		switch {
 		case r.Accepted:
 			accepted++
@@ -549,5 +549,62 @@ func TestRunBatchFillsSeveralSlots(t *testing.T) {
 	}
 	if accepted != 4 || surplus != 2 || len(indexes) != 3 {
 		t.Errorf("accepted %d surplus %d batch indexes %v", accepted, surplus, indexes)
+	}
+}
+
+// TestRunResume: a second run with Resume counts the first run's accepted
+// images, makes only the missing ones, and never reuses a seed.
+func TestRunResume(t *testing.T) {
+	rec := &seedRecorder{good: func(s uint64) bool { return s%2 == 0 }}
+	s := startFake(t, comfyfake.WithImageFunc(rec.image))
+	dir := t.TempDir()
+	cfg := Config{Workflow: sdWorkflow(t), Servers: []string{s.URL()}, Count: 2, MaxTries: 40,
+		Gate: Gate{Thresholds: map[string]float64{"quality": 3.5}}, Scorer: &brightnessScorer{}, OutDir: dir,
+		RandSeed: 5, ClientOptions: fastClient()}
+	if _, err := Run(context.Background(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	first := readResultsT(t, dir)
+	// Lose one accepted image and cut the log's last line short.
+	var lost string
+	for _, r := range first {
+		if r.Accepted {
+			lost = r.File
+		}
+	}
+	os.Remove(lost)
+	f, _ := os.OpenFile(filepath.Join(dir, ResultsFile), os.O_APPEND|os.O_WRONLY, 0)
+	f.WriteString(`{"job":9,"acc`)
+	f.Close()
+
+	cfg.Count, cfg.Resume = 3, true
+	sum, err := Run(context.Background(), cfg) // same RandSeed: seeds must still differ
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum.Resumed != 1 || len(sum.Accepted) != 3 {
+		t.Errorf("summary %+v", sum)
+	}
+	all, err := readResults(filepath.Join(dir, ResultsFile)) // skips the cut line
+	if err != nil || len(all) <= len(first) {
+		t.Fatalf("%d results after resume (%d before): %v", len(all), len(first), err)
+	}
+	seen := map[uint64]bool{}
+	jobs := map[int]bool{}
+	for _, r := range all {
+		if seen[r.Seed] {
+			t.Errorf("seed %d reused", r.Seed)
+		}
+		seen[r.Seed] = true
+		if r.Accepted {
+			if jobs[r.Job] && r.File != lost {
+				t.Errorf("job %d accepted twice", r.Job)
+			}
+			jobs[r.Job] = true
+		}
+	}
+	pngs, _ := filepath.Glob(filepath.Join(dir, "*.png"))
+	if len(pngs) != 3 {
+		t.Errorf("%d images in the folder, want 3", len(pngs))
 	}
 }
