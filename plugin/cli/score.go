@@ -1,8 +1,841 @@
 package cli
 
-import "github.com/spf13/cobra"
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/m3gate/m3gate/plugin/config"
+	"github.com/m3gate/m3gate/plugin/dataset"
+	"github.com/m3gate/m3gate/plugin/supervisor"
+	"github.com/m3gate/m3gate/schemas"
+)
+
+// scoreFlags are the command-line options of `m3gate score`. Flags left at
+// their zero value fall back to the configuration (see resolve).
+type scoreFlags struct {
+	prompt       string
+	promptsFile  string
+	promptStyle  string
+	aspects      []string
+	json         bool
+	maxNewTokens int
+	model        string
+	device       string
+	threads      int
+	adapters     []string // aspect=DIR, repeatable
+	predictors   []string // aspect=FILE, repeatable
+
+	// set records which flags were given on the command line.
+	set map[string]bool
+}
+
+// scoreImage is one image named on the command line (or in the prompts
+// file) with what is sent for it, or the local error that kept it from
+// being sent.
+type scoreImage struct {
+	// Name is the image as the user named it (shown in the output).
+	Name string
+	// Path is its absolute file path; "" for stdin.
+	Path string
+	// Prompt is the generation prompt used for it ("" when none).
+	Prompt string
+	// Err is set when the image cannot be sent (missing file, no prompt).
+	Err error
+	// req is the index of the image in the request's Items, -1 when not sent.
+	req int
+	// data holds the bytes of an image read from stdin.
+	data []byte
+}
+
+// scoreJob is everything `m3gate score` sends to the model process.
+type scoreJob struct {
+	Images  []scoreImage
+	Load    schemas.LoadRequest
+	Request schemas.ScoreRequest
+}
 
 // newScoreCmd builds `m3gate score`: score images on the selected aspects.
-func newScoreCmd(app *App) *cobra.Command {
-	return notImplementedCmd("score IMAGE...", "Score images with M3-AGIQA on the configured aspects", 4)
+func newScoreCmd(app *App) *cobra.Command { return scoreCommand(app, runScore) }
+
+// scoreRunner runs a built score job; tests swap it to inspect the job.
+type scoreRunner func(ctx context.Context, app *App, f *scoreFlags, job *scoreJob) error
+
+// scoreCommand builds `m3gate score` with run as the step after the flags,
+// arguments and configuration were turned into a job.
+func scoreCommand(app *App, run scoreRunner) *cobra.Command {
+	f := &scoreFlags{}
+	cmd := &cobra.Command{
+		Use:   "score IMAGE... [--prompt P | --prompts-file F.jsonl] [--aspects quality,correspondence] [--json]",
+		Short: "Score images with M3-AGIQA on the configured aspects",
+		Long: `Score images with M3-AGIQA: for every aspect the local multimodal model
+describes the image (round 1), then rates it with one word (round 2); the
+score (MOS, 0-5) comes from the aspect's xLSTM predictor when one is
+configured, else from the probabilities of the five rating words.
+
+The model runs in the m3gate-sidecar process, which this command starts,
+loads (model.* in config.yaml; the flags below override it) and stops again.
+An IMAGE may be a file, a directory (its .jpg, .jpeg, .png, .webp, .bmp and
+.gif files) or - for one image read from stdin.
+
+The generation prompt of each image (needed for correspondence) comes from
+--prompts-file, a JSONL file with one {"image": PATH, "prompt": TEXT} object
+per line (a dataset manifest works; relative paths are relative to the file),
+else from --prompt. Without IMAGE arguments every image of the prompts file is
+scored.
+
+Output: a table (image, aspect, MOS, rating word, score source, start of the
+description), or with --json one JSON object per image per line. The exit
+status is 1 when any image failed; each failure is reported with its file.`,
+		Example: `  m3gate score photo.png --prompt "a red fox in the snow"
+  m3gate score --prompts-file examples/prompts.jsonl --aspects quality --json
+  m3gate score out/*.png --prompt "statue of a man" --model models/smolvlm-256m \
+      --adapter quality=adapters/agiqa3k-quality --predictor quality=predictors/q.safetensors`,
+		Args: cobra.ArbitraryArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			f.set = map[string]bool{}
+			cmd.Flags().Visit(func(fl *pflag.Flag) { f.set[fl.Name] = true })
+			job, err := buildScoreJob(app, f, args)
+			if err != nil {
+				return err
+			}
+			return run(cmd.Context(), app, f, job)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.prompt, "prompt", "", "generation prompt of the images (for images without one in --prompts-file)")
+	fl.StringVar(&f.promptsFile, "prompts-file", "", `JSONL file of {"image": PATH, "prompt": TEXT} lines`)
+	fl.StringVar(&f.promptStyle, "prompt-style", "", "dataset style of the conversation prompts (default "+dataset.DefaultPromptStyle()+"; have "+strings.Join(dataset.PromptStyles(), ", ")+")")
+	fl.StringSliceVar(&f.aspects, "aspects", nil, "aspects to score, comma-separated: quality, correspondence, authenticity (default scoring.aspects)")
+	fl.BoolVar(&f.json, "json", false, "print one JSON object per image per line instead of a table")
+	fl.IntVar(&f.maxNewTokens, "max-new-tokens", 0, "longest generated description in tokens (default model.max_new_tokens)")
+	fl.StringVar(&f.model, "model", "", "model directory (default model.dir)")
+	fl.StringVar(&f.device, "device", "", "cpu, cuda or cuda:N (default model.device)")
+	fl.IntVar(&f.threads, "threads", 0, "libtorch intra-op threads, 0 = one per core (default model.threads)")
+	fl.StringArrayVar(&f.adapters, "adapter", nil, "LoRA adapter directory of an aspect, aspect=DIR (repeatable; overrides model.adapters; aspect= drops it)")
+	fl.StringArrayVar(&f.predictors, "predictor", nil, "xLSTM predictor checkpoint of an aspect, aspect=FILE (repeatable; overrides model.predictors; aspect= drops it)")
+	return cmd
+}
+
+// buildScoreJob turns the flags, arguments and configuration into the load
+// request and the score request. Bad flags are *UsageError; a missing model
+// directory, adapter or predictor is a plain error that says what to do.
+func buildScoreJob(app *App, f *scoreFlags, args []string) (*scoreJob, error) {
+	cfg := app.Config
+	aspects := cfg.Scoring.Aspects
+	if f.set["aspects"] {
+		aspects = f.aspects
+	}
+	aspects, err := checkAspects(aspects)
+	if err != nil {
+		return nil, &UsageError{Err: fmt.Errorf("score: --aspects: %w", err)}
+	}
+	maxNew := cfg.Model.MaxNewTokens
+	if f.set["max-new-tokens"] {
+		if f.maxNewTokens < 1 {
+			return nil, &UsageError{Err: fmt.Errorf("score: --max-new-tokens %d: want at least 1", f.maxNewTokens)}
+		}
+		maxNew = f.maxNewTokens
+	}
+	if f.set["threads"] && f.threads < 0 {
+		return nil, &UsageError{Err: fmt.Errorf("score: --threads %d: want 0 (one per core) or more", f.threads)}
+	}
+	adapters, err := overridePaths(cfg.Model.Adapters, f.adapters, "--adapter")
+	if err != nil {
+		return nil, err
+	}
+	predictors, err := overridePaths(cfg.Model.Predictors, f.predictors, "--predictor")
+	if err != nil {
+		return nil, err
+	}
+	prompts := make(map[string]schemas.AspectPrompt, len(aspects))
+	for _, a := range aspects {
+		pp, err := dataset.LookupPrompts(a, f.promptStyle)
+		if err != nil {
+			return nil, &UsageError{Err: fmt.Errorf("score: --prompt-style: %w", err)}
+		}
+		prompts[a] = schemas.AspectPrompt{Round1: pp.Round1, Round2: pp.Round2}
+	}
+	images, err := collectImages(args, f.promptsFile, f.prompt, app.Stdin)
+	if err != nil {
+		return nil, err
+	}
+
+	load, err := buildLoadRequest(app, f, aspects, adapters, predictors)
+	if err != nil {
+		return nil, err
+	}
+
+	job := &scoreJob{
+		Images: images,
+		Load:   load,
+		Request: schemas.ScoreRequest{
+			Prompt: f.prompt,
+			Options: schemas.ScoreOptions{
+				Aspects:      aspects,
+				Prompts:      prompts,
+				MaxNewTokens: maxNew,
+			},
+		},
+	}
+	needPrompt := slices.Contains(aspects, config.AspectCorrespondence)
+	for i := range job.Images {
+		im := &job.Images[i]
+		im.req = -1
+		if im.Err == nil && needPrompt && strings.TrimSpace(im.Prompt) == "" {
+			im.Err = errors.New("no generation prompt, which correspondence needs: pass --prompt TEXT or list the image in --prompts-file")
+		}
+		if im.Err != nil {
+			continue
+		}
+		item := schemas.ScoreItem{Path: im.Path}
+		if im.Path == "" { // stdin
+			item.Data = im.data
+		}
+		if im.Prompt != f.prompt {
+			item.Prompt = im.Prompt
+		}
+		im.req = len(job.Request.Items)
+		job.Request.Items = append(job.Request.Items, item)
+	}
+	return job, nil
+}
+
+// checkAspects validates aspect names (known, not repeated, at least one).
+func checkAspects(in []string) ([]string, error) {
+	var out []string
+	for _, a := range in {
+		a = strings.ToLower(strings.TrimSpace(a))
+		if a == "" {
+			continue
+		}
+		if !slices.Contains(config.Aspects, a) {
+			return nil, fmt.Errorf("unknown aspect %q (want %s)", a, strings.Join(config.Aspects, ", "))
+		}
+		if slices.Contains(out, a) {
+			return nil, fmt.Errorf("aspect %q given twice", a)
+		}
+		out = append(out, a)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("no aspect (want some of %s)", strings.Join(config.Aspects, ", "))
+	}
+	return out, nil
+}
+
+// overridePaths applies aspect=PATH flags over the configured map; an empty
+// PATH removes the aspect's entry.
+func overridePaths(configured map[string]string, flags []string, flag string) (map[string]string, error) {
+	out := make(map[string]string, len(configured))
+	for k, v := range configured {
+		out[k] = v
+	}
+	for _, kv := range flags {
+		aspect, path, ok := strings.Cut(kv, "=")
+		aspect = strings.ToLower(strings.TrimSpace(aspect))
+		if !ok || aspect == "" {
+			return nil, &UsageError{Err: fmt.Errorf("score: %s %q: want aspect=PATH", flag, kv)}
+		}
+		if !slices.Contains(config.Aspects, aspect) {
+			return nil, &UsageError{Err: fmt.Errorf("score: %s %q: unknown aspect %q (want %s)", flag, kv, aspect, strings.Join(config.Aspects, ", "))}
+		}
+		if path == "" {
+			delete(out, aspect)
+		} else {
+			out[aspect] = path
+		}
+	}
+	return out, nil
+}
+
+// buildLoadRequest checks that the model directory and the adapters and
+// predictors of the scored aspects exist, and makes their paths absolute
+// (the sidecar does not share our idea of relative paths).
+func buildLoadRequest(app *App, f *scoreFlags, aspects []string, adapters, predictors map[string]string) (schemas.LoadRequest, error) {
+	m := app.Config.Model
+	dir, from := m.Dir, "model.dir of the built-in defaults"
+	switch {
+	case f.set["model"]:
+		dir, from = f.model, "--model"
+	case app.Getenv("M3GATE_MODEL_DIR") != "":
+		from = "$M3GATE_MODEL_DIR"
+	case app.ConfigPath != "":
+		from = "model.dir in " + app.ConfigPath
+	}
+	if dir == "" {
+		return schemas.LoadRequest{}, &UsageError{Err: errors.New("score: no model directory: set model.dir in config.yaml or pass --model DIR")}
+	}
+	dir = abs(dir)
+	if err := checkModelDir(dir); err != nil {
+		return schemas.LoadRequest{}, fmt.Errorf("score: model directory %s (from %s) %w\n%s", dir, from, err, modelHelp)
+	}
+	req := schemas.LoadRequest{
+		ModelDir: dir,
+		Family:   m.Family,
+		Device:   m.Device,
+		DType:    m.DType,
+		Threads:  m.Threads,
+	}
+	if f.set["device"] {
+		req.Device = f.device
+	}
+	if f.set["threads"] {
+		req.Threads = f.threads
+	}
+	if m.ImageSplitting {
+		req.Options = map[string]string{"image_splitting": "true"}
+	}
+	for _, a := range aspects {
+		if p, ok := adapters[a]; ok {
+			p = abs(p)
+			if st, err := os.Stat(p); err != nil || !st.IsDir() {
+				return schemas.LoadRequest{}, fmt.Errorf("score: LoRA adapter of %s: %s is not a directory (want a PEFT adapter directory with adapter_config.json)", a, p)
+			}
+			if req.Adapters == nil {
+				req.Adapters = map[string]string{}
+			}
+			req.Adapters[a] = p
+		}
+		if p, ok := predictors[a]; ok {
+			p = abs(p)
+			if st, err := os.Stat(p); err != nil || st.IsDir() {
+				return schemas.LoadRequest{}, fmt.Errorf("score: predictor of %s: %s is not a file (want an xLSTM predictor checkpoint)", a, p)
+			}
+			if req.Predictors == nil {
+				req.Predictors = map[string]string{}
+			}
+			req.Predictors[a] = p
+		}
+	}
+	return req, nil
+}
+
+// modelHelp tells a user without a model directory how to get one.
+const modelHelp = `Get a model with one of:
+  m3gate model fetch smolvlm-256m                 # SmolVLM-256M-Instruct (about 1 GB) into models/smolvlm-256m, the default model.dir
+  m3gate model tiny --out build/demo-model        # random weights for a quick demo (meaningless scores), then pass --model build/demo-model`
+
+// checkModelDir returns an error (worded to follow "model directory X") when
+// dir is not a model directory.
+func checkModelDir(dir string) error {
+	st, err := os.Stat(dir)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return errors.New("does not exist")
+	case err != nil:
+		return fmt.Errorf("cannot be read: %w", err)
+	case !st.IsDir():
+		return errors.New("is not a directory")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "config.json")); err != nil {
+		return errors.New("has no config.json (an incomplete download?)")
+	}
+	return nil
+}
+
+// imageExts are the file name extensions a directory argument expands to.
+var imageExts = []string{".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
+
+// collectImages resolves the IMAGE arguments (files, directories, "-") and
+// the prompts file into the images to score, each with its prompt. A missing
+// file is a per-image error, not a failure of the whole command.
+func collectImages(args []string, promptsFile, prompt string, stdin io.Reader) ([]scoreImage, error) {
+	var entries []promptEntry
+	if promptsFile != "" {
+		var err error
+		entries, err = readPromptsFile(promptsFile)
+		if err != nil {
+			return nil, &UsageError{Err: fmt.Errorf("score: --prompts-file: %w", err)}
+		}
+	}
+	if len(args) == 0 {
+		if promptsFile == "" {
+			return nil, &UsageError{Err: errors.New("score: no images: name IMAGE files or pass --prompts-file")}
+		}
+		if len(entries) == 0 {
+			return nil, &UsageError{Err: fmt.Errorf("score: --prompts-file %s lists no images", promptsFile)}
+		}
+		images := make([]scoreImage, len(entries))
+		for i, e := range entries {
+			images[i] = scoreImage{Name: e.Name, Path: e.Path, Prompt: e.Prompt}
+			if e.Prompt == "" {
+				images[i].Prompt = prompt
+			}
+			images[i].Err = checkImageFile(e.Path)
+		}
+		return images, nil
+	}
+	var images []scoreImage
+	stdinUsed := false
+	for _, a := range args {
+		if a == "-" {
+			if stdinUsed {
+				return nil, &UsageError{Err: errors.New("score: - (stdin) named twice")}
+			}
+			stdinUsed = true
+			b, err := io.ReadAll(stdin)
+			im := scoreImage{Name: "-", Prompt: prompt, data: b}
+			if err != nil {
+				im.Err = fmt.Errorf("read stdin: %w", err)
+			} else if len(b) == 0 {
+				im.Err = errors.New("stdin is empty")
+			}
+			images = append(images, im)
+			continue
+		}
+		p := abs(a)
+		if st, err := os.Stat(p); err == nil && st.IsDir() {
+			files, err := imagesInDir(p)
+			if err != nil {
+				return nil, fmt.Errorf("score: %w", err)
+			}
+			if len(files) == 0 {
+				images = append(images, scoreImage{Name: a, Path: p, Err: fmt.Errorf("directory has no images (%s)", strings.Join(imageExts, " "))})
+			}
+			for _, name := range files {
+				fp := filepath.Join(p, name)
+				images = append(images, scoreImage{Name: filepath.Join(a, name), Path: fp, Prompt: promptFor(fp, entries, prompt)})
+			}
+			continue
+		}
+		images = append(images, scoreImage{Name: a, Path: p, Prompt: promptFor(p, entries, prompt), Err: checkImageFile(p)})
+	}
+	return images, nil
+}
+
+// checkImageFile reports a missing or unreadable image file.
+func checkImageFile(p string) error {
+	st, err := os.Stat(p)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return errors.New("no such file")
+	case err != nil:
+		return err
+	case st.IsDir():
+		return errors.New("is a directory")
+	case st.Size() == 0:
+		return errors.New("file is empty")
+	}
+	return nil
+}
+
+// imagesInDir lists the image files of dir by name, sorted.
+func imagesInDir(dir string) ([]string, error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, e := range ents {
+		if !e.IsDir() && slices.Contains(imageExts, strings.ToLower(filepath.Ext(e.Name()))) {
+			out = append(out, e.Name())
+		}
+	}
+	return out, nil // ReadDir sorts by name
+}
+
+// promptEntry is one line of a prompts file.
+type promptEntry struct {
+	Name   string // the image as written in the file
+	Path   string // absolute
+	Prompt string
+}
+
+// readPromptsFile reads a JSONL file of {"image": PATH, "prompt": TEXT}
+// objects (other fields, e.g. a manifest's, are ignored). Relative image
+// paths are relative to the file's directory.
+func readPromptsFile(path string) ([]promptEntry, error) {
+	fh, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer fh.Close()
+	base := filepath.Dir(abs(path))
+	var out []promptEntry
+	sc := bufio.NewScanner(fh)
+	sc.Buffer(make([]byte, 64*1024), 16*1024*1024)
+	for line := 1; sc.Scan(); line++ {
+		text := strings.TrimSpace(sc.Text())
+		if text == "" {
+			continue
+		}
+		var rec struct {
+			Image  *string `json:"image"`
+			Prompt *string `json:"prompt"`
+		}
+		if err := json.Unmarshal([]byte(text), &rec); err != nil {
+			return nil, fmt.Errorf("%s:%d: %w", path, line, err)
+		}
+		if rec.Image == nil || *rec.Image == "" {
+			return nil, fmt.Errorf("%s:%d: no \"image\"", path, line)
+		}
+		e := promptEntry{Name: *rec.Image, Path: *rec.Image}
+		if rec.Prompt != nil {
+			e.Prompt = *rec.Prompt
+		}
+		if !filepath.IsAbs(e.Path) {
+			e.Path = filepath.Join(base, e.Path)
+			e.Name = relName(e.Path)
+		}
+		out = append(out, e)
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return out, nil
+}
+
+// relName shows p relative to the working directory when it lies below it.
+func relName(p string) string {
+	wd, err := os.Getwd()
+	if err != nil {
+		return p
+	}
+	r, err := filepath.Rel(wd, p)
+	if err != nil || r == ".." || strings.HasPrefix(r, ".."+string(filepath.Separator)) {
+		return p
+	}
+	return r
+}
+
+// promptFor finds the prompt of the image at absolute path p in the prompts
+// file: by path, else by file name when exactly one entry has it; else def.
+func promptFor(p string, entries []promptEntry, def string) string {
+	var byName []promptEntry
+	for _, e := range entries {
+		if e.Path == p {
+			return e.Prompt
+		}
+		if filepath.Base(e.Path) == filepath.Base(p) {
+			byName = append(byName, e)
+		}
+	}
+	if len(byName) == 1 {
+		return byName[0].Prompt
+	}
+	return def
+}
+
+// runScore starts the sidecar, loads the model, scores the job and prints
+// the results. The sidecar is stopped before it returns, also when ctx is
+// cancelled.
+func runScore(ctx context.Context, app *App, f *scoreFlags, job *scoreJob) (err error) {
+	var results []schemas.ItemResult
+	if len(job.Request.Items) > 0 {
+		results, err = scoreWithSidecar(ctx, app, job)
+		if err != nil {
+			return err
+		}
+	}
+	rows := collectResults(job, results)
+	if f.json {
+		err = writeScoreJSON(app.Stdout, rows, job.Request.Options.Aspects)
+	} else {
+		err = writeScoreTable(app.Stdout, rows, job.Request.Options.Aspects)
+	}
+	if err != nil {
+		return fmt.Errorf("score: write results: %w", err)
+	}
+	failed := 0
+	for _, r := range rows {
+		if r.Err != "" {
+			failed++
+			fmt.Fprintf(app.Stderr, "m3gate: score %s: %s\n", r.Image, r.Err)
+		}
+	}
+	if failed > 0 {
+		return &ExitCodeError{Code: ExitError, Err: fmt.Errorf("score: %d of %d images failed", failed, len(rows))}
+	}
+	return nil
+}
+
+// scoreWithSidecar runs the request through a supervised m3gate-sidecar.
+func scoreWithSidecar(ctx context.Context, app *App, job *scoreJob) ([]schemas.ItemResult, error) {
+	bin, err := LocateSidecar(app.Env, app.Config.Sidecar.Path)
+	if err != nil {
+		return nil, fmt.Errorf("score: %w", err)
+	}
+	sc := app.Config.Sidecar
+	logLevel := sidecarLogLevel(app.Config.Log.Level)
+	// A restart means the sidecar crashed or could not start: a one-shot
+	// command reports that instead of waiting through the backoff.
+	wctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	prog := newLoadProgress(app.Stderr, job.Load.ModelDir)
+	sup, err := supervisor.Start(supervisor.Config{
+		Path:             bin,
+		Args:             []string{"--max-batch", strconv.Itoa(max(1, app.Config.Scoring.BatchSize)), "--log-level", logLevel.String()},
+		Load:             job.Load,
+		StartTimeout:     sc.StartTimeout,
+		LoadStallTimeout: sc.LoadStallTimeout,
+		BusyTimeout:      sc.BusyTimeout,
+		BackoffMax:       sc.RestartBackoffMax,
+		Logger: hclog.New(&hclog.LoggerOptions{
+			Name:   "m3gate",
+			Level:  logLevel,
+			Output: app.Stderr,
+		}),
+		OnState: func(st schemas.State, err error) {
+			if st == schemas.StateRestarting {
+				cancel(fmt.Errorf("model process %s failed: %w", filepath.Base(bin), err))
+			}
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("score: %w", err)
+	}
+	defer func() {
+		cctx, ccancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer ccancel()
+		if err := sup.Close(cctx); err != nil {
+			fmt.Fprintf(app.Stderr, "m3gate: stop %s: %v\n", filepath.Base(bin), err)
+		}
+	}()
+
+	if err := waitReady(wctx, sup, prog); err != nil {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("score: load model: %w", ctx.Err())
+		}
+		if cause := context.Cause(wctx); cause != nil && wctx.Err() != nil {
+			err = cause
+		}
+		return nil, fmt.Errorf("score: load model %s: %w", job.Load.ModelDir, err)
+	}
+	results, err := sup.Score(wctx, job.Request)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("score: %w", ctx.Err())
+		}
+		if cause := context.Cause(wctx); cause != nil && wctx.Err() != nil {
+			err = cause
+		}
+		return nil, fmt.Errorf("score: %w", err)
+	}
+	if len(results) != len(job.Request.Items) {
+		return nil, fmt.Errorf("score: model process answered %d results for %d images", len(results), len(job.Request.Items))
+	}
+	return results, nil
+}
+
+// sidecarLogLevel maps log.level to the level of the supervisor's and the
+// sidecar's logs on stderr: their info lines are noise for a one-shot
+// command, so only debug shows them.
+func sidecarLogLevel(level string) hclog.Level {
+	switch level {
+	case "debug":
+		return hclog.Debug
+	case "error":
+		return hclog.Error
+	default:
+		return hclog.Warn
+	}
+}
+
+// waitReady waits for the model, showing the load progress.
+func waitReady(ctx context.Context, sup *supervisor.Supervisor, prog *loadProgress) error {
+	done := make(chan error, 1)
+	go func() { done <- sup.WaitReady(ctx) }()
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case err := <-done:
+			prog.finish(err == nil)
+			return err
+		case <-tick.C:
+			if sup.State() != schemas.StateLoading {
+				continue
+			}
+			st, err := sup.Status(ctx)
+			if err == nil {
+				prog.update(st.Progress)
+			}
+		}
+	}
+}
+
+// loadProgress prints the model's load progress on stderr: one line per
+// stage and per tenth of the bytes.
+type loadProgress struct {
+	w       io.Writer
+	dir     string
+	start   time.Time
+	stage   string
+	tenth   int64
+	printed bool
+}
+
+func newLoadProgress(w io.Writer, dir string) *loadProgress {
+	fmt.Fprintf(w, "loading model %s ...\n", dir)
+	return &loadProgress{w: w, dir: dir, start: time.Now(), tenth: -1}
+}
+
+func (p *loadProgress) update(lp schemas.LoadProgress) {
+	if lp.Stage == "" || lp.Stage == schemas.StageDone {
+		return
+	}
+	tenth := int64(-1)
+	if lp.TotalBytes > 0 {
+		tenth = 10 * lp.DoneBytes / lp.TotalBytes
+	}
+	if lp.Stage == p.stage && tenth == p.tenth {
+		return
+	}
+	p.stage, p.tenth, p.printed = lp.Stage, tenth, true
+	line := "  " + lp.Stage
+	if lp.TotalBytes > 0 {
+		line += fmt.Sprintf(" %3d%% (%.1f of %.1f MB)", 100*lp.DoneBytes/lp.TotalBytes, float64(lp.DoneBytes)/1e6, float64(lp.TotalBytes)/1e6)
+	}
+	if lp.Message != "" {
+		line += " " + lp.Message
+	}
+	fmt.Fprintln(p.w, line)
+}
+
+func (p *loadProgress) finish(ok bool) {
+	if ok {
+		fmt.Fprintf(p.w, "model ready in %.1fs\n", time.Since(p.start).Seconds())
+	}
+}
+
+// scoreRow is the outcome for one image, ready to print.
+type scoreRow struct {
+	Image   string                          `json:"image"`
+	Path    string                          `json:"path,omitempty"`
+	Prompt  string                          `json:"prompt,omitempty"`
+	Err     string                          `json:"error,omitempty"`
+	Aspects map[string]schemas.AspectResult `json:"-"`
+}
+
+// collectResults pairs every image with its result or error.
+func collectResults(job *scoreJob, results []schemas.ItemResult) []scoreRow {
+	rows := make([]scoreRow, len(job.Images))
+	for i, im := range job.Images {
+		r := scoreRow{Image: im.Name, Path: im.Path, Prompt: im.Prompt}
+		switch {
+		case im.Err != nil:
+			r.Err = im.Err.Error()
+		case im.req >= len(results):
+			r.Err = "no result from the model process"
+		default:
+			res := results[im.req]
+			if res.Error != "" {
+				r.Err = res.Error
+			} else {
+				r.Aspects = res.Aspects
+				for _, a := range job.Request.Options.Aspects {
+					if _, ok := res.Aspects[a]; !ok {
+						r.Err = fmt.Sprintf("the model process returned no %s score", a)
+					}
+				}
+			}
+		}
+		rows[i] = r
+	}
+	return rows
+}
+
+// descriptionWords is how many words of a description the table shows.
+const descriptionWords = 10
+
+// shortDescription returns the first words of a description on one line.
+func shortDescription(s string) string {
+	words := strings.Fields(s)
+	if len(words) == 0 {
+		return "-"
+	}
+	if len(words) > descriptionWords {
+		return strings.Join(words[:descriptionWords], " ") + " …"
+	}
+	return strings.Join(words, " ")
+}
+
+// writeScoreTable prints one row per image and aspect; a failed image gets
+// one FAILED row (its error is also reported on stderr).
+func writeScoreTable(w io.Writer, rows []scoreRow, aspects []string) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "IMAGE\tASPECT\tMOS\tRATING\tSOURCE\tDESCRIPTION")
+	for _, r := range rows {
+		if r.Err != "" {
+			fmt.Fprintf(tw, "%s\t-\t-\t-\t-\tFAILED: %s\n", r.Image, oneLine(r.Err))
+			continue
+		}
+		for _, a := range aspects {
+			ar := r.Aspects[a]
+			fmt.Fprintf(tw, "%s\t%s\t%.2f\t%s\t%s\t%s\n", r.Image, a, ar.MOS, ar.Rating, sourceName(ar.Source), shortDescription(ar.Description))
+		}
+	}
+	return tw.Flush()
+}
+
+// sourceName shows where a MOS came from.
+func sourceName(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// oneLine joins the lines of s.
+func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
+
+// jsonAspect is one aspect's result in --json output.
+type jsonAspect struct {
+	MOS         float64            `json:"mos"`
+	Rating      string             `json:"rating"`
+	Source      string             `json:"source"`
+	WordProbs   map[string]float64 `json:"word_probs,omitempty"`
+	Description string             `json:"description"`
+	TimingsMs   map[string]float64 `json:"timings_ms,omitempty"`
+}
+
+// jsonRow is one image in --json output.
+type jsonRow struct {
+	Image   string                `json:"image"`
+	Path    string                `json:"path,omitempty"`
+	Prompt  string                `json:"prompt,omitempty"`
+	Error   string                `json:"error,omitempty"`
+	Aspects map[string]jsonAspect `json:"aspects,omitempty"`
+}
+
+// writeScoreJSON prints one JSON object per image per line, failed images
+// included (with "error").
+func writeScoreJSON(w io.Writer, rows []scoreRow, aspects []string) error {
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	for _, r := range rows {
+		jr := jsonRow{Image: r.Image, Path: r.Path, Prompt: r.Prompt, Error: r.Err}
+		if r.Err == "" {
+			jr.Aspects = make(map[string]jsonAspect, len(aspects))
+			for _, a := range aspects {
+				ar := r.Aspects[a]
+				ja := jsonAspect{MOS: ar.MOS, Rating: ar.Rating, Source: ar.Source, WordProbs: ar.WordProbs, Description: ar.Description}
+				if len(ar.Timings) > 0 {
+					ja.TimingsMs = make(map[string]float64, len(ar.Timings))
+					for k, d := range ar.Timings {
+						ja.TimingsMs[k] = float64(d.Microseconds()) / 1000
+					}
+				}
+				jr.Aspects[a] = ja
+			}
+		}
+		if err := enc.Encode(jr); err != nil {
+			return err
+		}
+	}
+	return nil
 }

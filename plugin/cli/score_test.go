@@ -1,0 +1,750 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/go-plugin"
+
+	"github.com/m3gate/m3gate/plugin/dataset"
+	"github.com/m3gate/m3gate/schemas"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
+
+// The test binary doubles as a model process: started by the supervisor
+// with scoreTestPluginEnv=1 it serves fakeScorer through go-plugin, so the
+// tests below drive the real supervisor, go-plugin and gRPC path of
+// `m3gate score`. The end-to-end test at the bottom runs the real
+// m3gate-sidecar instead.
+const (
+	scoreTestPluginEnv = "M3GATE_SCORE_TEST_PLUGIN"
+	scoreTestModeEnv   = "M3GATE_SCORE_TEST_MODE"    // fake behaviour: "", "block-load", "fail-load", "crash-load"
+	scoreTestPidEnv    = "M3GATE_SCORE_TEST_PIDFILE" // the fake writes its pid here
+)
+
+func TestMain(m *testing.M) {
+	if os.Getenv(scoreTestPluginEnv) == "1" {
+		if p := os.Getenv(scoreTestPidEnv); p != "" {
+			os.WriteFile(p, []byte(strconv.Itoa(os.Getpid())), 0o644)
+		}
+		plugin.Serve(&plugin.ServeConfig{
+			HandshakeConfig: schemas.Handshake,
+			Plugins:         schemas.PluginMap(fakeScorer{mode: os.Getenv(scoreTestModeEnv)}),
+			GRPCServer:      schemas.NewGRPCServer,
+			Logger:          hclog.New(&hclog.LoggerOptions{JSONFormat: true, Output: os.Stderr, Level: hclog.Warn}),
+		})
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// fakeScorer answers from what it receives: the description of an aspect
+// is its round-1 question filled with the image's prompt, the MOS is the
+// image's byte count mod 500 / 100, and a file starting with "corrupt"
+// fails as an undecodable image.
+type fakeScorer struct{ mode string }
+
+func (f fakeScorer) Load(ctx context.Context, req schemas.LoadRequest, progress func(schemas.LoadProgress)) error {
+	switch f.mode {
+	case "block-load":
+		progress(schemas.LoadProgress{Stage: "weights", DoneBytes: 1, TotalBytes: 10})
+		<-ctx.Done()
+		return ctx.Err()
+	case "fail-load":
+		return fmt.Errorf("open %s/model.safetensors: %w", req.ModelDir, os.ErrNotExist)
+	case "crash-load":
+		os.Exit(3)
+	}
+	if _, err := os.Stat(filepath.Join(req.ModelDir, "config.json")); err != nil {
+		return err
+	}
+	progress(schemas.LoadProgress{Stage: "weights", DoneBytes: 5, TotalBytes: 10})
+	progress(schemas.LoadProgress{Stage: schemas.StageDone})
+	return nil
+}
+
+func (fakeScorer) Status(ctx context.Context) (schemas.Status, error) {
+	return schemas.Status{State: schemas.StateReady}, nil
+}
+
+func (fakeScorer) Score(ctx context.Context, req schemas.ScoreRequest) ([]schemas.ItemResult, error) {
+	out := make([]schemas.ItemResult, len(req.Items))
+	for i, it := range req.Items {
+		out[i].Index = i
+		b := it.Data
+		if it.Path != "" {
+			var err error
+			if b, err = os.ReadFile(it.Path); err != nil {
+				out[i].Error = err.Error()
+				continue
+			}
+		}
+		if bytes.HasPrefix(b, []byte("corrupt")) {
+			out[i].Error = "decode image: unknown format"
+			continue
+		}
+		prompt := it.Prompt
+		if prompt == "" {
+			prompt = req.Prompt
+		}
+		out[i].Aspects = map[string]schemas.AspectResult{}
+		for _, a := range req.Options.Aspects {
+			mos := float64(len(b)%500) / 100
+			out[i].Aspects[a] = schemas.AspectResult{
+				MOS:         mos,
+				Rating:      schemas.RatingForMOS(mos),
+				Description: dataset.FillRound1(req.Options.Prompts[a].Round1, prompt),
+				Source:      schemas.SourceWordProbs,
+				WordProbs:   map[string]float64{"bad": 0.2, "poor": 0.2, "fair": 0.2, "good": 0.2, "excellent": 0.2},
+				Timings:     map[string]time.Duration{"generate": 1500 * time.Microsecond},
+			}
+		}
+	}
+	return out, nil
+}
+
+func (fakeScorer) Unload(ctx context.Context) error { return nil }
+
+// fakeModelDir makes a directory that passes the model-directory check.
+func fakeModelDir(t *testing.T) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "model")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "config.json"), []byte("{}"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// writeFile writes content to dir/name and returns the path.
+func writeFile(t *testing.T, dir, name, content string) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// buildJob runs `m3gate score args...` in dir up to the point where the
+// job is built, with the configuration loaded from env like the root
+// command does, and returns the job.
+func buildJob(t *testing.T, dir string, env []string, stdin string, args ...string) (*scoreJob, error) {
+	t.Helper()
+	t.Chdir(dir)
+	var out, errb bytes.Buffer
+	app := &App{Stdin: strings.NewReader(stdin), Stdout: &out, Stderr: &errb, Env: env}
+	if err := app.loadConfig(); err != nil {
+		t.Fatal(err)
+	}
+	var got *scoreJob
+	cmd := scoreCommand(app, func(ctx context.Context, app *App, f *scoreFlags, job *scoreJob) error {
+		got = job
+		return nil
+	})
+	cmd.SetArgs(args)
+	cmd.SetOut(&out)
+	cmd.SetErr(&errb)
+	cmd.SilenceErrors, cmd.SilenceUsage = true, true
+	err := cmd.ExecuteContext(context.Background())
+	return got, err
+}
+
+func TestScoreBuildsRequest(t *testing.T) {
+	dir := t.TempDir()
+	model := fakeModelDir(t)
+	a := writeFile(t, dir, "a.png", "png-a")
+	b := writeFile(t, dir, "imgs/b.jpg", "jpg-b")
+	writeFile(t, dir, "imgs/notes.txt", "not an image")
+	c := writeFile(t, dir, "imgs/c.png", "png-c")
+	adapter := filepath.Join(dir, "adapters", "q")
+	os.MkdirAll(adapter, 0o755)
+	pred := writeFile(t, dir, "pred/q.safetensors", "x")
+	writeFile(t, dir, "prompts.jsonl", `{"image":"a.png","prompt":"a cat"}`+"\n\n"+
+		`{"image":"imgs/b.jpg","prompt":"a dog","mos":{"quality":3.1}}`+"\n")
+
+	q, _ := dataset.LookupPrompts("quality", "")
+	c2, _ := dataset.LookupPrompts("correspondence", "")
+	au, _ := dataset.LookupPrompts("authenticity", "")
+	qp := schemas.AspectPrompt{Round1: q.Round1, Round2: q.Round2}
+	cp := schemas.AspectPrompt{Round1: c2.Round1, Round2: c2.Round2}
+	ap := schemas.AspectPrompt{Round1: au.Round1, Round2: au.Round2}
+
+	baseEnv := []string{"M3GATE_MODEL_DIR=" + model}
+	tests := []struct {
+		name      string
+		env       []string
+		args      []string
+		stdin     string
+		wantNames []string // images as shown
+		wantErrs  []string // per image: "" or a substring of its local error
+		wantItems []schemas.ScoreItem
+		wantReq   func(r *schemas.ScoreRequest) // fills the expected Prompt/Options
+		wantLoad  func(l *schemas.LoadRequest)
+	}{
+		{
+			name:      "defaults from config",
+			env:       baseEnv,
+			args:      []string{"a.png", "--prompt", "a cat"},
+			wantNames: []string{"a.png"},
+			wantErrs:  []string{""},
+			wantItems: []schemas.ScoreItem{{Path: a}},
+			wantReq: func(r *schemas.ScoreRequest) {
+				r.Prompt = "a cat"
+				r.Options = schemas.ScoreOptions{Aspects: []string{"quality", "correspondence"},
+					Prompts: map[string]schemas.AspectPrompt{"quality": qp, "correspondence": cp}, MaxNewTokens: 128}
+			},
+			wantLoad: func(l *schemas.LoadRequest) {},
+		},
+		{
+			name:      "flags override config",
+			env:       append(baseEnv, "M3GATE_MODEL_ADAPTERS_CORRESPONDENCE=/nonexistent", "M3GATE_MODEL_THREADS=3"),
+			args:      []string{"a.png", "--aspects", "quality,authenticity", "--max-new-tokens", "16", "--device", "cuda:1", "--adapter", "quality=adapters/q", "--predictor", "quality=pred/q.safetensors", "--threads", "2"},
+			wantNames: []string{"a.png"},
+			wantErrs:  []string{""},
+			wantItems: []schemas.ScoreItem{{Path: a}},
+			wantReq: func(r *schemas.ScoreRequest) {
+				r.Options = schemas.ScoreOptions{Aspects: []string{"quality", "authenticity"},
+					Prompts: map[string]schemas.AspectPrompt{"quality": qp, "authenticity": ap}, MaxNewTokens: 16}
+			},
+			wantLoad: func(l *schemas.LoadRequest) {
+				l.Device, l.Threads = "cuda:1", 2
+				l.Adapters = map[string]string{"quality": adapter}
+				l.Predictors = map[string]string{"quality": pred}
+			},
+		},
+		{
+			name:      "prompts file without images scores every entry",
+			env:       baseEnv,
+			args:      []string{"--prompts-file", "prompts.jsonl", "--aspects", "correspondence"},
+			wantNames: []string{"a.png", filepath.Join("imgs", "b.jpg")},
+			wantErrs:  []string{"", ""},
+			wantItems: []schemas.ScoreItem{{Path: a, Prompt: "a cat"}, {Path: b, Prompt: "a dog"}},
+			wantReq: func(r *schemas.ScoreRequest) {
+				r.Options = schemas.ScoreOptions{Aspects: []string{"correspondence"},
+					Prompts: map[string]schemas.AspectPrompt{"correspondence": cp}, MaxNewTokens: 128}
+			},
+			wantLoad: func(l *schemas.LoadRequest) {},
+		},
+		{
+			name:      "directory, prompts by name, --prompt as fallback, missing file",
+			env:       baseEnv,
+			args:      []string{"imgs", "missing.png", "--prompts-file", "prompts.jsonl", "--prompt", "fallback", "--aspects", "correspondence"},
+			wantNames: []string{filepath.Join("imgs", "b.jpg"), filepath.Join("imgs", "c.png"), "missing.png"},
+			wantErrs:  []string{"", "", "no such file"},
+			wantItems: []schemas.ScoreItem{{Path: b, Prompt: "a dog"}, {Path: c}},
+			wantReq: func(r *schemas.ScoreRequest) {
+				r.Prompt = "fallback"
+				r.Options = schemas.ScoreOptions{Aspects: []string{"correspondence"},
+					Prompts: map[string]schemas.AspectPrompt{"correspondence": cp}, MaxNewTokens: 128}
+			},
+			wantLoad: func(l *schemas.LoadRequest) {},
+		},
+		{
+			name:      "correspondence without a prompt fails that image only",
+			env:       baseEnv,
+			args:      []string{"a.png", "imgs/c.png", "--prompts-file", "prompts.jsonl"},
+			wantNames: []string{"a.png", "imgs/c.png"},
+			wantErrs:  []string{"", "no generation prompt"},
+			wantItems: []schemas.ScoreItem{{Path: a, Prompt: "a cat"}},
+			wantReq: func(r *schemas.ScoreRequest) {
+				r.Options = schemas.ScoreOptions{Aspects: []string{"quality", "correspondence"},
+					Prompts: map[string]schemas.AspectPrompt{"quality": qp, "correspondence": cp}, MaxNewTokens: 128}
+			},
+			wantLoad: func(l *schemas.LoadRequest) {},
+		},
+		{
+			name:      "stdin is sent as bytes",
+			env:       baseEnv,
+			args:      []string{"-", "--aspects", "quality"},
+			stdin:     "image-bytes",
+			wantNames: []string{"-"},
+			wantErrs:  []string{""},
+			wantItems: []schemas.ScoreItem{{Data: []byte("image-bytes")}},
+			wantReq: func(r *schemas.ScoreRequest) {
+				r.Options = schemas.ScoreOptions{Aspects: []string{"quality"},
+					Prompts: map[string]schemas.AspectPrompt{"quality": qp}, MaxNewTokens: 128}
+			},
+			wantLoad: func(l *schemas.LoadRequest) {},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			job, err := buildJob(t, dir, tt.env, tt.stdin, tt.args...)
+			if err != nil {
+				t.Fatalf("err = %v", err)
+			}
+			var names, errs []string
+			for i, im := range job.Images {
+				names = append(names, im.Name)
+				switch {
+				case tt.wantErrs[i] == "" && im.Err != nil:
+					t.Errorf("image %s: unexpected error %v", im.Name, im.Err)
+				case tt.wantErrs[i] != "" && (im.Err == nil || !strings.Contains(im.Err.Error(), tt.wantErrs[i])):
+					t.Errorf("image %s: err = %v, want one containing %q", im.Name, im.Err, tt.wantErrs[i])
+				}
+				errs = append(errs, fmt.Sprint(im.Err))
+			}
+			if !reflect.DeepEqual(names, tt.wantNames) {
+				t.Errorf("images = %q, want %q", names, tt.wantNames)
+			}
+			want := schemas.ScoreRequest{Items: tt.wantItems}
+			tt.wantReq(&want)
+			if got := job.Request; !reflect.DeepEqual(got, want) {
+				t.Errorf("request\n got %+v\nwant %+v", got, want)
+			}
+			if err := job.Request.Validate(); err != nil {
+				t.Errorf("request does not validate: %v", err)
+			}
+			wantLoad := schemas.LoadRequest{ModelDir: model, Family: "idefics3", Device: "cpu", DType: "f32"}
+			if strings.Contains(strings.Join(tt.env, " "), "THREADS=3") {
+				wantLoad.Threads = 3
+			}
+			tt.wantLoad(&wantLoad)
+			if !reflect.DeepEqual(job.Load, wantLoad) {
+				t.Errorf("load\n got %+v\nwant %+v", job.Load, wantLoad)
+			}
+		})
+	}
+}
+
+func TestScoreUsageErrors(t *testing.T) {
+	dir := t.TempDir()
+	model := fakeModelDir(t)
+	writeFile(t, dir, "a.png", "x")
+	writeFile(t, dir, "bad.jsonl", `{"prompt":"no image"}`+"\n")
+	tests := []struct {
+		args []string
+		want string
+	}{
+		{[]string{}, "no images"},
+		{[]string{"a.png", "--aspects", "beauty"}, `unknown aspect "beauty"`},
+		{[]string{"a.png", "--aspects", "quality,quality"}, `aspect "quality" given twice`},
+		{[]string{"a.png", "--aspects", ""}, "no aspect"},
+		{[]string{"a.png", "--adapter", "quality"}, "want aspect=PATH"},
+		{[]string{"a.png", "--predictor", "style=x"}, `unknown aspect "style"`},
+		{[]string{"a.png", "--max-new-tokens", "0"}, "--max-new-tokens 0"},
+		{[]string{"a.png", "--threads", "-1"}, "--threads -1"},
+		{[]string{"a.png", "--prompt-style", "nope"}, `unknown prompt style "nope"`},
+		{[]string{"--prompts-file", "bad.jsonl"}, `bad.jsonl:1: no "image"`},
+		{[]string{"--prompts-file", "nope.jsonl"}, "no such file"},
+		{[]string{"-", "-"}, "named twice"},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			_, err := buildJob(t, dir, []string{"M3GATE_MODEL_DIR=" + model}, "", tt.args...)
+			var ue *UsageError
+			if !errors.As(err, &ue) || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("err = %v (%T), want a UsageError containing %q", err, err, tt.want)
+			}
+		})
+	}
+}
+
+func TestScoreMissingAdapterOrPredictor(t *testing.T) {
+	dir := t.TempDir()
+	model := fakeModelDir(t)
+	writeFile(t, dir, "a.png", "x")
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--adapter", "quality=nope"}, "LoRA adapter of quality: " + filepath.Join(dir, "nope") + " is not a directory"},
+		{[]string{"--predictor", "quality=nope.safetensors"}, "predictor of quality: " + filepath.Join(dir, "nope.safetensors") + " is not a file"},
+	} {
+		_, err := buildJob(t, dir, []string{"M3GATE_MODEL_DIR=" + model}, "", append([]string{"a.png", "--aspects", "quality"}, tt.args...)...)
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%v: err = %v, want %q", tt.args, err, tt.want)
+		}
+	}
+	// An adapter of an aspect that is not scored is not needed.
+	if _, err := buildJob(t, dir, []string{"M3GATE_MODEL_DIR=" + model}, "", "a.png", "--aspects", "quality", "--adapter", "authenticity=nope"); err != nil {
+		t.Errorf("adapter of an unscored aspect: %v", err)
+	}
+}
+
+func TestScoreMissingModelDir(t *testing.T) {
+	dir := t.TempDir()
+	img := writeFile(t, dir, "a.png", "x")
+	empty := filepath.Join(dir, "empty")
+	os.Mkdir(empty, 0o755)
+	tests := []struct {
+		name string
+		env  []string
+		args []string
+		want []string
+	}{
+		{"built-in default", nil, nil, []string{"models/smolvlm-256m (from model.dir of the built-in defaults) does not exist"}},
+		{"flag", nil, []string{"--model", filepath.Join(dir, "nope")}, []string{filepath.Join(dir, "nope") + " (from --model) does not exist"}},
+		{"env", []string{"M3GATE_MODEL_DIR=" + filepath.Join(dir, "nope")}, nil, []string{"(from $M3GATE_MODEL_DIR) does not exist"}},
+		{"no config.json", nil, []string{"--model", empty}, []string{"has no config.json"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			// No sidecar may be started: point at one that does not exist.
+			env := append([]string{"M3GATE_SIDECAR=/nonexistent/m3gate-sidecar"}, tt.env...)
+			code, out, errOut := run(t, env, "", append([]string{"score", img, "--aspects", "quality"}, tt.args...)...)
+			if code != ExitError {
+				t.Errorf("code = %d, want %d", code, ExitError)
+			}
+			if out != "" {
+				t.Errorf("stdout = %q", out)
+			}
+			for _, w := range append(tt.want, "m3gate model fetch smolvlm-256m", "m3gate model tiny --out build/demo-model", "--model build/demo-model") {
+				if !strings.Contains(errOut, w) {
+					t.Errorf("stderr lacks %q:\n%s", w, errOut)
+				}
+			}
+		})
+	}
+}
+
+// goldenRows are fixed results for the output-format golden files: a
+// predictor score, a word-probability score with a long multi-line
+// description, an empty description, and a failed image.
+func goldenRows() []scoreRow {
+	long := "The image shows a marble statue of a man\nstanding on a plinth, with soft light from the left and a blurred garden behind it."
+	return []scoreRow{
+		{Image: "examples/images/midjourney_normal_000.jpg", Path: "/repo/examples/images/midjourney_normal_000.jpg", Prompt: "statue of a man",
+			Aspects: map[string]schemas.AspectResult{
+				"quality": {MOS: 4.3249, Rating: "excellent", Source: schemas.SourcePredictor, Description: long,
+					WordProbs: map[string]float64{"bad": 0.01, "poor": 0.02, "fair": 0.07, "good": 0.3, "excellent": 0.6},
+					Timings:   map[string]time.Duration{"encode": 120 * time.Millisecond, "generate": 2500 * time.Millisecond}},
+				"correspondence": {MOS: 2.5, Rating: "fair", Source: schemas.SourceWordProbs, Description: "A statue."},
+			}},
+		{Image: "b.png", Path: "/tmp/b.png", Err: "decode image: unknown format\n(first bytes 00 01)"},
+		{Image: "-", Aspects: map[string]schemas.AspectResult{
+			"quality":        {MOS: 0.125, Rating: "bad", Source: schemas.SourceWordProbs},
+			"correspondence": {MOS: 5, Rating: "excellent", Source: schemas.SourceWordProbs, Description: "x"},
+		}},
+	}
+}
+
+func checkGolden(t *testing.T, name string, got []byte) {
+	t.Helper()
+	p := filepath.Join("testdata", name)
+	if *update {
+		if err := os.MkdirAll("testdata", 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatalf("%v (run go test -run %s -update to create it)", err, t.Name())
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("%s differs:\n got:\n%s\nwant:\n%s", p, got, want)
+	}
+}
+
+func TestScoreTableGolden(t *testing.T) {
+	var buf bytes.Buffer
+	if err := writeScoreTable(&buf, goldenRows(), []string{"quality", "correspondence"}); err != nil {
+		t.Fatal(err)
+	}
+	checkGolden(t, "score_table.golden", buf.Bytes())
+}
+
+func TestScoreJSONGolden(t *testing.T) {
+	var buf bytes.Buffer
+	if err := writeScoreJSON(&buf, goldenRows(), []string{"quality", "correspondence"}); err != nil {
+		t.Fatal(err)
+	}
+	checkGolden(t, "score_json.golden", buf.Bytes())
+	// Every line is one JSON object naming its image.
+	for i, line := range strings.Split(strings.TrimSpace(buf.String()), "\n") {
+		var v jsonRow
+		if err := json.Unmarshal([]byte(line), &v); err != nil {
+			t.Fatalf("line %d: %v", i+1, err)
+		}
+		if v.Image != goldenRows()[i].Image {
+			t.Errorf("line %d: image %q", i+1, v.Image)
+		}
+	}
+}
+
+func TestShortDescription(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"", "-"},
+		{"  \n ", "-"},
+		{"one\ttwo\nthree", "one two three"},
+		{"1 2 3 4 5 6 7 8 9 10", "1 2 3 4 5 6 7 8 9 10"},
+		{"1 2 3 4 5 6 7 8 9 10 11", "1 2 3 4 5 6 7 8 9 10 …"},
+	}
+	for _, tt := range tests {
+		if got := shortDescription(tt.in); got != tt.want {
+			t.Errorf("shortDescription(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}
+
+// fakeSidecarEnv points m3gate at this test binary as its model process.
+func fakeSidecarEnv(t *testing.T, mode string) (env []string, pidFile string) {
+	t.Helper()
+	if runtime.GOOS == "windows" {
+		t.Skip("unix only")
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pidFile = filepath.Join(t.TempDir(), "pid")
+	// The supervisor's child inherits this process's environment.
+	t.Setenv(scoreTestPluginEnv, "1")
+	t.Setenv(scoreTestModeEnv, mode)
+	t.Setenv(scoreTestPidEnv, pidFile)
+	return []string{"M3GATE_SIDECAR=" + exe}, pidFile
+}
+
+// waitGone waits until the process in pidFile has exited.
+func waitGone(t *testing.T, pidFile string) {
+	t.Helper()
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		t.Fatalf("the model process never started: %v", err)
+	}
+	pid, _ := strconv.Atoi(string(b))
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
+			return
+		}
+		// A zombie counts as gone: its parent (the go-plugin client of this
+		// process) reaps it.
+		if st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil && strings.Contains(string(st), ") Z ") {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Errorf("model process %d still runs after m3gate score returned", pid)
+}
+
+func TestScoreThroughModelProcess(t *testing.T) {
+	env, pidFile := fakeSidecarEnv(t, "")
+	dir := t.TempDir()
+	model := fakeModelDir(t)
+	good := writeFile(t, dir, "good.png", strings.Repeat("p", 1234))
+	corrupt := writeFile(t, dir, "corrupt.png", "corrupt bytes")
+	missing := filepath.Join(dir, "missing.png")
+	env = append(env, "M3GATE_MODEL_DIR="+model)
+
+	code, out, errOut := run(t, env, "", "score", good, corrupt, missing, "--prompt", "a red fox", "--json")
+	if code != ExitError {
+		t.Errorf("code = %d, want %d (one image failed); stderr:\n%s", code, ExitError, errOut)
+	}
+	waitGone(t, pidFile)
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 3 {
+		t.Fatalf("stdout has %d lines, want 3:\n%s", len(lines), out)
+	}
+	var rows []jsonRow
+	for _, l := range lines {
+		var r jsonRow
+		if err := json.Unmarshal([]byte(l), &r); err != nil {
+			t.Fatalf("%v: %s", err, l)
+		}
+		rows = append(rows, r)
+	}
+	q, _ := dataset.LookupPrompts("quality", "")
+	c, _ := dataset.LookupPrompts("correspondence", "")
+	r := rows[0]
+	if r.Image != good || r.Error != "" || len(r.Aspects) != 2 {
+		t.Fatalf("row 0 = %+v", r)
+	}
+	// The fake describes with the round-1 question it received: the
+	// prompts of plugin/dataset with the image's prompt filled in.
+	if got, want := r.Aspects["quality"].Description, dataset.FillRound1(q.Round1, "a red fox"); got != want {
+		t.Errorf("quality description = %q, want %q", got, want)
+	}
+	if got, want := r.Aspects["correspondence"].Description, dataset.FillRound1(c.Round1, "a red fox"); got != want {
+		t.Errorf("correspondence description = %q, want %q", got, want)
+	}
+	if got := r.Aspects["quality"]; got.MOS != 2.34 || got.Rating != "fair" || got.Source != "word_probs" || got.TimingsMs["generate"] != 1.5 {
+		t.Errorf("quality = %+v, want MOS 2.34 (1234 bytes) fair word_probs, generate 1.5 ms", got)
+	}
+	if rows[1].Image != corrupt || rows[1].Error != "decode image: unknown format" {
+		t.Errorf("row 1 = %+v, want the model process's decode error", rows[1])
+	}
+	if rows[2].Image != missing || rows[2].Error != "no such file" {
+		t.Errorf("row 2 = %+v, want a local no such file", rows[2])
+	}
+	for _, w := range []string{
+		"loading model " + model,
+		"model ready in",
+		"m3gate: score " + corrupt + ": decode image: unknown format",
+		"m3gate: score " + missing + ": no such file",
+		"m3gate: score: 2 of 3 images failed",
+	} {
+		if !strings.Contains(errOut, w) {
+			t.Errorf("stderr lacks %q:\n%s", w, errOut)
+		}
+	}
+
+	// The table for the good image alone, exit 0.
+	code, out, errOut = run(t, env, "", "score", good, "--prompt", "a red fox", "--aspects", "quality")
+	if code != ExitOK {
+		t.Fatalf("code = %d; stderr:\n%s", code, errOut)
+	}
+	want := "IMAGE" + strings.Repeat(" ", len(good)-3) + "ASPECT   MOS   RATING  SOURCE      DESCRIPTION\n" +
+		good + "  quality  2.34  fair    word_probs  " + shortDescription(dataset.FillRound1(q.Round1, "a red fox")) + "\n"
+	if out != want {
+		t.Errorf("table\n got %q\nwant %q", out, want)
+	}
+	waitGone(t, pidFile)
+}
+
+func TestScoreLoadFailure(t *testing.T) {
+	tests := []struct {
+		mode string
+		want string
+	}{
+		{"fail-load", "model.safetensors: file does not exist"},
+		{"crash-load", "failed"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.mode, func(t *testing.T) {
+			env, pidFile := fakeSidecarEnv(t, tt.mode)
+			dir := t.TempDir()
+			img := writeFile(t, dir, "a.png", "png")
+			env = append(env, "M3GATE_MODEL_DIR="+fakeModelDir(t))
+			start := time.Now()
+			code, out, errOut := run(t, env, "", "score", img, "--aspects", "quality")
+			if code != ExitError || out != "" {
+				t.Errorf("code = %d, stdout %q; want %d and nothing", code, out, ExitError)
+			}
+			if !strings.Contains(errOut, "m3gate: score: load model ") || !strings.Contains(errOut, tt.want) {
+				t.Errorf("stderr lacks the load error %q:\n%s", tt.want, errOut)
+			}
+			if d := time.Since(start); d > 20*time.Second {
+				t.Errorf("took %v: a load failure must end the command, not wait through restarts", d)
+			}
+			waitGone(t, pidFile)
+		})
+	}
+}
+
+func TestScoreInterruptStopsModelProcess(t *testing.T) {
+	env, pidFile := fakeSidecarEnv(t, "block-load")
+	dir := t.TempDir()
+	img := writeFile(t, dir, "a.png", "png")
+	env = append(env, "M3GATE_MODEL_DIR="+fakeModelDir(t))
+	t.Chdir(dir)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	// Cancel (as Ctrl-C does) once the model process is loading.
+	go func() {
+		for ctx.Err() == nil {
+			if _, err := os.Stat(pidFile); err == nil {
+				time.Sleep(300 * time.Millisecond)
+				cancel()
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	var out, errb bytes.Buffer
+	code := Execute(ctx, []string{"score", img, "--aspects", "quality"}, strings.NewReader(""), &out, &errb, env)
+	if code != ExitInterrupted {
+		t.Errorf("code = %d, want %d; stderr:\n%s", code, ExitInterrupted, errb.String())
+	}
+	if !strings.Contains(errb.String(), "weights  10% (0.0 of 0.0 MB)") {
+		t.Errorf("stderr does not show the load progress:\n%s", errb.String())
+	}
+	waitGone(t, pidFile)
+}
+
+// TestScoreEndToEnd runs `m3gate score` on the bundled examples against the
+// real m3gate-sidecar ($M3GATE_SIDECAR, built by `make test`) with a tiny
+// random model the sidecar generates.
+func TestScoreEndToEnd(t *testing.T) {
+	bin := os.Getenv(SidecarEnv)
+	if bin == "" {
+		t.Skip("M3GATE_SIDECAR is not set: the end-to-end test needs the real sidecar binary (make test builds it and sets it)")
+	}
+	bin = abs(bin)
+	examples, err := filepath.Abs(filepath.Join("..", "..", "examples"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	model := filepath.Join(t.TempDir(), "tiny")
+	gen := exec.Command(bin, "model", "tiny", "--family", "idefics3", "--size", "tiny", "--out", model)
+	if b, err := gen.CombinedOutput(); err != nil {
+		if strings.Contains(string(b), "not built into") {
+			t.Skipf("%s cannot generate a tiny model yet (model tiny not wired): %s", bin, b)
+		}
+		t.Fatalf("%s model tiny: %v\n%s", bin, err, b)
+	}
+	env := append(os.Environ(), "M3GATE_SIDECAR="+bin, "M3GATE_MODEL_DIR="+model)
+	code, out, errOut := run(t, env, "", "score", "--prompts-file", filepath.Join(examples, "prompts.jsonl"),
+		"--aspects", "quality,correspondence", "--max-new-tokens", "4", "--json")
+	if code != ExitOK && strings.Contains(errOut, schemas.ErrNoScorer.Error()) {
+		t.Skipf("%s has no scoring engine wired yet:\n%s", bin, errOut)
+	}
+	if code != ExitOK {
+		t.Fatalf("code = %d\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("want one line per example image, got:\n%s", out)
+	}
+	for _, l := range lines {
+		var r jsonRow
+		if err := json.Unmarshal([]byte(l), &r); err != nil {
+			t.Fatalf("%v: %s", err, l)
+		}
+		if r.Error != "" || r.Prompt != "statue of a man" || !strings.HasPrefix(r.Path, examples) {
+			t.Errorf("row %+v", r)
+		}
+		for _, a := range []string{"quality", "correspondence"} {
+			ar, ok := r.Aspects[a]
+			if !ok {
+				t.Fatalf("%s: no %s in %s", r.Image, a, l)
+			}
+			if math.IsNaN(ar.MOS) || ar.MOS < 0 || ar.MOS > 5 {
+				t.Errorf("%s %s: MOS %v outside 0..5", r.Image, a, ar.MOS)
+			}
+			if !contains(schemas.RatingWords, ar.Rating) {
+				t.Errorf("%s %s: rating %q", r.Image, a, ar.Rating)
+			}
+			if ar.Source != schemas.SourceWordProbs {
+				t.Errorf("%s %s: source %q, want %s (no predictor configured)", r.Image, a, ar.Source, schemas.SourceWordProbs)
+			}
+			// Probabilities of the five words among the whole vocabulary.
+			sum := 0.0
+			for _, p := range ar.WordProbs {
+				if p < 0 || p > 1 {
+					sum = math.NaN()
+				}
+				sum += p
+			}
+			if len(ar.WordProbs) != 5 || !(sum > 0 && sum <= 1+1e-6) {
+				t.Errorf("%s %s: word_probs %v: want the 5 rating words' probabilities", r.Image, a, ar.WordProbs)
+			}
+		}
+	}
+}
