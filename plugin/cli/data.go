@@ -27,7 +27,9 @@ func newDataConvertCmd(app *App) *cobra.Command {
 	var (
 		format, images, out, split, reportPath string
 		inputs                                 []string
-		allowMissing, allowProblems            bool
+		allowMissing, allowProblems, byPrompt  bool
+		testFraction                           float64
+		seed                                   uint64
 	)
 	cmd := &cobra.Command{
 		Use:   "convert --format FORMAT --in FILE [--in FILE] [--images DIR] --out manifest.jsonl",
@@ -44,9 +46,14 @@ Every problem (unparsable row, MOS out of range, duplicate, missing image) is
 listed with file and line, and the row is left out. The command fails when
 there is any problem, unless --allow-missing (only missing images) or
 --allow-problems (any) is given; the manifest is then written without those
-rows.`,
+rows.
+
+Sources without a split (AIGCIQA2023, AGIQA-1K) get one with --test-fraction:
+a seeded random share of the prompts (or images, --split-by-prompt=false)
+becomes test, the rest train.`,
 		Example: `  m3gate data convert --format agiqa-3k --in data/agiqa-3k/data.csv --images data/agiqa-3k/images --out agiqa3k.jsonl
-  m3gate data convert --format aigiqa-20k --in info_train.csv --in info_val.csv --out aigiqa20k.jsonl`,
+  m3gate data convert --format aigiqa-20k --in info_train.csv --in info_val.csv --out aigiqa20k.jsonl
+  m3gate data convert --format aigciqa2023 --in aigciqa2023.csv --images AIGCIQA2023/ --out a2023.jsonl --test-fraction 0.2 --seed 1`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			f, err := dataset.ParseFormat(format)
@@ -76,6 +83,13 @@ rows.`,
 			if len(recs) == 0 {
 				return errors.New("data convert: no records to write")
 			}
+			if testFraction > 0 {
+				train, test, err := dataset.AssignSplits(recs, testFraction, seed, byPrompt)
+				if err != nil {
+					return &UsageError{Err: fmt.Errorf("data convert: %w", err)}
+				}
+				fmt.Fprintf(app.Stdout, "assigned splits to records without one: %d train, %d test\n", train, test)
+			}
 			if err := dataset.WriteManifestFile(out, recs); err != nil {
 				return fmt.Errorf("data convert: %w", err)
 			}
@@ -90,6 +104,9 @@ rows.`,
 	fl.StringVar(&out, "out", "", "manifest to write (JSONL)")
 	fl.StringVar(&split, "split", "", "set this split on every record (default: from the source)")
 	fl.StringVar(&reportPath, "report", "", "also write the problem report as JSON to this file")
+	fl.Float64Var(&testFraction, "test-fraction", 0, "put this seeded random fraction of records without a split into test, the rest into train")
+	fl.Uint64Var(&seed, "seed", 1, "seed of --test-fraction")
+	fl.BoolVar(&byPrompt, "split-by-prompt", true, "with --test-fraction, keep all images of a prompt in one split")
 	fl.BoolVar(&allowMissing, "allow-missing", false, "succeed when the only problems are missing images")
 	fl.BoolVar(&allowProblems, "allow-problems", false, "succeed whatever the problems (they are still listed)")
 	return cmd

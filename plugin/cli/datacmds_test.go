@@ -135,3 +135,37 @@ func TestDataConvertProblemsExitCode(t *testing.T) {
 		t.Errorf("bad format: code %d", code)
 	}
 }
+
+func TestDataConvertSplitsAndEvalWithManifest(t *testing.T) {
+	td, _ := filepath.Abs("../dataset/testdata")
+	work := t.TempDir()
+	manifest := filepath.Join(work, "m.jsonl")
+	code, out, errOut := run(t, nil, "", "data", "convert", "--format", "agiqa-1k", "--in", filepath.Join(td, "agiqa1k_small.csv"),
+		"--out", manifest, "--test-fraction", "0.5", "--seed", "3", "--split-by-prompt=false")
+	if code != ExitOK || !strings.Contains(out, "3 train, 3 test") {
+		t.Fatalf("convert: %d\n%s\n%s", code, out, errOut)
+	}
+	m, _, err := dataset.ReadManifest(manifest)
+	if err != nil || len(m.Records) != 6 {
+		t.Fatalf("manifest: %v", err)
+	}
+	preds := filepath.Join(work, "p.csv")
+	var sb strings.Builder
+	sb.WriteString("image,aspect,predicted\n")
+	for i, r := range m.Records {
+		fmt.Fprintf(&sb, "%s,quality,%v\n", r.Image, r.MOS[dataset.Quality]+0.01*float64(i%2))
+	}
+	os.WriteFile(preds, []byte(sb.String()), 0o644)
+	code, out, errOut = run(t, nil, "", "eval", "--predictions", preds, "--manifest", manifest, "--out", filepath.Join(work, "ev"), "--bootstrap", "0")
+	if code != ExitOK || !strings.Contains(out, "quality") {
+		t.Fatalf("eval: %d\n%s\n%s", code, out, errOut)
+	}
+	b, _ := os.ReadFile(filepath.Join(work, "ev", "predictions.csv"))
+	if !strings.Contains(string(b), "dreamStudio") || !strings.Contains(string(b), "deepai") {
+		t.Errorf("sources not filled from the manifest:\n%s", b)
+	}
+	code, _, errOut = run(t, nil, "", "eval", "--predictions", preds, "--out", filepath.Join(work, "ev2"))
+	if code != ExitError || !strings.Contains(errOut, "lacks column mos") {
+		t.Errorf("eval without manifest: %d %s", code, errOut)
+	}
+}

@@ -3,10 +3,12 @@ package cli
 import (
 	"errors"
 	"fmt"
+	"path/filepath"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
+	"github.com/m3gate/m3gate/plugin/dataset"
 	"github.com/m3gate/m3gate/plugin/metrics"
 )
 
@@ -14,10 +16,10 @@ import (
 // against MOS, per aspect, with bootstrap confidence intervals.
 func newEvalCmd(app *App) *cobra.Command {
 	var (
-		predictions, out string
-		bootstrap        int
-		seed             uint64
-		level            float64
+		predictions, out, manifest string
+		bootstrap                  int
+		seed                       uint64
+		level                      float64
 	)
 	cmd := &cobra.Command{
 		Use:   "eval --predictions FILE [--out DIR]",
@@ -27,20 +29,29 @@ func newEvalCmd(app *App) *cobra.Command {
 seeded percentile-bootstrap confidence intervals.
 
 The predictions file is JSONL (objects with image, aspect, predicted, mos and
-optionally source) or CSV (.csv, header naming those columns). The output
+optionally source) or CSV (.csv, header naming those columns). With
+--manifest, lines without mos (or source) take them from the manifest, so
+the scores of 'm3gate score' can be evaluated directly. The output
 folder receives report.json, predictions.csv (with the logistic-mapped
 prediction) and scatter_<aspect>.png (predicted vs MOS, one colour per
 source).`,
 		Example: `  m3gate eval --predictions preds.jsonl --out eval/ --bootstrap 1000 --seed 1`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			var err error
 			if predictions == "" {
 				return &UsageError{Err: errors.New("eval: --predictions is required")}
 			}
 			if bootstrap < 0 || level <= 0 || level >= 1 {
 				return &UsageError{Err: errors.New("eval: --bootstrap must be >= 0 and --level in (0, 1)")}
 			}
-			preds, err := metrics.ReadPredictions(predictions)
+			var lookup metrics.Lookup
+			if manifest != "" {
+				if lookup, err = manifestLookup(manifest); err != nil {
+					return fmt.Errorf("eval: %w", err)
+				}
+			}
+			preds, err := metrics.ReadPredictionsWith(predictions, lookup)
 			if err != nil {
 				return fmt.Errorf("eval: %w", err)
 			}
@@ -69,10 +80,41 @@ source).`,
 	fl := cmd.Flags()
 	fl.StringVar(&predictions, "predictions", "", "predictions file (JSONL or .csv)")
 	fl.StringVar(&out, "out", "eval", "output folder")
+	fl.StringVar(&manifest, "manifest", "", "manifest supplying mos and source for predictions that lack them (matched by image name or path)")
 	fl.IntVar(&bootstrap, "bootstrap", 1000, "bootstrap resamples for confidence intervals (0: none)")
 	fl.Uint64Var(&seed, "seed", 1, "bootstrap seed")
 	fl.Float64Var(&level, "level", 0.95, "confidence level")
 	return cmd
+}
+
+// manifestLookup indexes a manifest by image name, path and base name.
+func manifestLookup(path string) (metrics.Lookup, error) {
+	m, rep, err := dataset.ReadManifest(path)
+	if err != nil {
+		return nil, err
+	}
+	if len(rep.Problems) > 0 {
+		return nil, fmt.Errorf("manifest %s has %d problems (run 'm3gate data check')", path, len(rep.Problems))
+	}
+	byName := map[string]dataset.Record{}
+	for _, r := range m.Records {
+		for _, k := range []string{r.Image, filepath.Base(r.Image), r.Name} {
+			if k != "" {
+				byName[k] = r
+			}
+		}
+	}
+	return func(image, aspect string) (float64, string, bool) {
+		r, ok := byName[image]
+		if !ok {
+			r, ok = byName[filepath.Base(image)]
+		}
+		if !ok {
+			return 0, "", false
+		}
+		mos, ok := r.MOS[aspect]
+		return mos, r.Source, ok
+	}, nil
 }
 
 func withCI(v float64, ci map[string]metrics.Interval, name string) string {

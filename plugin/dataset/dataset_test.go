@@ -246,3 +246,42 @@ func TestRelativeTo(t *testing.T) {
 		}
 	}
 }
+
+func TestAssignSplits(t *testing.T) {
+	var recs []Record
+	for i := 0; i < 100; i++ {
+		recs = append(recs, Record{Image: fmt.Sprintf("%d.png", i), Prompt: fmt.Sprintf("p%d", i/4)})
+	}
+	recs[0].Split = "val"
+	a := append([]Record(nil), recs...)
+	train, test, err := AssignSplits(a, 0.2, 7, true)
+	if err != nil || train+test != 99 || a[0].Split != "val" {
+		t.Fatalf("train %d test %d err %v split0 %q", train, test, err, a[0].Split)
+	}
+	// 25 prompts, 5 of them test; a prompt never straddles the splits.
+	byPrompt := map[string]string{}
+	for _, r := range a[1:] {
+		if s, ok := byPrompt[r.Prompt]; ok && s != r.Split {
+			t.Fatalf("prompt %s in %s and %s", r.Prompt, s, r.Split)
+		}
+		byPrompt[r.Prompt] = r.Split
+	}
+	if test != 20 && test != 19 {
+		t.Errorf("test = %d, want 5 prompts' images", test)
+	}
+	b := append([]Record(nil), recs...)
+	AssignSplits(b, 0.2, 7, true)
+	c := append([]Record(nil), recs...)
+	AssignSplits(c, 0.2, 8, true)
+	same, differ := true, false
+	for i := range a {
+		same = same && a[i].Split == b[i].Split
+		differ = differ || a[i].Split != c[i].Split
+	}
+	if !same || !differ {
+		t.Errorf("seeded: same seed equal %v, other seed differs %v", same, differ)
+	}
+	if _, _, err := AssignSplits(recs, 1.5, 1, false); err == nil {
+		t.Error("fraction 1.5 accepted")
+	}
+}

@@ -26,12 +26,22 @@ type Prediction struct {
 	Source    string  `json:"source,omitempty"`
 }
 
+// Lookup returns the ground truth of an image and aspect (for prediction
+// files without mos), and whether it is known.
+type Lookup func(image, aspect string) (mos float64, source string, ok bool)
+
 // ReadPredictions reads a predictions file: JSONL (one Prediction object
 // per line) or CSV with a header naming the columns image, aspect,
 // predicted, mos and optionally source. The format is chosen by the
 // extension (.csv is CSV, anything else JSONL). Every bad line is listed in
 // the error with file and line.
 func ReadPredictions(path string) ([]Prediction, error) {
+	return ReadPredictionsWith(path, nil)
+}
+
+// ReadPredictionsWith is ReadPredictions where lines without mos (or with
+// an empty mos or source) are completed by lookup, e.g. from a manifest.
+func ReadPredictionsWith(path string, lookup Lookup) ([]Prediction, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("read predictions: %w", err)
@@ -39,12 +49,12 @@ func ReadPredictions(path string) ([]Prediction, error) {
 	var preds []Prediction
 	var probs []string
 	if strings.EqualFold(filepath.Ext(path), ".csv") {
-		preds, probs, err = readPredictionsCSV(path, b)
+		preds, probs, err = readPredictionsCSV(path, b, lookup)
 		if err != nil {
 			return nil, err
 		}
 	} else {
-		preds, probs = readPredictionsJSONL(path, b)
+		preds, probs = readPredictionsJSONL(path, b, lookup)
 	}
 	if len(probs) > 0 {
 		return nil, fmt.Errorf("read predictions: %d bad lines:\n%s", len(probs), strings.Join(probs, "\n"))
@@ -53,6 +63,29 @@ func ReadPredictions(path string) ([]Prediction, error) {
 		return nil, fmt.Errorf("read predictions %s: no predictions", path)
 	}
 	return preds, nil
+}
+
+// complete fills p's MOS (and empty source) from lookup.
+func complete(p *Prediction, lookup Lookup) bool {
+	if lookup == nil {
+		return false
+	}
+	mos, src, ok := lookup(p.Image, p.Aspect)
+	if !ok {
+		return false
+	}
+	p.MOS = mos
+	if p.Source == "" {
+		p.Source = src
+	}
+	return true
+}
+
+func lookupHint(lookup Lookup) string {
+	if lookup != nil {
+		return " (and the image/aspect is not in the manifest)"
+	}
+	return ""
 }
 
 func validPrediction(p Prediction) error {
@@ -65,7 +98,7 @@ func validPrediction(p Prediction) error {
 	return nil
 }
 
-func readPredictionsJSONL(path string, b []byte) ([]Prediction, []string) {
+func readPredictionsJSONL(path string, b []byte, lookup Lookup) ([]Prediction, []string) {
 	var preds []Prediction
 	var probs []string
 	sc := bufio.NewScanner(bytes.NewReader(b))
@@ -86,12 +119,21 @@ func readPredictionsJSONL(path string, b []byte) ([]Prediction, []string) {
 			probs = append(probs, fmt.Sprintf("%s:%d: %v", path, line, err))
 			continue
 		}
-		if raw.Predicted == nil || raw.MOS == nil {
-			probs = append(probs, fmt.Sprintf("%s:%d: needs predicted and mos", path, line))
+		p := raw.Prediction
+		if raw.Predicted == nil || (raw.MOS == nil && !complete(&p, lookup)) {
+			probs = append(probs, fmt.Sprintf("%s:%d: needs predicted and mos%s", path, line, lookupHint(lookup)))
 			continue
 		}
-		p := raw.Prediction
-		p.Predicted, p.MOS = *raw.Predicted, *raw.MOS
+		p.Predicted = *raw.Predicted
+		if raw.MOS != nil {
+			p.MOS = *raw.MOS
+			complete(&p, nil)
+		}
+		if p.Source == "" && lookup != nil {
+			if _, src, ok := lookup(p.Image, p.Aspect); ok {
+				p.Source = src
+			}
+		}
 		if err := validPrediction(p); err != nil {
 			probs = append(probs, fmt.Sprintf("%s:%d: %v", path, line, err))
 			continue
@@ -101,7 +143,7 @@ func readPredictionsJSONL(path string, b []byte) ([]Prediction, []string) {
 	return preds, probs
 }
 
-func readPredictionsCSV(path string, b []byte) ([]Prediction, []string, error) {
+func readPredictionsCSV(path string, b []byte, lookup Lookup) ([]Prediction, []string, error) {
 	r := csv.NewReader(bytes.NewReader(b))
 	r.FieldsPerRecord = -1
 	hdr, err := r.Read()
@@ -112,7 +154,11 @@ func readPredictionsCSV(path string, b []byte) ([]Prediction, []string, error) {
 	for i, h := range hdr {
 		col[strings.ToLower(strings.TrimSpace(strings.TrimPrefix(h, "\ufeff")))] = i
 	}
-	for _, c := range []string{"image", "predicted", "mos"} {
+	required := []string{"image", "predicted", "mos"}
+	if lookup != nil {
+		required = required[:2]
+	}
+	for _, c := range required {
 		if _, ok := col[c]; !ok {
 			return nil, nil, fmt.Errorf("read predictions %s: header %q lacks column %s", path, hdr, c)
 		}
@@ -143,7 +189,16 @@ func readPredictionsCSV(path string, b []byte) ([]Prediction, []string, error) {
 		p := Prediction{Image: get(row, "image"), Aspect: get(row, "aspect"), Source: get(row, "source")}
 		var e1, e2 error
 		p.Predicted, e1 = strconv.ParseFloat(get(row, "predicted"), 64)
-		p.MOS, e2 = strconv.ParseFloat(get(row, "mos"), 64)
+		if ms := get(row, "mos"); ms != "" || lookup == nil {
+			p.MOS, e2 = strconv.ParseFloat(ms, 64)
+		} else if !complete(&p, lookup) {
+			e2 = fmt.Errorf("no mos%s", lookupHint(lookup))
+		}
+		if p.Source == "" && lookup != nil {
+			if _, src, ok := lookup(p.Image, p.Aspect); ok {
+				p.Source = src
+			}
+		}
 		if err := errors.Join(e1, e2); err != nil {
 			probs = append(probs, fmt.Sprintf("%s:%d: %v", path, line, err))
 			continue

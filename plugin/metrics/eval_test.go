@@ -197,3 +197,38 @@ func TestBootstrapWarmFitMatchesFullFit(t *testing.T) {
 		}
 	}
 }
+
+func TestReadPredictionsWithLookup(t *testing.T) {
+	dir := t.TempDir()
+	jl := filepath.Join(dir, "p.jsonl")
+	os.WriteFile(jl, []byte(`{"image":"a.jpg","aspect":"quality","predicted":3.1}
+{"image":"b.jpg","aspect":"quality","predicted":2.0,"mos":1.5}
+`), 0o644)
+	cs := filepath.Join(dir, "p.csv")
+	os.WriteFile(cs, []byte("image,aspect,predicted,mos\na.jpg,quality,3.1,\nb.jpg,quality,2.0,1.5\n"), 0o644)
+	lookup := func(image, aspect string) (float64, string, bool) {
+		if image == "a.jpg" && aspect == "quality" {
+			return 4.2, "sd1.5", true
+		}
+		if image == "b.jpg" {
+			return 9, "glide", true
+		}
+		return 0, "", false
+	}
+	for f, badLine := range map[string]string{jl: ":1:", cs: ":2:"} {
+		preds, err := ReadPredictionsWith(f, lookup)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if preds[0].MOS != 4.2 || preds[0].Source != "sd1.5" || preds[1].MOS != 1.5 || preds[1].Source != "glide" {
+			t.Errorf("%s: %+v", f, preds)
+		}
+		if _, err := ReadPredictions(f); err == nil {
+			t.Errorf("%s: missing mos accepted without lookup", f)
+		}
+		none := func(string, string) (float64, string, bool) { return 0, "", false }
+		if _, err := ReadPredictionsWith(f, none); err == nil || !strings.Contains(err.Error(), badLine) {
+			t.Errorf("%s: unknown image err = %v", f, err)
+		}
+	}
+}
