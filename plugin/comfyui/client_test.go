@@ -350,8 +350,10 @@ func TestClientEventsAndReconnect(t *testing.T) {
 		t.Errorf("prompt across restart: %v", err)
 	}
 	found := false
-	for _, id := range s.Clients() {
-		found = found || id == c.ID()
+	for deadline := time.Now().Add(2 * time.Second); !found && time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		for _, id := range s.Clients() { // the server registers the socket just after the handshake
+			found = found || id == c.ID()
+		}
 	}
 	if !found {
 		t.Errorf("client %s not reconnected under its id: %v", c.ID(), s.Clients())
