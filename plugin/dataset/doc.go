@@ -34,7 +34,8 @@
 // # Manifest format
 //
 // A manifest is a JSONL file: one JSON object per line, one line per image.
-// Blank lines are ignored. Fields:
+// Blank lines are ignored; an unknown field makes the line a problem (it
+// catches typos such as "mos_quality"). Fields:
 //
 //	image         string  path of the image file; a relative path is relative
 //	                      to the directory holding the manifest (required).

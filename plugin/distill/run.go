@@ -172,25 +172,30 @@ type Summary struct {
 	// Errors counts items that hit transport errors (429/5xx/timeouts
 	// beyond MaxAttempts, other 4xx); they are not cached and a rerun
 	// tries them again.
-	Errors           int      `json:"errors"`
-	Calls            int      `json:"calls"`
-	Retries          int      `json:"retries"`
-	RateLimited      int      `json:"rate_limited"`
-	Malformed        int      `json:"malformed"`
-	PromptTokens     int64    `json:"prompt_tokens"`
-	CompletionTokens int64    `json:"completion_tokens"`
-	Cost             float64  `json:"cost"`
-	OffLength        int      `json:"off_length"` // descriptions outside 40–60 words
-	Conversations    int      `json:"conversations"`
-	TornCacheLines   int      `json:"torn_cache_lines"`
-	Problems         []string `json:"problems,omitempty"`
+	Errors           int     `json:"errors"`
+	Calls            int     `json:"calls"`
+	Retries          int     `json:"retries"`
+	RateLimited      int     `json:"rate_limited"`
+	Malformed        int     `json:"malformed"`
+	PromptTokens     int64   `json:"prompt_tokens"`
+	CompletionTokens int64   `json:"completion_tokens"`
+	Cost             float64 `json:"cost"`
+	OffLength        int     `json:"off_length"` // descriptions outside 40–60 words
+	// TotalPromptTokens, TotalCompletionTokens and TotalCost cover every
+	// answer of these items in the cache, earlier runs included.
+	TotalPromptTokens     int64    `json:"total_prompt_tokens"`
+	TotalCompletionTokens int64    `json:"total_completion_tokens"`
+	TotalCost             float64  `json:"total_cost"`
+	Conversations         int      `json:"conversations"`
+	TornCacheLines        int      `json:"torn_cache_lines"`
+	Problems              []string `json:"problems,omitempty"`
 }
 
 // String is a one-paragraph summary.
 func (s *Summary) String() string {
-	return fmt.Sprintf("%d items: %d cached, %d fetched, %d failed (malformed answers), %d errors; %d calls, %d retries (%d rate limited, %d malformed); tokens %d prompt + %d completion, estimated cost %.4f; %d descriptions outside 40–60 words; %d conversations written",
+	return fmt.Sprintf("%d items: %d cached, %d fetched, %d failed (malformed answers), %d errors; %d calls, %d retries (%d rate limited, %d malformed); this run %d prompt + %d completion tokens, estimated cost %.4f (all runs: %d + %d tokens, %.4f); %d descriptions outside 40–60 words; %d conversations written",
 		s.Items, s.Cached, s.Fetched, s.Failed, s.Errors, s.Calls, s.Retries, s.RateLimited, s.Malformed,
-		s.PromptTokens, s.CompletionTokens, s.Cost, s.OffLength, s.Conversations)
+		s.PromptTokens, s.CompletionTokens, s.Cost, s.TotalPromptTokens, s.TotalCompletionTokens, s.TotalCost, s.OffLength, s.Conversations)
 }
 
 // ErrAuth is returned when the service rejects the key (401/403).
@@ -312,7 +317,19 @@ feed:
 		}
 		return r.sum, fmt.Errorf("distill: %w", err) // redacted where it was made
 	}
-	r.sum.Cost = float64(r.sum.PromptTokens)/1000*cfg.PricePromptPer1K + float64(r.sum.CompletionTokens)/1000*cfg.PriceCompletionPer1K
+	price := func(p, c int64) float64 {
+		return float64(p)/1000*cfg.PricePromptPer1K + float64(c)/1000*cfg.PriceCompletionPer1K
+	}
+	r.sum.Cost = price(r.sum.PromptTokens, r.sum.CompletionTokens)
+	seen := map[string]bool{}
+	for _, k := range keys {
+		if e, ok := r.cache.Get(k); ok && k != "" && !seen[k] {
+			seen[k] = true
+			r.sum.TotalPromptTokens += e.Usage.PromptTokens
+			r.sum.TotalCompletionTokens += e.Usage.CompletionTokens
+		}
+	}
+	r.sum.TotalCost = price(r.sum.TotalPromptTokens, r.sum.TotalCompletionTokens)
 	if cfg.OutPath != "" {
 		n, err := r.writeConversations(items, keys)
 		if err != nil {

@@ -111,10 +111,13 @@ func TestRunBothFormats(t *testing.T) {
 					t.Errorf("conversation %d: word %q description %q", i, c.RatingWord, c.TeacherDescription)
 				}
 			}
-			// A rerun pays nothing.
+			// A rerun pays nothing, and still reports what the answers cost.
 			sum2, err := Run(context.Background(), cfg, items)
 			if err != nil || sum2.Cached != 6 || sum2.Calls != 0 || f.Calls() != 6 || sum2.Conversations != 12 {
 				t.Errorf("rerun: %v %+v calls %d", err, sum2, f.Calls())
+			}
+			if sum2.Cost != 0 || sum2.TotalPromptTokens != 6000 || sum2.TotalCompletionTokens != 900 || math.Abs(sum2.TotalCost-sum.Cost) > 1e-9 {
+				t.Errorf("rerun cost %v total %d+%d %v", sum2.Cost, sum2.TotalPromptTokens, sum2.TotalCompletionTokens, sum2.TotalCost)
 			}
 		})
 	}
