@@ -3,6 +3,7 @@ package tensorio
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"os"
@@ -10,6 +11,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"unsafe"
 
@@ -347,5 +349,54 @@ func TestWriteNonContiguous(t *testing.T) {
 	}
 	if got, want := y.MustSize(), []int64{3, 2}; !reflect.DeepEqual(got, want) {
 		t.Errorf("shape = %v, want %v", got, want)
+	}
+}
+
+// TestConcurrentTensors loads tensors from several goroutines at once (the
+// mapped pages are released after each copy while others read neighbours).
+func TestConcurrentTensors(t *testing.T) {
+	var named []Named
+	want := map[string][]byte{}
+	for i := range 12 {
+		b := randomBytes(uint64(100+i), 4*(1000+i*37))
+		name := fmt.Sprintf("t%02d", i)
+		named = append(named, Named{name, tensorOf(t, b, []int64{int64(1000 + i*37)}, gotch.Float)})
+		want[name] = b
+	}
+	path := filepath.Join(t.TempDir(), "c.safetensors")
+	if err := Write(path, named, nil); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var wg sync.WaitGroup
+	errs := make(chan error, 4*len(named))
+	for g := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for k := range named {
+				name := named[(k+g*3)%len(named)].Name
+				x, err := c.Tensor(name)
+				if err != nil {
+					errs <- err
+					return
+				}
+				n := int(x.Numel()) * 4
+				got := make([]float32, x.Numel())
+				x.MustCopyData(got, x.Numel())
+				if !bytes.Equal(f32Bytes(got...), want[name]) || n != len(want[name]) {
+					errs <- fmt.Errorf("%s: data differs", name)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
 	}
 }

@@ -143,3 +143,28 @@ func TestParseIndex(t *testing.T) {
 		t.Errorf("ParseIndex = %+v, want %+v", got, want)
 	}
 }
+
+func TestHugeLengthDoesNotAllocate(t *testing.T) {
+	tests := []struct {
+		name string
+		n    uint64
+	}{
+		{"2^60", 1 << 60},
+		{"max uint64", ^uint64(0)},
+		{"just over the limit", MaxSize + 1},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			file := withLen(tc.n, `{"a":1}`)
+			allocs := testing.AllocsPerRun(10, func() {
+				if _, err := Parse(file); err == nil {
+					t.Fatal("Parse succeeded")
+				}
+			})
+			// Only the error value itself.
+			if allocs > 5 {
+				t.Errorf("Parse allocated %v times", allocs)
+			}
+		})
+	}
+}
