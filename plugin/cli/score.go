@@ -193,6 +193,9 @@ func buildScoreJob(app *App, f *scoreFlags, args []string) (*scoreJob, error) {
 		},
 	}
 	needPrompt := slices.Contains(aspects, config.AspectCorrespondence)
+	if needPrompt && !slices.ContainsFunc(job.Images, func(im scoreImage) bool { return strings.TrimSpace(im.Prompt) != "" }) {
+		return nil, &UsageError{Err: errors.New("score: correspondence needs the generation prompt of each image: pass --prompt TEXT or --prompts-file F.jsonl, or score other aspects (--aspects quality)")}
+	}
 	for i := range job.Images {
 		im := &job.Images[i]
 		im.req = -1
@@ -591,7 +594,7 @@ func scoreWithSidecar(ctx context.Context, app *App, job *scoreJob) ([]schemas.I
 		}),
 		OnState: func(st schemas.State, err error) {
 			if st == schemas.StateRestarting {
-				cancel(fmt.Errorf("model process %s failed: %w", filepath.Base(bin), err))
+				cancel(fmt.Errorf("the model process (%s) died or could not start: %w", bin, err))
 			}
 		},
 	})

@@ -351,6 +351,7 @@ func TestScoreUsageErrors(t *testing.T) {
 		{[]string{"--prompts-file", "bad.jsonl"}, `bad.jsonl:1: no "image"`},
 		{[]string{"--prompts-file", "nope.jsonl"}, "no such file"},
 		{[]string{"-", "-"}, "named twice"},
+		{[]string{"a.png", "--aspects", "quality,correspondence"}, "correspondence needs the generation prompt"},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
@@ -532,11 +533,13 @@ func waitGone(t *testing.T, pidFile string) {
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
 		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
+			checkNoChildren(t)
 			return
 		}
 		// A zombie counts as gone: its parent (the go-plugin client of this
 		// process) reaps it.
 		if st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil && strings.Contains(string(st), ") Z ") {
+			checkNoChildren(t)
 			return
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -624,7 +627,7 @@ func TestScoreLoadFailure(t *testing.T) {
 		want string
 	}{
 		{"fail-load", "model.safetensors: file does not exist"},
-		{"crash-load", "failed"},
+		{"crash-load", "died or could not start"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.mode, func(t *testing.T) {
@@ -678,15 +681,88 @@ func TestScoreInterruptStopsModelProcess(t *testing.T) {
 	waitGone(t, pidFile)
 }
 
+// liveChildren lists this process's child processes that have not exited.
+func liveChildren(t *testing.T) []string {
+	t.Helper()
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Skip("no /proc")
+	}
+	me := strconv.Itoa(os.Getpid())
+	var out []string
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		s := string(b)
+		i := strings.LastIndexByte(s, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(s[i+1:])
+		if len(f) >= 2 && f[1] == me && f[0] != "Z" {
+			out = append(out, e.Name()+" "+s[:i+1])
+		}
+	}
+	return out
+}
+
+// checkNoChildren fails when a child process outlives `m3gate score`.
+func checkNoChildren(t *testing.T) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		kids := liveChildren(t)
+		if len(kids) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("child processes left running: %v", kids)
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// realSidecar returns $M3GATE_SIDECAR or skips the test.
+func realSidecar(t *testing.T) string {
+	t.Helper()
+	bin := os.Getenv(SidecarEnv)
+	if bin == "" {
+		t.Skip("M3GATE_SIDECAR is not set: this test needs the real sidecar binary (make test builds it and sets it)")
+	}
+	return abs(bin)
+}
+
+// TestScoreRealSidecarLoadError runs `m3gate score` against the real
+// m3gate-sidecar with a model directory that cannot load: the command must
+// report the sidecar's load error promptly, exit 1 and leave no process.
+func TestScoreRealSidecarLoadError(t *testing.T) {
+	bin := realSidecar(t)
+	dir := t.TempDir()
+	img := writeFile(t, dir, "a.png", "png")
+	model := fakeModelDir(t) // config.json "{}" and no weights
+	env := append(os.Environ(), "M3GATE_SIDECAR="+bin, "M3GATE_MODEL_DIR="+model)
+	start := time.Now()
+	code, out, errOut := run(t, env, "", "score", img, "--aspects", "quality")
+	if code != ExitError || out != "" {
+		t.Errorf("code = %d, stdout %q; want %d and nothing", code, out, ExitError)
+	}
+	if !strings.Contains(errOut, "m3gate: score: load model "+model+": model not ready: ") {
+		t.Errorf("stderr lacks the load error:\n%s", errOut)
+	}
+	if d := time.Since(start); d > 60*time.Second {
+		t.Errorf("took %v", d)
+	}
+	checkNoChildren(t)
+}
+
 // TestScoreEndToEnd runs `m3gate score` on the bundled examples against the
 // real m3gate-sidecar ($M3GATE_SIDECAR, built by `make test`) with a tiny
 // random model the sidecar generates.
 func TestScoreEndToEnd(t *testing.T) {
-	bin := os.Getenv(SidecarEnv)
-	if bin == "" {
-		t.Skip("M3GATE_SIDECAR is not set: the end-to-end test needs the real sidecar binary (make test builds it and sets it)")
-	}
-	bin = abs(bin)
+	bin := realSidecar(t)
 	examples, err := filepath.Abs(filepath.Join("..", "..", "examples"))
 	if err != nil {
 		t.Fatal(err)
@@ -708,6 +784,7 @@ func TestScoreEndToEnd(t *testing.T) {
 	if code != ExitOK {
 		t.Fatalf("code = %d\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
 	}
+	checkNoChildren(t)
 	lines := strings.Split(strings.TrimSpace(out), "\n")
 	if len(lines) != 2 {
 		t.Fatalf("want one line per example image, got:\n%s", out)
