@@ -1,6 +1,8 @@
 package imageproc
 
 import (
+	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"image"
 	"image/color"
@@ -270,6 +272,78 @@ func BenchmarkPreprocess(b *testing.B) {
 			for range b.N {
 				if _, err := Preprocess(img, Options{Split: split}); err != nil {
 					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// TestPreprocessMatchesHFReference compares Preprocess bit-exactly with
+// testdata/hf_idefics3_ref.py, a numpy/PIL re-statement of the Hugging Face
+// Idefics3 processor's steps.
+func TestPreprocessMatchesHFReference(t *testing.T) {
+	if err := exec.Command(python, "-c", "import PIL, numpy").Run(); err != nil {
+		t.Skipf("skipping: %s cannot import PIL and numpy (%v)", python, err)
+	}
+	tests := []struct {
+		name          string
+		w, h          int
+		tile, longest int
+		split         bool
+	}{
+		{"single", 300, 200, 128, 0, false},
+		{"split landscape", 250, 150, 64, 256, true},
+		{"split portrait", 90, 170, 64, 192, true},
+		{"split fits one tile", 120, 80, 128, 128, true},
+		{"split upsampled", 40, 40, 32, 96, true},
+	}
+	dir := t.TempDir()
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			src := testImage(tc.w, tc.h, uint64(40+i))
+			in := filepath.Join(dir, fmt.Sprintf("hf%d.png", i))
+			if err := os.WriteFile(in, encodePNG(t, src), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			prefix := filepath.Join(dir, fmt.Sprintf("hf%d", i))
+			split := "0"
+			if tc.split {
+				split = "1"
+			}
+			cmd := exec.Command(python, filepath.Join("testdata", "hf_idefics3_ref.py"), in, prefix,
+				fmt.Sprint(tc.tile), fmt.Sprint(tc.longest), split)
+			if out, err := cmd.CombinedOutput(); err != nil {
+				t.Fatalf("hf_idefics3_ref.py: %v\n%s", err, out)
+			}
+			var meta struct{ Rows, Cols, Tiles int }
+			raw, err := os.ReadFile(prefix + ".json")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := json.Unmarshal(raw, &meta); err != nil {
+				t.Fatal(err)
+			}
+			data, err := os.ReadFile(prefix + ".f32")
+			if err != nil {
+				t.Fatal(err)
+			}
+			px, err := Preprocess(src, Options{Size: tc.tile, LongestEdge: tc.longest, Split: tc.split})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got, want := [3]int{px.Rows, px.Cols, len(px.Tiles)}, [3]int{meta.Rows, meta.Cols, meta.Tiles}; got != want {
+				t.Fatalf("rows, cols, tiles = %v, reference %v", got, want)
+			}
+			n := 3 * tc.tile * tc.tile
+			if len(data) != 4*n*meta.Tiles {
+				t.Fatalf("reference has %d bytes, want %d", len(data), 4*n*meta.Tiles)
+			}
+			for k, tile := range px.Tiles {
+				for j, v := range tile {
+					want := math.Float32frombits(binary.LittleEndian.Uint32(data[4*(k*n+j):]))
+					if v != want {
+						t.Fatalf("tile %d value %d = %v, reference %v", k, j, v, want)
+					}
 				}
 			}
 		})
