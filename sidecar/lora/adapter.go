@@ -10,6 +10,7 @@ import (
 	"reflect"
 	"sort"
 	"strings"
+	"sync"
 
 	"github.com/m3gate/m3gate/sidecar/mllm"
 	"github.com/m3gate/m3gate/sidecar/tensorio"
@@ -30,6 +31,35 @@ type Layer struct {
 	A     *ts.Tensor // [r, in]
 	B     *ts.Tensor // [out, r]
 	Scale float64
+
+	mu           sync.Mutex // guards the cast cache
+	castKind     gotch.DType
+	castA, castB *ts.Tensor
+}
+
+// cast returns A and B in dtype kind, caching the conversion unless the
+// weights may change (training).
+func (l *Layer) cast(kind gotch.DType, cache bool) (*ts.Tensor, *ts.Tensor) {
+	if l.A.DType() == kind {
+		return l.A, l.B
+	}
+	if !cache {
+		return l.A.MustTotype(kind, false), l.B.MustTotype(kind, false)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.castA == nil || l.castKind != kind {
+		l.castA = l.A.MustDetach(false).MustTotype(kind, true)
+		l.castB = l.B.MustDetach(false).MustTotype(kind, true)
+		l.castKind = kind
+	}
+	return l.castA, l.castB
+}
+
+func (l *Layer) dropCache() {
+	l.mu.Lock()
+	l.castA, l.castB = nil, nil
+	l.mu.Unlock()
 }
 
 // Adapter is one loaded or new LoRA adapter.

@@ -6,6 +6,7 @@ import (
 	"math/rand"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -513,5 +514,30 @@ func TestTrainingGradients(t *testing.T) {
 	}
 	if len(a.Parameters()) != 2*len(a.Layers) {
 		t.Errorf("%d parameters for %d layers", len(a.Parameters()), len(a.Layers))
+	}
+}
+
+// TestGradModeRestored: Merge turns autograd off only while it runs (gotch's
+// own GradSetEnabled misreports the previous state and would leave it off).
+func TestGradModeRestored(t *testing.T) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	_, lin, _ := setup(t)
+	a, err := New("g", testConfig(2, 4), lin, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := NewSet(lin, SetOptions{})
+	if err := s.Add(a); err != nil {
+		t.Fatal(err)
+	}
+	_ = s.Activate("g")
+	setGrad(true)
+	if err := s.Merge(); err != nil {
+		t.Fatal(err)
+	}
+	s.Unmerge()
+	if !setGrad(true) {
+		t.Error("grad mode left disabled after Merge/Unmerge")
 	}
 }

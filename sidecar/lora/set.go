@@ -8,6 +8,7 @@ import (
 
 	"github.com/m3gate/m3gate/sidecar/mllm"
 	"github.com/sugarme/gotch"
+	lib "github.com/sugarme/gotch/libtch"
 	ts "github.com/sugarme/gotch/ts"
 )
 
@@ -60,10 +61,7 @@ func (h *hook) Forward(x *ts.Tensor) *ts.Tensor {
 	if l == nil {
 		return nil
 	}
-	A, B := l.A, l.B
-	if x.DType() != A.DType() {
-		A, B = A.MustTotype(x.DType(), false), B.MustTotype(x.DType(), false)
-	}
+	A, B := l.cast(x.DType(), !training)
 	in := x
 	if training && a.Config.LoraDropout > 0 {
 		in = ts.MustDropout(x, a.Config.LoraDropout, true)
@@ -198,9 +196,16 @@ func (s *Set) Active() string {
 }
 
 // SetTraining turns LoRA dropout on (training) or off.
+// Cached dtype conversions of A and B are dropped, since training changes
+// the weights in place.
 func (s *Set) SetTraining(on bool) {
 	s.mu.Lock()
 	s.training = on
+	for _, a := range s.adapters {
+		for _, l := range a.Layers {
+			l.dropCache()
+		}
+	}
 	s.mu.Unlock()
 }
 
@@ -251,8 +256,8 @@ func (s *Set) unmergeLocked() {
 func (s *Set) apply(a *Adapter, sign float64) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	prev := ts.MustGradSetEnabled(false)
-	defer ts.MustGradSetEnabled(prev)
+	prev := setGrad(false)
+	defer setGrad(prev)
 	for _, m := range a.Modules() {
 		l := a.Layers[m]
 		w := s.linears[m].W
@@ -275,4 +280,16 @@ func (s *Set) namesLocked() []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// setGrad sets the calling thread's grad mode and returns the previous one.
+// gotch v0.9.1's GradSetEnabled reads libtorch's C int result as an 8-byte
+// Go int (the upper half is stack garbage), so the previous state it reports
+// is unreliable; only the low 32 bits are the real value.
+func setGrad(on bool) bool {
+	v := 0
+	if on {
+		v = 1
+	}
+	return int32(lib.AtGradSetEnabled(v)) == 1
 }

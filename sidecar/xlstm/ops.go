@@ -5,6 +5,7 @@ import (
 	"runtime"
 
 	"github.com/sugarme/gotch"
+	lib "github.com/sugarme/gotch/libtch"
 	ts "github.com/sugarme/gotch/ts"
 )
 
@@ -59,13 +60,27 @@ func causalConv(x, w, b *ts.Tensor) *ts.Tensor {
 }
 
 // gradMode runs fn with autograd on or off on one OS thread (libtorch's
-// grad mode is thread-local and goroutines move between threads).
+// grad mode is thread-local and goroutines move between threads), then
+// restores the thread's previous mode.
 func gradMode(enabled bool, fn func()) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	prev := ts.MustGradSetEnabled(enabled)
-	defer ts.MustGradSetEnabled(prev)
+	prev := setGrad(enabled)
+	defer setGrad(prev)
 	fn()
+}
+
+// setGrad sets the calling thread's grad mode and returns the previous one.
+// gotch v0.9.1's GradSetEnabled reads libtorch's C int result as an 8-byte
+// Go int, so its upper half is stack garbage and the "previous state" it
+// reports is usually false; restoring that disables autograd on the thread
+// for good. Only the low 32 bits are the real value.
+func setGrad(on bool) bool {
+	v := 0
+	if on {
+		v = 1
+	}
+	return int32(lib.AtGradSetEnabled(v)) == 1
 }
 
 func scalarF(v float64) *ts.Scalar { return ts.FloatScalar(v) }

@@ -4,6 +4,7 @@ import (
 	"math"
 	"math/rand"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -508,5 +509,23 @@ func TestLoadRefusesMismatch(t *testing.T) {
 		if _, err := FromStateDict(tc.sd, gotch.CPU); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("err %v, want %q", err, tc.want)
 		}
+	}
+}
+
+// TestGradModeRestored: Predict turns autograd off only while it runs.
+func TestGradModeRestored(t *testing.T) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	c := smallConfig()
+	p, err := New(c, 1, gotch.CPU)
+	if err != nil {
+		t.Fatal(err)
+	}
+	setGrad(true)
+	if _, err := p.Predict(randTensor(rand.New(rand.NewSource(1)), 1, 1, 5, 48), nil); err != nil {
+		t.Fatal(err)
+	}
+	if !setGrad(true) {
+		t.Error("grad mode left disabled after Predict")
 	}
 }
