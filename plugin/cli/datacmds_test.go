@@ -169,3 +169,62 @@ func TestDataConvertSplitsAndEvalWithManifest(t *testing.T) {
 		t.Errorf("eval without manifest: %d %s", code, errOut)
 	}
 }
+
+// TestEvalReproducesScipy runs m3gate eval on the metrics package's
+// predictions file and compares report.json with the values scipy computed
+// for the same vectors (plugin/metrics/testdata/ref_metrics.py).
+func TestEvalReproducesScipy(t *testing.T) {
+	td, _ := filepath.Abs("../metrics/testdata")
+	out := filepath.Join(t.TempDir(), "ev")
+	code, stdout, errOut := run(t, nil, "", "eval", "--predictions", filepath.Join(td, "predictions.jsonl"), "--out", out, "--bootstrap", "0")
+	if code != ExitOK {
+		t.Fatalf("eval: %d\n%s\n%s", code, stdout, errOut)
+	}
+	var ref struct {
+		Cases []struct {
+			Name                   string
+			SRCC, PLCC, KRCC, RMSE float64
+			PLCCFitted             float64 `json:"plcc_fitted"`
+		}
+	}
+	b, _ := os.ReadFile(filepath.Join(td, "ref_metrics.json"))
+	if err := json.Unmarshal(b, &ref); err != nil {
+		t.Fatal(err)
+	}
+	var rep struct {
+		Results []struct {
+			Aspect                 string
+			SRCC, PLCC, KRCC, RMSE float64
+			PLCCFitted             float64 `json:"plcc_fitted"`
+		}
+	}
+	b, _ = os.ReadFile(filepath.Join(out, "report.json"))
+	if err := json.Unmarshal(b, &rep); err != nil || len(rep.Results) != 2 {
+		t.Fatalf("report.json: %v\n%s", err, b)
+	}
+	caseOf := map[string]string{"quality": "other_scale", "correspondence": "sigmoid_pred"}
+	matched := 0
+	for _, r := range rep.Results {
+		for _, c := range ref.Cases {
+			if c.Name != caseOf[r.Aspect] {
+				continue
+			}
+			matched++
+			if c.SRCC == 0 || r.SRCC == 0 {
+				t.Fatalf("%s: empty values %+v %+v", r.Aspect, r, c)
+			}
+			d := []float64{r.SRCC - c.SRCC, r.PLCC - c.PLCC, r.KRCC - c.KRCC, r.RMSE - c.RMSE}
+			for i, v := range d {
+				if v > 1e-9 || v < -1e-9 {
+					t.Errorf("%s metric %d differs from scipy by %g", r.Aspect, i, v)
+				}
+			}
+			if v := r.PLCCFitted - c.PLCCFitted; v > 1e-4 || v < -1e-4 {
+				t.Errorf("%s fitted PLCC differs from scipy by %g", r.Aspect, v)
+			}
+		}
+	}
+	if matched != 2 {
+		t.Errorf("compared %d aspects with scipy, want 2", matched)
+	}
+}
