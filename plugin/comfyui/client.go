@@ -187,7 +187,11 @@ func (c *Client) dial(ctx context.Context) (*websocket.Conn, error) {
 
 // Connect opens the websocket and keeps it open until Close: when it drops,
 // subscribers get *Disconnected, the client redials with backoff and, once
-// back, subscribers get *Reconnected. Connect fails if the first dial fails.
+// back and registered by the server (its first message arrived),
+// subscribers get *Reconnected. Connect fails if the first dial fails; it
+// returns once the server's first status message has arrived (at most 10 s
+// after the handshake), so that prompts queued next have their events
+// delivered.
 func (c *Client) Connect(ctx context.Context) error {
 	c.mu.Lock()
 	if c.closed {
@@ -214,7 +218,19 @@ func (c *Client) Connect(ctx context.Context) error {
 	c.cancel = cancel
 	c.done = make(chan struct{})
 	c.mu.Unlock()
-	go c.supervise(rctx, conn)
+	ready := make(chan struct{})
+	go c.supervise(rctx, conn, ready)
+	// The server sends its status (with our sid) once it has registered the
+	// socket; from then on our prompts' events reach us.
+	t := time.NewTimer(10 * time.Second)
+	defer t.Stop()
+	select {
+	case <-ready:
+	case <-t.C:
+		c.opts.log.Warn("comfyui sent no status after connecting", "server", c.base.String())
+	case <-ctx.Done():
+		return fmt.Errorf("connect: %w", ctx.Err())
+	}
 	return nil
 }
 
@@ -243,11 +259,12 @@ func (c *Client) Close() error {
 
 // supervise runs one connection at a time (one reader, one writer
 // goroutine each) and redials when it drops.
-func (c *Client) supervise(ctx context.Context, conn *websocket.Conn) {
+func (c *Client) supervise(ctx context.Context, conn *websocket.Conn, ready chan struct{}) {
 	defer close(c.done)
 	attempts := 0
 	for {
-		err := c.serve(ctx, conn, attempts)
+		err := c.serve(ctx, conn, attempts, ready)
+		ready = nil
 		c.mu.Lock()
 		c.connected = false
 		c.downSince = time.Now()
@@ -300,8 +317,9 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 }
 
 // serve runs the reader and the writer goroutines of one connection until
-// either fails or ctx ends. redials is 0 for the first connection.
-func (c *Client) serve(ctx context.Context, conn *websocket.Conn, redials int) error {
+// either fails or ctx ends. redials is 0 for the first connection; ready
+// (if not nil) is closed when the server's first message arrives.
+func (c *Client) serve(ctx context.Context, conn *websocket.Conn, redials int, ready chan struct{}) error {
 	out := make(chan []byte, 16)
 	c.mu.Lock()
 	c.connected = true
@@ -313,14 +331,21 @@ func (c *Client) serve(ctx context.Context, conn *websocket.Conn, redials int) e
 			out <- msg
 		}
 	}
-	if redials > 0 {
-		c.broadcast(&Reconnected{Attempts: redials})
+	// Reconnected goes out when the server has registered the socket (its
+	// first message), so a /history check made on it misses nothing.
+	onFirst := func() {
+		if ready != nil {
+			close(ready)
+		}
+		if redials > 0 {
+			c.broadcast(&Reconnected{Attempts: redials})
+		}
 	}
 
 	readErr := make(chan error, 1)
 	stopWriter := make(chan struct{})
 	writerDone := make(chan struct{})
-	go func() { readErr <- c.readLoop(conn) }()
+	go func() { readErr <- c.readLoop(conn, onFirst) }()
 	go func() { defer close(writerDone); c.writeLoop(conn, out, stopWriter) }()
 
 	var err error
@@ -343,7 +368,7 @@ func (c *Client) serve(ctx context.Context, conn *websocket.Conn, redials int) e
 	return err
 }
 
-func (c *Client) readLoop(conn *websocket.Conn) error {
+func (c *Client) readLoop(conn *websocket.Conn, onFirst func()) error {
 	conn.SetReadLimit(256 << 20)
 	_ = conn.SetReadDeadline(time.Now().Add(c.opts.pongWait))
 	conn.SetPongHandler(func(string) error {
@@ -355,6 +380,10 @@ func (c *Client) readLoop(conn *websocket.Conn) error {
 			return err
 		}
 		_ = conn.SetReadDeadline(time.Now().Add(c.opts.pongWait))
+		if onFirst != nil {
+			onFirst()
+			onFirst = nil
+		}
 		var ev Event
 		switch typ {
 		case websocket.TextMessage:
