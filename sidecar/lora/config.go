@@ -39,6 +39,12 @@ type Config struct {
 	InferenceMode     bool            `json:"inference_mode"`
 }
 
+// DefaultTargets selects the language model's self-attention q/k/v/o
+// projections, not the vision tower's (a plain ["q_proj", ...] list would
+// match both): Idefics3/SmolVLM name them model.text_model.layers.N...,
+// MiniCPM-V llm.model.layers.N... (the reference's own regex).
+const DefaultTargets = `(model\.text_model|llm)\..*layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|o_proj)`
+
 // DefaultConfig is the M3-AGIQA reference setting: r = 64, alpha = 64,
 // dropout 0.05 on the text model's self-attention q/k/v/o projections.
 func DefaultConfig() Config {
@@ -46,7 +52,7 @@ func DefaultConfig() Config {
 		PeftType:      "LORA",
 		R:             64,
 		LoraAlpha:     64,
-		TargetModules: Targets{List: []string{"q_proj", "k_proj", "v_proj", "o_proj"}},
+		TargetModules: Targets{IsRegex: true, Regex: DefaultTargets},
 		LoraDropout:   0.05,
 		Bias:          "none",
 		TaskType:      "CAUSAL_LM",
