@@ -541,3 +541,23 @@ func TestGradModeRestored(t *testing.T) {
 		t.Error("grad mode left disabled after Merge/Unmerge")
 	}
 }
+
+// TestLegacyBin loads an adapter_model.bin written by torch.save.
+func TestLegacyBin(t *testing.T) {
+	a, err := Load("testdata/legacy_bin", "old")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := a.Layers[pfx+"0.self_attn.q_proj"]
+	if l == nil || l.Scale != 2 {
+		t.Fatalf("layers %v", a.Modules())
+	}
+	want := []float64{-1.1258398294448853, -1.152360200881958, -0.2505785822868347}
+	if d := maxAbs(vals(l.A)[:3], want); d > 1e-7 {
+		t.Errorf("A starts %v, want %v", vals(l.A)[:3], want)
+	}
+	_, lin, _ := setup(t)
+	if err := NewSet(lin, SetOptions{}).Add(a); err != nil {
+		t.Fatal(err)
+	}
+}
