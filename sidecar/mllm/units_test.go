@@ -583,3 +583,24 @@ func TestForwardInputErrors(t *testing.T) {
 		t.Error("wrong size: no error")
 	}
 }
+
+// TestLinearRowPaths: the matrix-vector path for one row equals the
+// general path, with and without bias.
+func TestLinearRowPaths(t *testing.T) {
+	w := randTensor(1, 5, 4)
+	for _, bias := range []*ts.Tensor{nil, randTensor(2, 5)} {
+		l := &Linear{W: w, B: bias}
+		x := randTensor(3, 3, 1, 4)
+		all := floats(l.Forward(x))
+		for i := int64(0); i < 3; i++ {
+			row := x.MustNarrow(0, i, 1, false) // [1, 1, 4]
+			y := l.Forward(row)
+			if sz := y.MustSize(); len(sz) != 3 || sz[2] != 5 {
+				t.Fatalf("one-row output shape %v", sz)
+			}
+			if d := maxAbsDiff(floats(y), all[i*5:(i+1)*5]); d > 1e-6 {
+				t.Errorf("row %d (bias %v): mv path differs by %g", i, bias != nil, d)
+			}
+		}
+	}
+}
