@@ -216,3 +216,7 @@ func TestWordForMOS(t *testing.T) {
 		}
 	}
 }
+
+func newPredictorWithConfig(cfg xlstm.Config) (*xlstm.Predictor, error) {
+	return xlstm.New(cfg, 5, gotch.CPU)
+}

@@ -79,8 +79,8 @@ func TestServesContract(t *testing.T) {
 	if err == nil {
 		t.Fatal("load of a missing model succeeded")
 	}
-	if _, isNoScorer := engine.(noScorer); isNoScorer && !errors.Is(err, schemas.ErrNoScorer) {
-		t.Errorf("load: got %v, want ErrNoScorer", err)
+	if !strings.Contains(err.Error(), "/nonexistent-m3gate-model does not exist") {
+		t.Errorf("load: got %v, want an error naming the missing directory", err)
 	}
 	st, _ = s.Status(ctx)
 	if st.State != schemas.StateError || st.Error == "" {

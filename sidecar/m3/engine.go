@@ -1,0 +1,309 @@
+package m3
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/sugarme/gotch"
+
+	"github.com/m3gate/m3gate/schemas"
+	"github.com/m3gate/m3gate/sidecar/imageproc"
+	"github.com/m3gate/m3gate/sidecar/lora"
+	"github.com/m3gate/m3gate/sidecar/mllm"
+	"github.com/m3gate/m3gate/sidecar/service"
+	"github.com/m3gate/m3gate/sidecar/torch"
+	"github.com/m3gate/m3gate/sidecar/xlstm"
+)
+
+// Engine serves the M3-AGIQA scorer to the sidecar's gRPC service: Load
+// reads the MLLM, one LoRA adapter and one xLSTM predictor per aspect;
+// Score decodes and preprocesses images and scores them.
+type Engine struct {
+	model      *mllm.Model
+	scorer     *Scorer
+	adapters   *lora.Set
+	predictors map[string]*xlstm.Predictor
+	info       schemas.ModelInfo
+	maxPixels  int64
+	split      bool
+}
+
+var _ service.Engine = (*Engine)(nil)
+
+// NewEngine returns an engine with no model loaded.
+func NewEngine() *Engine { return &Engine{} }
+
+// Load options understood in LoadRequest.Options.
+const (
+	// OptionMaxPixels bounds the decoded size of an image (decompression
+	// bombs); default imageproc.DefaultMaxPixels.
+	OptionMaxPixels = "max_pixels"
+	// OptionImageSplitting turns on the tiled mode ("true"/"false").
+	OptionImageSplitting = "image_splitting"
+)
+
+// Load reads the model directory, the adapters and the predictors of req.
+// A failed Load leaves no model loaded.
+func (e *Engine) Load(ctx context.Context, req schemas.LoadRequest, progress func(schemas.LoadProgress)) (err error) {
+	e.Unload(ctx)
+	if progress == nil {
+		progress = func(schemas.LoadProgress) {}
+	}
+	family := req.Family
+	if family == "" {
+		family = "idefics3"
+	}
+	if !contains(mllm.Families(), family) {
+		return fmt.Errorf("load: unknown model family %q (known: %s)", family, strings.Join(mllm.Families(), ", "))
+	}
+	switch req.Device {
+	case "", "cpu":
+	default:
+		return fmt.Errorf("load: device %q: this sidecar runs models on the CPU only", req.Device)
+	}
+	opts := mllm.LoadOptions{DType: gotch.Float}
+	switch strings.ToLower(req.DType) {
+	case "", "f32", "float32":
+	case "bf16", "bfloat16":
+		opts.DType = gotch.BFloat16
+	default:
+		return fmt.Errorf("load: dtype %q: want f32 or bf16", req.DType)
+	}
+	maxPixels := int64(imageproc.DefaultMaxPixels)
+	split := false
+	for k, v := range req.Options {
+		switch k {
+		case OptionMaxPixels:
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil || n <= 0 {
+				return fmt.Errorf("load: option %s=%q: want a positive integer", k, v)
+			}
+			maxPixels = n
+		case OptionImageSplitting:
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return fmt.Errorf("load: option %s=%q: want true or false", k, v)
+			}
+			split = b
+		default:
+			return fmt.Errorf("load: unknown option %q", k)
+		}
+	}
+	if err := torch.SetThreads(req.Threads); err != nil {
+		return fmt.Errorf("load: %w", err)
+	}
+	if req.ModelDir == "" {
+		return fmt.Errorf("load: no model directory given")
+	}
+	if st, err := os.Stat(req.ModelDir); err != nil || !st.IsDir() {
+		return fmt.Errorf("load: model directory %s does not exist (get one with `m3gate model fetch smolvlm-256m`, or `m3gate model tiny --out DIR` for a random-weight demo model)", req.ModelDir)
+	}
+	total := dirWeightBytes(req.ModelDir)
+	progress(schemas.LoadProgress{Stage: "model", TotalBytes: total, Message: "loading " + req.ModelDir})
+	model, err := mllm.Load(req.ModelDir, opts)
+	if err != nil {
+		return fmt.Errorf("load: %w", err)
+	}
+	if model.Tokenizer == nil {
+		return fmt.Errorf("load: %s has no tokenizer.json", req.ModelDir)
+	}
+	progress(schemas.LoadProgress{Stage: "model", DoneBytes: total, TotalBytes: total})
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("load: %w", err)
+	}
+
+	var set *lora.Set
+	for _, aspect := range sortedKeys(req.Adapters) {
+		dir := req.Adapters[aspect]
+		progress(schemas.LoadProgress{Stage: "adapter", Message: aspect + ": " + dir})
+		a, err := lora.Load(dir, aspect)
+		if err != nil {
+			return fmt.Errorf("load adapter %s: %w", aspect, err)
+		}
+		if set == nil {
+			set = lora.NewSet(model.Linears(), lora.SetOptions{})
+		}
+		if err := set.Add(a); err != nil {
+			return fmt.Errorf("load adapter %s: %w", aspect, err)
+		}
+	}
+	preds := map[string]*xlstm.Predictor{}
+	for _, aspect := range sortedKeys(req.Predictors) {
+		path := req.Predictors[aspect]
+		progress(schemas.LoadProgress{Stage: "predictor", Message: aspect + ": " + path})
+		p, err := xlstm.Load(path, gotch.CPU)
+		if err != nil {
+			return fmt.Errorf("load predictor %s: %w", aspect, err)
+		}
+		if in := p.Config().InputDim; in != model.Config.Text.VocabSize {
+			return fmt.Errorf("load predictor %s: %s takes %d-wide logits but the model's vocabulary has %d tokens", aspect, path, in, model.Config.Text.VocabSize)
+		}
+		preds[aspect] = p
+	}
+	var sw AdapterSwitch
+	if set != nil {
+		sw = set
+	}
+	scorer, err := New(model, sw)
+	if err != nil {
+		return fmt.Errorf("load: %w", err)
+	}
+	e.model, e.scorer, e.adapters, e.predictors = model, scorer, set, preds
+	e.maxPixels, e.split = maxPixels, split
+	dtype := "f32"
+	if opts.DType == gotch.BFloat16 {
+		dtype = "bf16"
+	}
+	e.info = schemas.ModelInfo{
+		Family: family, ModelDir: req.ModelDir, Device: "cpu", DType: dtype,
+		AdapterAspects: sortedKeys(req.Adapters), PredictorAspects: sortedKeys(req.Predictors),
+		Details: map[string]string{
+			"vocab":        strconv.Itoa(model.Config.Text.VocabSize),
+			"image_size":   strconv.Itoa(model.Config.Vision.ImageSize),
+			"image_tokens": strconv.Itoa(model.Config.ImageSeqLen()),
+			"threads":      strconv.Itoa(torch.Threads()),
+		},
+	}
+	progress(schemas.LoadProgress{Stage: "ready", DoneBytes: total, TotalBytes: total})
+	return nil
+}
+
+// Score decodes, preprocesses and scores items. An image that cannot be
+// read or decoded fails alone, in its result's Error.
+func (e *Engine) Score(ctx context.Context, items []schemas.ScoreItem, opts schemas.ScoreOptions) ([]schemas.ItemResult, error) {
+	if e.scorer == nil {
+		return nil, schemas.ErrNotLoaded
+	}
+	if len(opts.Aspects) == 0 {
+		return nil, fmt.Errorf("score: no aspects requested")
+	}
+	aspects := make([]Aspect, len(opts.Aspects))
+	for i, name := range opts.Aspects {
+		p, ok := opts.Prompts[name]
+		if !ok {
+			return nil, fmt.Errorf("score: no prompts for aspect %q", name)
+		}
+		a := Aspect{Name: name, Prompts: Prompts{Round1: p.Round1, Round2: p.Round2}, Predictor: e.predictors[name]}
+		if _, ok := e.adapterFor(name); ok {
+			a.Adapter = name
+		}
+		aspects[i] = a
+	}
+	out := make([]schemas.ItemResult, len(items))
+	var batch []Item
+	var index []int
+	for i, it := range items {
+		out[i].Index = i
+		px, err := e.pixels(it)
+		if err != nil {
+			out[i].Error = err.Error()
+			continue
+		}
+		batch = append(batch, Item{Pixels: px, Prompt: it.Prompt})
+		index = append(index, i)
+	}
+	if len(batch) == 0 {
+		return out, nil
+	}
+	res, err := e.scorer.Score(ctx, batch, aspects, Options{MaxNewTokens: opts.MaxNewTokens, SkipDescription: opts.SkipDescription})
+	if err != nil {
+		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+			return nil, err
+		}
+		for _, i := range index {
+			out[i].Error = err.Error()
+		}
+		return out, nil
+	}
+	for k, i := range index {
+		out[i].Aspects = map[string]schemas.AspectResult{}
+		for _, r := range res[k] {
+			out[i].Aspects[r.Aspect] = schemas.AspectResult{
+				MOS: r.MOS, Rating: r.Rating, WordProbs: r.WordProbs, Description: r.Description, Source: r.Source,
+				Timings: map[string]time.Duration{
+					"encode": r.Timings.Encode, "describe": r.Timings.Describe,
+					"rate": r.Timings.Rate, "predict": r.Timings.Predict,
+				},
+			}
+		}
+	}
+	return out, nil
+}
+
+// pixels reads, decodes and preprocesses one item's image.
+func (e *Engine) pixels(it schemas.ScoreItem) (mllm.Pixels, error) {
+	data, name := it.Data, "image"
+	if len(data) == 0 && it.Path != "" {
+		name = it.Path
+		var err error
+		if data, err = os.ReadFile(it.Path); err != nil {
+			return mllm.Pixels{}, fmt.Errorf("read image: %w", err)
+		}
+	}
+	img, err := imageproc.Decode(data, e.maxPixels)
+	if err != nil {
+		return mllm.Pixels{}, fmt.Errorf("%s: %w", name, err)
+	}
+	p, err := imageproc.Preprocess(img, imageproc.Options{Size: e.model.Config.Vision.ImageSize, Split: e.split})
+	if err != nil {
+		return mllm.Pixels{}, fmt.Errorf("%s: %w", name, err)
+	}
+	return mllm.Pixels{Tiles: p.Tiles, Rows: p.Rows, Cols: p.Cols, Size: p.Size}, nil
+}
+
+// adapterFor returns the adapter loaded for an aspect.
+func (e *Engine) adapterFor(aspect string) (*lora.Adapter, bool) {
+	if e.adapters == nil {
+		return nil, false
+	}
+	return e.adapters.Adapter(aspect)
+}
+
+// Unload drops the model; its memory is freed as the tensors are collected.
+func (e *Engine) Unload(ctx context.Context) error {
+	e.model, e.scorer, e.adapters, e.predictors = nil, nil, nil, nil
+	e.info = schemas.ModelInfo{}
+	runtime.GC()
+	return nil
+}
+
+// Info describes the loaded model.
+func (e *Engine) Info() schemas.ModelInfo { return e.info }
+
+// dirWeightBytes is the size of the safetensors files in dir.
+func dirWeightBytes(dir string) int64 {
+	files, _ := filepath.Glob(filepath.Join(dir, "*.safetensors"))
+	var n int64
+	for _, f := range files {
+		if st, err := os.Stat(f); err == nil {
+			n += st.Size()
+		}
+	}
+	return n
+}
+
+func sortedKeys(m map[string]string) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}

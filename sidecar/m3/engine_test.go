@@ -1,0 +1,196 @@
+package m3
+
+import (
+	"bytes"
+	"context"
+	"image"
+	"image/color"
+	"image/png"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/sugarme/gotch/ts"
+
+	"github.com/m3gate/m3gate/schemas"
+	"github.com/m3gate/m3gate/sidecar/lora"
+	"github.com/m3gate/m3gate/sidecar/mllm"
+)
+
+// engineFixture writes a tiny model, a LoRA adapter with non-zero B for
+// "quality" and a predictor for "quality" into a temp dir.
+func engineFixture(t *testing.T) (modelDir, adapterDir, predPath string) {
+	t.Helper()
+	root := t.TempDir()
+	modelDir = filepath.Join(root, "model")
+	if err := mllm.WriteTiny(modelDir, "tiny", 7); err != nil {
+		t.Fatal(err)
+	}
+	m, err := mllm.Load(modelDir, mllm.LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := lora.DefaultConfig()
+	cfg.R, cfg.LoraAlpha = 4, 8
+	a, err := lora.New("quality", cfg, m.Linears(), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts.NoGrad(func() {
+		for _, l := range a.Layers {
+			l.B.MustUniform_(-0.5, 0.5)
+		}
+	})
+	adapterDir = filepath.Join(root, "adapter")
+	if err := a.Save(adapterDir); err != nil {
+		t.Fatal(err)
+	}
+	predPath = filepath.Join(root, "quality.safetensors")
+	if err := tinyPredictor(t, m).Save(predPath); err != nil {
+		t.Fatal(err)
+	}
+	return modelDir, adapterDir, predPath
+}
+
+func pngBytes(t *testing.T, w, h int, c color.Color) []byte {
+	t.Helper()
+	img := image.NewRGBA(image.Rect(0, 0, w, h))
+	for y := 0; y < h; y++ {
+		for x := 0; x < w; x++ {
+			img.Set(x, y, c)
+		}
+	}
+	var buf bytes.Buffer
+	if err := png.Encode(&buf, img); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+func TestEngine(t *testing.T) {
+	modelDir, adapterDir, predPath := engineFixture(t)
+	ctx := context.Background()
+	e := NewEngine()
+	var stages []string
+	err := e.Load(ctx, schemas.LoadRequest{
+		ModelDir: modelDir, Family: "idefics3", Threads: 1,
+		Adapters:   map[string]string{"quality": adapterDir},
+		Predictors: map[string]string{"quality": predPath},
+	}, func(p schemas.LoadProgress) { stages = append(stages, p.Stage) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(stages, ","); got != "model,model,adapter,predictor,ready" {
+		t.Errorf("load stages %s", got)
+	}
+	if info := e.Info(); info.Family != "idefics3" || len(info.AdapterAspects) != 1 || len(info.PredictorAspects) != 1 {
+		t.Errorf("info %+v", info)
+	}
+	imgPath := filepath.Join(t.TempDir(), "blue.png")
+	if err := os.WriteFile(imgPath, pngBytes(t, 40, 30, color.RGBA{0, 0, 255, 255}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p := schemas.AspectPrompt{Round1: testPrompts.Round1, Round2: testPrompts.Round2}
+	opts := schemas.ScoreOptions{
+		Aspects:      []string{"quality", "correspondence"},
+		Prompts:      map[string]schemas.AspectPrompt{"quality": p, "correspondence": p},
+		MaxNewTokens: 4,
+	}
+	items := []schemas.ScoreItem{
+		{Data: pngBytes(t, 64, 64, color.RGBA{200, 10, 10, 255}), Prompt: "a red square"},
+		{Data: []byte("not an image at all"), Prompt: "x"},
+		{Path: imgPath, Prompt: "a blue square"},
+		{Path: filepath.Join(t.TempDir(), "missing.png"), Prompt: "x"},
+	}
+	res, err := e.Score(ctx, items, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res) != len(items) {
+		t.Fatalf("got %d results for %d items", len(res), len(items))
+	}
+	for _, i := range []int{0, 2} {
+		r := res[i]
+		if r.Error != "" || r.Index != i {
+			t.Fatalf("item %d: %+v", i, r)
+		}
+		q, c := r.Aspects["quality"], r.Aspects["correspondence"]
+		if q.Source != schemas.SourcePredictor || c.Source != schemas.SourceWordProbs {
+			t.Errorf("item %d: sources %q %q", i, q.Source, c.Source)
+		}
+		for _, a := range []schemas.AspectResult{q, c} {
+			if math.IsNaN(a.MOS) || a.MOS < 0 || a.MOS > 5 || a.Rating == "" || len(a.WordProbs) != 5 {
+				t.Errorf("item %d: bad result %+v", i, a)
+			}
+		}
+	}
+	if !strings.Contains(res[1].Error, "unrecognised format") {
+		t.Errorf("corrupt image: error %q", res[1].Error)
+	}
+	if !strings.Contains(res[3].Error, "missing.png") {
+		t.Errorf("missing file: error %q", res[3].Error)
+	}
+
+	// The adapter changes the quality pass: the same image rated with the
+	// base model (no adapter for correspondence) differs from quality.
+	// Both aspects use identical prompts, so only the adapter differs.
+	if q, c := res[0].Aspects["quality"], res[0].Aspects["correspondence"]; q.WordProbs["good"] == c.WordProbs["good"] {
+		t.Errorf("the quality adapter changed nothing: %v vs %v", q.WordProbs, c.WordProbs)
+	}
+
+	if _, err := e.Score(ctx, items[:1], schemas.ScoreOptions{Aspects: []string{"authenticity"}}); err == nil || !strings.Contains(err.Error(), "no prompts") {
+		t.Errorf("aspect without prompts: %v", err)
+	}
+	if err := e.Unload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Score(ctx, items[:1], opts); err != schemas.ErrNotLoaded {
+		t.Errorf("score after unload: %v", err)
+	}
+}
+
+func TestEngineLoadErrors(t *testing.T) {
+	modelDir, adapterDir, _ := engineFixture(t)
+	bad := filepath.Join(t.TempDir(), "bad.safetensors")
+	// A predictor whose input width is not the model's vocabulary.
+	m, err := mllm.Load(modelDir, mllm.LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := tinyPredictor(t, m)
+	cfg := p.Config()
+	cfg.InputDim = 17
+	wrong, err := newPredictorWithConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := wrong.Save(bad); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		req  schemas.LoadRequest
+		want string
+	}{
+		{"missing dir", schemas.LoadRequest{ModelDir: "/nonexistent"}, "does not exist"},
+		{"family", schemas.LoadRequest{ModelDir: modelDir, Family: "llava"}, "unknown model family"},
+		{"device", schemas.LoadRequest{ModelDir: modelDir, Device: "cuda"}, "CPU only"},
+		{"dtype", schemas.LoadRequest{ModelDir: modelDir, DType: "int4"}, "dtype"},
+		{"option", schemas.LoadRequest{ModelDir: modelDir, Options: map[string]string{"colour": "red"}}, "unknown option"},
+		{"adapter", schemas.LoadRequest{ModelDir: modelDir, Adapters: map[string]string{"quality": "/nonexistent"}}, "load adapter quality"},
+		{"predictor width", schemas.LoadRequest{ModelDir: modelDir, Predictors: map[string]string{"quality": bad}}, "17-wide"},
+		{"adapter ok, predictor missing", schemas.LoadRequest{ModelDir: modelDir, Adapters: map[string]string{"quality": adapterDir}, Predictors: map[string]string{"quality": "/nonexistent.safetensors"}}, "load predictor quality"},
+	}
+	for _, tt := range tests {
+		e := NewEngine()
+		err := e.Load(context.Background(), tt.req, nil)
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s: got %v, want an error containing %q", tt.name, err, tt.want)
+		}
+		if _, err := e.Score(context.Background(), nil, schemas.ScoreOptions{Aspects: []string{"quality"}}); err != schemas.ErrNotLoaded {
+			t.Errorf("%s: a failed load left a model loaded", tt.name)
+		}
+	}
+}
