@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -18,6 +19,7 @@ import (
 type runner struct {
 	cfg    Config
 	seeds  []SeedInput
+	ranges []SeedRange
 	prompt string
 	out    *writer
 
@@ -183,6 +185,7 @@ func Run(ctx context.Context, cfg Config) (*Summary, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	r.cancel = cancel
+	r.ranges = r.seedRanges(ctx)
 	r.sched = newScheduler(ctx, lastJob+1, cfg.Count-r.reserved, r.full)
 
 	var wg sync.WaitGroup
@@ -274,21 +277,63 @@ func (r *runner) progress(accepted bool) {
 	}
 }
 
-// newSeeds draws a fresh seed for every seed input, never one used before
-// in this run.
-func (r *runner) newSeeds() []uint64 {
+// newSeeds draws a fresh seed for every seed input, within the input's
+// range and never one used before in this run.
+func (r *runner) newSeeds() ([]uint64, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	out := make([]uint64, len(r.seeds))
 	for i := range out {
-		for {
-			s := r.rng.Uint64()
+		found := false
+		for n := 0; n < 1000 && !found; n++ {
+			s := r.ranges[i].draw(r.rng)
 			if !r.used[s] {
 				r.used[s] = true
-				out[i] = s
-				break
+				out[i], found = s, true
 			}
 		}
+		if !found {
+			in := r.seeds[i]
+			return nil, fmt.Errorf("run: no unused seed left for node %s input %s (range %d..%d)", in.Node, in.Input, r.ranges[i].Min, r.ranges[i].Max)
+		}
+	}
+	return out, nil
+}
+
+// seedRanges asks the servers' /object_info for the range of every seed
+// input (custom samplers may accept less than 2^64−1); without an answer,
+// KSampler-style classes get the full range and others 0..2^32−1.
+func (r *runner) seedRanges(ctx context.Context) []SeedRange {
+	byClass := map[string]json.RawMessage{}
+	out := make([]SeedRange, len(r.seeds))
+	for i, in := range r.seeds {
+		class := r.cfg.Workflow[in.Node].ClassType
+		info, ok := byClass[class]
+		if !ok {
+			for _, url := range r.cfg.Servers {
+				cl, err := comfyui.New(url, r.cfg.ClientOptions...)
+				if err != nil {
+					continue
+				}
+				qctx, cancel := context.WithTimeout(ctx, min(3*time.Second, r.cfg.RetryTimeout))
+				m, err := cl.ObjectInfo(qctx, class)
+				cancel()
+				if err == nil {
+					info = m[class]
+					break
+				}
+			}
+			byClass[class] = info
+		}
+		rg, ok := SeedRangeFromObjectInfo(info, in.Input)
+		switch {
+		case ok:
+		case class == "KSampler" || class == "KSamplerAdvanced":
+			rg = FullSeedRange
+		default:
+			rg = conservativeSeedRange
+		}
+		out[i] = rg
 	}
 	return out
 }
@@ -352,7 +397,12 @@ func (r *runner) work(ctx context.Context, cl *comfyui.Client, j *job) error {
 		r.mu.Lock()
 		r.tries++
 		r.mu.Unlock()
-		a := &attempt{job: j.index, try: j.tries, seeds: r.newSeeds(), server: cl.URL()}
+		seeds, err := r.newSeeds()
+		if err != nil {
+			r.fail(err)
+			return nil
+		}
+		a := &attempt{job: j.index, try: j.tries, seeds: seeds, server: cl.URL()}
 		wf := ApplySeeds(r.cfg.Workflow, r.seeds, a.seeds)
 		res, err := r.runPrompt(ctx, cl, wf, a)
 		if err == nil {

@@ -608,3 +608,55 @@ func TestRunResume(t *testing.T) {
 		t.Errorf("%d images in the folder, want 3", len(pngs))
 	}
 }
+
+// TestRunRespectsSeedRange: a custom sampler whose seed stops at 1000 gets
+// seeds in range (read from /object_info), so the server accepts them.
+func TestRunRespectsSeedRange(t *testing.T) {
+	info := json.RawMessage(`{"input":{"required":{"seed":["INT",{"default":0,"min":0,"max":1000}],"latent_image":["LATENT"]}},
+		"input_order":{"required":["seed","latent_image"]},"output":["LATENT"],"output_is_list":[false],"output_name":["LATENT"],
+		"name":"TinySampler","display_name":"TinySampler","description":"","python_module":"custom_nodes.tiny","category":"sampling","output_node":false}`)
+	rec := &seedRecorder{good: func(uint64) bool { return true }}
+	s := startFake(t, comfyfake.WithImageFunc(rec.image), comfyfake.WithNodeClass("TinySampler", info))
+	w, err := comfyui.ParseWorkflow([]byte(`{
+	 "1": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+	 "2": {"class_type": "TinySampler", "inputs": {"seed": 5, "latent_image": ["1", 0]}},
+	 "3": {"class_type": "VAEDecode", "inputs": {"samples": ["2", 0], "vae": ["1", 0]}},
+	 "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "tiny"}}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum, err := Run(context.Background(), Config{Workflow: w, Servers: []string{s.URL()}, Count: 4, MaxTries: 1,
+		Scorer: &brightnessScorer{}, OutDir: t.TempDir(), ClientOptions: fastClient()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(sum.Accepted) != 4 {
+		t.Errorf("summary %+v", sum)
+	}
+	for _, sd := range rec.all() {
+		if sd > 1000 {
+			t.Errorf("seed %d out of range", sd)
+		}
+	}
+}
+
+func TestSeedRangeFromObjectInfo(t *testing.T) {
+	tests := []struct {
+		info string
+		want SeedRange
+		ok   bool
+	}{
+		{`{"input":{"required":{"seed":["INT",{"min":0,"max":18446744073709551615}]}}}`, FullSeedRange, true},
+		{`{"input":{"optional":{"seed":["INT",{"min":-5,"max":4294967295}]}}}`, SeedRange{0, 4294967295}, true},
+		{`{"input":{"required":{"seed":["INT",{"min":10}]}}}`, SeedRange{10, 18446744073709551615}, true},
+		{`{"input":{"required":{"seed":["FLOAT",{"min":0,"max":1}]}}}`, SeedRange{}, false},
+		{`{"input":{"required":{"other":["INT"]}}}`, SeedRange{}, false},
+		{`not json`, SeedRange{}, false},
+	}
+	for _, tt := range tests {
+		got, ok := SeedRangeFromObjectInfo(json.RawMessage(tt.info), "seed")
+		if got != tt.want || ok != tt.ok {
+			t.Errorf("%s: got %v %v, want %v %v", tt.info, got, ok, tt.want, tt.ok)
+		}
+	}
+}

@@ -1,7 +1,12 @@
 package pipeline
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
+	"math"
+	"math/big"
+	"math/rand/v2"
 	"sort"
 	"strings"
 
@@ -164,4 +169,72 @@ func textFrom(w comfyui.Workflow, id string, seen map[string]bool) string {
 		}
 	}
 	return ""
+}
+
+// SeedRange is the inclusive range a seed input accepts.
+type SeedRange struct{ Min, Max uint64 }
+
+// FullSeedRange is the range of KSampler's seed (0 … 2^64−1).
+var FullSeedRange = SeedRange{0, math.MaxUint64}
+
+// conservativeSeedRange is used for unknown classes when the server's
+// /object_info cannot be read.
+var conservativeSeedRange = SeedRange{0, math.MaxUint32}
+
+// SeedRangeFromObjectInfo reads the min/max of an INT input from a class's
+// /object_info entry ({"input":{"required":{name:["INT",{min,max}]}}}).
+// Negative minimums clamp to 0; a missing max means 2^64−1.
+func SeedRangeFromObjectInfo(info json.RawMessage, input string) (SeedRange, bool) {
+	var def struct {
+		Input map[string]map[string][]json.RawMessage `json:"input"`
+	}
+	d := json.NewDecoder(bytes.NewReader(info))
+	d.UseNumber()
+	if d.Decode(&def) != nil {
+		return SeedRange{}, false
+	}
+	for _, group := range []string{"required", "optional"} {
+		spec, ok := def.Input[group][input]
+		if !ok || len(spec) == 0 {
+			continue
+		}
+		var typ string
+		if json.Unmarshal(spec[0], &typ) != nil || typ != "INT" {
+			return SeedRange{}, false
+		}
+		r := FullSeedRange
+		if len(spec) > 1 {
+			var opts map[string]any
+			dd := json.NewDecoder(bytes.NewReader(spec[1]))
+			dd.UseNumber()
+			if dd.Decode(&opts) == nil {
+				if m, ok := opts["min"].(json.Number); ok {
+					if bf, ok := new(big.Float).SetString(m.String()); ok && bf.Sign() > 0 {
+						r.Min, _ = bf.Uint64()
+					}
+				}
+				if m, ok := opts["max"].(json.Number); ok {
+					if bf, ok := new(big.Float).SetString(m.String()); ok {
+						if bf.Sign() < 0 {
+							return SeedRange{}, false
+						}
+						r.Max, _ = bf.Uint64() // saturates at 2^64−1
+					}
+				}
+			}
+		}
+		if r.Max < r.Min {
+			return SeedRange{}, false
+		}
+		return r, true
+	}
+	return SeedRange{}, false
+}
+
+// draw returns a seed in r from rng.
+func (r SeedRange) draw(rng *rand.Rand) uint64 {
+	if r.Min == 0 && r.Max == math.MaxUint64 {
+		return rng.Uint64()
+	}
+	return r.Min + rng.Uint64N(r.Max-r.Min+1)
 }

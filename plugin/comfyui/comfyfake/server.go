@@ -68,6 +68,7 @@ type options struct {
 	previews  bool
 	failSeed  func(seed uint64) bool
 	probe     bool
+	extra     map[string]json.RawMessage
 }
 
 // Option configures a Server.
@@ -98,6 +99,19 @@ func WithFailSeed(f func(seed uint64) bool) Option { return func(o *options) { o
 // is true, and is never cached. With it the fake replays the transcripts'
 // scenarios message for message.
 func WithQualityProbe() Option { return func(o *options) { o.probe = true } }
+
+// WithNodeClass registers a node class by its /object_info entry (the
+// object under the class name), e.g. a custom sampler. The fake executes
+// unknown classes as no-ops; their seed/noise_seed inputs still drive the
+// images made downstream.
+func WithNodeClass(class string, info json.RawMessage) Option {
+	return func(o *options) {
+		if o.extra == nil {
+			o.extra = map[string]json.RawMessage{}
+		}
+		o.extra[class] = info
+	}
+}
 
 // DefaultImage is the default ImageFunc: a 32×32 gray image of brightness
 // seed mod 256 with a faint diagonal pattern.
@@ -136,6 +150,9 @@ func New(opts ...Option) *Server {
 		for k, v := range probe {
 			s.rawInfo[k] = v
 		}
+	}
+	for k, v := range o.extra {
+		s.rawInfo[k] = v
 	}
 	s.classes = parseClasses(s.rawInfo)
 	s.gen = newGeneration(s)
