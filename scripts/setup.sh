@@ -24,7 +24,7 @@ fi
 
 need=()
 dpkg -s libtorch-dev >/dev/null 2>&1 || need+=(libtorch-dev)
-for p in python3-torch python3-numpy python3-scipy protobuf-compiler; do
+for p in python3-torch python3-numpy python3-scipy python3-pil protobuf-compiler; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if ((${#need[@]})); then
