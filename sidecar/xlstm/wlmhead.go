@@ -28,11 +28,24 @@ func (p *Predictor) FuseLMHead(lmHead *ts.Tensor) (*WLMHead, error) {
 	if err != nil {
 		return nil, fmt.Errorf("xlstm: lm_head: %w", err)
 	}
-	if len(sz) != 2 || sz[0] != int64(p.cfg.InputDim) {
+	if len(sz) != 2 || sz[0] != int64(p.cfg.InputDim) || sz[1] == 0 {
 		return nil, fmt.Errorf("xlstm: lm_head shape %v, want [%d, hidden]", sz, p.cfg.InputDim)
 	}
-	lm := lmHead.MustTotype(gotch.Float, false).MustTo(p.device, true)
-	m := p.w(keyW+"weight").MustMatmul(lm, false)
+	// Sum over vocabulary chunks so that a bf16 head (128k × 4096 for
+	// Llama-3) is never converted to float32 as a whole.
+	const chunk = 16384
+	w := p.w(keyW + "weight")
+	var m *ts.Tensor
+	for start := int64(0); start < sz[0]; start += chunk {
+		n := min(chunk, sz[0]-start)
+		lm := lmHead.MustNarrow(0, start, n, false).MustTo(p.device, true).MustTotype(gotch.Float, true)
+		part := w.MustNarrow(1, start, n, false).MustMatmul(lm, true)
+		if m == nil {
+			m = part
+		} else {
+			m = m.MustAdd(part, true)
+		}
+	}
 	return &WLMHead{M: m, Bias: p.w(keyW + "bias"), Vocab: int(sz[0]), Hidden: int(sz[1])}, nil
 }
 

@@ -365,7 +365,7 @@ func TestSaveReload(t *testing.T) {
 
 func TestWLMHeadShortcut(t *testing.T) {
 	c := smallConfig()
-	c.InputDim = 300
+	c.InputDim = 40000 // more than one 16384-row chunk of lm_head
 	p, err := New(c, 5, gotch.CPU)
 	if err != nil {
 		t.Fatal(err)
@@ -390,6 +390,21 @@ func TestWLMHeadShortcut(t *testing.T) {
 				t.Errorf("training=%v: shortcut differs from literal path by %g", training, d)
 			}
 		}
+	}
+	// A bf16 head (the MLLM's dtype) against the literal path on the same
+	// rounded values.
+	p.SetTraining(false)
+	lmBF := lm.MustTotype(gotch.BFloat16, false)
+	wantBF, err := p.Predict(hidden.MustMatmul(lmBF.MustTotype(gotch.Float, false).MustT(true), false), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gotBF, err := p.PredictHidden(hidden, lmBF, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := maxDiff(t, gotBF, wantBF); d > 1e-4 {
+		t.Errorf("bf16 head: shortcut differs by %g", d)
 	}
 	if _, err := p.ForwardHidden(hidden, randTensor(rng, 1, 7, H), nil); err == nil || !strings.Contains(err.Error(), "lm_head shape") {
 		t.Errorf("wrong lm_head accepted: %v", err)
