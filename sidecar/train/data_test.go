@@ -1,0 +1,121 @@
+package train
+
+import (
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestReadConversations(t *testing.T) {
+	recs, err := ReadConversations(filepath.Join("testdata", "conversations.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := len(recs), 2; got != want {
+		t.Fatalf("records: got %d, want %d", got, want)
+	}
+	if !recs[0].HasMOS || recs[0].MOS != 3.4 || recs[1].HasMOS {
+		t.Errorf("mos: got %v/%v and %v, want 3.4/true and false", recs[0].MOS, recs[0].HasMOS, recs[1].HasMOS)
+	}
+	if got := Select(recs, "correspondence", "test", 0); len(got) != 1 || got[0].Image != "b.jpg" || got[0].Line != 2 {
+		t.Errorf("select: got %+v", got)
+	}
+}
+
+func TestReadConversationsErrors(t *testing.T) {
+	good := `{"image":"a.jpg","aspect":"quality","round1":"q1","teacher_description":"d","round2":"q2","rating_word":"good"}`
+	for _, tc := range []struct {
+		name, body, want string
+	}{
+		{"bad json", good + "\n{not json\n", "x.jsonl:2"},
+		{"empty description", strings.Replace(good, `"d"`, `""`, 1), "empty teacher_description"},
+		{"unknown word", strings.Replace(good, `"good"`, `"great"`, 1), `rating word "great"`},
+		{"duplicate", good + "\n" + good, "repeats line 1"},
+		{"mos range", strings.Replace(good, `"rating_word"`, `"mos":7,"rating_word"`, 1), "mos 7 outside"},
+		{"empty file", "\n", "no records"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := filepath.Join(t.TempDir(), "x.jsonl")
+			if err := os.WriteFile(p, []byte(tc.body), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			_, err := ReadConversations(p)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want an error containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestReadMOS(t *testing.T) {
+	dir := t.TempDir()
+	csv := filepath.Join(dir, "data.csv")
+	os.WriteFile(csv, []byte("name,prompt,mos_quality,std_quality,mos_align,std_align\na.jpg,x,3.5,0.1,1.25,0.2\nb.jpg,\"y, z\",0.5,0.1,4.5,0.2\n"), 0o644)
+	man := filepath.Join(dir, "m.jsonl")
+	os.WriteFile(man, []byte(`{"image":"imgs/a.jpg","mos":{"quality":2}}`+"\n"), 0o644)
+	tcsv, err := ReadMOS(csv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := tcsv["b.jpg"]["correspondence"]; got != 4.5 {
+		t.Errorf("csv b.jpg correspondence: got %v, want 4.5", got)
+	}
+	tman, err := ReadMOS(man)
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs := []Record{{Image: "a.jpg", Aspect: "quality", Line: 1}, {Image: "b.jpg", Aspect: "quality", Line: 2}}
+	if err := JoinMOS(recs, tcsv); err != nil || recs[1].MOS != 0.5 {
+		t.Errorf("join csv: err %v, b.jpg %v", err, recs[1].MOS)
+	}
+	recs = []Record{{Image: "a.jpg", Aspect: "quality", Line: 1}, {Image: "b.jpg", Aspect: "quality", Line: 2}}
+	if err := JoinMOS(recs, tman); err == nil || !strings.Contains(err.Error(), "line 2 (b.jpg") {
+		t.Errorf("join manifest: got %v, want an error naming line 2", err)
+	}
+	bad := filepath.Join(dir, "bad.csv")
+	os.WriteFile(bad, []byte("name,mos_quality\na.jpg,9\n"), 0o644)
+	if _, err := ReadMOS(bad); err == nil || !strings.Contains(err.Error(), "bad.csv:2") {
+		t.Errorf("bad csv: got %v, want an error naming bad.csv:2", err)
+	}
+}
+
+func TestSRCC(t *testing.T) {
+	// Values from scipy.stats.spearmanr (ties averaged).
+	for _, tc := range []struct {
+		a, b []float64
+		want float64
+	}{
+		{[]float64{1, 2, 3, 4, 5}, []float64{5, 6, 7, 8, 7}, 0.8207826816681233},
+		{[]float64{1, 2, 2, 3}, []float64{1, 3, 2, 4}, 0.9486832980505139},
+		{[]float64{3, 1, 2}, []float64{1, 3, 2}, -1},
+	} {
+		if got := SRCC(tc.a, tc.b); got-tc.want > 1e-12 || tc.want-got > 1e-12 {
+			t.Errorf("SRCC(%v, %v) = %v, want %v", tc.a, tc.b, got, tc.want)
+		}
+	}
+	if got := SRCC([]float64{1, 1}, []float64{1, 2}); got == got {
+		t.Errorf("constant input: got %v, want NaN", got)
+	}
+}
+
+func TestCosineLR(t *testing.T) {
+	const base = 1.0
+	for _, tc := range []struct {
+		step, warmup, total int
+		want                float64
+	}{
+		{0, 4, 20, 0.25},
+		{3, 4, 20, 1},
+		{4, 4, 20, 1},
+		{12, 4, 20, 0.5},
+		{20, 4, 20, 0},
+		{19, 4, 20, 0.5 * (1 + math.Cos(math.Pi*15/16))},
+		{0, 0, 10, 1},
+	} {
+		if got := cosineLR(base, tc.step, tc.warmup, tc.total); got-tc.want > 1e-12 || tc.want-got > 1e-12 {
+			t.Errorf("cosineLR(step %d, warmup %d, total %d) = %v, want %v", tc.step, tc.warmup, tc.total, got, tc.want)
+		}
+	}
+}

@@ -1,0 +1,155 @@
+package train
+
+import (
+	"context"
+	"errors"
+	"math"
+	"path/filepath"
+	"testing"
+
+	"github.com/sugarme/gotch"
+
+	"github.com/m3gate/m3gate/sidecar/lora"
+	"github.com/m3gate/m3gate/sidecar/tensorio"
+)
+
+// tinyFinetune returns options for a short run on the tiny model and a
+// subset of the shared data (4 training, 2 validation conversations).
+func tinyFinetune(t testing.TB, out string) FinetuneOptions {
+	t.Helper()
+	dir := sharedAGIQA(t)
+	data := subset(t, dir, map[string]int{"train": 4, "test": 2}, "quality")
+	o := DefaultFinetuneOptions()
+	o.Model, o.Data, o.Images, o.Out = tinyModelDir(t), data, filepath.Join(dir, "images"), out
+	o.Aspect = "quality"
+	o.LoRA.R, o.LoRA.LoraAlpha = 8, 16
+	o.BatchSize, o.GradAccum = 2, 2
+	o.LR, o.WarmupRatio = 5e-3, 0.1
+	o.Epochs = 5 // 2 micro-batches per epoch, 2 per step: 5 steps
+	o.SaveEvery, o.Keep = 2, 0
+	return o
+}
+
+func TestFinetuneLossFalls(t *testing.T) {
+	o := tinyFinetune(t, t.TempDir())
+	o.Epochs = 12 // 12 steps over the same 4 conversations
+	o.LoRA.LoraDropout = 0
+	o.LR = 2e-2
+	res, err := Finetune(context.Background(), o, testLog{t})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Steps != 12 || len(res.Losses) != 12 {
+		t.Fatalf("steps: got %d (%d losses), want 12", res.Steps, len(res.Losses))
+	}
+	mean := func(v []float64) float64 {
+		s := 0.0
+		for _, x := range v {
+			s += x
+		}
+		return s / float64(len(v))
+	}
+	first, last := mean(res.Losses[:3]), mean(res.Losses[9:])
+	t.Logf("losses %.4f", res.Losses)
+	if !(last < first*0.9) {
+		t.Errorf("training loss did not fall: first 3 steps %.4f, last 3 %.4f", first, last)
+	}
+	if math.IsNaN(res.ValLoss) || res.ValAcc < 0 || res.ValAcc > 1 {
+		t.Errorf("validation: loss %v, accuracy %v", res.ValLoss, res.ValAcc)
+	}
+	// The final adapter is a PEFT directory the lora package loads.
+	m := loadTiny(t)
+	ad, err := attachAdapter(m, o.Out, defaultLoRA(), 0)
+	if err != nil {
+		t.Fatalf("load final adapter: %v", err)
+	}
+	if got, want := len(ad.a.Layers), 4*m.Config.Text.NumHiddenLayers; got != want {
+		t.Errorf("adapted modules: got %d, want %d (q/k/v/o of the text layers only)", got, want)
+	}
+}
+
+// TestFinetuneResume stops a run after 3 of 5 steps, resumes it and
+// compares the final adapter with an uninterrupted run's.
+func TestFinetuneResume(t *testing.T) {
+	full := tinyFinetune(t, t.TempDir())
+	if _, err := Finetune(context.Background(), full, nil); err != nil {
+		t.Fatal(err)
+	}
+	half := full
+	half.Out = t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	half.onStep = func(step int) {
+		if step == 3 {
+			cancel()
+		}
+	}
+	res, err := Finetune(ctx, half, nil)
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("interrupted run: got %v, want context.Canceled", err)
+	}
+	if res.Steps != 3 {
+		t.Fatalf("interrupted run: %d steps, want 3", res.Steps)
+	}
+	half.onStep = nil
+	half.Resume = true
+	res, err = Finetune(context.Background(), half, testLog{t})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Steps != 5 || len(res.Losses) != 2 {
+		t.Fatalf("resumed run: %d steps (%d this run), want 5 (2)", res.Steps, len(res.Losses))
+	}
+	a := readAll(t, filepath.Join(full.Out, lora.WeightsFile))
+	b := readAll(t, filepath.Join(half.Out, lora.WeightsFile))
+	if len(a) != len(b) {
+		t.Fatalf("tensors: %d vs %d", len(a), len(b))
+	}
+	worst := 0.0
+	for name, va := range a {
+		vb, ok := b[name]
+		if !ok {
+			t.Fatalf("resumed adapter lacks %s", name)
+		}
+		for i := range va {
+			worst = math.Max(worst, math.Abs(va[i]-vb[i]))
+		}
+	}
+	if worst > 1e-6 {
+		t.Errorf("resumed adapter differs from the uninterrupted one by %g", worst)
+	}
+	// Resuming a finished run does nothing.
+	res, err = Finetune(context.Background(), half, nil)
+	if err != nil || len(res.Losses) != 0 || res.Steps != 5 {
+		t.Errorf("resume of a finished run: err %v, %d new steps, step %d", err, len(res.Losses), res.Steps)
+	}
+}
+
+func readAll(t testing.TB, path string) map[string][]float64 {
+	t.Helper()
+	ck, err := tensorio.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ck.Close()
+	out := map[string][]float64{}
+	for _, n := range ck.Names() {
+		x, err := ck.TensorAs(n, gotch.Double)
+		if err != nil {
+			// F64 is not a safetensors dtype here: read F32 and widen.
+			x, err = ck.TensorAs(n, gotch.Float)
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		out[n] = x.MustTotype(gotch.Double, true).Float64Values(true)
+	}
+	return out
+}
+
+// testLog sends progress lines to t.Log.
+type testLog struct{ t testing.TB }
+
+func (l testLog) Write(p []byte) (int, error) {
+	l.t.Log(string(p))
+	return len(p), nil
+}
