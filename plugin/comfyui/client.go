@@ -217,15 +217,18 @@ func (c *Client) Connect(ctx context.Context) error {
 	rctx, cancel := context.WithCancel(context.Background())
 	c.cancel = cancel
 	c.done = make(chan struct{})
+	done := c.done
 	c.mu.Unlock()
 	ready := make(chan struct{})
-	go c.supervise(rctx, conn, ready)
+	go c.supervise(rctx, conn, sync.OnceFunc(func() { close(ready) }))
 	// The server sends its status (with our sid) once it has registered the
 	// socket; from then on our prompts' events reach us.
 	t := time.NewTimer(10 * time.Second)
 	defer t.Stop()
 	select {
 	case <-ready:
+	case <-done:
+		return errors.New("connect: client closed")
 	case <-t.C:
 		c.opts.log.Warn("comfyui sent no status after connecting", "server", c.base.String())
 	case <-ctx.Done():
@@ -259,12 +262,11 @@ func (c *Client) Close() error {
 
 // supervise runs one connection at a time (one reader, one writer
 // goroutine each) and redials when it drops.
-func (c *Client) supervise(ctx context.Context, conn *websocket.Conn, ready chan struct{}) {
+func (c *Client) supervise(ctx context.Context, conn *websocket.Conn, markReady func()) {
 	defer close(c.done)
 	attempts := 0
 	for {
-		err := c.serve(ctx, conn, attempts, ready)
-		ready = nil
+		err := c.serve(ctx, conn, attempts, markReady)
 		c.mu.Lock()
 		c.connected = false
 		c.downSince = time.Now()
@@ -317,9 +319,9 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 }
 
 // serve runs the reader and the writer goroutines of one connection until
-// either fails or ctx ends. redials is 0 for the first connection; ready
-// (if not nil) is closed when the server's first message arrives.
-func (c *Client) serve(ctx context.Context, conn *websocket.Conn, redials int, ready chan struct{}) error {
+// either fails or ctx ends. redials is 0 for the first connection;
+// markReady is called when the server's first message arrives.
+func (c *Client) serve(ctx context.Context, conn *websocket.Conn, redials int, markReady func()) error {
 	out := make(chan []byte, 16)
 	c.mu.Lock()
 	c.connected = true
@@ -334,9 +336,7 @@ func (c *Client) serve(ctx context.Context, conn *websocket.Conn, redials int, r
 	// Reconnected goes out when the server has registered the socket (its
 	// first message), so a /history check made on it misses nothing.
 	onFirst := func() {
-		if ready != nil {
-			close(ready)
-		}
+		markReady()
 		if redials > 0 {
 			c.broadcast(&Reconnected{Attempts: redials})
 		}
