@@ -19,7 +19,7 @@ type fixtureLine struct {
 	V    json.RawMessage `json:"v"`
 }
 
-func readFixtures(t *testing.T) map[string][]fixtureLine {
+func readFixtures(t testing.TB) map[string][]fixtureLine {
 	t.Helper()
 	files, err := filepath.Glob("testdata/transcript-*.jsonl")
 	if err != nil || len(files) == 0 {
@@ -342,4 +342,27 @@ func TestDecodeFixtureHTTP(t *testing.T) {
 	if n400 == 0 || nHist == 0 || nQueue == 0 {
 		t.Errorf("fixtures lacked answers: %d 400s, %d histories, %d queues", n400, nHist, nQueue)
 	}
+}
+
+// BenchmarkDecodeMessage decodes every recorded JSON message once per
+// iteration (progress_state dominates a real stream).
+func BenchmarkDecodeMessage(b *testing.B) {
+	var msgs [][]byte
+	for _, lines := range readFixtures(b) {
+		for _, l := range lines {
+			if isWSText(l.Kind) {
+				msgs = append(msgs, l.V)
+			}
+		}
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		for _, m := range msgs {
+			if _, err := DecodeMessage(m); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	b.ReportMetric(float64(len(msgs)), "msgs/op")
 }
