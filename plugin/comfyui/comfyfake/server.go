@@ -69,6 +69,7 @@ type options struct {
 	failSeed  func(seed uint64) bool
 	probe     bool
 	extra     map[string]json.RawMessage
+	addr      string
 }
 
 // Option configures a Server.
@@ -99,6 +100,10 @@ func WithFailSeed(f func(seed uint64) bool) Option { return func(o *options) { o
 // is true, and is never cached. With it the fake replays the transcripts'
 // scenarios message for message.
 func WithQualityProbe() Option { return func(o *options) { o.probe = true } }
+
+// WithAddr sets the address the first Start listens on (default
+// 127.0.0.1:0, a free port).
+func WithAddr(addr string) Option { return func(o *options) { o.addr = addr } }
 
 // WithNodeClass registers a node class by its /object_info entry (the
 // object under the class name), e.g. a custom sampler. The fake executes
@@ -138,7 +143,7 @@ func New(opts ...Option) *Server {
 	for _, f := range opts {
 		f(&o)
 	}
-	s := &Server{opts: o, files: map[fileKey][]byte{}, counters: map[string]int{}}
+	s := &Server{opts: o, files: map[fileKey][]byte{}, counters: map[string]int{}, addr: o.addr}
 	if err := json.Unmarshal(objectInfoJSON, &s.rawInfo); err != nil {
 		panic(fmt.Sprintf("comfyfake: embedded object_info.json: %v", err)) // build-time data
 	}
@@ -163,8 +168,8 @@ func New(opts ...Option) *Server {
 // Handler returns the server's HTTP handler (every route also under /api).
 func (s *Server) Handler() http.Handler { return s.handler }
 
-// Start listens on 127.0.0.1 (a free port the first time, the same address
-// after a Stop) and serves until Stop.
+// Start listens (on WithAddr's address, or a free port on 127.0.0.1, the
+// first time; on the same address after a Stop) and serves until Stop.
 func (s *Server) Start() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
