@@ -285,8 +285,12 @@ func (s *Server) view(w http.ResponseWriter, r *http.Request) {
 	if typ == "" {
 		typ = "output"
 	}
-	if name == "" || badPath(name) || badPath(sub) {
+	if name == "" || badPath(name) {
 		http.Error(w, "invalid filename", http.StatusBadRequest)
+		return
+	}
+	if badPath(sub) {
+		http.Error(w, "forbidden subfolder", http.StatusForbidden)
 		return
 	}
 	s.mu.Lock()
