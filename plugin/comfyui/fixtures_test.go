@@ -366,3 +366,26 @@ func BenchmarkDecodeMessage(b *testing.B) {
 	}
 	b.ReportMetric(float64(len(msgs)), "msgs/op")
 }
+
+func TestDecodeMessageErrors(t *testing.T) {
+	tests := []struct{ name, msg, want string }{
+		{"not json", `{"type":`, "decode message"},
+		{"no type", `{"data":{}}`, "no type"},
+		{"null data", `{"type":"executing","data":null}`, "no data"},
+		{"wrong shape", `{"type":"execution_cached","data":{"nodes":"1"}}`, "decode execution_cached"},
+	}
+	for _, tt := range tests {
+		_, err := DecodeMessage([]byte(tt.msg))
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s: %v, want %q", tt.name, err, tt.want)
+		}
+	}
+	ev, err := DecodeMessage([]byte(`{"type":"executing","data":{"node":"7"}}`)) // sent on reconnection
+	if e, ok := ev.(*ExecutingEvent); err != nil || !ok || e.Done() || *e.Node != "7" || e.Prompt() != "" {
+		t.Errorf("reconnection executing: %#v %v", ev, err)
+	}
+	msg, err := EncodeMessage(TypeFeatureFlags, map[string]any{"supports_preview_metadata": true})
+	if err != nil || string(msg) != `{"type":"feature_flags","data":{"supports_preview_metadata":true}}` {
+		t.Errorf("feature flags message %s %v", msg, err)
+	}
+}
