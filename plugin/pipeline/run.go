@@ -64,6 +64,9 @@ func Run(ctx context.Context, cfg Config) (*Summary, error) {
 	if r.prompt == "" {
 		r.prompt = PromptText(cfg.Workflow)
 	}
+	if r.prompt == "" {
+		cfg.Log.Warn("no prompt text found in the workflow (no text encoder feeds a sampler's positive input); scoring without one, give --prompt to set it")
+	}
 	seed := cfg.RandSeed
 	if seed == 0 {
 		seed = rand.Uint64()
