@@ -1,0 +1,329 @@
+// Package server is the m3gate daemon's HTTP API: POST /v1/score, POST
+// /v1/reroll, GET /healthz, /readyz, /metrics and the /v1/events websocket.
+// It scores through the Scorer interface (satisfied by
+// *supervisor.Supervisor) and re-queues ComfyUI prompts through Requeuer, so
+// it is testable on its own.
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/m3gate/m3gate/plugin/supervisor"
+	"github.com/m3gate/m3gate/schemas"
+)
+
+// Scorer scores images; *supervisor.Supervisor implements it.
+type Scorer interface {
+	// Score scores req; cancelling ctx returns at once.
+	Score(ctx context.Context, req schemas.ScoreRequest) ([]schemas.ItemResult, error)
+	// State is the model process's state.
+	State() schemas.State
+	// Restarts counts restarts of the model process.
+	Restarts() int
+}
+
+// Config configures a Server.
+type Config struct {
+	// Scorer does the scoring (required).
+	Scorer Scorer
+	// Requeuer re-queues prompts on ComfyUI for /v1/reroll; nil answers 501.
+	Requeuer Requeuer
+	// QueueSize is how many score requests may be admitted at once (running
+	// or waiting); more get 429 with Retry-After. Default 16.
+	QueueSize int
+	// MaxBodyBytes bounds a request body. Default 256 MiB.
+	MaxBodyBytes int64
+	// MaxImages bounds the images of one request. Default 64.
+	MaxImages int
+	// RequestTimeout bounds one score request, queueing included; 0: none.
+	RequestTimeout time.Duration
+	// Defaults fills what a score request leaves out (aspects, prompts,
+	// max_new_tokens). Without aspects there, the default is "quality".
+	Defaults schemas.ScoreOptions
+	// Registry receives the metrics; nil creates a private one.
+	Registry *prometheus.Registry
+	// Logger; nil discards.
+	Logger hclog.Logger
+}
+
+// Server serves the daemon API. Create it with New.
+type Server struct {
+	cfg     Config
+	log     hclog.Logger
+	slots   chan struct{}
+	hub     *hub
+	metrics *metrics
+	mux     *http.ServeMux
+	latency atomic.Int64 // moving average of score latency, ns
+	nextID  atomic.Uint64
+}
+
+// New returns a Server for cfg.
+func New(cfg Config) (*Server, error) {
+	if cfg.Scorer == nil {
+		return nil, errors.New("server: no scorer")
+	}
+	if cfg.QueueSize <= 0 {
+		cfg.QueueSize = 16
+	}
+	if cfg.MaxBodyBytes <= 0 {
+		cfg.MaxBodyBytes = 256 << 20
+	}
+	if cfg.MaxImages <= 0 {
+		cfg.MaxImages = 64
+	}
+	if len(cfg.Defaults.Aspects) == 0 {
+		cfg.Defaults.Aspects = []string{"quality"}
+	}
+	if cfg.Registry == nil {
+		cfg.Registry = prometheus.NewRegistry()
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = hclog.NewNullLogger()
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger, slots: make(chan struct{}, cfg.QueueSize), hub: newHub()}
+	m, err := newMetrics(cfg.Registry, s)
+	if err != nil {
+		return nil, err
+	}
+	s.metrics = m
+	s.mux = http.NewServeMux()
+	s.handle("POST /v1/score", "score", s.score)
+	s.handle("POST /v1/reroll", "reroll", s.reroll)
+	s.handle("GET /healthz", "healthz", s.healthz)
+	s.handle("GET /readyz", "readyz", s.readyz)
+	s.handle("GET /v1/events", "events", s.events)
+	s.mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{}))
+	return s, nil
+}
+
+// Handler returns the HTTP handler of the API.
+func (s *Server) Handler() http.Handler { return s.mux }
+
+// Close disconnects every websocket subscriber.
+func (s *Server) Close() { s.hub.close() }
+
+// PublishState pushes a model-process state change to /v1/events
+// subscribers; wire it to supervisor.Config.OnState.
+func (s *Server) PublishState(state schemas.State, err error) {
+	ev := StateEvent{State: string(state)}
+	if err != nil {
+		ev.Error = err.Error()
+	}
+	s.hub.publish(Event{Type: "state", Data: ev})
+}
+
+// QueueDepth is the number of score requests admitted and not finished.
+func (s *Server) QueueDepth() int { return len(s.slots) }
+
+// handle registers h with request counting.
+func (s *Server) handle(pattern, route string, h http.HandlerFunc) {
+	s.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+		rw := &statusWriter{ResponseWriter: w, code: http.StatusOK}
+		h(rw, r)
+		s.metrics.requests.WithLabelValues(route, strconv.Itoa(rw.code)).Inc()
+	})
+}
+
+// statusWriter records the status code; it passes Hijack through for
+// websockets.
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (w *statusWriter) WriteHeader(code int) { w.code = code; w.ResponseWriter.WriteHeader(code) }
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	st := s.cfg.Scorer.State()
+	code := http.StatusOK
+	if st != schemas.StateReady {
+		code = http.StatusServiceUnavailable
+	}
+	writeJSON(w, code, map[string]any{"ready": st == schemas.StateReady, "state": st, "restarts": s.cfg.Scorer.Restarts()})
+}
+
+// errorBody is the JSON of every error response.
+type errorBody struct {
+	Error string `json:"error"`
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, code int, err error) {
+	writeJSON(w, code, errorBody{Error: err.Error()})
+}
+
+// retryAfter estimates in whole seconds when a slot frees up.
+func (s *Server) retryAfter() string {
+	avg := time.Duration(s.latency.Load())
+	secs := int(math.Ceil(avg.Seconds()))
+	return strconv.Itoa(min(max(secs, 1), 60))
+}
+
+func (s *Server) observeLatency(d time.Duration) {
+	for {
+		old := s.latency.Load()
+		next := int64(d)
+		if old != 0 {
+			next = old + (int64(d)-old)/8
+		}
+		if s.latency.CompareAndSwap(old, next) {
+			return
+		}
+	}
+}
+
+// statusFor maps a scoring error onto an HTTP status.
+func statusFor(err error) int {
+	switch {
+	case errors.Is(err, schemas.ErrInvalid):
+		return http.StatusBadRequest
+	case errors.Is(err, supervisor.ErrNotReady), errors.Is(err, supervisor.ErrClosed), errors.Is(err, schemas.ErrNotLoaded), errors.Is(err, schemas.ErrNoScorer):
+		return http.StatusServiceUnavailable
+	case errors.Is(err, supervisor.ErrProcessDied):
+		return http.StatusBadGateway
+	case errors.Is(err, supervisor.ErrBusyTimeout), errors.Is(err, context.DeadlineExceeded):
+		return http.StatusGatewayTimeout
+	}
+	return http.StatusInternalServerError
+}
+
+// hub fans events out to websocket subscribers.
+type hub struct {
+	mu     sync.Mutex
+	subs   map[chan Event]struct{}
+	closed bool
+}
+
+func newHub() *hub { return &hub{subs: map[chan Event]struct{}{}} }
+
+// subscribe returns a channel of events; it is closed when the subscriber
+// falls behind by more than its buffer, or the hub closes.
+func (h *hub) subscribe() (chan Event, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return nil, false
+	}
+	ch := make(chan Event, 64)
+	h.subs[ch] = struct{}{}
+	return ch, true
+}
+
+func (h *hub) unsubscribe(ch chan Event) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if _, ok := h.subs[ch]; ok {
+		delete(h.subs, ch)
+		close(ch)
+	}
+}
+
+func (h *hub) publish(ev Event) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for ch := range h.subs {
+		select {
+		case ch <- ev:
+		default: // too slow: drop the subscriber rather than block scoring
+			delete(h.subs, ch)
+			close(ch)
+		}
+	}
+}
+
+func (h *hub) close() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.closed = true
+	for ch := range h.subs {
+		delete(h.subs, ch)
+		close(ch)
+	}
+}
+
+func (h *hub) count() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.subs)
+}
+
+// metrics of the daemon.
+type metrics struct {
+	requests *prometheus.CounterVec
+	stages   *prometheus.HistogramVec
+	rejected prometheus.Counter
+	scores   *prometheus.HistogramVec
+}
+
+func newMetrics(reg *prometheus.Registry, s *Server) (*metrics, error) {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "m3gate_http_requests_total", Help: "HTTP requests by route and status code.",
+		}, []string{"route", "code"}),
+		stages: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "m3gate_score_stage_seconds", Help: "Latency of score requests per stage (parse, score, total; sidecar_* from the model process).",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2.5, 14),
+		}, []string{"stage"}),
+		rejected: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "m3gate_score_rejected_total", Help: "Score requests refused with 429 because the queue was full.",
+		}),
+		scores: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "m3gate_scores", Help: "Scores (MOS, 0..5) per aspect.",
+			Buckets: prometheus.LinearBuckets(0.5, 0.5, 10),
+		}, []string{"aspect"}),
+	}
+	cs := []prometheus.Collector{
+		m.requests, m.stages, m.rejected, m.scores,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "m3gate_score_queue_depth", Help: "Score requests admitted and not finished.",
+		}, func() float64 { return float64(s.QueueDepth()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "m3gate_score_queue_capacity", Help: "Most score requests admitted at once.",
+		}, func() float64 { return float64(cap(s.slots)) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "m3gate_sidecar_restarts_total", Help: "Restarts of the model process.",
+		}, func() float64 { return float64(s.cfg.Scorer.Restarts()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "m3gate_sidecar_ready", Help: "1 when the model process is ready.",
+		}, func() float64 {
+			if s.cfg.Scorer.State() == schemas.StateReady {
+				return 1
+			}
+			return 0
+		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "m3gate_events_subscribers", Help: "Connected /v1/events websockets.",
+		}, func() float64 { return float64(s.hub.count()) }),
+	}
+	for _, c := range cs {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("register metrics: %w", err)
+		}
+	}
+	return m, nil
+}
