@@ -188,8 +188,8 @@ func TestScoreBadRequests(t *testing.T) {
 	_, ts := newTestServer(t, f, func(c *Config) { c.MaxImages = 2; c.MaxBodyBytes = 1 << 10 })
 	tests := []struct {
 		name, ctype, body string
-		code             int
-		want             string
+		code              int
+		want              string
 	}{
 		{"no images", "application/json", `{"images":[],"prompt":"x"}`, 400, "no images"},
 		{"bad base64", "application/json", `{"images":[{"data":"!!"}]}`, 400, "not base64"},
