@@ -3,7 +3,6 @@ package pipeline
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,11 +11,15 @@ import (
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/m3gate/m3gate/nodes"
 )
 
-// DaemonScorer scores images through the m3gate daemon's HTTP API:
-// POST {URL}/v1/score {"images":[{"data":"<base64>"}],"prompt":…,"aspects":[…]}
-// → {"results":[{"index":0,"error":"","aspects":{"quality":{"mos":…}}}]}.
+// DaemonScorer scores images through the m3gate daemon's HTTP API (the
+// contract of package nodes): POST {URL}/v1/score
+// {"images":[{"data":"<base64>"}],"prompt":…,"aspects":[…]} →
+// {"results":[{"index":0,"error":"","aspects":{"quality":{"mos":…}}}]}; a
+// refusal is a non-2xx status with {"error":…}.
 type DaemonScorer struct {
 	// URL is the daemon's base URL ("http://127.0.0.1:8190").
 	URL string
@@ -25,39 +28,20 @@ type DaemonScorer struct {
 	HTTP *http.Client
 }
 
-type scoreRequest struct {
-	Images  []scoreImage `json:"images"`
-	Prompt  string       `json:"prompt"`
-	Aspects []string     `json:"aspects"`
-}
-
-type scoreImage struct {
-	Data string `json:"data"`
-}
-
-type scoreResponse struct {
-	Results []struct {
-		Index   int                    `json:"index"`
-		Error   string                 `json:"error"`
-		Aspects map[string]AspectScore `json:"aspects"`
-	} `json:"results"`
-	Error string `json:"error"`
-}
-
 // Score implements Scorer.
 func (d *DaemonScorer) Score(ctx context.Context, images []Image, prompt string, aspects []string) ([]Scores, error) {
 	if d.URL == "" {
 		return nil, errors.New("daemon scorer: no daemon URL")
 	}
-	req := scoreRequest{Prompt: prompt, Aspects: aspects, Images: make([]scoreImage, len(images))}
+	req := nodes.ScoreRequest{Prompt: prompt, Aspects: aspects, Images: make([]nodes.ScoreImage, len(images))}
 	for i, img := range images {
-		req.Images[i].Data = base64.StdEncoding.EncodeToString(img.Data)
+		req.Images[i].Data = img.Data // base64 in JSON
 	}
 	body, err := json.Marshal(req)
 	if err != nil {
 		return nil, fmt.Errorf("daemon scorer: encode: %w", err)
 	}
-	url := strings.TrimSuffix(d.URL, "/") + "/v1/score"
+	url := strings.TrimSuffix(d.URL, "/") + nodes.PathScore
 	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
 	if err != nil {
 		return nil, fmt.Errorf("daemon scorer: %w", err)
@@ -80,20 +64,20 @@ func (d *DaemonScorer) Score(ctx context.Context, images []Image, prompt string,
 	if err != nil {
 		return nil, fmt.Errorf("daemon scorer: read answer: %w", err)
 	}
-	var ans scoreResponse
-	jerr := json.Unmarshal(rb, &ans)
 	if resp.StatusCode != http.StatusOK {
 		msg := strings.TrimSpace(string(rb))
-		if jerr == nil && ans.Error != "" {
-			msg = ans.Error
+		var refusal nodes.ErrorResponse
+		if json.Unmarshal(rb, &refusal) == nil && refusal.Error != "" {
+			msg = refusal.Error
 		}
 		if len(msg) > 300 {
 			msg = msg[:300] + "…"
 		}
 		return nil, fmt.Errorf("daemon scorer: POST %s: HTTP %d: %s", url, resp.StatusCode, msg)
 	}
-	if jerr != nil {
-		return nil, fmt.Errorf("daemon scorer: decode answer: %w", jerr)
+	var ans nodes.ScoreResponse
+	if err := json.Unmarshal(rb, &ans); err != nil {
+		return nil, fmt.Errorf("daemon scorer: decode answer: %w", err)
 	}
 	out := make([]Scores, len(images))
 	got := make([]bool, len(images))
@@ -101,7 +85,11 @@ func (d *DaemonScorer) Score(ctx context.Context, images []Image, prompt string,
 		if r.Index < 0 || r.Index >= len(images) {
 			return nil, fmt.Errorf("daemon scorer: result index %d out of range (%d images)", r.Index, len(images))
 		}
-		out[r.Index] = Scores{Aspects: r.Aspects, Error: r.Error}
+		sc := Scores{Aspects: make(map[string]AspectScore, len(r.Aspects)), Error: r.Error}
+		for k, a := range r.Aspects {
+			sc.Aspects[k] = AspectScore(a)
+		}
+		out[r.Index] = sc
 		got[r.Index] = true
 	}
 	for i, ok := range got {

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"image"
@@ -19,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/m3gate/m3gate/nodes"
 	"github.com/m3gate/m3gate/plugin/comfyui"
 	"github.com/m3gate/m3gate/plugin/comfyui/comfyfake"
 )
@@ -419,19 +419,14 @@ func TestRunWithDaemonScorer(t *testing.T) {
 	s := startFake(t, comfyfake.WithImageFunc(rec.image))
 	inner := &brightnessScorer{}
 	daemon := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var req scoreRequest
+		var req nodes.ScoreRequest // the images' base64 is decoded by encoding/json
 		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}
 		imgs := make([]Image, len(req.Images))
 		for i, im := range req.Images {
-			b, err := base64.StdEncoding.DecodeString(im.Data)
-			if err != nil {
-				http.Error(w, err.Error(), http.StatusBadRequest)
-				return
-			}
-			imgs[i] = Image{Data: b}
+			imgs[i] = Image{Data: im.Data}
 		}
 		scores, err := inner.Score(r.Context(), imgs, req.Prompt, req.Aspects)
 		if err != nil {

@@ -4,12 +4,14 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"reflect"
 	"strings"
 	"testing"
 
+	"github.com/m3gate/m3gate/nodes"
 	"github.com/m3gate/m3gate/plugin/comfyui"
 )
 
@@ -108,16 +110,19 @@ func TestSeedInputs(t *testing.T) {
 }
 
 func TestDaemonScorer(t *testing.T) {
-	var gotReq scoreRequest
+	var gotRaw map[string]any
+	var gotReq nodes.ScoreRequest
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/v1/score" || r.Method != http.MethodPost {
 			http.NotFound(w, r)
 			return
 		}
-		if err := json.NewDecoder(r.Body).Decode(&gotReq); err != nil {
+		body, _ := io.ReadAll(r.Body)
+		if err := json.Unmarshal(body, &gotReq); err != nil {
 			http.Error(w, err.Error(), 400)
 			return
 		}
+		_ = json.Unmarshal(body, &gotRaw)
 		if gotReq.Prompt == "fail" {
 			w.WriteHeader(http.StatusServiceUnavailable)
 			w.Write([]byte(`{"error":"sidecar not ready"}`))
@@ -135,9 +140,10 @@ func TestDaemonScorer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if raw, _ := base64.StdEncoding.DecodeString(gotReq.Images[1].Data); string(raw) != "png-bytes-2" || gotReq.Prompt != "a fox" ||
+	wire := gotRaw["images"].([]any)[1].(map[string]any)["data"]
+	if raw, _ := base64.StdEncoding.DecodeString(wire.(string)); string(raw) != "png-bytes-2" || gotReq.Prompt != "a fox" ||
 		!reflect.DeepEqual(gotReq.Aspects, []string{"quality"}) {
-		t.Errorf("request %+v", gotReq)
+		t.Errorf("request %s", gotRaw)
 	}
 	q := got[0].Aspects["quality"]
 	if q.MOS != 3.1 || q.Rating != "good" || q.WordProbs["good"] != 0.9 || q.Source != "predictor" || got[0].Error != "" {
