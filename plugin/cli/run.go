@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/m3gate/m3gate/nodes"
 	"github.com/m3gate/m3gate/plugin/comfyui"
 	"github.com/m3gate/m3gate/plugin/pipeline"
 )
@@ -84,6 +85,9 @@ the others. With --resume, a run into the same --out continues an earlier one.`,
 				maxTries = sc.MaxRerolls + 1
 			}
 			if daemon == "" {
+				daemon = app.Getenv(nodes.EnvDaemonURL)
+			}
+			if daemon == "" {
 				daemon = daemonURL(app.Config.Daemon.Listen)
 			}
 			var copts []comfyui.Option
@@ -133,7 +137,7 @@ the others. With --resume, a run into the same --out continues an earlier one.`,
 	f.StringVar(&out, "out", "m3gate-out", "output folder for accepted images and results.jsonl")
 	f.StringArrayVar(&seedNodes, "seed-node", nil, "node id whose seed is rerolled (repeatable; default every seed input)")
 	f.StringVar(&prompt, "prompt", "", "prompt text to score against (default: the text feeding the sampler's positive input)")
-	f.StringVar(&daemon, "daemon", "", "m3gate daemon URL (default http://<daemon.listen>)")
+	f.StringVar(&daemon, "daemon", "", "m3gate daemon URL (default $M3GATE_URL, else http://<daemon.listen>)")
 	f.IntVar(&parallel, "parallel", 2, "prompts in flight per server")
 	f.BoolVar(&keepRejected, "keep-rejected", false, "also write rejected images, under OUT/rejected")
 	f.BoolVar(&resume, "resume", false, "count images already accepted in OUT (per its results.jsonl) toward --count")
