@@ -60,11 +60,12 @@ func (t *trainableAdapter) params() []namedParam {
 	return out
 }
 
-// save writes the adapter in PEFT format.
-func (t *trainableAdapter) save(dir string) error {
+// save writes the adapter in PEFT format, naming baseModel in the config.
+func (t *trainableAdapter) save(dir, baseModel string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("save adapter: %w", err)
 	}
+	t.a.Config.BaseModel, t.a.Config.InferenceMode = baseModel, true
 	return t.a.Save(dir)
 }
 

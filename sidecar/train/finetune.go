@@ -146,15 +146,40 @@ type finetuner struct {
 // checkpoints (plus optimiser and trainer state) to Out every SaveEvery
 // steps and when ctx is cancelled, and the final adapter to Out.
 func Finetune(ctx context.Context, opts FinetuneOptions, stderr io.Writer) (*FinetuneResult, error) {
-	if err := opts.validate(); err != nil {
+	if stderr == nil {
+		stderr = io.Discard
+	}
+	f, start, err := newFinetuner(opts, stderr)
+	if err != nil {
 		return nil, err
+	}
+	defer f.close()
+	return f.run(ctx, start, stderr)
+}
+
+// close detaches the adapter and closes the metrics log.
+func (f *finetuner) close() {
+	if f.lora != nil {
+		f.lora.set.Detach()
+	}
+	if f.log != nil {
+		f.log.Close()
+	}
+}
+
+// newFinetuner loads the model and data, builds the examples and the
+// adapter (fresh, from --adapter or from the latest checkpoint) and returns
+// the step to start at.
+func newFinetuner(opts FinetuneOptions, stderr io.Writer) (*finetuner, int, error) {
+	if err := opts.validate(); err != nil {
+		return nil, 0, err
 	}
 	if stderr == nil {
 		stderr = io.Discard
 	}
 	if opts.Threads > 0 {
 		if err := torch.SetThreads(opts.Threads); err != nil {
-			return nil, fmt.Errorf("finetune: %w", err)
+			return nil, 0, fmt.Errorf("finetune: %w", err)
 		}
 	}
 	kind := gotch.Float
@@ -163,14 +188,14 @@ func Finetune(ctx context.Context, opts FinetuneOptions, stderr io.Writer) (*Fin
 	}
 	m, err := mllm.Load(opts.Model, mllm.LoadOptions{DType: kind})
 	if err != nil {
-		return nil, fmt.Errorf("finetune: %w", err)
+		return nil, 0, fmt.Errorf("finetune: %w", err)
 	}
 	if m.Tokenizer == nil {
-		return nil, fmt.Errorf("finetune: model %s has no tokenizer.json", opts.Model)
+		return nil, 0, fmt.Errorf("finetune: model %s has no tokenizer.json", opts.Model)
 	}
 	recs, err := ReadConversations(opts.Data)
 	if err != nil {
-		return nil, fmt.Errorf("finetune: %w", err)
+		return nil, 0, fmt.Errorf("finetune: %w", err)
 	}
 	if opts.Images == "" {
 		opts.Images = filepath.Join(filepath.Dir(opts.Data), "images")
@@ -178,7 +203,7 @@ func Finetune(ctx context.Context, opts FinetuneOptions, stderr io.Writer) (*Fin
 	f := &finetuner{opts: opts, m: m, feats: newFeatureCache(m, opts.Images, opts.CacheImages)}
 	first, err := ratingFirstTokens(m)
 	if err != nil {
-		return nil, fmt.Errorf("finetune: %w", err)
+		return nil, 0, fmt.Errorf("finetune: %w", err)
 	}
 	f.ratingIDs = ts.MustOfSlice(first[:])
 	build := func(rs []Record) ([]example, error) {
@@ -193,14 +218,14 @@ func Finetune(ctx context.Context, opts FinetuneOptions, stderr io.Writer) (*Fin
 		return out, nil
 	}
 	if f.train, err = build(Select(recs, opts.Aspect, opts.TrainSplit, opts.MaxTrain)); err != nil {
-		return nil, fmt.Errorf("finetune: %w", err)
+		return nil, 0, fmt.Errorf("finetune: %w", err)
 	}
 	if len(f.train) == 0 {
-		return nil, fmt.Errorf("finetune: no training records of aspect %q and split %q in %s", opts.Aspect, opts.TrainSplit, opts.Data)
+		return nil, 0, fmt.Errorf("finetune: no training records of aspect %q and split %q in %s", opts.Aspect, opts.TrainSplit, opts.Data)
 	}
 	if opts.ValSplit != "" {
 		if f.val, err = build(Select(recs, opts.Aspect, opts.ValSplit, opts.MaxVal)); err != nil {
-			return nil, fmt.Errorf("finetune: %w", err)
+			return nil, 0, fmt.Errorf("finetune: %w", err)
 		}
 	}
 	f.micros = (len(f.train) + opts.BatchSize - 1) / opts.BatchSize
@@ -210,20 +235,19 @@ func Finetune(ctx context.Context, opts FinetuneOptions, stderr io.Writer) (*Fin
 	}
 	f.warmup = int(math.Ceil(opts.WarmupRatio * float64(f.total)))
 	if err := os.MkdirAll(opts.Out, 0o755); err != nil {
-		return nil, fmt.Errorf("finetune: %w", err)
+		return nil, 0, fmt.Errorf("finetune: %w", err)
 	}
 	start, err := f.initAdapter()
 	if err != nil {
-		return nil, fmt.Errorf("finetune: %w", err)
+		return nil, 0, fmt.Errorf("finetune: %w", err)
 	}
-	defer f.lora.set.Detach()
 	if f.log, err = openJSONL(filepath.Join(opts.Out, "metrics.jsonl")); err != nil {
-		return nil, fmt.Errorf("finetune: %w", err)
+		f.close()
+		return nil, 0, fmt.Errorf("finetune: %w", err)
 	}
-	defer f.log.Close()
 	fmt.Fprintf(stderr, "finetune: %d training and %d validation conversations, %d LoRA modules (r=%d), %d steps (warmup %d), resuming at step %d\n",
 		len(f.train), len(f.val), len(f.lora.a.Layers), f.lora.a.Config.R, f.total, f.warmup, start)
-	return f.run(ctx, start, stderr)
+	return f, start, nil
 }
 
 // fingerprint identifies what fixes the data order and schedule.
@@ -380,32 +404,10 @@ func (f *finetuner) run(ctx context.Context, start int, stderr io.Writer) (*Fine
 			return res, f.interrupted(step, err)
 		}
 		t0 := time.Now()
-		f.opt.zeroGrad()
-		stepLoss, items := 0.0, 0
-		for a := 0; a < accum; a++ {
-			k := step*accum + a
-			manualSeed(f.opts.Seed*1_000_003 + int64(k))
-			exs := f.microBatch(k)
-			err := withGrad(true, func() error {
-				loss, ntok, _, err := f.forward(exs, true)
-				if err != nil {
-					return err
-				}
-				mean := loss.MustDivScalar(ts.FloatScalar(float64(max(ntok, 1))*float64(accum)), true)
-				if err := mean.Backward(); err != nil {
-					return fmt.Errorf("backward: %w", err)
-				}
-				stepLoss += mean.Float64Values(true)[0]
-				return nil
-			})
-			if err != nil {
-				return res, fmt.Errorf("finetune step %d: %w", step+1, err)
-			}
-			items += len(exs)
+		stepLoss, items, norm, lr, err := f.step(step)
+		if err != nil {
+			return res, err
 		}
-		norm := f.opt.clipGradNorm(f.opts.MaxGradNorm)
-		lr := cosineLR(f.opts.LR, step, f.warmup, f.total)
-		f.opt.stepLR(lr)
 		done := step + 1
 		res.Steps = done
 		res.Losses = append(res.Losses, stepLoss)
@@ -441,6 +443,39 @@ func (f *finetuner) run(ctx context.Context, start int, stderr io.Writer) (*Fine
 		return res, err
 	}
 	return res, nil
+}
+
+// step runs optimiser step (0-based): GradAccum micro-batches forward and
+// backward, clipping, AdamW. It returns the step's loss, the items it saw,
+// the gradient norm before clipping and the learning rate.
+func (f *finetuner) step(step int) (stepLoss float64, items int, norm, lr float64, err error) {
+	accum := f.opts.GradAccum
+	f.opt.zeroGrad()
+	for a := 0; a < accum; a++ {
+		k := step*accum + a
+		manualSeed(f.opts.Seed*1_000_003 + int64(k))
+		exs := f.microBatch(k)
+		err := withGrad(true, func() error {
+			loss, ntok, _, err := f.forward(exs, true)
+			if err != nil {
+				return err
+			}
+			mean := loss.MustDivScalar(ts.FloatScalar(float64(max(ntok, 1))*float64(accum)), true)
+			if err := mean.Backward(); err != nil {
+				return fmt.Errorf("backward: %w", err)
+			}
+			stepLoss += mean.Float64Values(true)[0]
+			return nil
+		})
+		if err != nil {
+			return 0, 0, 0, 0, fmt.Errorf("finetune step %d: %w", step+1, err)
+		}
+		items += len(exs)
+	}
+	norm = f.opt.clipGradNorm(f.opts.MaxGradNorm)
+	lr = cosineLR(f.opts.LR, step, f.warmup, f.total)
+	f.opt.stepLR(lr)
+	return stepLoss, items, norm, lr, nil
 }
 
 // interrupted saves a checkpoint at step (the last finished one) and
@@ -482,7 +517,7 @@ func (f *finetuner) saveCheckpoint(step int, loss float64) error {
 
 func (f *finetuner) writeState(dir string, st trainerState) error {
 	os.Remove(filepath.Join(dir, "trainer_state.json"))
-	if err := f.lora.save(dir); err != nil {
+	if err := f.lora.save(dir, f.opts.Model); err != nil {
 		return err
 	}
 	if err := tensorio.Write(filepath.Join(dir, "optimizer.safetensors"), f.opt.stateTensors(), map[string]string{"step": fmt.Sprint(st.Step)}); err != nil {

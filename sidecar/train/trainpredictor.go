@@ -101,6 +101,7 @@ type predictorState struct {
 	Epoch       int     `json:"epoch"`
 	BestSRCC    float64 `json:"best_srcc"`
 	BestEpoch   int     `json:"best_epoch"`
+	Steps       int64   `json:"optimizer_steps"`
 	Fingerprint string  `json:"fingerprint"`
 }
 
@@ -230,7 +231,7 @@ func TrainPredictor(ctx context.Context, opts PredictorOptions, stderr io.Writer
 	}
 	opt := newAdamW(params, opts.WeightDecay)
 	fp := predictorFingerprint(opts, cfg, trainItems, valItems)
-	st := predictorState{BestSRCC: math.Inf(-1), Fingerprint: fp}
+	st := predictorState{BestSRCC: noSRCC, Fingerprint: fp}
 	statePath := filepath.Join(opts.Out, "predictor_state.json")
 	if opts.Resume {
 		if raw, err := os.ReadFile(statePath); err == nil {
@@ -244,22 +245,13 @@ func TrainPredictor(ctx context.Context, opts PredictorOptions, stderr io.Writer
 			if err := copyParamsFrom(params, filepath.Join(opts.Out, "last.safetensors")); err != nil {
 				return res, fmt.Errorf("train-predictor: resume: %w", err)
 			}
-			if err := opt.loadState(filepath.Join(opts.Out, "last_optimizer.safetensors"), opt.step); err != nil {
+			if err := opt.loadState(filepath.Join(opts.Out, "last_optimizer.safetensors"), prev.Steps); err != nil {
 				return res, fmt.Errorf("train-predictor: resume: %w", err)
 			}
-			var meta struct{ Step int64 }
-			if ck, err := tensorio.Open(filepath.Join(opts.Out, "last_optimizer.safetensors")); err == nil {
-				fmt.Sscan(ck.Metadata()["step"], &meta.Step)
-				ck.Close()
-			}
-			opt.step = meta.Step
 			st = prev
-			if math.IsNaN(st.BestSRCC) {
-				st.BestSRCC = math.Inf(-1)
-			}
 		}
 	}
-	res.Epochs, res.BestSRCC, res.BestEpoch = st.Epoch, st.BestSRCC, st.BestEpoch
+	res.Epochs, res.BestSRCC, res.BestEpoch = st.Epoch, reportSRCC(st.BestSRCC), st.BestEpoch
 	log, err := openJSONL(filepath.Join(opts.Out, "metrics.jsonl"))
 	if err != nil {
 		return res, fmt.Errorf("train-predictor: %w", err)
@@ -310,13 +302,16 @@ func TrainPredictor(ctx context.Context, opts PredictorOptions, stderr io.Writer
 		if len(preds) > 0 {
 			srcc, vloss = SRCC(preds, mos), mse(preds, mos)
 		}
-		st.Epoch = epoch + 1
+		st.Epoch, st.Steps = epoch+1, opt.step
 		better := !math.IsNaN(srcc) && srcc > st.BestSRCC
-		if len(valItems) == 0 {
-			better = true // no validation: keep the last
+		if len(valItems) == 0 || (math.IsNaN(srcc) && st.BestEpoch == 0) {
+			better = true // no usable validation (yet): keep the last
 		}
 		if better {
-			st.BestSRCC, st.BestEpoch = srcc, epoch+1
+			st.BestEpoch = epoch + 1
+			if !math.IsNaN(srcc) {
+				st.BestSRCC = srcc
+			}
 			if err := p.Save(res.Best); err != nil {
 				return res, fmt.Errorf("train-predictor: %w", err)
 			}
@@ -327,18 +322,21 @@ func TrainPredictor(ctx context.Context, opts PredictorOptions, stderr io.Writer
 		if err := tensorio.Write(filepath.Join(opts.Out, "last_optimizer.safetensors"), opt.stateTensors(), map[string]string{"step": fmt.Sprint(opt.step)}); err != nil {
 			return res, fmt.Errorf("train-predictor: %w", err)
 		}
-		raw, _ := json.MarshalIndent(jsonState(st), "", "  ")
+		raw, err := json.MarshalIndent(st, "", "  ")
+		if err != nil {
+			return res, fmt.Errorf("train-predictor: %w", err)
+		}
 		if err := writeAtomic(statePath, append(raw, '\n')); err != nil {
 			return res, fmt.Errorf("train-predictor: %w", err)
 		}
-		res.Epochs, res.BestSRCC, res.BestEpoch = st.Epoch, st.BestSRCC, st.BestEpoch
+		res.Epochs, res.BestSRCC, res.BestEpoch = st.Epoch, reportSRCC(st.BestSRCC), st.BestEpoch
 		res.TrainLoss = append(res.TrainLoss, trainLoss)
 		res.ValSRCC = append(res.ValSRCC, srcc)
 		if err := log.write(map[string]any{"epoch": epoch + 1, "train_loss": trainLoss, "val_loss": jsonNum(vloss), "val_srcc": jsonNum(srcc),
-			"best_srcc": jsonNum(st.BestSRCC), "best_epoch": st.BestEpoch, "seconds": time.Since(t0).Seconds()}); err != nil {
+			"best_srcc": jsonNum(reportSRCC(st.BestSRCC)), "best_epoch": st.BestEpoch, "seconds": time.Since(t0).Seconds()}); err != nil {
 			return res, err
 		}
-		prog.update(epoch+1, len(trainItems), true, fmt.Sprintf("train mse %.4f val mse %.4f srcc %.4f (best %.4f @%d)", trainLoss, vloss, srcc, st.BestSRCC, st.BestEpoch))
+		prog.update(epoch+1, len(trainItems), true, fmt.Sprintf("train mse %.4f val mse %.4f srcc %.4f (best %.4f @%d)", trainLoss, vloss, srcc, reportSRCC(st.BestSRCC), st.BestEpoch))
 		if opts.onEpoch != nil {
 			opts.onEpoch(epoch + 1)
 		}
@@ -346,13 +344,14 @@ func TrainPredictor(ctx context.Context, opts PredictorOptions, stderr io.Writer
 	return res, nil
 }
 
-// jsonState replaces non-finite numbers JSON cannot hold.
-func jsonState(s predictorState) predictorState {
-	if math.IsInf(s.BestSRCC, 0) || math.IsNaN(s.BestSRCC) {
-		s.BestSRCC = math.NaN()
-		s.BestSRCC = -2 // below any SRCC: "none yet"
+// noSRCC marks "no validation SRCC yet" in the state (SRCC lies in [−1, 1]).
+const noSRCC = -2
+
+func reportSRCC(v float64) float64 {
+	if v == noSRCC {
+		return math.NaN()
 	}
-	return s
+	return v
 }
 
 func jsonNum(v float64) any {
