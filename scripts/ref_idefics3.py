@@ -14,7 +14,13 @@ for the token ids given on the command line, and writes JSON with the image
 features and the logits at every position.
 
 usage: ref_idefics3.py MODEL_DIR IDS_JSON OUT_JSON
-  IDS_JSON: {"ids": [...], "image_size": S}
+  IDS_JSON: {"ids": [...]}
+
+       ref_idefics3.py bench MODEL_DIR [RUNS]
+  times the same architecture in plain torch f32 (inference mode, KV cache)
+  on the machine's current load, for comparing with the Go benchmarks:
+  vision encode of one tile, prefill of 64 image + 150 text tokens, and
+  32 greedy decode steps at batch 1; prints medians.
 """
 import json
 import math
@@ -161,7 +167,109 @@ def text(W, cfg, ids, feats):
     return x @ head.T
 
 
+def bench(model_dir, runs):
+    import time
+    import torch.nn.functional as F
+    cfg = json.load(open(model_dir + "/config.json"))
+    W = {k: v.float().contiguous() for k, v in read_safetensors(model_dir + "/model.safetensors").items()}
+    vc, tc = cfg["vision_config"], cfg["text_config"]
+    D, H, p = vc["hidden_size"], vc["num_attention_heads"], vc["patch_size"]
+    S = vc["image_size"]
+    pre = "model.vision_model."
+
+    def lin(x, name, bias=True):
+        return F.linear(x, W[name + ".weight"], W.get(name + ".bias") if bias else None)
+
+    def encode(px):
+        x = F.conv2d(px, W[pre + "embeddings.patch_embedding.weight"], W[pre + "embeddings.patch_embedding.bias"], stride=p)
+        x = x.flatten(2).transpose(1, 2) + W[pre + "embeddings.position_embedding.weight"]
+        hd = D // H
+        for i in range(vc["num_hidden_layers"]):
+            lp = pre + "encoder.layers.%d." % i
+            h = F.layer_norm(x, (D,), W[lp + "layer_norm1.weight"], W[lp + "layer_norm1.bias"], 1e-6)
+            q, k, v = [lin(h, lp + "self_attn.%s_proj" % n).view(1, -1, H, hd).transpose(1, 2) for n in "qkv"]
+            a = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(hd), -1) @ v
+            x = x + lin(a.transpose(1, 2).reshape(1, -1, D), lp + "self_attn.out_proj")
+            h = F.layer_norm(x, (D,), W[lp + "layer_norm2.weight"], W[lp + "layer_norm2.bias"], 1e-6)
+            x = x + lin(F.gelu(lin(h, lp + "mlp.fc1"), approximate="tanh"), lp + "mlp.fc2")
+        x = F.layer_norm(x, (D,), W[pre + "post_layernorm.weight"], W[pre + "post_layernorm.bias"], 1e-6)
+        s = cfg["scale_factor"]
+        n = S // p
+        x = x.view(1, n, n // s, D * s).permute(0, 2, 1, 3).reshape(1, n // s, n // s, D * s * s)
+        x = x.permute(0, 2, 1, 3).reshape(1, -1, D * s * s)
+        return lin(x, "model.connector.modality_projection.proj", False)
+
+    Dt, Ht, KV = tc["hidden_size"], tc["num_attention_heads"], tc["num_key_value_heads"]
+    hd = Dt // Ht
+    inv = 1.0 / (tc["rope_theta"] ** (torch.arange(0, hd, 2).float() / hd))
+
+    def rms(x, w):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + tc["rms_norm_eps"]) * w
+
+    def rot(x):
+        return torch.cat([-x[..., hd // 2:], x[..., :hd // 2]], -1)
+
+    def text(x, cache, start):
+        T = x.shape[1]
+        ang = torch.arange(start, start + T).float()[:, None] * inv[None]
+        emb = torch.cat([ang, ang], -1)
+        cos, sin = emb.cos(), emb.sin()
+        mask = None
+        if T > 1:
+            mask = torch.full((T, start + T), float("-inf")).triu(start + 1)
+        out = []
+        for i in range(tc["num_hidden_layers"]):
+            lp = "model.text_model.layers.%d." % i
+            h = rms(x, W[lp + "input_layernorm.weight"])
+            q = lin(h, lp + "self_attn.q_proj", False).view(1, T, Ht, hd).transpose(1, 2)
+            k = lin(h, lp + "self_attn.k_proj", False).view(1, T, KV, hd).transpose(1, 2)
+            v = lin(h, lp + "self_attn.v_proj", False).view(1, T, KV, hd).transpose(1, 2)
+            q, k = q * cos + rot(q) * sin, k * cos + rot(k) * sin
+            if cache is not None:
+                k, v = torch.cat([cache[i][0], k], 2), torch.cat([cache[i][1], v], 2)
+            out.append((k, v))
+            kr, vr = k.repeat_interleave(Ht // KV, 1), v.repeat_interleave(Ht // KV, 1)
+            sc = q @ kr.transpose(-1, -2) / math.sqrt(hd)
+            if mask is not None:
+                sc = sc + mask
+            a = torch.softmax(sc, -1) @ vr
+            x = x + lin(a.transpose(1, 2).reshape(1, T, Dt), lp + "self_attn.o_proj", False)
+            h = rms(x, W[lp + "post_attention_layernorm.weight"])
+            x = x + lin(F.silu(lin(h, lp + "mlp.gate_proj", False)) * lin(h, lp + "mlp.up_proj", False), lp + "mlp.down_proj", False)
+        x = rms(x, W["model.text_model.norm.weight"])
+        return lin(x[:, -1], "lm_head", False), out
+
+    def median(xs):
+        return sorted(xs)[len(xs) // 2]
+
+    px = torch.randn(1, 3, S, S)
+    emb = W["model.text_model.embed_tokens.weight"]
+    ids = torch.randint(0, 600, (1, 214))
+    res = {"vision": [], "prefill": [], "decode_step": []}
+    with torch.inference_mode():
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            feats = encode(px)
+            res["vision"].append(time.perf_counter() - t0)
+            x = emb[ids].clone()
+            x[0, 10:10 + feats.shape[1]] = feats[0]
+            t0 = time.perf_counter()
+            logits, cache = text(x, None, 0)
+            res["prefill"].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            pos = 214
+            for _ in range(31):
+                tok = logits.argmax(-1)
+                logits, cache = text(emb[tok][:, None], cache, pos)
+                pos += 1
+            res["decode_step"].append((time.perf_counter() - t0) / 31)
+    print(json.dumps({k: round(median(v), 4) for k, v in res.items()}))
+
+
 def main():
+    if sys.argv[1] == "bench":
+        bench(sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 3)
+        return
     model_dir, ids_path, out_path = sys.argv[1:4]
     cfg = json.load(open(model_dir + "/config.json"))
     W = read_safetensors(model_dir + "/model.safetensors")
