@@ -1,0 +1,37 @@
+// Package mllm runs the Idefics3 family (SmolVLM-256M/500M-Instruct,
+// SmolVLM-Instruct 2.2B) on libtorch through gotch: a SigLIP vision
+// encoder, the pixel-shuffle connector and a Llama text model, loaded from
+// Hugging Face checkpoints (config.json, safetensors through
+// sidecar/tensorio, tokenizer.json), with a KV cache, batched prefill and
+// greedy or sampled generation.
+//
+// One package rather than sub-packages: the tokenizer wrapper, chat
+// template and tiny-model writer are each a file, share the model's config
+// and special-token list, and have one consumer (the scorer in sidecar/m3);
+// splitting them would only add exported plumbing.
+//
+// Typical use:
+//
+//	m, err := mllm.Load(dir, mllm.LoadOptions{})           // f32 on CPU
+//	img, err := m.EncodeImage(pixels)                      // once per image
+//	seq, err := m.EncodeChat([]mllm.Message{mllm.UserMessage(q, true)}, true, []*mllm.ImageFeatures{img})
+//	out, cache, err := m.Prefill([]mllm.Sequence{seq}, mllm.ForwardOptions{})
+//	gen, err := m.Generate(ctx, cache, out.Logits, mllm.GenerateOptions{MaxTokens: 128, StopTokens: m.Generation.EOSTokenIDs})
+//	out2, _, err := m.Extend(cache, []mllm.Sequence{{Tokens: more}}, mllm.ForwardOptions{Hidden: true})
+//
+// Caches are immutable: Extend and Generate return new caches and leave
+// the given one usable, so an image + round-1 prefix can be continued
+// several ways (KVCache.Select repeats it across a batch, JoinCaches
+// batches caches of different lengths). Batches are left-padded; every
+// cache slot carries a validity flag and every sequence its own positions.
+//
+// Inference runs with autograd off; ForwardOptions.Grad keeps it on for
+// LoRA training, where adapters hook into Linear.Delta (Model.Linears maps
+// Hugging Face module names to layers). libtorch's grad mode is
+// thread-local: build losses and call Backward inside WithGradMode(true, …).
+//
+// WriteTiny writes random-weight model directories of the real layout
+// ("tiny" for tests, "256m" with SmolVLM-256M's shapes for benchmarks);
+// scripts/ref_idefics3.py is an independent plain-torch forward pass the
+// tests compare against.
+package mllm
