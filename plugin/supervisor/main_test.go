@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -44,24 +45,42 @@ func TestMain(m *testing.M) {
 	case os.Getenv("SUPERVISOR_TEST_DAEMON") == "1":
 		os.Exit(testDaemon())
 	}
-	dir, err := os.MkdirTemp("", "supervisor-test-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	sidecarBin = os.Getenv("M3GATE_SIDECAR")
-	if sidecarBin == "" {
-		sidecarBin = filepath.Join(dir, "m3gate-sidecar")
-		cmd := exec.Command("go", "build", "-o", sidecarBin, "github.com/m3gate/m3gate/sidecar/cmd/m3gate-sidecar")
-		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-		if err := cmd.Run(); err != nil {
-			fmt.Fprintln(os.Stderr, "build m3gate-sidecar (source scripts/env.sh first):", err)
-			os.Exit(1)
-		}
-	}
 	code := m.Run()
-	os.RemoveAll(dir)
+	if buildDir != "" {
+		os.RemoveAll(buildDir)
+	}
 	os.Exit(code)
+}
+
+var (
+	buildOnce sync.Once
+	buildDir  string
+	buildErr  error
+)
+
+// realSidecar returns the real m3gate-sidecar: $M3GATE_SIDECAR, or a build
+// of sidecar/cmd/m3gate-sidecar made once per test run (it needs the cgo
+// environment of scripts/env.sh).
+func realSidecar(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		if sidecarBin = os.Getenv("M3GATE_SIDECAR"); sidecarBin != "" {
+			return
+		}
+		buildDir, buildErr = os.MkdirTemp("", "supervisor-test-")
+		if buildErr != nil {
+			return
+		}
+		sidecarBin = filepath.Join(buildDir, "m3gate-sidecar")
+		out, err := exec.Command("go", "build", "-o", sidecarBin, "github.com/m3gate/m3gate/sidecar/cmd/m3gate-sidecar").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("build m3gate-sidecar (source scripts/env.sh first): %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return sidecarBin
 }
 
 // testScorer is the scorer of the helper plugin process. Its behaviour is

@@ -25,6 +25,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/m3gate/m3gate/plugin/dataset"
 	"github.com/m3gate/m3gate/schemas"
 )
 
@@ -363,6 +364,7 @@ func TestBadConfig(t *testing.T) {
 // full score; without one, that the "no scorer" error crosses the process
 // boundary intact. Either way, a 50 MB PNG passes its gRPC limits.
 func TestRealSidecar(t *testing.T) {
+	sidecarBin := realSidecar(t)
 	modelDir := os.Getenv("M3GATE_TEST_MODEL_DIR")
 	if modelDir == "" {
 		modelDir = t.TempDir()
@@ -402,7 +404,7 @@ func TestRealSidecar(t *testing.T) {
 	rs, err := sup.Score(ctxT(t, 5*time.Minute), schemas.ScoreRequest{
 		Prompt:  "a red apple",
 		Items:   []schemas.ScoreItem{{Data: buf.Bytes()}, {Data: largePNG(t)}},
-		Options: schemas.ScoreOptions{Aspects: []string{"quality", "correspondence"}, MaxNewTokens: 4},
+		Options: schemas.ScoreOptions{Aspects: []string{"quality", "correspondence"}, MaxNewTokens: 4, Prompts: defaultPrompts(t, "quality", "correspondence")},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -428,10 +430,25 @@ func TestRealSidecar(t *testing.T) {
 	}
 }
 
+// defaultPrompts returns the default conversation prompts of aspects.
+func defaultPrompts(t *testing.T, aspects ...string) map[string]schemas.AspectPrompt {
+	t.Helper()
+	out := make(map[string]schemas.AspectPrompt, len(aspects))
+	for _, a := range aspects {
+		pp, err := dataset.LookupPrompts(a, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[a] = schemas.AspectPrompt{Round1: pp.Round1, Round2: pp.Round2}
+	}
+	return out
+}
+
 // startDaemon runs the test binary as a daemon supervising the real sidecar
 // and returns it with the sidecar's pid.
 func startDaemon(t *testing.T) (*exec.Cmd, int) {
 	t.Helper()
+	sidecarBin := realSidecar(t)
 	exe, _ := os.Executable()
 	cmd := exec.Command(exe)
 	cmd.Env = append(os.Environ(), "SUPERVISOR_TEST_DAEMON=1", "SIDECAR_BIN="+sidecarBin)
