@@ -167,13 +167,21 @@ func buildTokenizerJSON(numMerges int) ([]byte, map[string]int, error) {
 		"padding":      nil,
 		"added_tokens": added,
 		"normalizer":   nil,
+		// the same pipeline as SmolLM2's tokenizer.json: single digits, then
+		// GPT-2 byte-level splitting
 		"pre_tokenizer": map[string]any{
+			"type": "Sequence",
+			"pretokenizers": []any{
+				map[string]any{"type": "Digits", "individual_digits": true},
+				map[string]any{"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+			},
+		},
+		"post_processor": map[string]any{
 			"type":             "ByteLevel",
-			"add_prefix_space": false,
-			"trim_offsets":     true,
+			"add_prefix_space": true,
+			"trim_offsets":     false,
 			"use_regex":        true,
 		},
-		"post_processor": nil,
 		"decoder": map[string]any{
 			"type":             "ByteLevel",
 			"add_prefix_space": true,

@@ -272,6 +272,9 @@ func TestTokenizerSpecialTokensAndRoundTrip(t *testing.T) {
 			t.Errorf("decode(encode(%q)) = %q", s, back)
 		}
 	}
+	if ids, _ := tk.Encode("2025"); len(ids) != 4 {
+		t.Errorf("digits are not split one by one (SmolLM2's Digits pre-tokenizer): 2025 → %v", ids)
+	}
 	ids, _ := tk.Encode("<|im_start|>User: hi<end_of_utterance>")
 	if s, _ := tk.Decode(ids, true); s != "User: hi" {
 		t.Errorf("decode skipping special tokens = %q", s)
