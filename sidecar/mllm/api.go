@@ -91,10 +91,23 @@ func (m *Model) EncodeImages(ps []Pixels, grad bool) (out []*ImageFeatures, err 
 		}
 		counts = append(counts, len(p.Tiles))
 	}
+	if err := m.usable(); err != nil {
+		return nil, err
+	}
 	n := len(flat) / (v.NumChannels * s * s)
 	err = withGrad(grad, "encode image", func() error {
 		px := ts.MustOfSlice(flat).MustView([]int64{int64(n), int64(v.NumChannels), int64(s), int64(s)}, true)
-		feats := m.connectorForward(m.visionForward(px)) // [n, seq, D]
+		// at most visionChunk tiles per vision pass bounds the activations
+		// (a 4×4 split image has 17 tiles)
+		var parts []*ts.Tensor
+		for start := int64(0); start < int64(n); start += visionChunk {
+			c := min(visionChunk, int64(n)-start)
+			parts = append(parts, m.connectorForward(m.visionForward(px.MustNarrow(0, start, c, false))))
+		}
+		feats := parts[0] // [n, seq, D]
+		if len(parts) > 1 {
+			feats = ts.MustCat(parts, 0)
+		}
 		d := feats.MustSize()[2]
 		start := int64(0)
 		seq := int64(m.Config.ImageSeqLen())
@@ -107,6 +120,9 @@ func (m *Model) EncodeImages(ps []Pixels, grad bool) (out []*ImageFeatures, err 
 	})
 	return out, err
 }
+
+// visionChunk is the most tiles one vision forward pass takes.
+const visionChunk = 8
 
 // connectorForward applies pixel shuffle and the modality projection.
 func (m *Model) connectorForward(x *ts.Tensor) *ts.Tensor {
@@ -168,6 +184,9 @@ func (m *Model) Extend(cache *KVCache, seqs []Sequence, opts ForwardOptions) (*O
 func (m *Model) forward(cache *KVCache, seqs []Sequence, opts ForwardOptions) (out *Output, next *KVCache, err error) {
 	if len(seqs) == 0 {
 		return nil, nil, fmt.Errorf("forward: no sequences")
+	}
+	if err := m.usable(); err != nil {
+		return nil, nil, err
 	}
 	if cache != nil && cache.Batch() != len(seqs) {
 		return nil, nil, fmt.Errorf("forward: %d sequences for a cache of batch %d", len(seqs), cache.Batch())
@@ -287,6 +306,9 @@ type Generation struct {
 func (m *Model) Generate(ctx context.Context, cache *KVCache, last *ts.Tensor, opts GenerateOptions) (*Generation, error) {
 	if opts.MaxTokens <= 0 {
 		return nil, fmt.Errorf("generate: max tokens must be positive, got %d", opts.MaxTokens)
+	}
+	if err := m.usable(); err != nil {
+		return nil, fmt.Errorf("generate: %w", err)
 	}
 	if cache == nil || last == nil {
 		return nil, fmt.Errorf("generate: nil cache or logits")

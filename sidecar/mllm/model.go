@@ -57,6 +57,7 @@ type Model struct {
 	rotQ, rotK *ts.Tensor // block-diagonal rotate_half matrices
 	rotHead    *ts.Tensor // one head's rotate_half matrix
 	invFreq    []float32
+	closed     bool
 }
 
 // paramSpec names one checkpoint tensor, its shape and where it goes.
@@ -137,6 +138,41 @@ func (m *Model) specs() []paramSpec {
 		m.lmHead = lin("lm_head", t.HiddenSize, t.VocabSize, false)
 	}
 	return out
+}
+
+// Close frees the weights now instead of when the garbage collector gets
+// to them; the model cannot be used afterwards.
+func (m *Model) Close() {
+	if m.closed {
+		return
+	}
+	m.closed = true
+	seen := map[*ts.Tensor]bool{}
+	drop := func(ts ...*ts.Tensor) {
+		for _, t := range ts {
+			if t != nil && !seen[t] {
+				seen[t] = true
+				t.MustDrop()
+			}
+		}
+	}
+	for _, l := range m.linears {
+		drop(l.W, l.B)
+	}
+	for _, l := range m.vision {
+		drop(l.LN1.W, l.LN1.B, l.LN2.W, l.LN2.B)
+	}
+	for _, l := range m.text {
+		drop(l.InNorm, l.PostNorm)
+	}
+	drop(m.patchW, m.patchB, m.posEmb, m.postLN.W, m.postLN.B, m.embed, m.norm, m.rotQ, m.rotK, m.rotHead)
+}
+
+func (m *Model) usable() error {
+	if m.closed {
+		return fmt.Errorf("model is closed")
+	}
+	return nil
 }
 
 // Linears maps Hugging Face module names (such as

@@ -607,3 +607,65 @@ func TestLinearRowPaths(t *testing.T) {
 		}
 	}
 }
+
+// TestSplitImageChunks: a split image of 3×3 tiles + global (more tiles
+// than one vision pass takes) encodes like its tiles one by one, in order.
+func TestSplitImageChunks(t *testing.T) {
+	m := loadTiny(t, 0)
+	s := m.Config.Vision.ImageSize
+	var tiles [][]float32
+	for i := 0; i < 10; i++ {
+		tiles = append(tiles, testPixels(int64(100+i), s).Tiles[0])
+	}
+	f, err := m.EncodeImage(Pixels{Tiles: tiles, Rows: 3, Cols: 3, Size: s})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seq := m.Config.ImageSeqLen()
+	if f.NumTokens() != 10*seq || f.Rows != 3 || f.Cols != 3 {
+		t.Fatalf("%d tokens, rows %d cols %d", f.NumTokens(), f.Rows, f.Cols)
+	}
+	all := floats(f.Tokens)
+	d := m.Config.Text.HiddenSize
+	for i, tile := range tiles {
+		one, err := m.EncodeImage(Pixels{Tiles: [][]float32{tile}, Size: s})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := maxAbsDiff(floats(one.Tokens), all[i*seq*d:(i+1)*seq*d]); diff > 1e-5 {
+			t.Errorf("tile %d differs by %g", i, diff)
+		}
+	}
+	text, err := m.ExpandImages("<image>", []*ImageFeatures{f})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids, _ := m.Tokenizer.Encode(text)
+	n := 0
+	for _, id := range ids {
+		if id == m.Config.ImageTokenID {
+			n++
+		}
+	}
+	if n != f.NumTokens() {
+		t.Errorf("split prompt has %d image tokens for %d feature rows", n, f.NumTokens())
+	}
+	if _, _, err := m.Prefill([]Sequence{{Tokens: ids, Images: []*ImageFeatures{f}}}, ForwardOptions{}); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestClosedModel(t *testing.T) {
+	m, err := Load(tinyModelDir(t), LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+	m.Close()
+	if _, err := m.EncodeImage(testPixels(1, m.Config.Vision.ImageSize)); err == nil {
+		t.Error("encode after Close: no error")
+	}
+	if _, _, err := m.Prefill([]Sequence{{Tokens: []int64{1}}}, ForwardOptions{}); err == nil {
+		t.Error("prefill after Close: no error")
+	}
+}
