@@ -14,6 +14,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/spf13/cobra"
@@ -752,19 +754,42 @@ func collectResults(job *scoreJob, results []schemas.ItemResult) []scoreRow {
 	return rows
 }
 
-// descriptionWords is how many words of a description the table shows.
-const descriptionWords = 10
+// The table shows at most descriptionWords words and descriptionRunes
+// characters of a description.
+const (
+	descriptionWords = 10
+	descriptionRunes = 72
+)
 
-// shortDescription returns the first words of a description on one line.
+// shortDescription returns the first words of a description on one line,
+// with invalid UTF-8 and unprintable characters (a random-weight model
+// generates any token) shown as U+FFFD so they cannot upset a terminal.
 func shortDescription(s string) string {
+	s = strings.Map(func(r rune) rune {
+		switch {
+		case unicode.IsSpace(r):
+			return ' '
+		case !unicode.IsPrint(r):
+			return utf8.RuneError
+		}
+		return r
+	}, strings.ToValidUTF8(s, string(utf8.RuneError)))
 	words := strings.Fields(s)
 	if len(words) == 0 {
 		return "-"
 	}
-	if len(words) > descriptionWords {
-		return strings.Join(words[:descriptionWords], " ") + " …"
+	cut := len(words) > descriptionWords
+	if cut {
+		words = words[:descriptionWords]
 	}
-	return strings.Join(words, " ")
+	out := strings.Join(words, " ")
+	if r := []rune(out); len(r) > descriptionRunes {
+		out, cut = strings.TrimSpace(string(r[:descriptionRunes])), true
+	}
+	if cut {
+		out += " …"
+	}
+	return out
 }
 
 // writeScoreTable prints one row per image and aspect; a failed image gets

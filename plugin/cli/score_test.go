@@ -496,6 +496,10 @@ func TestShortDescription(t *testing.T) {
 		{"one\ttwo\nthree", "one two three"},
 		{"1 2 3 4 5 6 7 8 9 10", "1 2 3 4 5 6 7 8 9 10"},
 		{"1 2 3 4 5 6 7 8 9 10 11", "1 2 3 4 5 6 7 8 9 10 …"},
+		{"bad\xffutf8 esc\x1b[31mred\u200b", "bad\ufffdutf8 esc\ufffd[31mred\ufffd"},
+		{"ünïcode wörds ✓", "ünïcode wörds ✓"},
+		{strings.Repeat("x", 80) + " y", strings.Repeat("x", 72) + " …"},
+		{strings.Repeat("ab ", 30), strings.TrimSpace(strings.Repeat("ab ", 10)) + " …"},
 	}
 	for _, tt := range tests {
 		if got := shortDescription(tt.in); got != tt.want {
