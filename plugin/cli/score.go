@@ -587,8 +587,10 @@ func scoreWithSidecar(ctx context.Context, app *App, job *scoreJob) ([]schemas.I
 		Load:             job.Load,
 		StartTimeout:     sc.StartTimeout,
 		LoadStallTimeout: sc.LoadStallTimeout,
-		BusyTimeout:      sc.BusyTimeout,
-		BackoffMax:       sc.RestartBackoffMax,
+		// sidecar.busy_timeout is a budget per request of the daemon, which
+		// holds one image; this one request holds them all.
+		BusyTimeout: sc.BusyTimeout * time.Duration(len(job.Request.Items)),
+		BackoffMax:  sc.RestartBackoffMax,
 		Logger: hclog.New(&hclog.LoggerOptions{
 			Name:   "m3gate",
 			Level:  logLevel,
@@ -620,6 +622,8 @@ func scoreWithSidecar(ctx context.Context, app *App, job *scoreJob) ([]schemas.I
 		}
 		return nil, fmt.Errorf("score: load model %s: %w", job.Load.ModelDir, err)
 	}
+	fmt.Fprintf(app.Stderr, "scoring %d image(s) on %s ...\n", len(job.Request.Items), strings.Join(job.Request.Options.Aspects, ", "))
+	start := time.Now()
 	results, err := sup.Score(wctx, job.Request)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -633,6 +637,7 @@ func scoreWithSidecar(ctx context.Context, app *App, job *scoreJob) ([]schemas.I
 	if len(results) != len(job.Request.Items) {
 		return nil, fmt.Errorf("score: model process answered %d results for %d images", len(results), len(job.Request.Items))
 	}
+	fmt.Fprintf(app.Stderr, "scored in %.1fs\n", time.Since(start).Seconds())
 	return results, nil
 }
 

@@ -603,6 +603,8 @@ func TestScoreThroughModelProcess(t *testing.T) {
 	for _, w := range []string{
 		"loading model " + model,
 		"model ready in",
+		"scoring 2 image(s) on quality, correspondence ...",
+		"scored in ",
 		"m3gate: score " + corrupt + ": decode image: unknown format",
 		"m3gate: score " + missing + ": no such file",
 		"m3gate: score: 2 of 3 images failed",
