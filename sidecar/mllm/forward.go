@@ -142,7 +142,7 @@ func (m *Model) visionForward(px *ts.Tensor) *ts.Tensor {
 		h := l.LN1.forward(x)
 		q, k, vv := split(l.Q.Forward(h)), split(l.K.Forward(h)), split(l.V.Forward(h))
 		h.MustDrop()
-		a := ts.MustScaledDotProductAttention(q, k, vv, ts.None, 0, false, []float64{1 / math.Sqrt(float64(hd))})
+		a := sdpa(q, k, vv, ts.None, []float64{1 / math.Sqrt(float64(hd))})
 		a = a.MustTranspose(1, 2, true).MustReshape([]int64{n, np, d}, true)
 		x = x.MustAdd(l.Out.Forward(a), true)
 		h = l.LN2.forward(x)
@@ -331,9 +331,6 @@ func (m *Model) textForward(x *ts.Tensor, valid [][]bool, cache *KVCache) (*ts.T
 			}
 		}
 		mask = ts.MustOfSlice(mv).MustView([]int64{int64(b), 1, int64(nrep * tq), int64(total)}, true)
-		if m.DType != gotch.Float {
-			mask = mask.MustTotype(m.DType, true)
-		}
 	}
 	cosQ, sinQ := m.ropeTables(pos, t.NumAttentionHeads)
 	cosK, sinK := m.ropeTables(pos, nkv)
@@ -379,16 +376,29 @@ func gqaAttention(q, k, v, mask *ts.Tensor, nkv, nrep, hd int, scale []float64) 
 	B, Tq := sz[0], sz[1]
 	if Tq == 1 { // one query: the regrouping is a view
 		q = q.MustView([]int64{B, int64(nkv), int64(nrep), int64(hd)}, false)
-		o := ts.MustScaledDotProductAttention(q, k, v, mask, 0, false, scale)
+		o := sdpa(q, k, v, mask, scale)
 		return o.MustView([]int64{B, 1, int64(nkv * nrep * hd)}, true)
 	}
 	q = q.MustView([]int64{B, Tq, int64(nkv), int64(nrep), int64(hd)}, false).
 		MustPermute([]int64{0, 2, 3, 1, 4}, true).
 		MustReshape([]int64{B, int64(nkv), int64(nrep) * Tq, int64(hd)}, true)
-	o := ts.MustScaledDotProductAttention(q, k, v, mask, 0, false, scale)
+	o := sdpa(q, k, v, mask, scale)
 	return o.MustView([]int64{B, int64(nkv), int64(nrep), Tq, int64(hd)}, true).
 		MustPermute([]int64{0, 3, 1, 2, 4}, true).
 		MustReshape([]int64{B, Tq, int64(nkv * nrep * hd)}, true)
+}
+
+// sdpa is softmax(q·kᵀ·scale + mask)·v with the scores and softmax in f32
+// (as Hugging Face's eager attention) whatever the model dtype; mask is
+// f32 or ts.None.
+func sdpa(q, k, v, mask *ts.Tensor, scale []float64) *ts.Tensor {
+	kind := q.DType()
+	if kind == gotch.Float {
+		return ts.MustScaledDotProductAttention(q, k, v, mask, 0, false, scale)
+	}
+	o := ts.MustScaledDotProductAttention(q.MustTotype(gotch.Float, false), k.MustTotype(gotch.Float, false),
+		v.MustTotype(gotch.Float, false), mask, 0, false, scale)
+	return o.MustTotype(kind, true)
 }
 
 // recoverErr turns a panic from gotch's Must* calls into an error.

@@ -669,3 +669,33 @@ func TestClosedModel(t *testing.T) {
 		t.Error("prefill after Close: no error")
 	}
 }
+
+// TestHiddenOutputs: the returned hidden states are the final normed ones
+// (lm_head of them gives the logits), LogitsNone returns hidden only, and
+// LogitsLast is the last position of LogitsAll.
+func TestHiddenOutputs(t *testing.T) {
+	m := loadTiny(t, 0)
+	seqs := prompts(t, m, 2, true)
+	all, _, err := m.Prefill(seqs, ForwardOptions{Logits: LogitsAll, Hidden: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := maxAbsDiff(floats(m.lmHead.Forward(all.Hidden)), floats(all.Logits)); d > 1e-5 {
+		t.Errorf("lm_head(hidden) differs from logits by %g", d)
+	}
+	none, _, err := m.Prefill(seqs, ForwardOptions{Logits: LogitsNone, Hidden: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if none.Logits != nil || none.Hidden == nil {
+		t.Errorf("LogitsNone: logits %v, hidden %v", none.Logits != nil, none.Hidden != nil)
+	}
+	last, _, _ := m.Prefill(seqs, ForwardOptions{})
+	tq := all.Logits.MustSize()[1]
+	if d := maxAbsDiff(floats(last.Logits), floats(all.Logits.MustSelect(1, tq-1, false))); d > 1e-5 {
+		t.Errorf("LogitsLast differs from the last of LogitsAll by %g", d)
+	}
+	if sz := last.Logits.MustSize(); len(sz) != 2 || sz[0] != 2 || sz[1] != int64(m.Config.Text.VocabSize) {
+		t.Errorf("LogitsLast shape %v", sz)
+	}
+}
