@@ -28,8 +28,14 @@ func randT(rng *rand.Rand, scale float64, shape ...int64) *ts.Tensor {
 	return ts.MustOfSlice(v).MustView(shape, true)
 }
 
+// vals copies values out, keeping every tensor alive while it is read.
 func vals(t *ts.Tensor) []float64 {
-	return t.MustDetach(false).MustTotype(gotch.Double, true).Float64Values(true)
+	c := t.MustDetach(false).MustTo(gotch.CPU, true).MustTotype(gotch.Double, true).MustContiguous(true)
+	out := make([]float64, c.Numel())
+	c.MustCopyData(out, c.Numel())
+	runtime.KeepAlive(c)
+	runtime.KeepAlive(t)
+	return out
 }
 
 const pfx = "model.text_model.layers."
@@ -504,6 +510,7 @@ func TestTrainingGradients(t *testing.T) {
 	target := randT(rng, 1, 2, 3, 12)
 	loss := lin[q].Forward(xs[q]).MustSub(target, true).MustSquare(true).MustMean(gotch.Float, true)
 	loss.MustBackward()
+	runtime.KeepAlive(target)
 	g := vals(a.Layers[q].B.MustGrad(false))
 	nz := 0.0
 	for _, v := range g {

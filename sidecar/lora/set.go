@@ -66,8 +66,20 @@ func (h *hook) Forward(x *ts.Tensor) *ts.Tensor {
 	if training && a.Config.LoraDropout > 0 {
 		in = ts.MustDropout(x, a.Config.LoraDropout, true)
 	}
-	d := ts.MustLinear(ts.MustLinear(in, A, ts.None), B, ts.None)
-	return d.MustMulScalar(ts.FloatScalar(l.Scale), true)
+	// Every operand stays referenced until its op returns: gotch v0.9.1 can
+	// finalize a tensor whose C handle is in use by a running op.
+	ax := ts.MustLinear(in, A, ts.None)
+	d := ts.MustLinear(ax, B, ts.None)
+	scale := ts.FloatScalar(l.Scale)
+	out := d.MustMulScalar(scale, false)
+	runtime.KeepAlive(x)
+	runtime.KeepAlive(in)
+	runtime.KeepAlive(A)
+	runtime.KeepAlive(B)
+	runtime.KeepAlive(ax)
+	runtime.KeepAlive(d)
+	runtime.KeepAlive(scale)
+	return out
 }
 
 // Add attaches an adapter under a.Name after checking that it fits the base
@@ -261,15 +273,25 @@ func (s *Set) apply(a *Adapter, sign float64) {
 	for _, m := range a.Modules() {
 		l := a.Layers[m]
 		w := s.linears[m].W
-		delta := l.B.MustDetach(false).MustTotype(gotch.Float, true).
-			MustMatmul(l.A.MustDetach(false).MustTotype(gotch.Float, true), true).
-			MustMulScalar(ts.FloatScalar(sign*l.Scale), true)
+		b := l.B.MustDetach(false).MustTotype(gotch.Float, true)
+		af := l.A.MustDetach(false).MustTotype(gotch.Float, true)
+		scale := ts.FloatScalar(sign * l.Scale)
+		delta := b.MustMatmul(af, false).MustMulScalar(scale, true)
 		if w.DType() == gotch.Float {
 			w.MustAdd_(delta)
-			continue
+		} else {
+			wf := w.MustTotype(gotch.Float, false)
+			sum := wf.MustAdd(delta, false)
+			nw := sum.MustTotype(w.DType(), false)
+			w.Copy_(nw)
+			runtime.KeepAlive(wf)
+			runtime.KeepAlive(sum)
+			runtime.KeepAlive(nw)
 		}
-		nw := w.MustTotype(gotch.Float, false).MustAdd(delta, true).MustTotype(w.DType(), true)
-		w.Copy_(nw)
+		runtime.KeepAlive(b)
+		runtime.KeepAlive(af)
+		runtime.KeepAlive(scale)
+		runtime.KeepAlive(delta)
 	}
 }
 

@@ -11,25 +11,26 @@ import (
 // With F = cumsum(logσ(fg)), logD[t, s] = F_t − F_s + ig_s for s ≤ t,
 // m_t = max_s logD[t, s], C = (q·kᵀ/√DH) ⊙ exp(logD − m),
 // h = C·v / (max(|ΣC|, exp(−m)) + 1e-6). Returns [B, NH, S, DH].
-func mlstmParallel(q, k, v, ig, fg *ts.Tensor) *ts.Tensor {
+func (s *scope) mlstmParallel(q, k, v, ig, fg *ts.Tensor) *ts.Tensor {
 	sz := q.MustSize()
 	S, DH := sz[2], sz[3]
 	dev := q.MustDevice()
-	lf := fg.MustLogSigmoid(false).MustUnsqueeze(-1, true)     // [B,NH,S,1]
-	cs := lf.MustCumsum(2, q.DType(), true)                    // [B,NH,S,1]
-	fmat := cs.MustSub(cs.MustTranspose(-2, -1, false), false) // [B,NH,S,S]: F_t − F_s
-	mask := onesBool(S, dev)
-	fmat = fmat.MustWhereScalarother(mask, scalarF(negInf), true)
-	logD := fmat.MustAdd(ig.MustUnsqueeze(-2, false), true) // + ig_s
-	m, _ := logD.MustMaxDim(-1, true, false)                // [B,NH,S,1]
-	D := logD.MustSub(m, true).MustExp(true)
-	ks := k.MustDivScalar(scalarF(math.Sqrt(float64(DH))), false)
-	qk := q.MustMatmul(ks.MustTranspose(-2, -1, true), false)
-	C := qk.MustMul(D, true)
-	sum := C.MustSumDimIntlist([]int64{-1}, true, C.DType(), false).MustAbs(true)
-	norm := sum.MustMaximum(m.MustNeg(false).MustExp(true), true)
-	Cn := C.MustDiv(norm.MustAddScalar(scalarF(cellEps), true), true)
-	return Cn.MustMatmul(v, true)
+	lf := s.k(s.k(fg.MustLogSigmoid(false)).MustUnsqueeze(-1, false))    // [B,NH,S,1]
+	cs := s.k(lf.MustCumsum(2, q.DType(), false))                        // [B,NH,S,1]
+	fmat := s.k(cs.MustSub(s.k(cs.MustTranspose(-2, -1, false)), false)) // [B,NH,S,S]: F_t − F_s
+	fmat = s.k(fmat.MustWhereScalarother(s.onesBool(S, dev), s.f(negInf), false))
+	logD := s.k(fmat.MustAdd(s.k(ig.MustUnsqueeze(-2, false)), false)) // + ig_s
+	m, idx := logD.MustMaxDim(-1, true, false)                         // [B,NH,S,1]
+	s.k(m)
+	s.k(idx)
+	D := s.k(s.k(logD.MustSub(m, false)).MustExp(false))
+	ks := s.k(k.MustDivScalar(s.f(math.Sqrt(float64(DH))), false))
+	qk := s.k(q.MustMatmul(s.k(ks.MustTranspose(-2, -1, false)), false))
+	C := s.k(qk.MustMul(D, false))
+	sum := s.k(s.k(C.MustSumDimIntlist([]int64{-1}, true, C.DType(), false)).MustAbs(false))
+	norm := s.k(sum.MustMaximum(s.k(s.k(m.MustNeg(false)).MustExp(false)), false))
+	Cn := s.k(C.MustDiv(s.k(norm.MustAddScalar(s.f(cellEps), false)), false))
+	return s.k(Cn.MustMatmul(v, false))
 }
 
 // slstmCell runs the sLSTM recurrence (xlstm 1.0.6, cuda backend layout).
@@ -40,40 +41,49 @@ func mlstmParallel(q, k, v, ig, fg *ts.Tensor) *ts.Tensor {
 // c = f·c + i·tanh(z̃), n = f·n + i, y = σ(õ)·c/n.
 // Returns y for every step: [NH, B, S, DH]. Ops are fused (baddbmm,
 // addcmul) because every gotch op has a fixed cost and this loop runs S times.
-func slstmCell(wx, r *ts.Tensor) *ts.Tensor {
+func (s *scope) slstmCell(wx, r *ts.Tensor) *ts.Tensor {
 	sz := wx.MustSize()
 	S, DH := sz[0], sz[3]/4
-	steps := wx.MustUnbind(0, false) // S × [NH, B, 4DH]
-	one := ts.FloatScalar(1)
+	steps := wx.MustUnbind(0, false) // S × [NH, B, 4DH], reachable through steps
+	one := s.f(1)
 	var y, c, n, m *ts.Tensor
 	ys := make([]*ts.Tensor, 0, S)
+	// Each step's tensors live in their own scope, freed once the next step
+	// (the last user of c, n, m) is done; the outputs y live in s.
+	var prev *scope
 	for t := int64(0); t < S; t++ {
-		raw := steps[t]
+		st := &scope{}
+		raw := st.k(steps[t])
 		if t > 0 {
-			raw = raw.MustBaddbmm(y, r, one, one, false) // + y·R per head
+			raw = st.k(raw.MustBaddbmm(y, r, one, one, false)) // + y·R per head
 		}
-		g := raw.MustSplit(DH, -1, false)
+		g := st.ks(raw.MustSplit(DH, -1, false))
 		ir, fr, zr, or := g[0], g[1], g[2], g[3]
-		zt := zr.MustTanh(false)
-		so := or.MustSigmoid(false)
+		zt := st.k(zr.MustTanh(false))
+		so := st.k(or.MustSigmoid(false))
 		if t == 0 {
 			// Zero state: m = ĩ, so i = 1 and the forget term multiplies zeros.
 			m = ir
 			c = zt
-			n = zt.MustOnesLike(false)
-			y = so.MustMul(c, true)
-			ys = append(ys, y)
-			continue
+			n = st.k(zt.MustOnesLike(false))
+			y = s.k(so.MustMul(c, false))
+		} else {
+			lfm := st.k(st.k(fr.MustLogSigmoid(false)).MustAdd(m, false))
+			mNew := st.k(ir.MustMaximum(lfm, false))
+			ig := st.k(st.k(ir.MustSub(mNew, false)).MustExp(false))
+			fg := st.k(st.k(lfm.MustSub(mNew, false)).MustExp(false))
+			c = st.k(st.k(fg.MustMul(c, false)).MustAddcmul(ig, zt, false))
+			n = st.k(ig.MustAddcmul(fg, n, false))
+			m = mNew
+			y = s.k(st.k(so.MustMul(c, false)).MustDiv(n, false))
 		}
-		lfm := fr.MustLogSigmoid(false).MustAdd(m, true)
-		mNew := ir.MustMaximum(lfm, false)
-		ig := ir.MustSub(mNew, false).MustExp(true)
-		fg := lfm.MustSub(mNew, true).MustExp(true)
-		c = fg.MustMul(c, false).MustAddcmul(ig, zt, true)
-		n = ig.MustAddcmul(fg, n, true)
-		m = mNew
-		y = so.MustMul(c, true).MustDiv(n, true)
 		ys = append(ys, y)
+		if prev != nil {
+			prev.end()
+		}
+		prev = st
 	}
-	return ts.MustStack(ys, 2) // [NH,B,S,DH]
+	out := s.k(ts.MustStack(ys, 2)) // [NH,B,S,DH]
+	prev.end()
+	return out
 }

@@ -8,6 +8,7 @@ package xlstm
 import (
 	"fmt"
 	"math/rand"
+	"runtime"
 	"strings"
 	"sync"
 
@@ -165,9 +166,13 @@ func (p *Predictor) Forward(x *ts.Tensor, lengths []int) (*ts.Tensor, error) {
 	if _, _, err := p.checkInput(x, p.cfg.InputDim, lengths, "input"); err != nil {
 		return nil, err
 	}
-	x = x.MustTotype(gotch.Float, false)
-	e := linear(x, p.w(keyW+"weight"), p.w(keyW+"bias"))
-	return p.fromEmbedded(e, lengths), nil
+	s := &scope{}
+	xf := s.k(x.MustTotype(gotch.Float, false))
+	e := s.linear(xf, p.w(keyW+"weight"), p.w(keyW+"bias"))
+	out := p.fromEmbedded(s, e, lengths)
+	s.end(out)
+	runtime.KeepAlive(x)
+	return out, nil
 }
 
 // ForwardLogits is Forward on vocabulary logits [B, S, V]: the literal
@@ -182,108 +187,120 @@ func (p *Predictor) Stack(e *ts.Tensor) (*ts.Tensor, error) {
 	if _, _, err := p.checkInput(e, p.cfg.EmbeddingDim, nil, "embedded input"); err != nil {
 		return nil, err
 	}
-	return p.stack(e.MustTotype(gotch.Float, false)), nil
+	s := &scope{}
+	out := p.stack(s, s.k(e.MustTotype(gotch.Float, false)))
+	s.end(out)
+	runtime.KeepAlive(e)
+	return out, nil
 }
 
-func (p *Predictor) fromEmbedded(e *ts.Tensor, lengths []int) *ts.Tensor {
-	h := p.stack(e)
-	pooled := meanPool(h, lengths)
-	y := linear(pooled, p.w(keyFC+"0.weight"), p.w(keyFC+"0.bias")).MustRelu(true)
-	y = linear(y, p.w(keyFC+"2.weight"), p.w(keyFC+"2.bias"))
-	return y.MustSqueezeDim(1, true)
+func (p *Predictor) fromEmbedded(s *scope, e *ts.Tensor, lengths []int) *ts.Tensor {
+	h := p.stack(s, e)
+	pooled := s.meanPool(h, lengths)
+	y := s.k(s.linear(pooled, p.w(keyFC+"0.weight"), p.w(keyFC+"0.bias")).MustRelu(false))
+	y = s.linear(y, p.w(keyFC+"2.weight"), p.w(keyFC+"2.bias"))
+	return s.k(y.MustSqueezeDim(1, false))
 }
 
 // meanPool averages h [B, S, E] over positions (the first lengths[b] of
 // item b when lengths is set).
-func meanPool(h *ts.Tensor, lengths []int) *ts.Tensor {
+func (s *scope) meanPool(h *ts.Tensor, lengths []int) *ts.Tensor {
 	if lengths == nil {
-		return h.MustMeanDim([]int64{1}, false, gotch.Float, false)
+		return s.k(h.MustMeanDim([]int64{1}, false, gotch.Float, false))
 	}
 	sz := h.MustSize()
 	B, S := sz[0], sz[1]
 	w := make([]float32, B*S)
 	for b := int64(0); b < B; b++ {
 		l := lengths[b]
-		for s := 0; s < l; s++ {
-			w[b*S+int64(s)] = 1 / float32(l)
+		for i := 0; i < l; i++ {
+			w[b*S+int64(i)] = 1 / float32(l)
 		}
 	}
-	wt := ts.MustOfSlice(w).MustView([]int64{B, S, 1}, true).MustTo(h.MustDevice(), true)
-	return h.MustMul(wt, false).MustSumDimIntlist([]int64{1}, false, gotch.Float, true)
+	wt := s.k(s.k(s.k(ts.MustOfSlice(w)).MustView([]int64{B, S, 1}, false)).MustTo(h.MustDevice(), false))
+	return s.k(s.k(h.MustMul(wt, false)).MustSumDimIntlist([]int64{1}, false, gotch.Float, false))
 }
 
-func (p *Predictor) stack(x *ts.Tensor) *ts.Tensor {
+// stack runs the blocks, each in its own scope (its intermediates are
+// freed when it ends), then the post-blocks norm.
+func (p *Predictor) stack(s *scope, x *ts.Tensor) *ts.Tensor {
 	for i := 0; i < p.cfg.NumBlocks; i++ {
+		bs := &scope{}
+		var y *ts.Tensor
 		if p.cfg.IsSLSTM(i) {
-			x = p.slstmBlock(i, x)
+			y = p.slstmBlock(bs, i, x)
 		} else {
-			x = p.mlstmBlock(i, x)
+			y = p.mlstmBlock(bs, i, x)
 		}
+		bs.end(y)
+		x = s.k(y)
 	}
-	return residualNorm(x, p.w(keyStack+"post_blocks_norm.weight"))
+	return s.residualNorm(x, p.w(keyStack+"post_blocks_norm.weight"))
 }
 
 func (p *Predictor) bw(i int, rest string) *ts.Tensor { return p.params[blockKey(i, rest)] }
 
 // mlstmBlock is x + mLSTMLayer(LayerNorm(x)).
-func (p *Predictor) mlstmBlock(i int, x *ts.Tensor) *ts.Tensor {
+func (p *Predictor) mlstmBlock(s *scope, i int, x *ts.Tensor) *ts.Tensor {
 	sz := x.MustSize()
 	B, S := sz[0], sz[1]
 	I := int64(p.cfg.InnerDim())
 	NH := int64(p.cfg.NumHeads)
 	DH := I / NH
-	xn := residualNorm(x, p.bw(i, "xlstm_norm.weight"))
-	up := linear(xn, p.bw(i, "xlstm.proj_up.weight"), nil)
-	xm := up.MustNarrow(2, 0, I, false)
-	z := up.MustNarrow(2, I, I, false)
-	xc := causalConv(xm, p.bw(i, "xlstm.conv1d.conv.weight"), p.bw(i, "xlstm.conv1d.conv.bias")).MustSilu(true)
-	q := headwise(xc, p.bw(i, "xlstm.q_proj.weight"))
-	k := headwise(xc, p.bw(i, "xlstm.k_proj.weight"))
-	v := headwise(xm, p.bw(i, "xlstm.v_proj.weight"))
-	gin := ts.MustCat([]*ts.Tensor{q, k, v}, -1)
-	ig := linear(gin, p.bw(i, "xlstm.mlstm_cell.igate.weight"), p.bw(i, "xlstm.mlstm_cell.igate.bias")).MustTranspose(1, 2, true) // [B,NH,S]
-	fg := linear(gin, p.bw(i, "xlstm.mlstm_cell.fgate.weight"), p.bw(i, "xlstm.mlstm_cell.fgate.bias")).MustTranspose(1, 2, true)
+	xn := s.residualNorm(x, p.bw(i, "xlstm_norm.weight"))
+	up := s.linear(xn, p.bw(i, "xlstm.proj_up.weight"), nil)
+	xm := s.k(up.MustNarrow(2, 0, I, false))
+	z := s.k(up.MustNarrow(2, I, I, false))
+	xc := s.k(s.causalConv(xm, p.bw(i, "xlstm.conv1d.conv.weight"), p.bw(i, "xlstm.conv1d.conv.bias")).MustSilu(false))
+	q := s.headwise(xc, p.bw(i, "xlstm.q_proj.weight"))
+	k := s.headwise(xc, p.bw(i, "xlstm.k_proj.weight"))
+	v := s.headwise(xm, p.bw(i, "xlstm.v_proj.weight"))
+	gin := s.k(ts.MustCat([]*ts.Tensor{q, k, v}, -1))
+	ig := s.k(s.linear(gin, p.bw(i, "xlstm.mlstm_cell.igate.weight"), p.bw(i, "xlstm.mlstm_cell.igate.bias")).MustTranspose(1, 2, false)) // [B,NH,S]
+	fg := s.k(s.linear(gin, p.bw(i, "xlstm.mlstm_cell.fgate.weight"), p.bw(i, "xlstm.mlstm_cell.fgate.bias")).MustTranspose(1, 2, false))
 	heads := func(t *ts.Tensor) *ts.Tensor {
-		return t.MustView([]int64{B, S, NH, DH}, false).MustTranspose(1, 2, true)
+		return s.k(s.k(t.MustView([]int64{B, S, NH, DH}, false)).MustTranspose(1, 2, false))
 	}
-	h := mlstmParallel(heads(q), heads(k), heads(v), ig, fg) // [B,NH,S,DH]
-	hn := headNorm(h.MustTranspose(1, 2, true), p.bw(i, "xlstm.mlstm_cell.outnorm.weight"), NH)
-	hs := hn.MustAdd(xc.MustMul(p.bw(i, "xlstm.learnable_skip"), false), true)
-	hs = hs.MustMul(z.MustSilu(false), true)
-	out := linear(hs, p.bw(i, "xlstm.proj_down.weight"), nil)
-	return x.MustAdd(out, false)
+	h := s.mlstmParallel(heads(q), heads(k), heads(v), ig, fg) // [B,NH,S,DH]
+	hn := s.headNorm(s.k(h.MustTranspose(1, 2, false)), p.bw(i, "xlstm.mlstm_cell.outnorm.weight"), NH)
+	hs := s.k(hn.MustAdd(s.k(xc.MustMul(p.bw(i, "xlstm.learnable_skip"), false)), false))
+	hs = s.k(hs.MustMul(s.k(z.MustSilu(false)), false))
+	out := s.linear(hs, p.bw(i, "xlstm.proj_down.weight"), nil)
+	return s.k(x.MustAdd(out, false))
 }
 
 // slstmBlock is x + sLSTMLayer(LayerNorm(x)), then x + GatedFFN(LayerNorm(x)).
-func (p *Predictor) slstmBlock(i int, x *ts.Tensor) *ts.Tensor {
+func (p *Predictor) slstmBlock(s *scope, i int, x *ts.Tensor) *ts.Tensor {
 	sz := x.MustSize()
 	B, S, E := sz[0], sz[1], sz[2]
 	NH := int64(p.cfg.SLSTMHeads)
 	DH := E / NH
-	xn := residualNorm(x, p.bw(i, "xlstm_norm.weight"))
-	xc := causalConv(xn, p.bw(i, "xlstm.conv1d.conv.weight"), p.bw(i, "xlstm.conv1d.conv.bias")).MustSilu(true)
+	xn := s.residualNorm(x, p.bw(i, "xlstm_norm.weight"))
+	xc := s.k(s.causalConv(xn, p.bw(i, "xlstm.conv1d.conv.weight"), p.bw(i, "xlstm.conv1d.conv.bias")).MustSilu(false))
 	// xlstm 1.0.6: i, f, z, o = fgate(xc), igate(xc), zgate(x), ogate(x).
-	gi := headwise(xc, p.bw(i, "xlstm.fgate.weight"))
-	gf := headwise(xc, p.bw(i, "xlstm.igate.weight"))
-	gz := headwise(xn, p.bw(i, "xlstm.zgate.weight"))
-	gog := headwise(xn, p.bw(i, "xlstm.ogate.weight"))
+	gi := s.headwise(xc, p.bw(i, "xlstm.fgate.weight"))
+	gf := s.headwise(xc, p.bw(i, "xlstm.igate.weight"))
+	gz := s.headwise(xn, p.bw(i, "xlstm.zgate.weight"))
+	gog := s.headwise(xn, p.bw(i, "xlstm.ogate.weight"))
 	// [B,S,4,NH,DH] → [S,NH,B,4,DH] → [S,NH,B,4·DH], plus the bias (cuda
 	// layout [NH,4,DH] flat).
-	wx := ts.MustStack([]*ts.Tensor{gi, gf, gz, gog}, 2).MustView([]int64{B, S, 4, NH, DH}, true).
-		MustPermute([]int64{1, 3, 0, 2, 4}, true).MustReshape([]int64{S, NH, B, 4 * DH}, true)
-	bias := p.bw(i, "xlstm.slstm_cell._bias_").MustView([]int64{NH, 1, 4 * DH}, false)
-	wx = wx.MustAdd(bias, true).MustContiguous(true)
-	y := slstmCell(wx, p.bw(i, "xlstm.slstm_cell._recurrent_kernel_")) // [NH,B,S,DH]
-	yn := headNorm(y.MustPermute([]int64{1, 2, 0, 3}, true), p.bw(i, "xlstm.group_norm.weight"), NH)
-	x = x.MustAdd(yn, false)
+	wx := s.k(ts.MustStack([]*ts.Tensor{gi, gf, gz, gog}, 2))
+	wx = s.k(wx.MustView([]int64{B, S, 4, NH, DH}, false))
+	wx = s.k(wx.MustPermute([]int64{1, 3, 0, 2, 4}, false))
+	wx = s.k(wx.MustReshape([]int64{S, NH, B, 4 * DH}, false))
+	bias := s.k(p.bw(i, "xlstm.slstm_cell._bias_").MustView([]int64{NH, 1, 4 * DH}, false))
+	wx = s.k(s.k(wx.MustAdd(bias, false)).MustContiguous(false))
+	y := s.slstmCell(wx, p.bw(i, "xlstm.slstm_cell._recurrent_kernel_")) // [NH,B,S,DH]
+	yn := s.headNorm(s.k(y.MustPermute([]int64{1, 2, 0, 3}, false)), p.bw(i, "xlstm.group_norm.weight"), NH)
+	x = s.k(x.MustAdd(yn, false))
 	// Gated feed-forward: GELU(first half, exact erf) ⊙ second half.
 	F := int64(p.cfg.FFNDim())
-	fn := residualNorm(x, p.bw(i, "ffn_norm.weight"))
-	up := linear(fn, p.bw(i, "ffn.proj_up.weight"), nil)
-	g := up.MustNarrow(2, 0, F, false).MustGelu("none", true)
-	u := up.MustNarrow(2, F, F, true)
-	out := linear(g.MustMul(u, true), p.bw(i, "ffn.proj_down.weight"), nil)
-	return x.MustAdd(out, true)
+	fn := s.residualNorm(x, p.bw(i, "ffn_norm.weight"))
+	up := s.linear(fn, p.bw(i, "ffn.proj_up.weight"), nil)
+	g := s.k(s.k(up.MustNarrow(2, 0, F, false)).MustGelu("none", false))
+	u := s.k(up.MustNarrow(2, F, F, false))
+	out := s.linear(s.k(g.MustMul(u, false)), p.bw(i, "ffn.proj_down.weight"), nil)
+	return s.k(x.MustAdd(out, false))
 }
 
 // sameDevice compares devices; gotch reports the CPU with varying indices.

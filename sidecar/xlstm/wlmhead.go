@@ -2,6 +2,7 @@ package xlstm
 
 import (
 	"fmt"
+	"runtime"
 
 	"github.com/sugarme/gotch"
 	ts "github.com/sugarme/gotch/ts"
@@ -38,14 +39,17 @@ func (p *Predictor) FuseLMHead(lmHead *ts.Tensor) (*WLMHead, error) {
 	var m *ts.Tensor
 	for start := int64(0); start < sz[0]; start += chunk {
 		n := min(chunk, sz[0]-start)
-		lm := lmHead.MustNarrow(0, start, n, false).MustTo(p.device, true).MustTotype(gotch.Float, true)
-		part := w.MustNarrow(1, start, n, false).MustMatmul(lm, true)
-		if m == nil {
-			m = part
-		} else {
-			m = m.MustAdd(part, true)
+		s := &scope{}
+		lm := s.k(s.k(s.k(lmHead.MustNarrow(0, start, n, false)).MustTo(p.device, false)).MustTotype(gotch.Float, false))
+		part := s.k(s.k(w.MustNarrow(1, start, n, false)).MustMatmul(lm, false))
+		if m != nil {
+			s.k(m)
+			part = s.k(m.MustAdd(part, false))
 		}
+		s.end(part)
+		m = part
 	}
+	runtime.KeepAlive(lmHead)
 	return &WLMHead{M: m, Bias: p.w(keyW + "bias"), Vocab: int(sz[0]), Hidden: int(sz[1])}, nil
 }
 
@@ -58,9 +62,14 @@ func (p *Predictor) ForwardFused(hidden *ts.Tensor, f *WLMHead, lengths []int) (
 	if _, _, err := p.checkInput(hidden, f.Hidden, lengths, "hidden states"); err != nil {
 		return nil, err
 	}
-	h := hidden.MustTotype(gotch.Float, false)
-	e := linear(h, f.M, f.Bias)
-	return p.fromEmbedded(e, lengths), nil
+	s := &scope{}
+	h := s.k(hidden.MustTotype(gotch.Float, false))
+	e := s.linear(h, f.M, f.Bias)
+	out := p.fromEmbedded(s, e, lengths)
+	s.end(out)
+	runtime.KeepAlive(hidden)
+	runtime.KeepAlive(f)
+	return out, nil
 }
 
 // ForwardHidden scores hidden [B, S, H] given the MLLM's lm_head [V, H]
@@ -102,7 +111,7 @@ func (p *Predictor) Predict(x *ts.Tensor, lengths []int) ([]float64, error) {
 	if err != nil {
 		return nil, err
 	}
-	return out.MustTo(gotch.CPU, true).Float64Values(true), nil
+	return float64s(out), nil
 }
 
 // PredictHidden is ForwardHidden without autograd, one score per item.
@@ -113,5 +122,18 @@ func (p *Predictor) PredictHidden(hidden, lmHead *ts.Tensor, lengths []int) ([]f
 	if err != nil {
 		return nil, err
 	}
-	return out.MustTo(gotch.CPU, true).Float64Values(true), nil
+	return float64s(out), nil
+}
+
+// float64s copies a tensor's values out (gotch's Float64Values can free its
+// temporary copy while the copy is running).
+func float64s(t *ts.Tensor) []float64 {
+	c := t.MustDetach(false).MustTo(gotch.CPU, true).MustTotype(gotch.Double, true).MustContiguous(true)
+	out := make([]float64, c.Numel())
+	if len(out) > 0 {
+		c.MustCopyData(out, c.Numel())
+	}
+	runtime.KeepAlive(c)
+	runtime.KeepAlive(t)
+	return out
 }

@@ -24,9 +24,7 @@ func randTensor(rng *rand.Rand, scale float64, shape ...int64) *ts.Tensor {
 	return ts.MustOfSlice(v).MustView(shape, true)
 }
 
-func values(t *ts.Tensor) []float64 {
-	return t.MustDetach(false).MustTo(gotch.CPU, true).MustTotype(gotch.Double, true).Float64Values(true)
-}
+func values(t *ts.Tensor) []float64 { return float64s(t) }
 
 func maxDiff(t *testing.T, got, want []float64) float64 {
 	t.Helper()
@@ -88,7 +86,7 @@ func TestReferenceFixture(t *testing.T) {
 			gradMode(false, func() {
 				out, err = p.Forward(x, nil)
 				if err == nil {
-					stack, err = p.Stack(linear(x, p.w(keyW+"weight"), p.w(keyW+"bias")))
+					stack, err = p.Stack((&scope{}).linear(x, p.w(keyW+"weight"), p.w(keyW+"bias")))
 				}
 			})
 			if err != nil {
@@ -214,11 +212,11 @@ func TestMLSTMParallelMatchesRecurrent(t *testing.T) {
 		want := mlstmRecurrent(values(q), values(k), values(v), values(ig), values(fg), B, NH, S, DH)
 		// The parallel form in float64 must match within 1e-4 absolute.
 		f64 := func(x *ts.Tensor) *ts.Tensor { return x.MustTotype(gotch.Double, false) }
-		got64 := values(mlstmParallel(f64(q), f64(k), f64(v), f64(ig), f64(fg)))
+		got64 := values((&scope{}).mlstmParallel(f64(q), f64(k), f64(v), f64(ig), f64(fg)))
 		if d := maxDiff(t, got64, want); d > 1e-4 {
 			t.Errorf("gate scale %g: float64 parallel and recurrent differ by %g", gateScale, d)
 		}
-		got := values(mlstmParallel(q, k, v, ig, fg))
+		got := values((&scope{}).mlstmParallel(q, k, v, ig, fg))
 		// float32 parallel form against float64 recurrence: 1e-4 relative
 		// to the output's scale (the normaliser floor exp(−m) lets |h| grow).
 		scale := 1.0
@@ -238,7 +236,7 @@ func TestSLSTMTwoSteps(t *testing.T) {
 	const S, B, NH, DH = 2, 1, 2, 2
 	wxT := randTensor(rng, 1.5, S, NH, B, 4*DH)
 	rT := randTensor(rng, 0.8, NH, DH, 4*DH)
-	got := values(slstmCell(wxT, rT)) // [NH, B=1, S, DH]
+	got := values((&scope{}).slstmCell(wxT, rT)) // [NH, B=1, S, DH]
 	wx, r := values(wxT), values(rT)
 	W := func(s, h, g, d int) float64 { return wx[((s*NH+h)*4+g)*DH+d] }
 	R := func(h, j, g, o int) float64 { return r[(h*DH+j)*4*DH+g*DH+o] }
@@ -294,7 +292,7 @@ func TestLongSequencesFinite(t *testing.T) {
 	rng := rand.New(rand.NewSource(3))
 	wx := randTensor(rng, 40, 2048, 2, 1, 16)
 	r := randTensor(rng, 3, 2, 4, 16)
-	for i, v := range values(slstmCell(wx, r)) {
+	for i, v := range values((&scope{}).slstmCell(wx, r)) {
 		if math.IsNaN(v) || math.IsInf(v, 0) || math.Abs(v) > 1+1e-5 {
 			t.Fatalf("sLSTM y[%d] = %v", i, v)
 		}
@@ -315,7 +313,7 @@ func TestLongSequencesFinite(t *testing.T) {
 	}
 	gates := randTensor(rng, 30, 1, 2, 2048)
 	qkv := randTensor(rng, 5, 1, 2, 2048, 8)
-	for i, v := range values(mlstmParallel(qkv, qkv, qkv, gates, gates)) {
+	for i, v := range values((&scope{}).mlstmParallel(qkv, qkv, qkv, gates, gates)) {
 		if math.IsNaN(v) || math.IsInf(v, 0) {
 			t.Fatalf("mLSTM h[%d] = %v", i, v)
 		}
@@ -374,7 +372,9 @@ func TestWLMHeadShortcut(t *testing.T) {
 	const H = 24
 	lm := randTensor(rng, 0.5, int64(c.InputDim), H)
 	hidden := randTensor(rng, 1, 2, 10, H)
-	logits := hidden.MustMatmul(lm.MustT(false), false)
+	lmT := lm.MustT(false)
+	logits := hidden.MustMatmul(lmT, false)
+	runtime.KeepAlive(lmT)
 	want, err := p.Predict(logits, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -395,7 +395,9 @@ func TestWLMHeadShortcut(t *testing.T) {
 	// rounded values.
 	p.SetTraining(false)
 	lmBF := lm.MustTotype(gotch.BFloat16, false)
-	wantBF, err := p.Predict(hidden.MustMatmul(lmBF.MustTotype(gotch.Float, false).MustT(true), false), nil)
+	lmBFT := lmBF.MustTotype(gotch.Float, false).MustT(true)
+	wantBF, err := p.Predict(hidden.MustMatmul(lmBFT, false), nil)
+	runtime.KeepAlive(lmBFT)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -431,6 +433,8 @@ func TestGradientsFlow(t *testing.T) {
 		}
 		loss = out.MustSub(target, false).MustSquare(true).MustMean(gotch.Float, true)
 		loss.MustBackward()
+		runtime.KeepAlive(target)
+		runtime.KeepAlive(out)
 	})
 	for _, prm := range p.Parameters() {
 		g := prm.Tensor.MustGrad(false)
