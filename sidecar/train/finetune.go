@@ -135,6 +135,7 @@ type finetuner struct {
 	train, val []example
 	feats      *featureCache
 	ratingIDs  *ts.Tensor
+	lmHead     *mllm.Linear
 	micros     int // micro-batches per epoch
 	total      int
 	warmup     int
@@ -206,6 +207,9 @@ func newFinetuner(opts FinetuneOptions, stderr io.Writer) (*finetuner, int, erro
 		return nil, 0, fmt.Errorf("finetune: %w", err)
 	}
 	f.ratingIDs = ts.MustOfSlice(first[:])
+	if f.lmHead = m.Linears()["lm_head"]; f.lmHead == nil {
+		return nil, 0, fmt.Errorf("finetune: the model has no lm_head")
+	}
 	build := func(rs []Record) ([]example, error) {
 		var out []example
 		for _, r := range rs {
@@ -320,33 +324,40 @@ func (f *finetuner) forward(exs []*example, grad bool) (*ts.Tensor, int, int, er
 		}
 		seqs[i] = mllm.Sequence{Tokens: ex.tokens, Images: []*mllm.ImageFeatures{ft}}
 	}
-	out, _, err := f.m.Prefill(seqs, mllm.ForwardOptions{Logits: mllm.LogitsAll, Grad: grad})
+	// Only the positions that predict an assistant token need logits: take
+	// the final hidden states there and apply lm_head to those rows alone.
+	out, _, err := f.m.Prefill(seqs, mllm.ForwardOptions{Logits: mllm.LogitsNone, Hidden: true, Grad: grad})
 	if err != nil {
 		return nil, 0, 0, err
 	}
 	// mllm restores grad mode through gotch's GradSetEnabled, whose result
 	// is wrong (always false): set it again for the loss.
 	setGradEnabled(grad)
-	sz := out.Logits.MustSize()
-	B, T, V := sz[0], sz[1], sz[2]
-	target := make([]int64, B*T)
-	for i := range target {
-		target[i] = ignoreLabel
-	}
-	ntok, correct := 0, 0
+	sz := out.Hidden.MustSize()
+	B, T, D := sz[0], sz[1], sz[2]
+	var rows, targets []int64
+	answer := make([]int, len(exs))
 	for b, ex := range exs {
 		pad := out.Pad[b]
 		for t := 0; t+1 < len(ex.tokens); t++ {
 			if l := ex.labels[t+1]; l != ignoreLabel {
-				target[int64(b)*T+int64(pad+t)] = l
-				ntok++
+				if t == ex.answerPos {
+					answer[b] = len(rows)
+				}
+				rows = append(rows, int64(b)*T+int64(pad+t))
+				targets = append(targets, l)
 			}
 		}
-		row := out.Logits.MustSelect(0, int64(b), false).MustSelect(0, int64(pad+ex.answerPos), true)
-		vals := row.MustIndexSelect(0, f.ratingIDs, true).Float64Values(true)
+	}
+	h := out.Hidden.MustView([]int64{B * T, D}, false).MustIndexSelect(0, ts.MustOfSlice(rows), true)
+	logits := f.lmHead.Forward(h).MustTotype(gotch.Float, true) // [N, V]
+	vals := logits.MustIndexSelect(1, f.ratingIDs, false).MustDetach(true).Float64Values(true)
+	correct := 0
+	for b, ex := range exs {
+		r := vals[answer[b]*5 : answer[b]*5+5]
 		best := 0
-		for i, v := range vals {
-			if v > vals[best] {
+		for i, v := range r {
+			if v > r[best] {
 				best = i
 			}
 		}
@@ -354,9 +365,8 @@ func (f *finetuner) forward(exs []*example, grad bool) (*ts.Tensor, int, int, er
 			correct++
 		}
 	}
-	tt := ts.MustOfSlice(target)
-	loss := out.Logits.MustView([]int64{B * T, V}, false).MustCrossEntropyLoss(tt, ts.None, 2, ignoreLabel, 0, true)
-	return loss, ntok, correct, nil
+	loss := logits.MustCrossEntropyLoss(ts.MustOfSlice(targets), ts.None, 2, ignoreLabel, 0, true)
+	return loss, len(rows), correct, nil
 }
 
 // evaluate returns the validation loss per token and rating accuracy.

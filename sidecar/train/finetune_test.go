@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"math"
+	"os"
 	"path/filepath"
 	"testing"
 
 	"github.com/sugarme/gotch"
 
 	"github.com/m3gate/m3gate/sidecar/lora"
+	"github.com/m3gate/m3gate/sidecar/mllm"
 	"github.com/m3gate/m3gate/sidecar/tensorio"
 )
 
@@ -99,8 +101,58 @@ func TestFinetuneResume(t *testing.T) {
 	if res.Steps != 5 || len(res.Losses) != 2 {
 		t.Fatalf("resumed run: %d steps (%d this run), want 5 (2)", res.Steps, len(res.Losses))
 	}
-	a := readAll(t, filepath.Join(full.Out, lora.WeightsFile))
-	b := readAll(t, filepath.Join(half.Out, lora.WeightsFile))
+	sameAdapter(t, full.Out, half.Out)
+	// Resuming a finished run does nothing.
+	res, err = Finetune(context.Background(), half, nil)
+	if err != nil || len(res.Losses) != 0 || res.Steps != 5 {
+		t.Errorf("resume of a finished run: err %v, %d new steps, step %d", err, len(res.Losses), res.Steps)
+	}
+}
+
+// TestFinetuneResumeAfterKill drops the checkpoint a cancelled run writes
+// on its way out, as a killed process never writes it: the run resumes
+// from the periodic checkpoint (step 2 of 5) and still ends with the
+// uninterrupted run's adapter.
+func TestFinetuneResumeAfterKill(t *testing.T) {
+	full := tinyFinetune(t, t.TempDir())
+	if _, err := Finetune(context.Background(), full, nil); err != nil {
+		t.Fatal(err)
+	}
+	killed := full
+	killed.Out = t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	killed.onStep = func(step int) {
+		if step == 3 {
+			cancel()
+		}
+	}
+	if _, err := Finetune(ctx, killed, nil); !errors.Is(err, context.Canceled) {
+		t.Fatalf("interrupted run: got %v, want context.Canceled", err)
+	}
+	if err := os.RemoveAll(filepath.Join(killed.Out, "checkpoint-000003")); err != nil {
+		t.Fatal(err)
+	}
+	// A checkpoint cut short (no trainer_state.json) is ignored.
+	if err := os.MkdirAll(filepath.Join(killed.Out, "checkpoint-000004"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	killed.onStep = nil
+	killed.Resume = true
+	res, err := Finetune(context.Background(), killed, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Steps != 5 || len(res.Losses) != 3 {
+		t.Fatalf("resumed run: %d steps (%d this run), want 5 (3)", res.Steps, len(res.Losses))
+	}
+	sameAdapter(t, full.Out, killed.Out)
+}
+
+// sameAdapter fails unless the adapters in dirs a and b agree within 1e-6.
+func sameAdapter(t *testing.T, da, db string) {
+	t.Helper()
+	a := readAll(t, filepath.Join(da, lora.WeightsFile))
+	b := readAll(t, filepath.Join(db, lora.WeightsFile))
 	if len(a) != len(b) {
 		t.Fatalf("tensors: %d vs %d", len(a), len(b))
 	}
@@ -116,11 +168,6 @@ func TestFinetuneResume(t *testing.T) {
 	}
 	if worst > 1e-6 {
 		t.Errorf("resumed adapter differs from the uninterrupted one by %g", worst)
-	}
-	// Resuming a finished run does nothing.
-	res, err = Finetune(context.Background(), half, nil)
-	if err != nil || len(res.Losses) != 0 || res.Steps != 5 {
-		t.Errorf("resume of a finished run: err %v, %d new steps, step %d", err, len(res.Losses), res.Steps)
 	}
 }
 
@@ -152,4 +199,60 @@ type testLog struct{ t testing.TB }
 func (l testLog) Write(p []byte) (int, error) {
 	l.t.Log(string(p))
 	return len(p), nil
+}
+
+// TestLossMatchesFullLogits checks the loss (lm_head on the labelled rows
+// only) against log-softmax of the full [B, T, V] logits at every position
+// whose next token is an assistant token.
+func TestLossMatchesFullLogits(t *testing.T) {
+	o := tinyFinetune(t, t.TempDir())
+	o.LoRA.LoraDropout = 0
+	f, _, err := newFinetuner(o, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.close()
+	exs := f.microBatch(0)
+	if len(exs) != 2 {
+		t.Fatalf("micro-batch of %d, want 2", len(exs))
+	}
+	var got float64
+	var n int
+	err = withGrad(false, func() error {
+		loss, nn, _, err := f.forward(exs, false)
+		if err != nil {
+			return err
+		}
+		got, n = loss.Float64Values(true)[0], nn
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seqs := make([]mllm.Sequence, len(exs))
+	for i, ex := range exs {
+		ft, err := f.feats.get(ex.rec.Image)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seqs[i] = mllm.Sequence{Tokens: ex.tokens, Images: []*mllm.ImageFeatures{ft}}
+	}
+	out, _, err := f.m.Prefill(seqs, mllm.ForwardOptions{Logits: mllm.LogitsAll})
+	if err != nil {
+		t.Fatal(err)
+	}
+	logp := out.Logits.MustLogSoftmax(-1, gotch.Double, false)
+	want, wantN := 0.0, 0
+	for b, ex := range exs {
+		for pos := 0; pos+1 < len(ex.tokens); pos++ {
+			if ex.labels[pos+1] == ignoreLabel {
+				continue
+			}
+			want -= logp.MustFloat64Value([]int64{int64(b), int64(out.Pad[b] + pos), ex.tokens[pos+1]})
+			wantN++
+		}
+	}
+	if n != wantN || math.Abs(got-want) > 1e-4*math.Abs(want) {
+		t.Errorf("loss %v over %d tokens, full-logits reference %v over %d", got, n, want, wantN)
+	}
 }

@@ -32,7 +32,7 @@ type PredictorOptions struct {
 	Data    string // conversations JSONL
 	Images  string // image folder ("" = DATA's folder/images)
 	Labels  string // MOS labels: AGIQA-3K data.csv or a manifest JSONL ("" = the records' mos field)
-	Out     string // output: best.safetensors, last.safetensors, state, metrics.jsonl
+	Out     string // output: best.safetensors, last.safetensors, train_state.safetensors, metrics.jsonl
 	Cache   string // feature cache folder ("" = OUT/features)
 
 	Aspect     string
@@ -232,21 +232,15 @@ func TrainPredictor(ctx context.Context, opts PredictorOptions, stderr io.Writer
 	opt := newAdamW(params, opts.WeightDecay)
 	fp := predictorFingerprint(opts, cfg, trainItems, valItems)
 	st := predictorState{BestSRCC: noSRCC, Fingerprint: fp}
-	statePath := filepath.Join(opts.Out, "predictor_state.json")
+	statePath := filepath.Join(opts.Out, "train_state.safetensors")
 	if opts.Resume {
-		if raw, err := os.ReadFile(statePath); err == nil {
-			var prev predictorState
-			if err := json.Unmarshal(raw, &prev); err != nil {
-				return res, fmt.Errorf("train-predictor: resume: %s: %w", statePath, err)
+		if _, err := os.Stat(statePath); err == nil {
+			prev, err := loadPredictorState(statePath, params, opt)
+			if err != nil {
+				return res, fmt.Errorf("train-predictor: resume: %w", err)
 			}
 			if prev.Fingerprint != fp {
 				return res, fmt.Errorf("train-predictor: resume: %s was made with other data or settings; start a new --out", statePath)
-			}
-			if err := copyParamsFrom(params, filepath.Join(opts.Out, "last.safetensors")); err != nil {
-				return res, fmt.Errorf("train-predictor: resume: %w", err)
-			}
-			if err := opt.loadState(filepath.Join(opts.Out, "last_optimizer.safetensors"), prev.Steps); err != nil {
-				return res, fmt.Errorf("train-predictor: resume: %w", err)
 			}
 			st = prev
 		}
@@ -312,21 +306,14 @@ func TrainPredictor(ctx context.Context, opts PredictorOptions, stderr io.Writer
 			if !math.IsNaN(srcc) {
 				st.BestSRCC = srcc
 			}
-			if err := p.Save(res.Best); err != nil {
+			if err := savePredictor(p, res.Best); err != nil {
 				return res, fmt.Errorf("train-predictor: %w", err)
 			}
 		}
-		if err := p.Save(filepath.Join(opts.Out, "last.safetensors")); err != nil {
+		if err := savePredictor(p, filepath.Join(opts.Out, "last.safetensors")); err != nil {
 			return res, fmt.Errorf("train-predictor: %w", err)
 		}
-		if err := tensorio.Write(filepath.Join(opts.Out, "last_optimizer.safetensors"), opt.stateTensors(), map[string]string{"step": fmt.Sprint(opt.step)}); err != nil {
-			return res, fmt.Errorf("train-predictor: %w", err)
-		}
-		raw, err := json.MarshalIndent(st, "", "  ")
-		if err != nil {
-			return res, fmt.Errorf("train-predictor: %w", err)
-		}
-		if err := writeAtomic(statePath, append(raw, '\n')); err != nil {
+		if err := savePredictorState(statePath, params, opt, st); err != nil {
 			return res, fmt.Errorf("train-predictor: %w", err)
 		}
 		res.Epochs, res.BestSRCC, res.BestEpoch = st.Epoch, reportSRCC(st.BestSRCC), st.BestEpoch
@@ -342,6 +329,56 @@ func TrainPredictor(ctx context.Context, opts PredictorOptions, stderr io.Writer
 		}
 	}
 	return res, nil
+}
+
+// savePredictor writes p in the reference layout through a temporary file.
+func savePredictor(p *xlstm.Predictor, path string) error {
+	tmp := path + ".tmp"
+	if err := p.Save(tmp); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// savePredictorState writes the resumable state in one file (so a kill
+// never leaves a half-updated state): the parameters, AdamW's moments under
+// exp_avg.NAME / exp_avg_sq.NAME and predictorState as JSON metadata.
+func savePredictorState(path string, params []namedParam, opt *adamW, st predictorState) error {
+	raw, err := json.Marshal(st)
+	if err != nil {
+		return fmt.Errorf("save state: %w", err)
+	}
+	var named []tensorio.Named
+	for _, p := range params {
+		named = append(named, tensorio.Named{Name: p.name, Tensor: p.t.MustDetach(false).MustContiguous(true)})
+	}
+	named = append(named, opt.stateTensors()...)
+	tmp := path + ".tmp"
+	if err := tensorio.Write(tmp, named, map[string]string{"m3gate.train.state": string(raw)}); err != nil {
+		return fmt.Errorf("save state: %w", err)
+	}
+	return os.Rename(tmp, path)
+}
+
+// loadPredictorState restores what savePredictorState wrote.
+func loadPredictorState(path string, params []namedParam, opt *adamW) (predictorState, error) {
+	var st predictorState
+	ck, err := tensorio.Open(path)
+	if err != nil {
+		return st, err
+	}
+	raw := ck.Metadata()["m3gate.train.state"]
+	ck.Close()
+	if err := json.Unmarshal([]byte(raw), &st); err != nil {
+		return st, fmt.Errorf("%s: state metadata: %w", path, err)
+	}
+	if err := copyParamsFrom(params, path); err != nil {
+		return st, fmt.Errorf("%s: %w", path, err)
+	}
+	if err := opt.loadState(path, st.Steps); err != nil {
+		return st, err
+	}
+	return st, nil
 }
 
 // noSRCC marks "no validation SRCC yet" in the state (SRCC lies in [−1, 1]).
