@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/m3gate/m3gate/nodes"
 	"github.com/m3gate/m3gate/plugin/supervisor"
 	"github.com/m3gate/m3gate/schemas"
 )
@@ -55,6 +56,8 @@ type Config struct {
 	Defaults schemas.ScoreOptions
 	// Registry receives the metrics; nil creates a private one.
 	Registry *prometheus.Registry
+	// SeedFunc picks rerolled seeds; nil is nodes.DeriveSeed.
+	SeedFunc nodes.SeedFunc
 	// Logger; nil discards.
 	Logger hclog.Logger
 }

@@ -22,6 +22,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/m3gate/m3gate/nodes"
 	"github.com/m3gate/m3gate/plugin/supervisor"
 	"github.com/m3gate/m3gate/schemas"
 )
@@ -457,64 +458,117 @@ func TestEventsWebsocket(t *testing.T) {
 }
 
 type fakeRequeuer struct {
-	workflow json.RawMessage
-	clientID string
+	prompt, extra json.RawMessage
+	clientID      string
+	err           error
 }
 
-func (r *fakeRequeuer) Requeue(ctx context.Context, workflow json.RawMessage, clientID string) (string, error) {
-	r.workflow, r.clientID = workflow, clientID
-	return "prompt-123", nil
+func (r *fakeRequeuer) Requeue(ctx context.Context, prompt, extra json.RawMessage, clientID string) (string, error) {
+	r.prompt, r.extra, r.clientID = prompt, extra, clientID
+	return "prompt-123", r.err
 }
 
+// TestReroll speaks the node pack's contract (nodes.RerollRequest and
+// nodes.RerollResponse) end to end.
 func TestReroll(t *testing.T) {
 	rq := &fakeRequeuer{}
-	_, ts := newTestServer(t, &fakeScorer{}, func(c *Config) { c.Requeuer = rq })
+	s, ts := newTestServer(t, &fakeScorer{}, func(c *Config) { c.Requeuer = rq })
 	workflow, err := os.ReadFile(filepath.Join("testdata", "workflow_api.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp, body := postJSON(t, ts.URL+"/v1/reroll", map[string]any{
-		"prompt": json.RawMessage(workflow), "seed_nodes": []string{"3", "10"}, "attempt": 1, "max_tries": 3, "client_id": "abc",
-	})
-	if resp.StatusCode != 200 {
-		t.Fatalf("%d %s", resp.StatusCode, body)
+	conn, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(ts.URL, "http")+"/v1/events", nil)
+	if err != nil {
+		t.Fatal(err)
 	}
-	var got RerollResponse
-	json.Unmarshal(body, &got)
-	if got.PromptID != "prompt-123" || len(got.Seeds) != 2 || rq.clientID != "abc" {
+	defer conn.Close()
+	var first Event
+	conn.ReadJSON(&first)
+
+	body := nodes.RerollRequest{
+		Prompt: workflow, NodeID: "40", SeedNodes: []string{"3", "10"}, Attempt: 1, MaxTries: 3,
+		Passed: 0, Wanted: 1, ClientID: "abc",
+		ExtraPNGInfo: json.RawMessage(`{"workflow":{"nodes":[]},"m3gate":{"old":1}}`),
+	}
+	resp, raw := postJSON(t, ts.URL+"/v1/reroll", body)
+	if resp.StatusCode != 200 {
+		t.Fatalf("%d %s", resp.StatusCode, raw)
+	}
+	var got nodes.RerollResponse
+	if err := json.Unmarshal(raw, &got); err != nil {
+		t.Fatal(err)
+	}
+	want3 := nodes.DeriveSeed("3", "seed", 156680208700286, 2)
+	want10 := nodes.DeriveSeed("10", "noise_seed", 42, 2)
+	if !got.Queued || got.PromptID != "prompt-123" || got.Attempt != 2 || got.Seeds["3.seed"] != want3 || got.Seeds["10.noise_seed"] != want10 || rq.clientID != "abc" {
 		t.Fatalf("got %+v (client %q)", got, rq.clientID)
 	}
 	var graph map[string]struct {
 		Inputs map[string]json.RawMessage `json:"inputs"`
 	}
-	if err := json.Unmarshal(rq.workflow, &graph); err != nil {
+	if err := json.Unmarshal(rq.prompt, &graph); err != nil {
 		t.Fatal(err)
 	}
-	if s := string(graph["3"].Inputs["seed"]); s != got.Seeds["3"] || s == "156680208700286" {
-		t.Errorf("node 3 seed: got %s, response says %s", s, got.Seeds["3"])
+	for _, c := range []struct{ node, input, want string }{
+		{"3", "seed", strconv.FormatUint(want3, 10)},
+		{"10", "noise_seed", strconv.FormatUint(want10, 10)},
+		{"40", "attempt", "2"},
+		{"20", "seed", "18446744073709551615"}, // not named: untouched, exact
+	} {
+		if g := string(graph[c.node].Inputs[c.input]); g != c.want {
+			t.Errorf("queued prompt node %s %s: got %s, want %s", c.node, c.input, g, c.want)
+		}
 	}
-	if s := string(graph["10"].Inputs["noise_seed"]); s != got.Seeds["10"] {
-		t.Errorf("node 10 noise_seed: got %s, response says %s", s, got.Seeds["10"])
+	if strings.Contains(string(rq.extra), "m3gate") || !strings.Contains(string(rq.extra), `"workflow"`) {
+		t.Errorf("extra_pnginfo queued: %s", rq.extra)
 	}
-	// A seed above 2^63 elsewhere in the graph survives exactly.
-	if s := string(graph["20"].Inputs["seed"]); s != "18446744073709551615" {
-		t.Errorf("untouched node 20 seed: got %s", s)
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	var ev map[string]any
+	if err := conn.ReadJSON(&ev); err != nil || ev["type"] != "reroll" {
+		t.Errorf("reroll event: %v %v", ev, err)
 	}
+	_ = s
 
 	for _, tt := range []struct {
-		body map[string]any
+		name string
+		mod  func(*nodes.RerollRequest)
 		code int
 		want string
 	}{
-		{map[string]any{"prompt": json.RawMessage(workflow), "seed_nodes": []string{"3"}, "attempt": 3, "max_tries": 3}, 409, "reached max_tries 3"},
-		{map[string]any{"prompt": json.RawMessage(workflow), "seed_nodes": []string{"99"}, "attempt": 0, "max_tries": 3}, 400, "is not in the workflow"},
-		{map[string]any{"prompt": json.RawMessage(workflow), "seed_nodes": []string{"6"}, "attempt": 0, "max_tries": 3}, 400, "no seed or noise_seed"},
-		{map[string]any{"prompt": json.RawMessage(workflow), "seed_nodes": []string{"30"}, "attempt": 0, "max_tries": 3}, 400, "is a link"},
-		{map[string]any{"prompt": "x", "seed_nodes": []string{"3"}, "attempt": 0, "max_tries": 3}, 400, "not an API-format workflow"},
+		{"exhausted", func(r *nodes.RerollRequest) { r.Attempt = 3 }, 409, "reached max_tries 3"},
+		{"unknown seed node", func(r *nodes.RerollRequest) { r.SeedNodes = []string{"99"} }, 400, "is not in the prompt"},
+		{"no seed input", func(r *nodes.RerollRequest) { r.SeedNodes = []string{"6"} }, 400, "no seed or noise_seed"},
+		{"not a workflow", func(r *nodes.RerollRequest) { r.Prompt = json.RawMessage(`"x"`) }, 400, "not an API-format prompt"},
 	} {
-		resp, b := postJSON(t, ts.URL+"/v1/reroll", tt.body)
-		if resp.StatusCode != tt.code || !strings.Contains(string(b), tt.want) {
-			t.Errorf("got %d %s, want %d containing %q", resp.StatusCode, b, tt.code, tt.want)
+		b := body
+		tt.mod(&b)
+		resp, raw := postJSON(t, ts.URL+"/v1/reroll", b)
+		if resp.StatusCode != tt.code || !strings.Contains(string(raw), tt.want) {
+			t.Errorf("%s: got %d %s, want %d containing %q", tt.name, resp.StatusCode, raw, tt.code, tt.want)
 		}
+	}
+	rq.err = errors.New("connection refused")
+	if resp, raw := postJSON(t, ts.URL+"/v1/reroll", body); resp.StatusCode != http.StatusBadGateway || !strings.Contains(string(raw), "connection refused") {
+		t.Errorf("ComfyUI down: got %d %s", resp.StatusCode, raw)
+	}
+}
+
+// TestPackContract: the node pack's score request (nodes.ScoreRequest) is
+// accepted and the answer decodes as nodes.ScoreResponse.
+func TestPackContract(t *testing.T) {
+	_, ts := newTestServer(t, &fakeScorer{}, nil)
+	resp, raw := postJSON(t, ts.URL+nodes.PathScore, nodes.ScoreRequest{
+		Images: []nodes.ScoreImage{{Data: []byte("img-12")}, {Data: []byte("img-40")}}, Prompt: "p", Aspects: []string{"quality"},
+	})
+	if resp.StatusCode != 200 {
+		t.Fatalf("%d %s", resp.StatusCode, raw)
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	var got nodes.ScoreResponse
+	if err := dec.Decode(&got); err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Results) != 2 || got.Results[1].Aspects["quality"].MOS != 4 || got.Results[0].Aspects["quality"].Rating != "poor" {
+		t.Errorf("got %+v", got)
 	}
 }
