@@ -564,7 +564,14 @@ func TestLegacyBin(t *testing.T) {
 		t.Errorf("A starts %v, want %v", vals(l.A)[:3], want)
 	}
 	_, lin, _ := setup(t)
-	if err := NewSet(lin, SetOptions{}).Add(a); err != nil {
+	s := NewSet(lin, SetOptions{})
+	if err := s.Add(a); err != nil {
 		t.Fatal(err)
+	}
+	if err := s.Load("again", "testdata/legacy_bin"); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(s.Names(), ","); got != "again,old" {
+		t.Errorf("names %s", got)
 	}
 }

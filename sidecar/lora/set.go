@@ -131,6 +131,15 @@ func (s *Set) Add(a *Adapter) error {
 	return nil
 }
 
+// Load reads the PEFT adapter in dir and adds it under name.
+func (s *Set) Load(name, dir string) error {
+	a, err := Load(dir, name)
+	if err != nil {
+		return err
+	}
+	return s.Add(a)
+}
+
 // Remove detaches an adapter (unmerging it first when merged).
 func (s *Set) Remove(name string) error {
 	s.mu.Lock()
