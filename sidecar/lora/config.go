@@ -19,12 +19,17 @@ import (
 // writes that do not change inference (task_type, revision, ...) are kept
 // in Extra so Save writes them back.
 type Config struct {
-	PeftType      string             `json:"peft_type"`
-	R             int                `json:"r"`
-	LoraAlpha     float64            `json:"lora_alpha"`
-	TargetModules Targets            `json:"target_modules"`
-	LoraDropout   float64            `json:"lora_dropout"`
-	FanInFanOut   bool               `json:"fan_in_fan_out"`
+	PeftType      string  `json:"peft_type"`
+	R             int     `json:"r"`
+	LoraAlpha     float64 `json:"lora_alpha"`
+	TargetModules Targets `json:"target_modules"`
+	LoraDropout   float64 `json:"lora_dropout"`
+	// FanInFanOut is kept for round trips; like PEFT, it is ignored for
+	// nn.Linear targets (PEFT warns and resets it to false for them).
+	FanInFanOut bool `json:"fan_in_fan_out"`
+	// ModulesToSave lists fully trained modules stored in the adapter file
+	// (MiniCPM-V's finetune saves embed_tokens, resampler and vpm); they
+	// load into Adapter.Saved.
 	ModulesToSave []string           `json:"modules_to_save"`
 	Bias          string             `json:"bias"`
 	UseRSLoRA     bool               `json:"use_rslora"`

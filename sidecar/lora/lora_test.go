@@ -575,3 +575,28 @@ func TestLegacyBin(t *testing.T) {
 		t.Errorf("names %s", got)
 	}
 }
+
+// TestRankPattern: rank_pattern overrides r for matching modules (and the
+// scale follows that rank).
+func TestRankPattern(t *testing.T) {
+	_, lin, _ := setup(t)
+	c := testConfig(4, 16)
+	c.RankPattern = map[string]int{`layers\.1\.self_attn\.q_proj`: 8}
+	a, err := New("rp", c, lin, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		module string
+		r      int64
+		scale  float64
+	}{
+		{pfx + "1.self_attn.q_proj", 8, 2},
+		{pfx + "0.self_attn.q_proj", 4, 4},
+	} {
+		l := a.Layers[tc.module]
+		if got := l.A.MustSize()[0]; got != tc.r || l.Scale != tc.scale {
+			t.Errorf("%s: rank %d scale %v, want %d %v", tc.module, got, l.Scale, tc.r, tc.scale)
+		}
+	}
+}
