@@ -1,8 +1,225 @@
 package cli
 
-import "github.com/spf13/cobra"
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/spf13/cobra"
+
+	"github.com/m3gate/m3gate/plugin/comfyui"
+	"github.com/m3gate/m3gate/plugin/config"
+	"github.com/m3gate/m3gate/plugin/dataset"
+	"github.com/m3gate/m3gate/plugin/server"
+	"github.com/m3gate/m3gate/plugin/supervisor"
+	"github.com/m3gate/m3gate/schemas"
+)
 
 // newServeCmd builds `m3gate serve`: the daemon with its HTTP/WS API.
 func newServeCmd(app *App) *cobra.Command {
-	return notImplementedCmd("serve", "Run the m3gate daemon (HTTP/WS API for the ComfyUI node pack)", 6)
+	var listen, model string
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the m3gate daemon (HTTP/WS API for the ComfyUI node pack)",
+		Long: `serve runs the m3gate daemon: it starts the model process (m3gate-sidecar),
+loads the configured model and answers the node pack and pipelines on
+daemon.listen:
+
+  POST /v1/score    images (multipart "image" fields or JSON base64/paths) → scores
+  POST /v1/reroll   re-queue a ComfyUI prompt with new seeds
+  GET  /healthz, /readyz, /metrics (Prometheus), websocket /v1/events
+
+A crashed model process is restarted automatically. SIGINT or SIGTERM stops
+the daemon and the model process.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runServe(cmd.Context(), app, listen, model)
+		},
+	}
+	cmd.Flags().StringVar(&listen, "listen", "", "host:port to listen on (default daemon.listen)")
+	cmd.Flags().StringVar(&model, "model", "", "model directory (default model.dir)")
+	return cmd
+}
+
+// runServe runs the daemon until ctx ends (SIGINT/SIGTERM), then stops the
+// HTTP server, the websockets and the model process.
+func runServe(ctx context.Context, app *App, listen, model string) error {
+	cfg := app.Config
+	if listen == "" {
+		listen = cfg.Daemon.Listen
+	}
+	load, err := serveLoadRequest(cfg.Model, model)
+	if err != nil {
+		return err
+	}
+	bin, err := LocateSidecar(app.Env, cfg.Sidecar.Path)
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	defaults, err := serveDefaults(cfg)
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	logger := hclog.New(&hclog.LoggerOptions{
+		Name:       "m3gate",
+		Level:      hclog.LevelFromString(cfg.Log.Level),
+		JSONFormat: cfg.Log.Format == "json",
+		Output:     app.Stderr,
+	})
+
+	// The server publishes the supervisor's state changes; the supervisor
+	// starts first, so the callback finds the server through a pointer.
+	var srvPtr atomic.Pointer[server.Server]
+	sup, err := supervisor.Start(supervisor.Config{
+		Path:             bin,
+		Args:             []string{"--max-batch", strconv.Itoa(max(1, cfg.Scoring.BatchSize)), "--log-level", cfg.Log.Level},
+		Load:             load,
+		StartTimeout:     cfg.Sidecar.StartTimeout,
+		LoadStallTimeout: cfg.Sidecar.LoadStallTimeout,
+		BusyTimeout:      cfg.Sidecar.BusyTimeout,
+		BackoffMax:       cfg.Sidecar.RestartBackoffMax,
+		ReadyTimeout:     cfg.Daemon.RequestTimeout,
+		Logger:           logger.Named("supervisor"),
+		OnState: func(st schemas.State, err error) {
+			if s := srvPtr.Load(); s != nil {
+				s.PublishState(st, err)
+			}
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	defer func() {
+		cctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		if err := sup.Close(cctx); err != nil {
+			logger.Error("stop model process", "error", err)
+		}
+	}()
+
+	var requeuer server.Requeuer
+	if len(cfg.ComfyUI.Servers) > 0 {
+		c, err := comfyui.New(cfg.ComfyUI.Servers[0])
+		if err != nil {
+			return fmt.Errorf("serve: %w", err)
+		}
+		requeuer = comfyRequeuer{c}
+	}
+	srv, err := server.New(server.Config{
+		Scorer:         sup,
+		Requeuer:       requeuer,
+		QueueSize:      cfg.Daemon.QueueSize,
+		RequestTimeout: cfg.Daemon.RequestTimeout,
+		Defaults:       defaults,
+		Logger:         logger.Named("http"),
+	})
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	srvPtr.Store(srv)
+	defer srv.Close()
+
+	lis, err := net.Listen("tcp", listen)
+	if err != nil {
+		return fmt.Errorf("serve: listen on %s: %w", listen, err)
+	}
+	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 30 * time.Second}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- hs.Serve(lis) }()
+	fmt.Fprintf(app.Stderr, "m3gate daemon listening on http://%s (model %s, sidecar %s)\n", lis.Addr(), load.ModelDir, bin)
+
+	select {
+	case err := <-serveErr:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	logger.Info("shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	srv.Close() // websockets are hijacked: Shutdown does not wait for them
+	if err := hs.Shutdown(sctx); err != nil {
+		hs.Close()
+	}
+	return nil
+}
+
+// serveLoadRequest builds the model process's Load from the config, with
+// absolute paths (the sidecar does not share our working directory).
+func serveLoadRequest(m config.Model, modelFlag string) (schemas.LoadRequest, error) {
+	dir := m.Dir
+	if modelFlag != "" {
+		dir = modelFlag
+	}
+	if dir == "" {
+		return schemas.LoadRequest{}, &UsageError{Err: errors.New("serve: no model directory: set model.dir in config.yaml or pass --model DIR")}
+	}
+	dir = abs(dir)
+	if err := checkModelDir(dir); err != nil {
+		return schemas.LoadRequest{}, fmt.Errorf("serve: model directory %s %w\n%s", dir, err, modelHelp)
+	}
+	req := schemas.LoadRequest{ModelDir: dir, Family: m.Family, Device: m.Device, DType: m.DType, Threads: m.Threads}
+	if m.ImageSplitting {
+		req.Options = map[string]string{"image_splitting": "true"}
+	}
+	for a, p := range m.Adapters {
+		if req.Adapters == nil {
+			req.Adapters = map[string]string{}
+		}
+		req.Adapters[a] = abs(p)
+	}
+	for a, p := range m.Predictors {
+		if req.Predictors == nil {
+			req.Predictors = map[string]string{}
+		}
+		req.Predictors[a] = abs(p)
+	}
+	return req, nil
+}
+
+// serveDefaults are the score options a request leaves out: the configured
+// aspects, max_new_tokens, and the default conversation prompts of every
+// aspect.
+func serveDefaults(cfg config.Config) (schemas.ScoreOptions, error) {
+	o := schemas.ScoreOptions{Aspects: cfg.Scoring.Aspects, MaxNewTokens: cfg.Model.MaxNewTokens, Prompts: map[string]schemas.AspectPrompt{}}
+	for _, a := range config.Aspects {
+		pp, err := dataset.LookupPrompts(a, "")
+		if err != nil {
+			return o, err
+		}
+		o.Prompts[a] = schemas.AspectPrompt{Round1: pp.Round1, Round2: pp.Round2}
+	}
+	return o, nil
+}
+
+// comfyRequeuer queues rerolled prompts on a ComfyUI server.
+type comfyRequeuer struct{ c *comfyui.Client }
+
+func (r comfyRequeuer) Requeue(ctx context.Context, prompt, extraPNGInfo json.RawMessage, clientID string) (string, error) {
+	w, err := comfyui.ParseWorkflow(prompt)
+	if err != nil {
+		return "", err
+	}
+	req := comfyui.PromptRequest{Prompt: w, ClientID: clientID}
+	if len(bytes.TrimSpace(extraPNGInfo)) > 0 {
+		var extra map[string]any
+		dec := json.NewDecoder(bytes.NewReader(extraPNGInfo))
+		dec.UseNumber()
+		if err := dec.Decode(&extra); err != nil {
+			return "", fmt.Errorf("extra_pnginfo: %w", err)
+		}
+		req.ExtraData = map[string]any{"extra_pnginfo": extra}
+	}
+	resp, err := r.c.QueuePrompt(ctx, req)
+	if err != nil {
+		return "", err
+	}
+	return resp.PromptID, nil
 }
