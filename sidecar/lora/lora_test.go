@@ -423,6 +423,7 @@ func TestLoadPEFTAndMismatch(t *testing.T) {
 		}
 	}
 
+	s.Detach()
 	// modules_to_save tensors are kept but refused by a Set unless ignored.
 	mts := strings.Replace(peftConfig, `"modules_to_save": null`, `"modules_to_save": ["lm_head"]`, 1)
 	d := filepath.Join(t.TempDir(), "mts")
@@ -436,6 +437,35 @@ func TestLoadPEFTAndMismatch(t *testing.T) {
 	}
 	if err := NewSet(lin, SetOptions{}).Add(m); err == nil || !strings.Contains(err.Error(), "modules_to_save") {
 		t.Errorf("modules_to_save accepted: %v", err)
+	}
+	ig := NewSet(lin, SetOptions{IgnoreSavedModules: true})
+	if err := ig.Add(m); err != nil {
+		t.Errorf("IgnoreSavedModules: %v", err)
+	}
+	ig.Detach()
+
+	// With the base parameters, the saved module replaces lm_head while the
+	// adapter is active and the original comes back afterwards.
+	head := randT(rng, 1, 5, 8)
+	orig := vals(head)
+	params := map[string]*ts.Tensor{"lm_head.weight": head}
+	s2 := NewSet(lin, SetOptions{Params: params})
+	if err := NewSet(lin, SetOptions{Params: map[string]*ts.Tensor{"lm_head.weight": randT(rng, 1, 5, 9)}}).Add(m); err == nil || !strings.Contains(err.Error(), "lm_head.weight has shape [5 8], base parameter [5 9]") {
+		t.Errorf("saved shape mismatch: %v", err)
+	}
+	if err := NewSet(lin, SetOptions{Params: map[string]*ts.Tensor{}}).Add(m); err == nil || !strings.Contains(err.Error(), "lm_head.weight is not a parameter") {
+		t.Errorf("saved name mismatch: %v", err)
+	}
+	if err := s2.Add(m); err != nil {
+		t.Fatal(err)
+	}
+	_ = s2.Activate("mts")
+	if d := maxAbs(vals(head), vals(m.Saved["lm_head.weight"])); d != 0 {
+		t.Errorf("active adapter's lm_head differs from its saved module by %g", d)
+	}
+	_ = s2.Activate("")
+	if d := maxAbs(vals(head), orig); d != 0 {
+		t.Errorf("base lm_head not restored (%g)", d)
 	}
 }
 

@@ -14,9 +14,15 @@ import (
 
 // SetOptions tune a Set.
 type SetOptions struct {
-	// IgnoreSavedModules accepts adapters with modules_to_save tensors and
-	// leaves those modules at their base weights (results then differ from
-	// PEFT's). Without it such adapters are refused.
+	// Params are the base model's named parameters (HF names, as PEFT's
+	// modules_to_save keys use them). When set, an adapter's saved modules
+	// replace those parameters while it is active (the originals are kept
+	// and restored on switching away).
+	Params map[string]*ts.Tensor
+	// IgnoreSavedModules accepts adapters with modules_to_save tensors
+	// without Params and leaves those modules at their base weights
+	// (results then differ from PEFT's). Without either, such adapters are
+	// refused.
 	IgnoreSavedModules bool
 }
 
@@ -34,6 +40,9 @@ type Set struct {
 	active   string
 	merged   string // adapter folded into the base weights, "" when none
 	training bool
+	// swapped holds the original values of parameters replaced by the
+	// active adapter's saved modules.
+	swapped map[string]*ts.Tensor
 }
 
 // NewSet prepares a set for a model's linear layers (mllm.Model.Linears()).
@@ -92,13 +101,28 @@ func (s *Set) Add(a *Adapter) error {
 	if err := a.Fit(s.linears); err != nil {
 		return err
 	}
-	if len(a.Saved) > 0 && !s.opts.IgnoreSavedModules {
+	if len(a.Saved) > 0 && s.opts.Params != nil {
 		keys := make([]string, 0, len(a.Saved))
 		for k := range a.Saved {
 			keys = append(keys, k)
 		}
 		sort.Strings(keys)
-		return fmt.Errorf("adapter %s: modules_to_save tensors (%s, ... %d in all) replace base weights, which is not supported; set IgnoreSavedModules to use only the LoRA layers", a.Name, keys[0], len(keys))
+		for _, k := range keys {
+			p, ok := s.opts.Params[k]
+			if !ok || p == nil {
+				return fmt.Errorf("adapter %s: saved module tensor %s is not a parameter of the base model", a.Name, k)
+			}
+			if ps, ss := p.MustSize(), a.Saved[k].MustSize(); !sameShape(ps, ss) {
+				return fmt.Errorf("adapter %s: saved module tensor %s has shape %v, base parameter %v", a.Name, k, ss, ps)
+			}
+		}
+	} else if len(a.Saved) > 0 && !s.opts.IgnoreSavedModules {
+		keys := make([]string, 0, len(a.Saved))
+		for k := range a.Saved {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		return fmt.Errorf("adapter %s: modules_to_save tensors (%s, ... %d in all) replace base weights: pass the base parameters in SetOptions.Params, or set IgnoreSavedModules to use only the LoRA layers", a.Name, keys[0], len(keys))
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -152,6 +176,7 @@ func (s *Set) Remove(name string) error {
 	}
 	delete(s.adapters, name)
 	if s.active == name {
+		s.restoreLocked()
 		s.active = ""
 	}
 	return nil
@@ -162,6 +187,7 @@ func (s *Set) Detach() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.unmergeLocked()
+	s.restoreLocked()
 	for m, h := range s.hooked {
 		if lin := s.linears[m]; lin != nil && lin.Delta == h {
 			lin.Delta = nil
@@ -205,8 +231,61 @@ func (s *Set) Activate(name string) error {
 	if s.merged != "" && s.merged != name {
 		s.unmergeLocked()
 	}
+	if name != s.active {
+		s.restoreLocked()
+		if a := s.adapters[name]; a != nil && s.opts.Params != nil && len(a.Saved) > 0 {
+			s.swapInLocked(a)
+		}
+	}
 	s.active = name
 	return nil
+}
+
+// swapInLocked copies a's saved modules into the base parameters, keeping
+// the originals.
+func (s *Set) swapInLocked(a *Adapter) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	prev := setGrad(false)
+	defer setGrad(prev)
+	s.swapped = map[string]*ts.Tensor{}
+	for k, v := range a.Saved {
+		p := s.opts.Params[k]
+		orig := p.MustDetach(false).MustZerosLike(true)
+		orig.Copy_(p)
+		s.swapped[k] = orig
+		src := v.MustTo(p.MustDevice(), false).MustTotype(p.DType(), true)
+		p.Copy_(src)
+		runtime.KeepAlive(src)
+	}
+}
+
+// restoreLocked puts back the parameters replaced by swapInLocked.
+func (s *Set) restoreLocked() {
+	if len(s.swapped) == 0 {
+		return
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	prev := setGrad(false)
+	defer setGrad(prev)
+	for k, orig := range s.swapped {
+		s.opts.Params[k].Copy_(orig)
+		runtime.KeepAlive(orig)
+	}
+	s.swapped = nil
+}
+
+func sameShape(a, b []int64) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
 }
 
 // Active returns the active adapter's name ("" for the base model).
