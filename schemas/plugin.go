@@ -23,6 +23,11 @@ var Handshake = plugin.HandshakeConfig{
 	MagicCookieValue: "6d3367617465-scorer-a7f1c2e9",
 }
 
+// ParentPIDEnv names the environment variable in which the host passes its
+// process id to the sidecar, so a sidecar whose host died while it was
+// starting notices at once.
+const ParentPIDEnv = "M3GATE_SIDECAR_PARENT_PID"
+
 // PluginName is the name the scorer is dispensed under.
 const PluginName = "scorer"
 

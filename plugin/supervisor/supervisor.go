@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"sync"
 	"sync/atomic"
@@ -446,6 +447,7 @@ func (s *Supervisor) run() {
 func (s *Supervisor) start() (*generation, error) {
 	cmd := exec.Command(s.cfg.Path, s.cfg.Args...)
 	cmd.Env = append([]string(nil), s.cfg.Env...)
+	cmd.Env = append(cmd.Env, fmt.Sprintf("%s=%d", schemas.ParentPIDEnv, os.Getpid()))
 	client := plugin.NewClient(&plugin.ClientConfig{
 		HandshakeConfig:  schemas.Handshake,
 		Plugins:          schemas.PluginMap(nil),

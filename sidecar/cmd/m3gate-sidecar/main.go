@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -86,7 +87,16 @@ func servePlugin(args []string) int {
 	if !stdioguard.Active {
 		logger.Warn("stdout guard inactive: stray output may break the handshake")
 	}
-	go watchParent(logger, os.Getppid(), *parentPoll)
+	ppid := os.Getppid()
+	if v := os.Getenv(schemas.ParentPIDEnv); v != "" {
+		// The host says who it is: if we are already someone else's child,
+		// it died while we were starting.
+		if want, err := strconv.Atoi(v); err == nil && want != ppid {
+			logger.Warn("parent process died before the handshake; exiting", "parent_pid", want)
+			return 1
+		}
+	}
+	go watchParent(logger, ppid, *parentPoll)
 
 	svc := service.New(engine, service.Config{MaxBatch: *maxBatch, Logger: logger.Named("service")})
 	defer svc.Close()
