@@ -6,6 +6,8 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
 
 	"github.com/sugarme/gotch"
@@ -73,10 +75,7 @@ func TestFinetuneLossFalls(t *testing.T) {
 // TestFinetuneResume stops a run after 3 of 5 steps, resumes it and
 // compares the final adapter with an uninterrupted run's.
 func TestFinetuneResume(t *testing.T) {
-	full := tinyFinetune(t, t.TempDir())
-	if _, err := Finetune(context.Background(), full, nil); err != nil {
-		t.Fatal(err)
-	}
+	full := uninterrupted(t)
 	half := full
 	half.Out = t.TempDir()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -114,10 +113,7 @@ func TestFinetuneResume(t *testing.T) {
 // from the periodic checkpoint (step 2 of 5) and still ends with the
 // uninterrupted run's adapter.
 func TestFinetuneResumeAfterKill(t *testing.T) {
-	full := tinyFinetune(t, t.TempDir())
-	if _, err := Finetune(context.Background(), full, nil); err != nil {
-		t.Fatal(err)
-	}
+	full := uninterrupted(t)
 	killed := full
 	killed.Out = t.TempDir()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -146,6 +142,29 @@ func TestFinetuneResumeAfterKill(t *testing.T) {
 		t.Fatalf("resumed run: %d steps (%d this run), want 5 (3)", res.Steps, len(res.Losses))
 	}
 	sameAdapter(t, full.Out, killed.Out)
+}
+
+var (
+	fullOnce sync.Once
+	fullOpts FinetuneOptions
+	fullErr  error
+)
+
+// uninterrupted runs tinyFinetune's 5 steps once per test binary and
+// returns its options (Out holds the final adapter).
+func uninterrupted(t *testing.T) FinetuneOptions {
+	t.Helper()
+	o := tinyFinetune(t, "")
+	fullOnce.Do(func() {
+		fullOpts = o
+		fullOpts.Out = filepath.Join(testRoot, "finetune-full")
+		_, fullErr = Finetune(context.Background(), fullOpts, nil)
+	})
+	if fullErr != nil {
+		t.Fatal(fullErr)
+	}
+	o.Out = fullOpts.Out
+	return o
 }
 
 // sameAdapter fails unless the adapters in dirs a and b agree within 1e-6.
@@ -254,5 +273,42 @@ func TestLossMatchesFullLogits(t *testing.T) {
 	}
 	if n != wantN || math.Abs(got-want) > 1e-4*math.Abs(want) {
 		t.Errorf("loss %v over %d tokens, full-logits reference %v over %d", got, n, want, wantN)
+	}
+}
+
+// TestFinetuneBF16 trains with bf16 base weights: the LoRA weights stay f32
+// and still receive gradients through the bf16 forward.
+func TestFinetuneBF16(t *testing.T) {
+	o := tinyFinetune(t, t.TempDir())
+	o.DType, o.Epochs, o.LoRA.LoraDropout, o.LR = "bf16", 6, 0, 2e-2
+	res, err := Finetune(context.Background(), o, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("losses %.4f", res.Losses)
+	if n := len(res.Losses); n != 6 || !(res.Losses[n-1] < res.Losses[0]) {
+		t.Errorf("bf16 losses %v: want 6 steps, falling", res.Losses)
+	}
+	ck, err := tensorio.Open(filepath.Join(o.Out, lora.WeightsFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ck.Close()
+	moved := false
+	for _, n := range ck.Names() {
+		info, _ := ck.Info(n)
+		if info.DType != tensorio.F32 {
+			t.Fatalf("%s is %s, want F32", n, info.DType)
+		}
+		if strings.HasSuffix(n, "lora_B.weight") {
+			x, err := ck.TensorAs(n, gotch.Float)
+			if err != nil {
+				t.Fatal(err)
+			}
+			moved = moved || x.MustAbs(true).MustSum(gotch.Double, true).Float64Values(true)[0] > 0
+		}
+	}
+	if !moved {
+		t.Error("every lora_B is still zero: no gradient reached the adapter")
 	}
 }
