@@ -290,7 +290,13 @@ func (p *Predictor) slstmBlock(s *scope, i int, x *ts.Tensor) *ts.Tensor {
 	wx = s.k(wx.MustReshape([]int64{S, NH, B, 4 * DH}, false))
 	bias := s.k(p.bw(i, "xlstm.slstm_cell._bias_").MustView([]int64{NH, 1, 4 * DH}, false))
 	wx = s.k(s.k(wx.MustAdd(bias, false)).MustContiguous(false))
-	y := s.slstmCell(wx, p.bw(i, "xlstm.slstm_cell._recurrent_kernel_")) // [NH,B,S,DH]
+	rk := p.bw(i, "xlstm.slstm_cell._recurrent_kernel_")
+	var y *ts.Tensor // [NH,B,S,DH]
+	if useNativeSLSTM(wx, rk) {
+		y = s.slstmNative(wx, rk)
+	} else {
+		y = s.slstmCell(wx, rk)
+	}
 	yn := s.headNorm(s.k(y.MustPermute([]int64{1, 2, 0, 3}, false)), p.bw(i, "xlstm.group_norm.weight"), NH)
 	x = s.k(x.MustAdd(yn, false))
 	// Gated feed-forward: GELU(first half, exact erf) ⊙ second half.

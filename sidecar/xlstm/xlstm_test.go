@@ -548,3 +548,25 @@ func TestGradModeRestored(t *testing.T) {
 		t.Error("grad mode left disabled after Predict")
 	}
 }
+
+// TestSLSTMNativeMatchesTensorPath: the Go-loop recurrence used for
+// inference equals the tensor-op recurrence used for training.
+func TestSLSTMNativeMatchesTensorPath(t *testing.T) {
+	rng := rand.New(rand.NewSource(12))
+	for _, scale := range []float64{1, 20} {
+		wx := randTensor(rng, scale, 300, 3, 2, 4*8)
+		r := randTensor(rng, 0.7, 3, 8, 4*8)
+		if !useNativeSLSTM(wx, r) {
+			t.Fatal("native path not chosen for CPU float32 inputs without grad")
+		}
+		got := values((&scope{}).slstmNative(wx, r))
+		want := values((&scope{}).slstmCell(wx, r))
+		if d := maxDiff(t, got, want); d > 1e-5 {
+			t.Errorf("scale %g: native and tensor sLSTM differ by %g", scale, d)
+		}
+	}
+	rg := randTensor(rng, 1, 2, 8, 32).MustSetRequiresGrad(true, true)
+	if useNativeSLSTM(randTensor(rng, 1, 4, 2, 1, 32), rg) {
+		t.Error("native path chosen although the kernel needs gradients")
+	}
+}
