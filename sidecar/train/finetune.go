@@ -12,6 +12,7 @@ import (
 	"math/rand"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strings"
 	"time"
@@ -349,7 +350,11 @@ func (f *finetuner) forward(exs []*example, grad bool) (*ts.Tensor, int, int, er
 			}
 		}
 	}
-	h := out.Hidden.MustView([]int64{B * T, D}, false).MustIndexSelect(0, ts.MustOfSlice(rows), true)
+	// Tensors passed as arguments are kept alive past the call: gotch frees
+	// a tensor in its finalizer, which may otherwise run mid-call.
+	idx := ts.MustOfSlice(rows)
+	h := out.Hidden.MustView([]int64{B * T, D}, false).MustIndexSelect(0, idx, true)
+	runtime.KeepAlive(idx)
 	logits := f.lmHead.Forward(h).MustTotype(gotch.Float, true) // [N, V]
 	vals := logits.MustIndexSelect(1, f.ratingIDs, false).MustDetach(true).Float64Values(true)
 	correct := 0
@@ -365,7 +370,9 @@ func (f *finetuner) forward(exs []*example, grad bool) (*ts.Tensor, int, int, er
 			correct++
 		}
 	}
-	loss := logits.MustCrossEntropyLoss(ts.MustOfSlice(targets), ts.None, 2, ignoreLabel, 0, true)
+	tt := ts.MustOfSlice(targets)
+	loss := logits.MustCrossEntropyLoss(tt, ts.None, 2, ignoreLabel, 0, true)
+	runtime.KeepAlive(tt)
 	return loss, len(rows), correct, nil
 }
 

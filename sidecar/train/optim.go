@@ -3,6 +3,7 @@ package train
 import (
 	"fmt"
 	"math"
+	"runtime"
 
 	"github.com/sugarme/gotch"
 	"github.com/sugarme/gotch/ts"
@@ -91,12 +92,21 @@ func (o *adamW) stepLR(lr float64) {
 			}
 			m, v := o.m[i], o.v[i]
 			m.MustMulScalar_(ts.FloatScalar(o.beta1))
-			m.MustAdd_(g.MustMulScalar(ts.FloatScalar(1-o.beta1), false))
+			gm := g.MustMulScalar(ts.FloatScalar(1-o.beta1), false)
+			m.MustAdd_(gm)
 			v.MustMulScalar_(ts.FloatScalar(o.beta2))
-			v.MustAdd_(g.MustSquare(false).MustMulScalar(ts.FloatScalar(1-o.beta2), true))
+			gv := g.MustSquare(false).MustMulScalar(ts.FloatScalar(1-o.beta2), true)
+			v.MustAdd_(gv)
 			denom := v.MustSqrt(false).MustDivScalar(ts.FloatScalar(math.Sqrt(bc2)), true).MustAddScalar(ts.FloatScalar(o.eps), true)
 			upd := m.MustDiv(denom, false).MustMulScalar(ts.FloatScalar(lr/bc1), true)
 			p.t.MustSub_(upd)
+			// gotch frees tensors in finalizers: keep the arguments alive
+			// until the in-place calls have returned.
+			runtime.KeepAlive(gm)
+			runtime.KeepAlive(gv)
+			runtime.KeepAlive(denom)
+			runtime.KeepAlive(upd)
+			runtime.KeepAlive(g)
 		}
 		return nil
 	})
@@ -184,6 +194,7 @@ func copyParamsFrom(params []namedParam, path string) error {
 			return fmt.Errorf("restore %s: shape %v, want %v", p.name, t.MustSize(), p.t.MustSize())
 		}
 		withGrad(false, func() error { p.t.Copy_(t); return nil })
+		runtime.KeepAlive(t)
 	}
 	return nil
 }
