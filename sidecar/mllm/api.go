@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
+	"sync"
 	"sort"
 
 	"github.com/sugarme/gotch"
@@ -47,10 +49,43 @@ func WithGradMode(grad bool, fn func() error) error { return withGrad(grad, "run
 func withGrad(grad bool, what string, fn func() error) (err error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
+	holdGC()
+	defer releaseGC()
 	defer recoverErr(&err, what)
 	prev := ts.MustGradSetEnabled(grad)
 	defer ts.MustGradSetEnabled(prev)
 	return fn()
+}
+
+// gotch v0.9.1 frees a tensor's C memory from a Go finalizer. A *Tensor
+// whose last use is as an argument of a gotch call is unreachable while
+// the C++ op still runs on it, so a garbage collection in that window can
+// free it under the op (use after free). Model passes therefore run with
+// the collector paused (reference-counted across concurrent passes); the
+// Go heap grows by about 100 KB per tensor created until the pass ends,
+// and the big intermediates are dropped explicitly.
+var (
+	gcMu    sync.Mutex
+	gcHolds int
+	gcPrev  int
+)
+
+func holdGC() {
+	gcMu.Lock()
+	defer gcMu.Unlock()
+	if gcHolds == 0 {
+		gcPrev = debug.SetGCPercent(-1)
+	}
+	gcHolds++
+}
+
+func releaseGC() {
+	gcMu.Lock()
+	defer gcMu.Unlock()
+	gcHolds--
+	if gcHolds == 0 {
+		debug.SetGCPercent(gcPrev)
+	}
 }
 
 // EncodeImage runs the vision encoder and connector on one image.
@@ -333,7 +368,9 @@ func (m *Model) Generate(ctx context.Context, cache *KVCache, last *ts.Tensor, o
 		if opts.KeepLogits {
 			g.Logits = append(g.Logits, logits)
 		}
-		if err := logits.CopyData(buf, uint(b*vocab)); err != nil {
+		err := logits.CopyData(buf, uint(b*vocab))
+		runtime.KeepAlive(logits) // see holdGC
+		if err != nil {
 			return nil, fmt.Errorf("generate: %w", err)
 		}
 		feed := make([]Sequence, b)

@@ -143,11 +143,16 @@ func (m *Model) visionForward(px *ts.Tensor) *ts.Tensor {
 		q, k, vv := split(l.Q.Forward(h)), split(l.K.Forward(h)), split(l.V.Forward(h))
 		h.MustDrop()
 		a := sdpa(q, k, vv, ts.None, []float64{1 / math.Sqrt(float64(hd))})
+		drop(q, k, vv)
 		a = a.MustTranspose(1, 2, true).MustReshape([]int64{n, np, d}, true)
-		x = x.MustAdd(l.Out.Forward(a), true)
+		o := l.Out.Forward(a)
+		x = x.MustAdd(o, true)
+		drop(a, o)
 		h = l.LN2.forward(x)
-		h = l.FC1.Forward(h).MustGelu(approx, true)
-		x = x.MustAdd(l.FC2.Forward(h), true)
+		g := l.FC1.Forward(h).MustGelu(approx, true)
+		o = l.FC2.Forward(g)
+		x = x.MustAdd(o, true)
+		drop(h, g, o)
 	}
 	return m.postLN.forward(x)
 }
@@ -339,10 +344,11 @@ func (m *Model) textForward(x *ts.Tensor, valid [][]bool, cache *KVCache) (*ts.T
 	for li := range m.text {
 		l := &m.text[li]
 		h := rmsNorm(x, l.InNorm, t.RMSNormEps)
-		q := applyRope(l.Q.Forward(h), cosQ, sinQ, m.rotQ, m.rotHead)
-		k := applyRope(l.K.Forward(h), cosK, sinK, m.rotK, m.rotHead)
+		qp, kp := l.Q.Forward(h), l.K.Forward(h)
+		q := applyRope(qp, cosQ, sinQ, m.rotQ, m.rotHead)
+		k := applyRope(kp, cosK, sinK, m.rotK, m.rotHead)
 		v := l.V.Forward(h)
-		h.MustDrop()
+		drop(h, qp, kp)
 		if Tq == 1 { // [B, 1, nKV·hd] is already laid out as [B, nKV, 1, hd]
 			k = k.MustView([]int64{B, int64(nkv), 1, int64(hd)}, true)
 			v = v.MustView([]int64{B, int64(nkv), 1, int64(hd)}, true)
@@ -351,17 +357,23 @@ func (m *Model) textForward(x *ts.Tensor, valid [][]bool, cache *KVCache) (*ts.T
 			v = v.MustView([]int64{B, Tq, int64(nkv), int64(hd)}, true).MustTranspose(1, 2, true)
 		}
 		if cache != nil {
-			k = ts.MustCat([]*ts.Tensor{cache.K[li], k}, 2)
-			v = ts.MustCat([]*ts.Tensor{cache.V[li], v}, 2)
+			kn, vn := k, v
+			k = ts.MustCat([]*ts.Tensor{cache.K[li], kn}, 2)
+			v = ts.MustCat([]*ts.Tensor{cache.V[li], vn}, 2)
+			drop(kn, vn)
 		}
 		next.K = append(next.K, k)
 		next.V = append(next.V, v)
 		a := gqaAttention(q, k, v, mask, nkv, nrep, hd, scale)
-		x = x.MustAdd(l.O.Forward(a), true)
+		o := l.O.Forward(a)
+		x = x.MustAdd(o, true)
+		drop(q, a, o)
 		h = rmsNorm(x, l.PostNorm, t.RMSNormEps)
-		g := l.Gate.Forward(h).MustSilu(true).MustMul(l.Up.Forward(h), true)
-		h.MustDrop()
-		x = x.MustAdd(l.Down.Forward(g), true)
+		up := l.Up.Forward(h)
+		g := l.Gate.Forward(h).MustSilu(true).MustMul(up, true)
+		o = l.Down.Forward(g)
+		x = x.MustAdd(o, true)
+		drop(h, up, g, o)
 	}
 	return rmsNorm(x, m.norm, t.RMSNormEps), next
 }
@@ -399,6 +411,13 @@ func sdpa(q, k, v, mask *ts.Tensor, scale []float64) *ts.Tensor {
 	o := ts.MustScaledDotProductAttention(q.MustTotype(gotch.Float, false), k.MustTotype(gotch.Float, false),
 		v.MustTotype(gotch.Float, false), mask, 0, false, scale)
 	return o.MustTotype(kind, true)
+}
+
+// drop frees intermediates now (and keeps them alive until here).
+func drop(ts ...*ts.Tensor) {
+	for _, t := range ts {
+		t.MustDrop()
+	}
 }
 
 // recoverErr turns a panic from gotch's Must* calls into an error.
