@@ -18,7 +18,8 @@ Weights are random but deterministic (torch.manual_seed), with every norm,
 gate and recurrent weight non-zero so that every path is exercised.
 
 Writes sidecar/xlstm/testdata/ref_small.safetensors (state dict under the
-reference keys + inputs + expected outputs) and ref_small.ckpt (a
+reference keys + inputs + expected outputs + the gradient of a weighted sum
+of the outputs for every parameter) and ref_small.ckpt (a
 Lightning-style torch.save dict whose "state_dict" holds the same weights
 plus a frozen-MLLM tensor the loader must ignore).
 
@@ -243,7 +244,21 @@ with torch.no_grad():
     out, h = predictor(x)
     out_short, _ = predictor(x[1:2, :S_SHORT])
 
+# Gradients of loss = Σ_b out[b]·LOSS_W[b] for every parameter (the training
+# path: autograd through the parallel mLSTM, the sLSTM loop and the head).
+LOSS_W = torch.tensor([1.0, -0.5])
+for v in sd.values():
+    v.requires_grad_(True)
+out_g, _ = predictor(x)
+(out_g * LOSS_W).sum().backward()
+grads = {"grad." + k: v.grad.detach().clone() for k, v in sd.items()}
+for v in sd.values():
+    v.requires_grad_(False)
+    v.grad = None
+
 tensors = dict(sd)
+tensors.update(grads)
+tensors["loss.w"] = LOSS_W
 tensors["input.x"] = x
 tensors["expected.out"] = out
 tensors["expected.stack"] = h

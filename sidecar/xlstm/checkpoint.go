@@ -124,11 +124,16 @@ func fromStateDict(raw map[string]*ts.Tensor, cfg *Config, device gotch.Device) 
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
+	// Several stacks may be present (e.g. gradients or EMA copies under
+	// other prefixes); the shortest prefix wins ("model." in Lightning
+	// checkpoints of the reference).
 	for _, k := range keys {
 		if strings.HasSuffix(k, anchor) {
-			prefix = strings.TrimSuffix(k, anchor)
+			cand := strings.TrimSuffix(k, anchor)
+			if !found || len(cand) < len(prefix) {
+				prefix = cand
+			}
 			found = true
-			break
 		}
 	}
 	if !found {

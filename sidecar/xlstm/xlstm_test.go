@@ -570,3 +570,37 @@ func TestSLSTMNativeMatchesTensorPath(t *testing.T) {
 		t.Error("native path chosen although the kernel needs gradients")
 	}
 }
+
+// TestReferenceGradients: autograd through our forward (tensor sLSTM path)
+// gives the gradients torch computes for the reference implementation.
+func TestReferenceGradients(t *testing.T) {
+	p, err := Load(refPath, gotch.CPU)
+	if err != nil {
+		t.Fatal(err)
+	}
+	x := fixtureTensor(t, "input.x")
+	lw := fixtureTensor(t, "loss.w")
+	gradMode(true, func() {
+		out, err := p.Forward(x, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		weighted := out.MustMul(lw, false)
+		loss := weighted.MustSum(gotch.Float, false)
+		loss.MustBackward()
+		runtime.KeepAlive(out)
+		runtime.KeepAlive(weighted)
+		runtime.KeepAlive(lw)
+	})
+	for _, prm := range p.Parameters() {
+		want := values(fixtureTensor(t, "grad."+prm.Name))
+		got := values(prm.Tensor.MustGrad(false))
+		scale := 1e-3
+		for _, w := range want {
+			scale = math.Max(scale, math.Abs(w))
+		}
+		if d := maxDiff(t, got, want); d > 1e-4*math.Max(1, scale) {
+			t.Errorf("%s: gradient differs by %g (scale %g)", prm.Name, d, scale)
+		}
+	}
+}
