@@ -86,9 +86,12 @@ func realSidecar(t *testing.T) string {
 // testScorer is the scorer of the helper plugin process. Its behaviour is
 // steered by the request: Load option "stall" sends one progress message
 // and hangs; "slow_steps"=N sends N progress messages 40 ms apart. Score
-// prompt "block" blocks until cancelled; "pid" answers with the process id
+// prompt "block" blocks until cancelled; "serial:D" takes D, one request at
+// a time; "pid" answers with the process id
 // in the description; otherwise the description is the sha256 of the image.
 type testScorer struct{}
+
+var serialMu sync.Mutex
 
 func (testScorer) Load(ctx context.Context, req schemas.LoadRequest, progress func(schemas.LoadProgress)) error {
 	if req.Options["fail"] != "" {
@@ -117,6 +120,13 @@ func (testScorer) Status(ctx context.Context) (schemas.Status, error) {
 }
 
 func (testScorer) Score(ctx context.Context, req schemas.ScoreRequest) ([]schemas.ItemResult, error) {
+	if d, ok := strings.CutPrefix(req.Prompt, "serial:"); ok {
+		// One at a time, like the real sidecar's work queue.
+		serialMu.Lock()
+		defer serialMu.Unlock()
+		wait, _ := time.ParseDuration(d)
+		time.Sleep(wait)
+	}
 	if req.Prompt == "block" {
 		<-ctx.Done()
 		return nil, ctx.Err()

@@ -119,6 +119,37 @@ type generation struct {
 	dead       chan struct{} // closed when the process has exited
 	killedBusy atomic.Bool
 	killing    atomic.Bool // set when kill starts
+
+	mu     sync.Mutex
+	timers map[*time.Timer]struct{} // busy timers of the requests in flight
+}
+
+func (g *generation) track(t *time.Timer) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.timers == nil {
+		g.timers = map[*time.Timer]struct{}{}
+	}
+	g.timers[t] = struct{}{}
+}
+
+func (g *generation) untrack(t *time.Timer) {
+	t.Stop()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	delete(g.timers, t)
+}
+
+// progressed restarts the busy timers of the requests in flight: the
+// process just finished a piece of work.
+func (g *generation) progressed(d time.Duration) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for t := range g.timers {
+		if t.Stop() {
+			t.Reset(d)
+		}
+	}
 }
 
 // gone reports whether the process has exited or is being killed.
@@ -284,7 +315,10 @@ func (s *Supervisor) waitForRequest(ctx context.Context) (*generation, error) {
 }
 
 // call runs f against gen with the request's ctx, cancelled early when the
-// process dies, and the busy timeout.
+// process dies, under the busy timeout. The model process works through its
+// queue one batch at a time, so a request's timer restarts whenever the
+// process answers any request: it fires only when the work in progress has
+// run for BusyTimeout, not when a request merely waited in the queue.
 func (s *Supervisor) call(ctx context.Context, gen *generation, f func(context.Context) error) error {
 	cctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -304,11 +338,13 @@ func (s *Supervisor) call(ctx context.Context, gen *generation, f func(context.C
 		gen.killedBusy.Store(true)
 		gen.kill()
 	})
-	defer busy.Stop()
+	gen.track(busy)
+	defer gen.untrack(busy)
 
 	err := f(cctx)
 	switch {
 	case err == nil:
+		gen.progressed(s.cfg.BusyTimeout)
 		return nil
 	case ctx.Err() != nil:
 		return ctx.Err()
@@ -319,6 +355,7 @@ func (s *Supervisor) call(ctx context.Context, gen *generation, f func(context.C
 	case s.died(gen, err):
 		return fmt.Errorf("%w (pid %d): %v", ErrProcessDied, gen.pid, err)
 	}
+	gen.progressed(s.cfg.BusyTimeout) // an error answer is progress too
 	return err
 }
 

@@ -271,6 +271,34 @@ func TestBusyTimeoutKillsAndRestarts(t *testing.T) {
 	}
 }
 
+// TestBusyTimeoutCountsWorkNotQueueing: four requests of 200 ms each, served
+// one at a time, take 800 ms together; with a 400 ms busy timeout none is
+// killed, because the process answers one every 200 ms.
+func TestBusyTimeoutCountsWorkNotQueueing(t *testing.T) {
+	sup := startTest(t, func(c *Config) { c.BusyTimeout = 400 * time.Millisecond })
+	first := pidOf(t, sup)
+	var wg sync.WaitGroup
+	errs := make(chan error, 4)
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := sup.Score(ctxT(t, 20*time.Second), req("serial:200ms", []byte{1}))
+			errs <- err
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Errorf("queued request: %v", err)
+		}
+	}
+	if sup.Restarts() != 0 || pidOf(t, sup) != first {
+		t.Errorf("the process was killed while it kept answering (restarts %d)", sup.Restarts())
+	}
+}
+
 func TestCancelledRequestReturnsAtOnce(t *testing.T) {
 	sup := startTest(t, nil)
 	first := pidOf(t, sup)
