@@ -212,6 +212,10 @@ func TestDaemonScoresAndStopsOnSIGTERM(t *testing.T) {
 	if resp.StatusCode != 200 || json.Unmarshal(raw, &got) != nil || len(got.Results) != 1 {
 		t.Fatalf("score: %d %s", resp.StatusCode, raw)
 	}
+	root := loadSchema(t)
+	if err := validate(root, root["$defs"].(map[string]any)["score_response"].(map[string]any), decodeNumbers(t, raw), "score_response"); err != nil {
+		t.Errorf("real answer breaks schemas/daemon_api.schema.json: %v\n%s", err, raw)
+	}
 	q, ok := got.Results[0].Aspects["quality"]
 	if !ok || q.MOS < 0 || q.MOS > 5 || q.Rating == "" || len(q.WordProbs) != 5 {
 		t.Errorf("quality result: %+v (error %q)", q, got.Results[0].Error)
