@@ -7,9 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"mime"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -203,6 +205,13 @@ func (s *Server) parseScore(r *http.Request) (schemas.ScoreRequest, error) {
 	}
 	if req.Options.MaxNewTokens == 0 {
 		req.Options.MaxNewTokens = d.MaxNewTokens
+	}
+	if len(d.Prompts) > 0 {
+		for _, a := range req.Options.Aspects {
+			if _, ok := d.Prompts[a]; !ok {
+				return req, badf("unknown aspect %q (have %s)", a, strings.Join(slices.Sorted(maps.Keys(d.Prompts)), ", "))
+			}
+		}
 	}
 	req.Options.Prompts = d.Prompts
 	req.Options.SkipDescription = d.SkipDescription

@@ -13,6 +13,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -186,7 +187,11 @@ func TestScoreMultipart(t *testing.T) {
 
 func TestScoreBadRequests(t *testing.T) {
 	f := &fakeScorer{}
-	_, ts := newTestServer(t, f, func(c *Config) { c.MaxImages = 2; c.MaxBodyBytes = 1 << 10 })
+	_, ts := newTestServer(t, f, func(c *Config) {
+		c.MaxImages = 2
+		c.MaxBodyBytes = 1 << 10
+		c.Defaults.Prompts = map[string]schemas.AspectPrompt{"quality": {Round1: "a", Round2: "b"}, "q": {Round1: "c", Round2: "d"}}
+	})
 	tests := []struct {
 		name, ctype, body string
 		code              int
@@ -199,6 +204,7 @@ func TestScoreBadRequests(t *testing.T) {
 		{"unknown field", "application/json", `{"imgs":[]}`, 400, "unknown field"},
 		{"too many", "application/json", `{"images":[{"path":"/a"},{"path":"/b"},{"path":"/c"}]}`, 400, "at most 2"},
 		{"repeated aspect", "application/json", `{"images":[{"path":"/a"}],"aspects":["q","q"]}`, 400, "repeated"},
+		{"unknown aspect", "application/json", `{"images":[{"path":"/a"}],"aspects":["beauty"]}`, 400, `unknown aspect \"beauty\" (have q, quality)`},
 		{"content type", "text/plain", `hello`, 400, "unsupported content type"},
 		{"too big", "application/json", `{"images":[{"data":"` + strings.Repeat("A", 2000) + `"}]}`, 413, "over 1024 bytes"},
 	}
@@ -244,6 +250,7 @@ func TestScoreErrorsMapToStatus(t *testing.T) {
 func TestAdmission64Into16(t *testing.T) {
 	f := &fakeScorer{gate: make(chan struct{})}
 	s, ts := newTestServer(t, f, nil)
+	before := runtime.NumGoroutine()
 	const n = 64
 	type answer struct {
 		i     int
@@ -322,6 +329,15 @@ func TestAdmission64Into16(t *testing.T) {
 	}
 	if s.QueueDepth() != 0 {
 		t.Errorf("queue depth after: %d", s.QueueDepth())
+	}
+	// No handler goroutine is left behind once the connections close.
+	http.DefaultTransport.(*http.Transport).CloseIdleConnections()
+	deadline = time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if g := runtime.NumGoroutine(); g > before {
+		t.Errorf("goroutines: %d after, %d before", g, before)
 	}
 }
 

@@ -433,7 +433,7 @@ func (s *Service) runScore(batch []*job) {
 	off := 0
 	for _, j := range batch {
 		if err != nil {
-			j.err = fmt.Errorf("score: %w", err)
+			j.err = err
 		} else {
 			j.results = results[off : off+len(j.items)]
 		}
