@@ -35,7 +35,7 @@ daemon.listen:
 
   POST /v1/score    images (multipart "image" fields or JSON base64/paths) → scores
   POST /v1/reroll   re-queue a ComfyUI prompt with new seeds
-  GET  /healthz, /readyz, /metrics (Prometheus), websocket /v1/events
+  GET  /healthz, /readyz, /v1/status, /metrics (Prometheus), websocket /v1/events
 
 A crashed model process is restarted automatically. SIGINT or SIGTERM stops
 the daemon and the model process.`,

@@ -1,5 +1,6 @@
 // Package server is the m3gate daemon's HTTP API: POST /v1/score, POST
-// /v1/reroll, GET /healthz, /readyz, /metrics and the /v1/events websocket.
+// /v1/reroll, GET /healthz, /readyz, /v1/status, /metrics and the
+// /v1/events websocket.
 // It scores through the Scorer interface (satisfied by
 // *supervisor.Supervisor) and re-queues ComfyUI prompts through Requeuer, so
 // it is testable on its own.
@@ -34,6 +35,13 @@ type Scorer interface {
 	State() schemas.State
 	// Restarts counts restarts of the model process.
 	Restarts() int
+}
+
+// StatusReporter is implemented by scorers that can describe the model
+// process (load progress, memory, model info); *supervisor.Supervisor does.
+// GET /v1/status answers it when the Scorer implements it.
+type StatusReporter interface {
+	Status(ctx context.Context) (schemas.Status, error)
 }
 
 // Config configures a Server.
@@ -109,6 +117,7 @@ func New(cfg Config) (*Server, error) {
 	s.handle("GET /healthz", "healthz", s.healthz)
 	s.handle("GET /readyz", "readyz", s.readyz)
 	s.handle("GET /v1/events", "events", s.events)
+	s.handle("GET /v1/status", "status", s.status)
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{}))
 	return s, nil
 }
@@ -163,6 +172,28 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 		code = http.StatusServiceUnavailable
 	}
 	writeJSON(w, code, map[string]any{"ready": st == schemas.StateReady, "state": st, "restarts": s.cfg.Scorer.Restarts()})
+}
+
+// status answers the model process's status: state, load progress,
+// memory, model info and the number of restarts.
+func (s *Server) status(w http.ResponseWriter, r *http.Request) {
+	sr, ok := s.cfg.Scorer.(StatusReporter)
+	if !ok {
+		writeJSON(w, http.StatusOK, map[string]any{"state": s.cfg.Scorer.State(), "restarts": s.cfg.Scorer.Restarts()})
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
+	defer cancel()
+	st, err := sr.Status(ctx)
+	if err != nil {
+		writeError(w, http.StatusBadGateway, fmt.Errorf("status: %w", err))
+		return
+	}
+	writeJSON(w, http.StatusOK, struct {
+		schemas.Status
+		Restarts   int `json:"restarts"`
+		HTTPQueued int `json:"http_queue_depth"`
+	}{st, s.cfg.Scorer.Restarts(), s.QueueDepth()})
 }
 
 // errorBody is the JSON of every error response.

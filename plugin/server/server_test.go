@@ -437,6 +437,34 @@ func TestHealthReadyMetrics(t *testing.T) {
 	}
 }
 
+// statusScorer adds Status to fakeScorer.
+type statusScorer struct{ *fakeScorer }
+
+func (statusScorer) Status(ctx context.Context) (schemas.Status, error) {
+	return schemas.Status{State: schemas.StateLoading, Progress: schemas.LoadProgress{Stage: "weights", DoneBytes: 5, TotalBytes: 10},
+		Memory: schemas.Memory{RSSBytes: 1 << 20}, Model: schemas.ModelInfo{Family: "idefics3"}}, nil
+}
+
+func TestStatus(t *testing.T) {
+	s, err := New(Config{Scorer: statusScorer{&fakeScorer{}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(s.Handler())
+	defer ts.Close()
+	resp, err := http.Get(ts.URL + "/v1/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for _, want := range []string{`"state":"loading"`, `"stage":"weights"`, `"done_bytes":5`, `"rss_bytes":1048576`, `"family":"idefics3"`, `"restarts":2`} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("status lacks %s: %s", want, b)
+		}
+	}
+}
+
 func TestEventsWebsocket(t *testing.T) {
 	f := &fakeScorer{}
 	s, ts := newTestServer(t, f, nil)
