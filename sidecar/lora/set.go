@@ -7,8 +7,8 @@ import (
 	"sync"
 
 	"github.com/m3gate/m3gate/sidecar/mllm"
+	"github.com/m3gate/m3gate/sidecar/torch"
 	"github.com/sugarme/gotch"
-	lib "github.com/sugarme/gotch/libtch"
 	ts "github.com/sugarme/gotch/ts"
 )
 
@@ -393,13 +393,4 @@ func (s *Set) namesLocked() []string {
 }
 
 // setGrad sets the calling thread's grad mode and returns the previous one.
-// gotch v0.9.1's GradSetEnabled reads libtorch's C int result as an 8-byte
-// Go int (the upper half is stack garbage), so the previous state it reports
-// is unreliable; only the low 32 bits are the real value.
-func setGrad(on bool) bool {
-	v := 0
-	if on {
-		v = 1
-	}
-	return int32(lib.AtGradSetEnabled(v)) == 1
-}
+func setGrad(on bool) bool { return torch.SetGradEnabled(on) }

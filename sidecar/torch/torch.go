@@ -4,10 +4,13 @@
 package torch
 
 /*
+#include <stdint.h>
 // at_set_num_threads and at_get_num_threads are defined in gotch's libtch,
 // which every binary that imports gotch links.
 void at_set_num_threads(int n_threads);
 int at_get_num_threads();
+int at_grad_set_enabled(int b);
+void at_manual_seed(int64_t seed);
 */
 import "C"
 
@@ -35,3 +38,30 @@ func SetThreads(n int) error {
 func Threads() int {
 	return int(C.at_get_num_threads())
 }
+
+// SetGradEnabled turns libtorch's autograd on or off for the calling OS
+// thread and returns the previous mode. (gotch v0.9.1's GradSetEnabled reads
+// the C int result as a 64-bit value and so misreports the previous mode;
+// this reads it correctly.) Grad mode is thread-local: use WithGrad, which
+// pins the goroutine to its thread, unless the caller already did.
+func SetGradEnabled(on bool) (prev bool) {
+	b := C.int(0)
+	if on {
+		b = 1
+	}
+	return C.at_grad_set_enabled(b) != 0
+}
+
+// WithGrad runs fn with autograd on or off, on one locked OS thread, and
+// restores the previous mode afterwards (also when fn panics).
+func WithGrad(on bool, fn func()) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	prev := SetGradEnabled(on)
+	defer SetGradEnabled(prev)
+	fn()
+}
+
+// ManualSeed seeds libtorch's global random generator (dropout masks,
+// random initialisation), so that runs repeat.
+func ManualSeed(seed int64) { C.at_manual_seed(C.int64_t(seed)) }

@@ -48,3 +48,29 @@ func TestSetThreads(t *testing.T) {
 		t.Error("SetThreads(5000) succeeded, want an error")
 	}
 }
+
+func TestGradMode(t *testing.T) {
+	w := ts.MustOfSlice([]float32{1, 2}).MustSetRequiresGrad(true, false)
+	var inside, after bool
+	WithGrad(false, func() {
+		inside = w.MustMulScalar(ts.FloatScalar(2), false).MustRequiresGrad()
+		WithGrad(true, func() {
+			after = w.MustMulScalar(ts.FloatScalar(2), false).MustRequiresGrad()
+		})
+		// The inner call restored "off".
+		if w.MustMulScalar(ts.FloatScalar(2), false).MustRequiresGrad() {
+			t.Error("grad mode not restored to off after a nested WithGrad(true)")
+		}
+	})
+	if inside {
+		t.Error("WithGrad(false): result requires grad")
+	}
+	if !after {
+		t.Error("WithGrad(true) nested: result does not require grad")
+	}
+	WithGrad(true, func() {
+		if !w.MustMulScalar(ts.FloatScalar(2), false).MustRequiresGrad() {
+			t.Error("grad mode not on inside WithGrad(true)")
+		}
+	})
+}

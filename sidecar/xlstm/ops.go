@@ -4,8 +4,8 @@ import (
 	"math"
 	"runtime"
 
+	"github.com/m3gate/m3gate/sidecar/torch"
 	"github.com/sugarme/gotch"
-	lib "github.com/sugarme/gotch/libtch"
 	ts "github.com/sugarme/gotch/ts"
 )
 
@@ -107,28 +107,11 @@ func (s *scope) causalConv(x, w, b *ts.Tensor) *ts.Tensor {
 }
 
 // gradMode runs fn with autograd on or off on one OS thread (libtorch's
-// grad mode is thread-local and goroutines move between threads), then
-// restores the thread's previous mode.
-func gradMode(enabled bool, fn func()) {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	prev := setGrad(enabled)
-	defer setGrad(prev)
-	fn()
-}
+// grad mode is thread-local), then restores the thread's previous mode.
+func gradMode(enabled bool, fn func()) { torch.WithGrad(enabled, fn) }
 
 // setGrad sets the calling thread's grad mode and returns the previous one.
-// gotch v0.9.1's GradSetEnabled reads libtorch's C int result as an 8-byte
-// Go int, so its upper half is stack garbage and the "previous state" it
-// reports is usually false; restoring that disables autograd on the thread
-// for good. Only the low 32 bits are the real value.
-func setGrad(on bool) bool {
-	v := 0
-	if on {
-		v = 1
-	}
-	return int32(lib.AtGradSetEnabled(v)) == 1
-}
+func setGrad(on bool) bool { return torch.SetGradEnabled(on) }
 
 var negInf = math.Inf(-1)
 
