@@ -10,8 +10,8 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
-	"sync"
 	"sort"
+	"sync"
 
 	"github.com/sugarme/gotch"
 	"github.com/sugarme/gotch/ts"
