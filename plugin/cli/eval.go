@@ -30,12 +30,15 @@ seeded percentile-bootstrap confidence intervals.
 
 The predictions file is JSONL (objects with image, aspect, predicted, mos and
 optionally source) or CSV (.csv, header naming those columns). With
---manifest, lines without mos (or source) take them from the manifest, so
-the scores of 'm3gate score' can be evaluated directly. The output
+--manifest, lines without mos (or source) take them from the manifest, and
+the JSON lines of 'm3gate score --json' are read as they are (one
+prediction per scored aspect), so scores can be evaluated directly. The output
 folder receives report.json, predictions.csv (with the logistic-mapped
 prediction) and scatter_<aspect>.png (predicted vs MOS, one colour per
 source).`,
-		Example: `  m3gate eval --predictions preds.jsonl --out eval/ --bootstrap 1000 --seed 1`,
+		Example: `  m3gate eval --predictions preds.jsonl --out eval/ --bootstrap 1000 --seed 1
+  m3gate score --prompts-file test.jsonl --json > scores.jsonl
+  m3gate eval --predictions scores.jsonl --manifest test.jsonl --out eval/`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var err error

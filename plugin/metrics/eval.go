@@ -114,9 +114,27 @@ func readPredictionsJSONL(path string, b []byte, lookup Lookup) ([]Prediction, [
 			Prediction
 			Predicted *float64 `json:"predicted"`
 			MOS       *float64 `json:"mos"`
+			// Aspects and Error are the shape of `m3gate score --json`
+			// lines: one image, its scores per aspect (the predictions).
+			Aspects map[string]struct {
+				MOS *float64 `json:"mos"`
+			} `json:"aspects"`
+			Error string `json:"error"`
 		}
 		if err := json.Unmarshal(l, &raw); err != nil {
 			probs = append(probs, fmt.Sprintf("%s:%d: %v", path, line, err))
+			continue
+		}
+		if raw.Error != "" {
+			probs = append(probs, fmt.Sprintf("%s:%d: %s was not scored: %s", path, line, raw.Image, raw.Error))
+			continue
+		}
+		if raw.Aspects != nil {
+			ps, pr := expandScoreLine(raw.Image, raw.Aspects, lookup)
+			for _, msg := range pr {
+				probs = append(probs, fmt.Sprintf("%s:%d: %s", path, line, msg))
+			}
+			preds = append(preds, ps...)
 			continue
 		}
 		p := raw.Prediction
@@ -136,6 +154,41 @@ func readPredictionsJSONL(path string, b []byte, lookup Lookup) ([]Prediction, [
 		}
 		if err := validPrediction(p); err != nil {
 			probs = append(probs, fmt.Sprintf("%s:%d: %v", path, line, err))
+			continue
+		}
+		preds = append(preds, p)
+	}
+	return preds, probs
+}
+
+// expandScoreLine turns one `m3gate score --json` line into a prediction
+// per aspect; the true MOS and the source come from the manifest lookup.
+func expandScoreLine(image string, aspects map[string]struct {
+	MOS *float64 `json:"mos"`
+}, lookup Lookup) ([]Prediction, []string) {
+	if lookup == nil {
+		return nil, []string{"a line of `m3gate score --json` output needs --manifest for the true MOS"}
+	}
+	names := make([]string, 0, len(aspects))
+	for a := range aspects {
+		names = append(names, a)
+	}
+	sort.Strings(names)
+	var preds []Prediction
+	var probs []string
+	for _, a := range names {
+		m := aspects[a].MOS
+		if m == nil {
+			probs = append(probs, fmt.Sprintf("%s: aspect %s has no mos", image, a))
+			continue
+		}
+		p := Prediction{Image: image, Aspect: a, Predicted: *m}
+		if !complete(&p, lookup) {
+			// An aspect the manifest has no MOS for is not evaluated.
+			continue
+		}
+		if err := validPrediction(p); err != nil {
+			probs = append(probs, err.Error())
 			continue
 		}
 		preds = append(preds, p)

@@ -232,3 +232,42 @@ func TestReadPredictionsWithLookup(t *testing.T) {
 		}
 	}
 }
+
+// TestReadScoreOutput reads `m3gate score --json` lines as predictions, the
+// true MOS coming from the manifest.
+func TestReadScoreOutput(t *testing.T) {
+	dir := t.TempDir()
+	f := filepath.Join(dir, "scores.jsonl")
+	os.WriteFile(f, []byte(`{"image":"a.jpg","prompt":"x","aspects":{"quality":{"mos":3.5,"rating":"good","source":"predictor"},"correspondence":{"mos":1.25,"rating":"poor","source":"word_probs"}}}
+{"image":"b.jpg","aspects":{"quality":{"mos":2}}}
+`), 0o644)
+	truth := map[string]float64{"a.jpg/quality": 4, "a.jpg/correspondence": 1, "b.jpg/quality": 2.5}
+	lookup := func(image, aspect string) (float64, string, bool) {
+		m, ok := truth[image+"/"+aspect]
+		return m, "gen", ok
+	}
+	got, err := ReadPredictionsWith(f, lookup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []Prediction{
+		{Image: "a.jpg", Aspect: "correspondence", Predicted: 1.25, MOS: 1, Source: "gen"},
+		{Image: "a.jpg", Aspect: "quality", Predicted: 3.5, MOS: 4, Source: "gen"},
+		{Image: "b.jpg", Aspect: "quality", Predicted: 2, MOS: 2.5, Source: "gen"},
+	}
+	if len(got) != len(want) {
+		t.Fatalf("got %d predictions %+v, want %d", len(got), got, len(want))
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("prediction %d = %+v, want %+v", i, got[i], want[i])
+		}
+	}
+	if _, err := ReadPredictions(f); err == nil || !strings.Contains(err.Error(), "needs --manifest") {
+		t.Errorf("without a manifest: err = %v", err)
+	}
+	os.WriteFile(f, []byte(`{"image":"c.jpg","error":"decode image: unrecognised format"}`+"\n"), 0o644)
+	if _, err := ReadPredictionsWith(f, lookup); err == nil || !strings.Contains(err.Error(), "c.jpg was not scored") {
+		t.Errorf("failed image: err = %v", err)
+	}
+}
