@@ -8,6 +8,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"github.com/sugarme/gotch"
 )
 
 var updateRef = flag.Bool("update-ref", false, "rerun scripts/ref_idefics3.py and rewrite testdata/ref_idefics3_tiny.json")
@@ -157,4 +159,22 @@ func equalIDs(a, b []int64) bool {
 		}
 	}
 	return true
+}
+
+// TestReferenceScriptBF16 runs the Python reference on a bf16 checkpoint
+// (its own BF16 decoding) against the Go model loaded as f32.
+func TestReferenceScriptBF16(t *testing.T) {
+	if testing.Short() || !pythonHasTorch() {
+		t.Skip("needs /usr/bin/python3 with torch")
+	}
+	dir := filepath.Join(t.TempDir(), "bf16")
+	if err := WriteTinyWith(dir, TinyOptions{Size: "tiny", Seed: tinySeed, DType: gotch.BFloat16}); err != nil {
+		t.Fatal(err)
+	}
+	m, err := Load(dir, LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, _ := m.EncodeImage(formulaPixels(m.Config.Vision.ImageSize))
+	compareRef(t, m, runRefScript(t, dir, refIDs(t, m, f)))
 }
