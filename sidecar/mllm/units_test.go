@@ -699,3 +699,83 @@ func TestHiddenOutputs(t *testing.T) {
 		t.Errorf("LogitsLast shape %v", sz)
 	}
 }
+
+// TestTokenizerConcurrent: concurrent Encode/Decode give the serial results.
+func TestTokenizerConcurrent(t *testing.T) {
+	tk := loadTiny(t, 0).Tokenizer
+	texts := []string{"Rate the image quality, 日本 🙂", "<|im_start|>User:<image>Describe 2025.<end_of_utterance>\n", " good excellent poor"}
+	want := make([][]int64, len(texts))
+	for i, s := range texts {
+		want[i], _ = tk.Encode(s)
+	}
+	errs := make(chan string, 64)
+	done := make(chan bool)
+	for g := 0; g < 8; g++ {
+		go func(g int) {
+			for r := 0; r < 50; r++ {
+				i := (g + r) % len(texts)
+				ids, err := tk.Encode(texts[i])
+				if err != nil || !equalIDs(ids, want[i]) {
+					errs <- texts[i]
+				}
+				if s, _ := tk.Decode(ids, false); s != texts[i] {
+					errs <- "decode " + texts[i]
+				}
+			}
+			done <- true
+		}(g)
+	}
+	for g := 0; g < 8; g++ {
+		<-done
+	}
+	close(errs)
+	for e := range errs {
+		t.Errorf("concurrent mismatch: %q", e)
+	}
+}
+
+// TestConcurrentForward: passes from several goroutines at once give the
+// serial results.
+func TestConcurrentForward(t *testing.T) {
+	m := loadTiny(t, 0)
+	seqs := prompts(t, m, 3, true)
+	want := make([][]float32, len(seqs))
+	for i, s := range seqs {
+		out, _, err := m.Prefill([]Sequence{s}, ForwardOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want[i] = floats(out.Logits)
+	}
+	got := make([][][]float32, 4)
+	errc := make(chan error, 4)
+	for g := range got {
+		go func(g int) {
+			for i, s := range seqs {
+				out, _, err := m.Prefill([]Sequence{s}, ForwardOptions{})
+				if err != nil {
+					errc <- err
+					return
+				}
+				got[g] = append(got[g], floats(out.Logits))
+				_ = i
+			}
+			errc <- nil
+		}(g)
+	}
+	for range got {
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+	}
+	for g := range got {
+		for i := range seqs {
+			if d := maxAbsDiff(got[g][i], want[i]); d != 0 {
+				t.Errorf("goroutine %d seq %d differs by %g", g, i, d)
+			}
+		}
+	}
+	if gcHolds != 0 {
+		t.Errorf("GC holds left: %d", gcHolds)
+	}
+}
