@@ -42,6 +42,7 @@ type Model struct {
 	Config     Config
 	Tokenizer  *Tokenizer // nil when the directory has no tokenizer.json
 	Generation GenerationConfig
+	Processor  ProcessorConfig
 	DType      gotch.DType
 
 	patchW, patchB, posEmb *ts.Tensor
@@ -212,6 +213,10 @@ func Load(dir string, opts LoadOptions) (*Model, error) {
 		}
 	}
 	m.Generation, err = loadGenerationConfig(dir)
+	if err != nil {
+		return nil, err
+	}
+	m.Processor, err = loadProcessorConfig(dir, cfg)
 	if err != nil {
 		return nil, err
 	}

@@ -779,3 +779,16 @@ func TestConcurrentForward(t *testing.T) {
 		t.Errorf("GC holds left: %d", gcHolds)
 	}
 }
+
+func TestProcessorConfig(t *testing.T) {
+	m := loadTiny(t, 0)
+	p := m.Processor
+	if p.Size != 64 || p.ImageSeqLen != 4 || p.Split || p.Mean[0] != 0.5 || p.Std[2] != 0.5 || math.Abs(p.RescaleFactor-1.0/255) > 1e-12 {
+		t.Errorf("processor config %+v", p)
+	}
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "processor_config.json"), []byte(`{"image_seq_len": 64}`), 0o644)
+	if _, err := loadProcessorConfig(dir, m.Config); err == nil || !strings.Contains(err.Error(), "image_seq_len 64") {
+		t.Errorf("mismatched image_seq_len: %v", err)
+	}
+}
