@@ -125,7 +125,12 @@ func (m *Model) visionForward(px *ts.Tensor) *ts.Tensor {
 	}
 	x := ts.MustConv2d(px, m.patchW, m.patchB, []int64{p, p}, []int64{0, 0}, []int64{1, 1}, 1)
 	x = x.MustFlatten(2, -1, true).MustTranspose(1, 2, true) // [N, P, D] row-major patches
-	x = x.MustAdd(m.posEmb, true)                            // position ids 0..P-1 = row·n+col
+	// Position ids of a full tile are row·n+col. (Hugging Face derives
+	// them by bucketizing f32 aranges; for n = 27, SmolVLM-Instruct's
+	// 384/14, torch's AVX2 CPU arange makes row/column 10 reuse 9, while
+	// CUDA's fused arange, where the model was trained, gives the identity:
+	// the identity is kept.)
+	x = x.MustAdd(m.posEmb, true)
 	sz := x.MustSize()
 	n, np, d := sz[0], sz[1], sz[2]
 	heads := int64(v.NumAttentionHeads)
