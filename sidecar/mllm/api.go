@@ -297,6 +297,9 @@ func (m *Model) forward(cache *KVCache, seqs []Sequence, opts ForwardOptions) (o
 		}
 		h, nc := m.textForward(x, valid, cache)
 		next = nc
+		if h.Dim() == 1 { // single-token mode
+			h = h.MustView([]int64{1, 1, -1}, true)
+		}
 		switch opts.Logits {
 		case LogitsLast:
 			last := h.MustSelect(1, int64(tq-1), false)
@@ -421,7 +424,14 @@ func (m *Model) step(cache *KVCache, feed []Sequence) (logits *ts.Tensor, next *
 		x := ts.MustEmbedding(m.embed, it, -1, false, false)
 		h, nc := m.textForward(x, valid, cache)
 		next = nc
-		logits = m.lmHead.Forward(h.MustSelect(1, 0, true)).MustTotype(gotch.Float, true)
+		if h.Dim() == 1 { // single-token mode
+			logits = m.lmHead.Forward(h).MustView([]int64{1, -1}, true)
+		} else {
+			logits = m.lmHead.Forward(h.MustSelect(1, 0, true))
+		}
+		if logits.DType() != gotch.Float {
+			logits = logits.MustTotype(gotch.Float, true)
+		}
 		return nil
 	})
 	return logits, next, err

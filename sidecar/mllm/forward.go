@@ -73,6 +73,9 @@ func (m *Model) ropeTables(pos [][]int64, heads int) (cos, sin *ts.Tensor) {
 		}
 	}
 	shape := []int64{int64(b), int64(tq), int64(w)}
+	if b*tq == 1 {
+		shape = []int64{int64(w)} // single-token mode, see textForward
+	}
 	cos = ts.MustOfSlice(cv).MustView(shape, true)
 	sin = ts.MustOfSlice(sv).MustView(shape, true)
 	if m.DType != gotch.Float {
@@ -90,7 +93,7 @@ func (m *Model) ropeTables(pos [][]int64, heads int) (cos, sin *ts.Tensor) {
 func applyRope(x, cos, sin, rot, rotHead *ts.Tensor) *ts.Tensor {
 	var r *ts.Tensor
 	sz := x.MustSize()
-	if rotHead != nil && sz[0]*sz[1] > 8 {
+	if rotHead != nil && len(sz) == 3 && sz[0]*sz[1] > 8 {
 		hd := rotHead.MustSize()[0]
 		r = x.MustView([]int64{sz[0], sz[1], sz[2] / hd, hd}, false).MustMatmul(rotHead, true).MustView(sz, true)
 	} else {
@@ -342,6 +345,13 @@ func (m *Model) textForward(x *ts.Tensor, valid [][]bool, cache *KVCache) (*ts.T
 		}
 		mask = ts.MustOfSlice(mv).MustView([]int64{int64(b), 1, int64(nrep * tq), int64(total)}, true)
 	}
+	// Single-token mode (one sequence, one new token: a decode step at
+	// batch 1): the residual stream is a vector [D], so every Linear is one
+	// gemv op and no op is spent on reshapes; gotch charges ~26 µs per op.
+	single := b*tq == 1
+	if single {
+		x = x.MustView([]int64{int64(t.HiddenSize)}, false)
+	}
 	cosQ, sinQ := m.ropeTables(pos, t.NumAttentionHeads)
 	cosK, sinK := m.ropeTables(pos, nkv)
 	scale := []float64{1 / math.Sqrt(float64(hd))}
@@ -380,7 +390,7 @@ func (m *Model) textForward(x *ts.Tensor, valid [][]bool, cache *KVCache) (*ts.T
 		x = x.MustAdd(o, true)
 		drop(h, up, g, o)
 	}
-	return rmsNorm(x, m.norm, t.RMSNormEps), next
+	return rmsNorm(x, m.norm, t.RMSNormEps), next // [D] in single-token mode
 }
 
 // gqaAttention computes softmax(q·kᵀ·scale + mask)·v with grouped KV heads
@@ -389,6 +399,10 @@ func (m *Model) textForward(x *ts.Tensor, valid [][]bool, cache *KVCache) (*ts.T
 // tensors [B, nKV, T, hd] broadcast as they are. mask is [B, 1, nrep·Tq, T]
 // or ts.None. Returns [B, Tq, H·hd].
 func gqaAttention(q, k, v, mask *ts.Tensor, nkv, nrep, hd int, scale []float64) *ts.Tensor {
+	if q.Dim() == 1 { // single-token mode: q [H·hd] → [1, nKV, nrep, hd] and back
+		o := sdpa(q.MustView([]int64{1, int64(nkv), int64(nrep), int64(hd)}, false), k, v, mask, scale)
+		return o.MustView([]int64{int64(nkv * nrep * hd)}, true)
+	}
 	sz := q.MustSize()
 	B, Tq := sz[0], sz[1]
 	if Tq == 1 { // one query: the regrouping is a view

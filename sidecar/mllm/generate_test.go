@@ -294,3 +294,40 @@ func TestPickTokenTopP(t *testing.T) {
 		t.Errorf("greedy picked %d", got)
 	}
 }
+
+// TestSingleTokenExtend: extending by exactly one token (the vector path
+// of a batch-1 step) returns [1, 1, ·] outputs equal to a full prefill.
+func TestSingleTokenExtend(t *testing.T) {
+	m := loadTiny(t, 0)
+	seqs := prompts(t, m, 1, true)
+	_, cache, err := m.Prefill(seqs, ForwardOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok := []int64{42}
+	out, next, err := m.Extend(cache, []Sequence{{Tokens: tok}}, ForwardOptions{Logits: LogitsAll, Hidden: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sz := out.Logits.MustSize(); len(sz) != 3 || sz[0] != 1 || sz[1] != 1 {
+		t.Errorf("logits shape %v, want [1 1 V]", sz)
+	}
+	if sz := out.Hidden.MustSize(); len(sz) != 3 || sz[1] != 1 || sz[2] != int64(m.Config.Text.HiddenSize) {
+		t.Errorf("hidden shape %v", sz)
+	}
+	full := Sequence{Tokens: append(append([]int64{}, seqs[0].Tokens...), tok...), Images: seqs[0].Images}
+	want, _, err := m.Prefill([]Sequence{full}, ForwardOptions{Logits: LogitsLast})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := maxAbsDiff(floats(out.Logits), floats(want.Logits)); d > 1e-4 {
+		t.Errorf("single-token extend differs from prefill by %g", d)
+	}
+	if next.Len() != cache.Len()+1 || next.NextPos[0] != cache.NextPos[0]+1 {
+		t.Errorf("cache after one token: len %d pos %d", next.Len(), next.NextPos[0])
+	}
+	one, _, err := m.Prefill([]Sequence{{Tokens: tok}}, ForwardOptions{})
+	if err != nil || one.Logits.MustSize()[0] != 1 {
+		t.Errorf("one-token prefill: %v", err)
+	}
+}

@@ -24,7 +24,12 @@ type Linear struct {
 func (l *Linear) Forward(x *ts.Tensor) *ts.Tensor {
 	var y *ts.Tensor
 	sz := x.MustSize()
-	if in := sz[len(sz)-1]; int64(x.Numel()) == in && len(sz) > 0 {
+	if len(sz) == 1 { // a vector: one gemv
+		y = l.W.MustMv(x, false)
+		if l.B != nil {
+			y = y.MustAdd(l.B, true)
+		}
+	} else if in := sz[len(sz)-1]; int64(x.Numel()) == in {
 		out := append(append([]int64(nil), sz[:len(sz)-1]...), l.W.MustSize()[0])
 		y = l.W.MustMv(x.MustReshape([]int64{in}, false), false)
 		if l.B != nil {
