@@ -73,7 +73,7 @@ func (d *DaemonScorer) Score(ctx context.Context, images []Image, prompt string,
 		if len(msg) > 300 {
 			msg = msg[:300] + "…"
 		}
-		return nil, fmt.Errorf("daemon scorer: POST %s: HTTP %d: %s", url, resp.StatusCode, msg)
+		return nil, &DaemonError{URL: url, StatusCode: resp.StatusCode, Msg: msg}
 	}
 	var ans nodes.ScoreResponse
 	if err := json.Unmarshal(rb, &ans); err != nil {
@@ -98,4 +98,43 @@ func (d *DaemonScorer) Score(ctx context.Context, images []Image, prompt string,
 		}
 	}
 	return out, nil
+}
+
+// DaemonError is a non-2xx answer of the daemon to a score request.
+type DaemonError struct {
+	// URL is the endpoint called.
+	URL string
+	// StatusCode is the HTTP status.
+	StatusCode int
+	// Msg is the daemon's error message (or the start of the body).
+	Msg string
+}
+
+// Error returns "daemon scorer: POST URL: HTTP code: message".
+func (e *DaemonError) Error() string {
+	return fmt.Sprintf("daemon scorer: POST %s: HTTP %d: %s", e.URL, e.StatusCode, e.Msg)
+}
+
+// Temporary reports whether the same request may succeed later: the daemon
+// is busy (429), its model process is (re)starting or died mid-request
+// (502, 503), or a request timed out (408, 504).
+func (e *DaemonError) Temporary() bool {
+	switch e.StatusCode {
+	case http.StatusRequestTimeout, http.StatusTooManyRequests, http.StatusBadGateway,
+		http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+		return true
+	}
+	return false
+}
+
+// transientScoreError reports whether a scorer error may go away by
+// waiting: the daemon unreachable (not started yet, restarting), busy, or
+// restarting its model process.
+func transientScoreError(err error) bool {
+	var de *DaemonError
+	if errors.As(err, &de) {
+		return de.Temporary()
+	}
+	var ne net.Error
+	return errors.As(err, &ne) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF)
 }

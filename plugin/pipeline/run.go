@@ -486,10 +486,14 @@ func (r *runner) fetch(ctx context.Context, cl *comfyui.Client, res *comfyui.Pro
 	return images, nil
 }
 
-// score calls the scorer, retrying transient failures a few times.
+// score calls the scorer. While the scorer is unreachable, busy or
+// restarting its model (transientScoreError) it is retried until
+// RetryTimeout has passed since the first failure; other failures are
+// retried a few times.
 func (r *runner) score(ctx context.Context, images []Image) ([]Scores, error) {
-	var last error
-	for n := 1; n <= 4; n++ {
+	var downSince time.Time
+	others := 0
+	for n := 1; ; n++ {
 		scores, err := r.cfg.Scorer.Score(ctx, images, r.prompt, r.cfg.Aspects)
 		if err == nil {
 			if len(scores) != len(images) {
@@ -497,16 +501,24 @@ func (r *runner) score(ctx context.Context, images []Image) ([]Scores, error) {
 			}
 			return scores, nil
 		}
-		last = err
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
+		if downSince.IsZero() {
+			downSince = time.Now()
+		}
+		if transientScoreError(err) {
+			if time.Since(downSince) > r.cfg.RetryTimeout {
+				return nil, fmt.Errorf("run: score images: scorer unavailable for %v: %w", r.cfg.RetryTimeout, err)
+			}
+		} else if others++; others >= 4 {
+			return nil, fmt.Errorf("run: score images: %w", err)
+		}
 		r.cfg.Log.Warn("scoring failed, retrying", "err", err)
-		if !sleep(ctx, time.Duration(n)*500*time.Millisecond) {
+		if !sleep(ctx, min(time.Duration(n)*500*time.Millisecond, 2*time.Second)) {
 			return nil, ctx.Err()
 		}
 	}
-	return nil, fmt.Errorf("run: score images: %w", last)
 }
 
 // decide gates the images of one try. Every passing image fills one of the

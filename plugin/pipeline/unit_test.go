@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -152,14 +153,19 @@ func TestDaemonScorer(t *testing.T) {
 	if got[1].Error != "bad image" || (Gate{Thresholds: map[string]float64{"quality": 0}}).Pass(got[1]) {
 		t.Errorf("result 1 %+v", got[1])
 	}
-	if _, err := d.Score(context.Background(), imgs, "fail", nil); err == nil || !strings.Contains(err.Error(), "sidecar not ready") {
-		t.Errorf("503: %v", err)
+	if _, err := d.Score(context.Background(), imgs, "fail", nil); err == nil || !strings.Contains(err.Error(), "sidecar not ready") || !transientScoreError(err) {
+		t.Errorf("503: %v (transient %v)", err, transientScoreError(err))
 	}
-	if _, err := d.Score(context.Background(), imgs[:1], "x", nil); err == nil || !strings.Contains(err.Error(), "out of range") {
-		t.Errorf("index out of range: %v", err)
+	if _, err := d.Score(context.Background(), imgs[:1], "x", nil); err == nil || !strings.Contains(err.Error(), "out of range") || transientScoreError(err) {
+		t.Errorf("index out of range: %v (transient %v)", err, transientScoreError(err))
 	}
 	down := &DaemonScorer{URL: "http://127.0.0.1:1"}
-	if _, err := down.Score(context.Background(), imgs, "x", nil); err == nil || !strings.Contains(err.Error(), "m3gate serve") {
-		t.Errorf("daemon down: %v", err)
+	if _, err := down.Score(context.Background(), imgs, "x", nil); err == nil || !strings.Contains(err.Error(), "m3gate serve") || !transientScoreError(err) {
+		t.Errorf("daemon down: %v (transient %v)", err, transientScoreError(err))
+	}
+	for code, want := range map[int]bool{400: false, 404: false, 500: false, 429: true, 502: true, 503: true, 504: true} {
+		if got := transientScoreError(fmt.Errorf("x: %w", &DaemonError{StatusCode: code})); got != want {
+			t.Errorf("HTTP %d transient %v, want %v", code, got, want)
+		}
 	}
 }
