@@ -6,12 +6,11 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
-	"regexp"
-	"slices"
 	"sort"
 	"strings"
 	"testing"
 
+	"github.com/m3gate/m3gate/schemas/jsonschema"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -203,105 +202,8 @@ func TestSchemaAgreesWithLoad(t *testing.T) {
 	}
 }
 
-// validateSchema is a small JSON Schema validator covering the keywords
-// config.schema.json uses.
+// validateSchema checks v against the schema part s of root
+// (schemas/jsonschema).
 func validateSchema(root, s map[string]any, v any, at string) []string {
-	var errs []string
-	fail := func(format string, args ...any) {
-		errs = append(errs, at+": "+fmt.Sprintf(format, args...))
-	}
-	if ref, ok := s["$ref"].(string); ok {
-		name := strings.TrimPrefix(ref, "#/$defs/")
-		errs = append(errs, validateSchema(root, root["$defs"].(map[string]any)[name].(map[string]any), v, at)...)
-	}
-	if typ, ok := s["type"].(string); ok {
-		okType := false
-		switch typ {
-		case "object":
-			_, okType = v.(map[string]any)
-		case "array":
-			_, okType = v.([]any)
-		case "string":
-			_, okType = v.(string)
-		case "boolean":
-			_, okType = v.(bool)
-		case "integer":
-			_, okType = v.(int)
-		case "number":
-			switch v.(type) {
-			case int, float64:
-				okType = true
-			}
-		}
-		if !okType {
-			fail("want %s, got %T", typ, v)
-			return errs
-		}
-	}
-	if enum, ok := s["enum"].([]any); ok && !slices.Contains(enum, v) {
-		fail("%v not in %v", v, enum)
-	}
-	num, isNum := toFloat(v)
-	if min, ok := s["minimum"].(float64); ok && isNum && num < min {
-		fail("%v < minimum %v", v, min)
-	}
-	if max, ok := s["maximum"].(float64); ok && isNum && num > max {
-		fail("%v > maximum %v", v, max)
-	}
-	if str, ok := v.(string); ok {
-		if p, ok := s["pattern"].(string); ok && !regexp.MustCompile(p).MatchString(str) {
-			fail("%q does not match %s", str, p)
-		}
-		if ml, ok := s["minLength"].(float64); ok && float64(len(str)) < ml {
-			fail("%q shorter than %v", str, ml)
-		}
-	}
-	if arr, ok := v.([]any); ok {
-		if mi, ok := s["minItems"].(float64); ok && float64(len(arr)) < mi {
-			fail("fewer than %v items", mi)
-		}
-		if u, _ := s["uniqueItems"].(bool); u {
-			for i := range arr {
-				if slices.Index(arr, arr[i]) < i {
-					fail("duplicate item %v", arr[i])
-				}
-			}
-		}
-		if items, ok := s["items"].(map[string]any); ok {
-			for i, e := range arr {
-				errs = append(errs, validateSchema(root, items, e, fmt.Sprintf("%s[%d]", at, i))...)
-			}
-		}
-	}
-	if obj, ok := v.(map[string]any); ok {
-		props, _ := s["properties"].(map[string]any)
-		for k, e := range obj {
-			if pn, ok := s["propertyNames"].(map[string]any); ok {
-				errs = append(errs, validateSchema(root, pn, k, at+"."+k)...)
-			}
-			if ps, ok := props[k].(map[string]any); ok {
-				errs = append(errs, validateSchema(root, ps, e, at+"."+k)...)
-				continue
-			}
-			switch ap := s["additionalProperties"].(type) {
-			case bool:
-				if !ap {
-					fail("unknown key %s", k)
-				}
-			case map[string]any:
-				errs = append(errs, validateSchema(root, ap, e, at+"."+k)...)
-			}
-		}
-	}
-	return errs
-}
-
-func toFloat(v any) (float64, bool) {
-	switch x := v.(type) {
-	case int:
-		return float64(x), true
-	case float64:
-		return x, true
-	}
-	return 0, false
+	return jsonschema.New(root).ValidateAt(s, v, at)
 }

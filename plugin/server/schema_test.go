@@ -3,7 +3,6 @@ package server
 import (
 	"bytes"
 	"encoding/json"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,123 +11,12 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"errors"
 	"github.com/m3gate/m3gate/nodes"
 	"github.com/m3gate/m3gate/plugin/supervisor"
 	"github.com/m3gate/m3gate/schemas"
+	"github.com/m3gate/m3gate/schemas/jsonschema"
 )
-
-// validate checks v (decoded with UseNumber) against the subset of JSON
-// Schema that schemas/daemon_api.schema.json uses: $ref to #/$defs, type,
-// const, enum, required, properties, additionalProperties (false or a
-// schema), items, anyOf, minimum, maximum.
-func validate(root, s map[string]any, v any, path string) error {
-	if ref, ok := s["$ref"].(string); ok {
-		name, ok := strings.CutPrefix(ref, "#/$defs/")
-		def, _ := root["$defs"].(map[string]any)[name].(map[string]any)
-		if !ok || def == nil {
-			return fmt.Errorf("%s: bad $ref %s", path, ref)
-		}
-		if err := validate(root, def, v, path); err != nil {
-			return err
-		}
-	}
-	if alts, ok := s["anyOf"].([]any); ok {
-		var errs []string
-		for _, alt := range alts {
-			err := validate(root, alt.(map[string]any), v, path)
-			if err == nil {
-				errs = nil
-				break
-			}
-			errs = append(errs, err.Error())
-		}
-		if errs != nil {
-			return fmt.Errorf("%s: matches no alternative: %s", path, strings.Join(errs, "; "))
-		}
-	}
-	if t, ok := s["type"].(string); ok {
-		good := false
-		switch x := v.(type) {
-		case map[string]any:
-			good = t == "object"
-		case []any:
-			good = t == "array"
-		case string:
-			good = t == "string"
-		case json.Number:
-			_, err := x.Int64()
-			good = t == "number" || (t == "integer" && (err == nil || !strings.ContainsAny(x.String(), ".eE")))
-		case bool:
-			good = t == "boolean"
-		}
-		if !good {
-			return fmt.Errorf("%s: %v is not of type %s", path, v, t)
-		}
-	}
-	if c, ok := s["const"]; ok && fmt.Sprint(c) != fmt.Sprint(v) {
-		return fmt.Errorf("%s: %v is not %v", path, v, c)
-	}
-	if e, ok := s["enum"].([]any); ok {
-		found := false
-		for _, x := range e {
-			found = found || fmt.Sprint(x) == fmt.Sprint(v)
-		}
-		if !found {
-			return fmt.Errorf("%s: %v is not one of %v", path, v, e)
-		}
-	}
-	if n, ok := v.(json.Number); ok {
-		f, _ := n.Float64()
-		if m, ok := s["minimum"].(json.Number); ok {
-			if lo, _ := m.Float64(); f < lo {
-				return fmt.Errorf("%s: %v < minimum %v", path, f, lo)
-			}
-		}
-		if m, ok := s["maximum"].(json.Number); ok {
-			if hi, _ := m.Float64(); f > hi {
-				return fmt.Errorf("%s: %v > maximum %v", path, f, hi)
-			}
-		}
-	}
-	if arr, ok := v.([]any); ok {
-		if items, ok := s["items"].(map[string]any); ok {
-			for i, x := range arr {
-				if err := validate(root, items, x, fmt.Sprintf("%s[%d]", path, i)); err != nil {
-					return err
-				}
-			}
-		}
-	}
-	if obj, ok := v.(map[string]any); ok {
-		for _, r := range asSlice(s["required"]) {
-			if _, ok := obj[r.(string)]; !ok {
-				return fmt.Errorf("%s: missing required %q", path, r)
-			}
-		}
-		props, _ := s["properties"].(map[string]any)
-		for k, x := range obj {
-			if p, ok := props[k].(map[string]any); ok {
-				if err := validate(root, p, x, path+"."+k); err != nil {
-					return err
-				}
-				continue
-			}
-			switch ap := s["additionalProperties"].(type) {
-			case bool:
-				if !ap {
-					return fmt.Errorf("%s: unexpected property %q", path, k)
-				}
-			case map[string]any:
-				if err := validate(root, ap, x, path+"."+k); err != nil {
-					return err
-				}
-			}
-		}
-	}
-	return nil
-}
-
-func asSlice(v any) []any { s, _ := v.([]any); return s }
 
 func decodeNumbers(t *testing.T, b []byte) any {
 	t.Helper()
@@ -203,4 +91,12 @@ func TestMessagesMatchSchema(t *testing.T) {
 			t.Errorf("schema accepts a broken event: %s", bad)
 		}
 	}
+}
+
+// validate checks v against the schema part s of root (schemas/jsonschema).
+func validate(root, s map[string]any, v any, path string) error {
+	if errs := jsonschema.New(root).ValidateAt(s, v, path); len(errs) > 0 {
+		return errors.New(strings.Join(errs, "; "))
+	}
+	return nil
 }
