@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"math"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -363,10 +365,12 @@ func postReroll(t *testing.T, url string, body []byte) (int, []byte) {
 }
 
 // TestPackRerollThroughDaemon drives the node pack's reroll path: a graph
-// with M3 Score, M3 Gate and M3 Reroll runs on the fake ComfyUI; M3 Reroll's
-// request goes to the real daemon, which queues the prompt again on
-// ComfyUI (comfyui.servers[0]) with new sampler seeds and attempt n+1, for
-// the websocket client that ran the first; at max_tries it refuses.
+// with M3 Score, M3 Gate and M3 Reroll runs on the fake ComfyUI; the real
+// pack (Python) scores its image through the real daemon, and its M3 Reroll
+// asks the daemon to queue the prompt again on ComfyUI
+// (comfyui.servers[0]) with new sampler seeds and attempt n+1, for the
+// websocket client that ran the first. A pack-shaped request from Go takes
+// the next step; at max_tries the pack gives up and the daemon refuses.
 func TestPackRerollThroughDaemon(t *testing.T) {
 	checkNoLeaks(t)
 	var opts []comfyfake.Option
@@ -384,7 +388,7 @@ func TestPackRerollThroughDaemon(t *testing.T) {
 	fake, imgs := startFake(t, opts...)
 	d := startDaemon(t, fake.URL())
 	_, wf := readWorkflow(t, "pack-api.json")
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
 	defer cancel()
 
 	// The artist's browser: a websocket client that queues attempt 1.
@@ -401,61 +405,59 @@ func TestPackRerollThroughDaemon(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	orig := samplerSeed(t, wf)
-	if orig != math.MaxUint64 {
-		t.Fatalf("testdata seed %d, want 2^64-1", orig)
+	if s := samplerSeed(t, wf); s != math.MaxUint64 {
+		t.Fatalf("testdata seed %d, want 2^64-1 (exact 64-bit seeds)", s)
 	}
+	seen := []uint64{math.MaxUint64}
 
-	prompt, seen := wf, []uint64{orig}
-	for attempt := 1; attempt < 3; attempt++ {
-		code, raw := postReroll(t, d.url, rerollBody(t, prompt, attempt, 3, cl.ID()))
-		var ans nodes.RerollResponse
-		if code != http.StatusOK || json.Unmarshal(raw, &ans) != nil || !ans.Queued || ans.PromptID == "" {
-			t.Fatalf("reroll of attempt %d: HTTP %d %s", attempt, code, raw)
-		}
-		if ans.Attempt != attempt+1 || len(ans.Seeds) != 1 {
-			t.Errorf("reroll answer %+v, want attempt %d and one new seed", ans, attempt+1)
-		}
-		// The prompt reaches the client that queued the first one, and it
-		// really runs: the sampler is not served from the cache.
-		res, err := cl.WaitPrompt(ctx, ans.PromptID)
+	// checkRerolled waits for the re-queued prompt on the client's socket
+	// and checks it is prev with only the seed and the attempt changed.
+	checkRerolled := func(promptID string, prev comfyui.Workflow, attempt int, newSeeds map[string]uint64) comfyui.Workflow {
+		t.Helper()
+		res, err := cl.WaitPrompt(ctx, promptID)
 		if err != nil {
-			t.Fatalf("wait for rerolled prompt %s: %v", ans.PromptID, err)
+			t.Fatalf("wait for rerolled prompt %s: %v", promptID, err)
 		}
+		// It really runs: the sampler is not served from the cache.
 		if slices.Contains(res.Cached, "3") || !slices.Contains(res.Cached, "4") {
 			t.Errorf("rerolled prompt: cached nodes %v; want the sampler re-run and the loader cached", res.Cached)
 		}
-		h, err := cl.History(ctx, ans.PromptID)
+		h, err := cl.History(ctx, promptID)
 		if err != nil {
 			t.Fatal(err)
 		}
 		got := h.Prompt.Prompt
 		seed := samplerSeed(t, got)
-		if seed != ans.Seeds["3.seed"] || slices.Contains(seen, seed) {
-			t.Errorf("attempt %d ran with seed %d (answer %v); earlier seeds %v", attempt+1, seed, ans.Seeds, seen)
+		if newSeeds != nil && (len(newSeeds) != 1 || newSeeds["3.seed"] != seed) {
+			t.Errorf("attempt %d ran with seed %d; the daemon answered seeds %v", attempt, seed, newSeeds)
+		}
+		if slices.Contains(seen, seed) {
+			t.Errorf("attempt %d reuses seed %d (earlier %v)", attempt, seed, seen)
 		}
 		seen = append(seen, seed)
 		if imgs.rendered()[seed] != 1 {
 			t.Errorf("seed %d not rendered once by the server", seed)
 		}
-		if a, _ := comfyui.AsUint64(got["12"].Inputs["attempt"]); a != uint64(attempt+1) {
-			t.Errorf("M3 Reroll attempt input %v, want %d", got["12"].Inputs["attempt"], attempt+1)
+		if a, _ := comfyui.AsUint64(got["12"].Inputs["attempt"]); a != uint64(attempt) {
+			t.Errorf("M3 Reroll attempt input %v, want %d", got["12"].Inputs["attempt"], attempt)
 		}
 		// Everything else is the prompt that ran.
-		for id, n := range prompt {
-			g := got[id]
-			delete(g.Inputs, "seed")
-			delete(g.Inputs, "attempt")
-			w := comfyui.Node{ClassType: n.ClassType, Inputs: map[string]any{}}
-			for k, v := range n.Inputs {
-				if k != "seed" && k != "attempt" {
-					w.Inputs[k] = v
+		if len(got) != len(prev) {
+			t.Errorf("rerolled prompt has %d nodes, the one that ran %d", len(got), len(prev))
+		}
+		for id, n := range prev {
+			strip := func(in map[string]any) string {
+				c := map[string]any{}
+				for k, v := range in {
+					if !(id == "3" && k == "seed") && !(id == "12" && k == "attempt") {
+						c[k] = v
+					}
 				}
+				b, _ := json.Marshal(c)
+				return string(b)
 			}
-			gj, _ := json.Marshal(g.Inputs)
-			wj, _ := json.Marshal(w.Inputs)
-			if g.ClassType != n.ClassType || !bytes.Equal(gj, wj) {
-				t.Errorf("node %s changed by the reroll: %s %s, was %s %s", id, g.ClassType, gj, n.ClassType, wj)
+			if g := got[id]; g.ClassType != n.ClassType || strip(g.Inputs) != strip(n.Inputs) {
+				t.Errorf("node %s changed by the reroll: %s %s, was %s %s", id, g.ClassType, strip(g.Inputs), n.ClassType, strip(n.Inputs))
 			}
 		}
 		if cid, _ := h.Prompt.ExtraData["client_id"].(string); cid != cl.ID() {
@@ -466,54 +468,187 @@ func TestPackRerollThroughDaemon(t *testing.T) {
 			t.Errorf("extra_pnginfo of the rerolled prompt %v: want the workflow kept and m3gate's keys dropped", pnginfo)
 		}
 		// The saved image carries the new seed in ComfyUI's prompt chunk.
-		var saved *comfyui.NodeImage
-		for _, im := range res.Images() {
-			if im.Node == "9" {
-				saved = &im
-			}
-		}
-		if saved == nil {
-			t.Fatalf("rerolled prompt saved no image: %v", res.Outputs)
-		}
-		data, err := cl.View(ctx, saved.ImageRef)
-		if err != nil {
-			t.Fatal(err)
-		}
+		data := savedImage(t, ctx, cl, res)
 		chunks, _ := comfyui.PNGText(data)
+		found := false
 		for _, c := range chunks {
 			if c.Key == "prompt" {
 				pw, err := comfyui.ParseWorkflow([]byte(c.Text))
-				if err != nil || samplerSeed(t, pw) != seed {
-					t.Errorf("saved PNG's prompt chunk: %v, seed want %d", err, seed)
-				}
+				found = err == nil && samplerSeed(t, pw) == seed
 			}
 		}
-		prompt = got
-		prompt["3"].Inputs["seed"] = comfyui.Uint64Input(seed)
-		prompt["12"].Inputs["attempt"] = json.Number(strconv.Itoa(attempt + 1))
-	}
-	if first.PromptID == "" {
-		t.Error("first prompt has no id")
+		if !found {
+			t.Errorf("saved PNG's prompt chunk does not carry seed %d", seed)
+		}
+		return got
 	}
 
-	// Attempt 3 of 3: the daemon refuses and queues nothing.
-	before := fake.PromptsExecuted()
-	q0, err := cl.Queue(ctx)
+	// Attempt 1 → 2 through the real pack.
+	h1, err := cl.History(ctx, first.PromptID)
 	if err != nil {
 		t.Fatal(err)
 	}
-	code, raw := postReroll(t, d.url, rerollBody(t, prompt, 3, 3, cl.ID()))
+	pack := runPack(t, d, h1.Prompt.Prompt, savedImage(t, ctx, cl, first), cl.ID(), 1)
+	var requeued string
+	for _, ev := range pack.Events {
+		if ev.Event == "m3gate.reroll" {
+			requeued, _ = ev.Data["prompt_id"].(string)
+			if ev.SID != cl.ID() || ev.Data["requeued"] != true {
+				t.Errorf("reroll event %+v, want requeued for %s", ev, cl.ID())
+			}
+		}
+	}
+	if pack.Passed != 0 || requeued == "" || !strings.Contains(pack.RerollText, "re-queued attempt 2 of 3") {
+		t.Fatalf("pack: passed %d, reroll %q, events %+v", pack.Passed, pack.RerollText, pack.Events)
+	}
+	prompt := checkRerolled(requeued, h1.Prompt.Prompt, 2, nil)
+
+	// Attempt 2 → 3: the request the pack sends, from Go.
+	code, raw := postReroll(t, d.url, rerollBody(t, prompt, 2, 3, cl.ID()))
+	var ans nodes.RerollResponse
+	if code != http.StatusOK || json.Unmarshal(raw, &ans) != nil || !ans.Queued || ans.PromptID == "" || ans.Attempt != 3 {
+		t.Fatalf("reroll of attempt 2: HTTP %d %s", code, raw)
+	}
+	prompt = checkRerolled(ans.PromptID, prompt, 3, ans.Seeds)
+
+	// Attempt 3 of 3: the pack gives up without asking; asked anyway, the
+	// daemon refuses and queues nothing.
+	before := fake.PromptsExecuted()
+	last, err := cl.History(ctx, ans.PromptID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res3, err := cl.WaitPrompt(ctx, ans.PromptID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pack = runPack(t, d, last.Prompt.Prompt, savedImage(t, ctx, cl, res3), cl.ID(), 3)
+	if !strings.Contains(pack.RerollText, "gave up") || pack.RerollResult[1] != false {
+		t.Errorf("pack at max_tries: %q %v", pack.RerollText, pack.RerollResult)
+	}
+	code, raw = postReroll(t, d.url, rerollBody(t, prompt, 3, 3, cl.ID()))
 	var refusal nodes.ErrorResponse
 	if code != http.StatusConflict || json.Unmarshal(raw, &refusal) != nil || !strings.Contains(refusal.Error, "max_tries") {
 		t.Errorf("reroll at max_tries: HTTP %d %s, want 409 naming max_tries", code, raw)
 	}
-	q1, err := cl.Queue(ctx)
+	q, err := cl.Queue(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(q0.Pending)+len(q0.Running) != 0 || len(q1.Pending)+len(q1.Running) != 0 || fake.PromptsExecuted() != before {
-		t.Errorf("something was queued after the refusal: queue %+v, prompts %d → %d", q1, before, fake.PromptsExecuted())
+	if len(q.Pending)+len(q.Running) != 0 || fake.PromptsExecuted() != before {
+		t.Errorf("something was queued after max_tries: queue %+v, prompts %d → %d", q, before, fake.PromptsExecuted())
 	}
+}
+
+// savedImage fetches the image SaveImage node 9 wrote for a prompt.
+func savedImage(t *testing.T, ctx context.Context, cl *comfyui.Client, res *comfyui.PromptResult) []byte {
+	t.Helper()
+	for _, im := range res.Images() {
+		if im.Node == "9" {
+			data, err := cl.View(ctx, im.ImageRef)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return data
+		}
+	}
+	t.Fatalf("prompt %s saved no image: %v", res.PromptID, res.Outputs)
+	return nil
+}
+
+// packRun is what testdata/pack_e2e.py prints.
+type packRun struct {
+	Quality      float64          `json:"quality"`
+	Scores       []map[string]any `json:"scores"`
+	Passed       int              `json:"passed_count"`
+	RerollText   string           `json:"reroll_text"`
+	RerollResult []any            `json:"reroll_result"`
+	Events       []packEvent      `json:"events"`
+	ExtraPNGInfo map[string]any   `json:"extra_pnginfo"`
+}
+
+type packEvent struct {
+	Event string
+	Data  map[string]any
+	SID   string
+}
+
+func (e *packEvent) UnmarshalJSON(b []byte) error {
+	var parts []json.RawMessage
+	if err := json.Unmarshal(b, &parts); err != nil || len(parts) != 3 {
+		return fmt.Errorf("event %s: want [event, data, sid]", b)
+	}
+	json.Unmarshal(parts[0], &e.Event)
+	json.Unmarshal(parts[1], &e.Data)
+	json.Unmarshal(parts[2], &e.SID)
+	return nil
+}
+
+const debianPython = "/usr/bin/python3"
+
+// runPack runs the pack's M3 Score → M3 Gate → M3 Reroll on the image a
+// prompt made (testdata/pack_e2e.py under Debian's python3, the real pack,
+// stub ComfyUI modules) against the daemon, and checks that the scores the
+// pack shows and stores are the daemon's for the PNG the pack sent.
+func runPack(t *testing.T, d *daemon, prompt comfyui.Workflow, img []byte, clientID string, attempt int) packRun {
+	t.Helper()
+	if _, err := os.Stat(debianPython); err != nil {
+		t.Skipf("the node pack needs %s (%v)", debianPython, err)
+	}
+	root, err := filepath.Abs(filepath.Join("..", ".."))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	pj, _ := json.Marshal(prompt)
+	promptFile, imgFile, sentFile := filepath.Join(dir, "prompt.json"), filepath.Join(dir, "in.png"), filepath.Join(dir, "sent.png")
+	if err := os.WriteFile(promptFile, pj, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(imgFile, img, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(debianPython, "-B", filepath.Join("testdata", "pack_e2e.py"))
+	cmd.Env = append(childEnv(),
+		"PYTHONPATH="+filepath.Join(root, "nodes", "testdata", "pystubs"),
+		"PYTHONDONTWRITEBYTECODE=1", "OMP_NUM_THREADS=1",
+		"M3GATE_PACK="+filepath.Join(root, "nodes", "comfyui", "m3gate"),
+		"M3GATE_URL="+d.url, "M3GATE_TIMEOUT=30",
+		"E2E_PROMPT="+promptFile, "E2E_IMAGE="+imgFile, "E2E_SENT_PNG="+sentFile,
+		"E2E_CLIENT_ID="+clientID, "E2E_ATTEMPT="+strconv.Itoa(attempt),
+	)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		if strings.Contains(stderr.String(), "No module named 'torch'") {
+			t.Skipf("the node pack needs torch in %s", debianPython)
+		}
+		t.Fatalf("pack: %v\n%s", err, stderr.String())
+	}
+	var run packRun
+	if err := json.Unmarshal(out, &run); err != nil {
+		t.Fatalf("pack output %s: %v", out, err)
+	}
+	sent, err := os.ReadFile(sentFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := d.score(t, sent, "a red fox in the snow")
+	stored, _ := run.ExtraPNGInfo[nodes.PNGInfoKey].(map[string]any)
+	storedQ := -1.0
+	if ims, _ := stored["images"].([]any); len(ims) == 1 {
+		im, _ := ims[0].(map[string]any)
+		as, _ := im["aspects"].(map[string]any)
+		q, _ := as["quality"].(map[string]any)
+		storedQ, _ = q["mos"].(float64)
+	}
+	if !sameScore(run.Quality, want.MOS) || !sameScore(storedQ, want.MOS) || stored["attempt"] != float64(attempt) ||
+		stored["prompt"] != "a red fox in the snow" {
+		t.Errorf("pack shows quality %v and stores %v (%v); the daemon says %v for the image the pack sent",
+			run.Quality, storedQ, stored, want.MOS)
+	}
+	return run
 }
 
 // TestRunSurvivesDaemonRestart stops the m3gate daemon (and so its model
