@@ -3,6 +3,7 @@ package lora
 import (
 	"fmt"
 	"runtime"
+	"slices"
 	"sort"
 	"sync"
 
@@ -112,7 +113,7 @@ func (s *Set) Add(a *Adapter) error {
 			if !ok || p == nil {
 				return fmt.Errorf("adapter %s: saved module tensor %s is not a parameter of the base model", a.Name, k)
 			}
-			if ps, ss := p.MustSize(), a.Saved[k].MustSize(); !sameShape(ps, ss) {
+			if ps, ss := p.MustSize(), a.Saved[k].MustSize(); !slices.Equal(ps, ss) {
 				return fmt.Errorf("adapter %s: saved module tensor %s has shape %v, base parameter %v", a.Name, k, ss, ps)
 			}
 		}
@@ -274,18 +275,6 @@ func (s *Set) restoreLocked() {
 		runtime.KeepAlive(orig)
 	}
 	s.swapped = nil
-}
-
-func sameShape(a, b []int64) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // Active returns the active adapter's name ("" for the base model).

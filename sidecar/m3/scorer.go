@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"time"
 
@@ -227,7 +228,7 @@ func (s *Scorer) scoreAspect(ctx context.Context, items []Item, feats []*mllm.Im
 			return nil, err
 		}
 		p := prefix[i].Tokens
-		if len(seq.Tokens) <= len(p) || !equalIDs(seq.Tokens[:len(p)], p) {
+		if len(seq.Tokens) <= len(p) || !slices.Equal(seq.Tokens[:len(p)], p) {
 			return nil, fmt.Errorf("item %d: the three-message prompt does not start with the round-1 prompt's tokens", i)
 		}
 		full[i] = seq
@@ -304,7 +305,13 @@ func truncate(h *ts.Tensor, maxLen int) *ts.Tensor {
 }
 
 func (s *Scorer) predict(p *xlstm.Predictor, hidden *ts.Tensor, opts Options) (float64, error) {
-	h := truncate(hidden, opts.MaxSeqLen)
+	// A predictor trained on shorter inputs (train-predictor --max-len) sees
+	// them truncated to its own context length, as in training.
+	maxLen := opts.MaxSeqLen
+	if cl := p.Config().ContextLength; cl > 0 && cl < maxLen {
+		maxLen = cl
+	}
+	h := truncate(hidden, maxLen)
 	lm := s.model.Linears()["lm_head"]
 	if lm == nil {
 		return 0, fmt.Errorf("the model has no lm_head")
@@ -329,18 +336,6 @@ func (s *Scorer) predict(p *xlstm.Predictor, hidden *ts.Tensor, opts Options) (f
 func unpad(h *ts.Tensor, i, pad int) *ts.Tensor {
 	t := h.MustSize()[1]
 	return h.MustNarrow(0, int64(i), 1, false).MustNarrow(1, int64(pad), t-int64(pad), true)
-}
-
-func equalIDs(a, b []int64) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 func clamp(v, lo, hi float64) float64 {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"runtime"
+	"slices"
 
 	"github.com/sugarme/gotch"
 	"github.com/sugarme/gotch/ts"
@@ -136,7 +137,7 @@ func (o *adamW) loadState(path string, step int64) error {
 			if err != nil {
 				return fmt.Errorf("load optimiser state %s: %w", path, err)
 			}
-			if !sameShape(t.MustSize(), p.t.MustSize()) {
+			if !slices.Equal(t.MustSize(), p.t.MustSize()) {
 				return fmt.Errorf("load optimiser state %s: %s%s has shape %v, want %v", path, pre, p.name, t.MustSize(), p.t.MustSize())
 			}
 			if j == 0 {
@@ -148,18 +149,6 @@ func (o *adamW) loadState(path string, step int64) error {
 	}
 	o.step = step
 	return nil
-}
-
-func sameShape(a, b []int64) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // cosineLR is the learning rate at optimiser step (0-based) of total steps:
@@ -190,7 +179,7 @@ func copyParamsFrom(params []namedParam, path string) error {
 		if err != nil {
 			return fmt.Errorf("restore %s: %w", p.name, err)
 		}
-		if !sameShape(t.MustSize(), p.t.MustSize()) {
+		if !slices.Equal(t.MustSize(), p.t.MustSize()) {
 			return fmt.Errorf("restore %s: shape %v, want %v", p.name, t.MustSize(), p.t.MustSize())
 		}
 		withGrad(false, func() error { p.t.Copy_(t); return nil })

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -203,7 +204,7 @@ func fromStateDict(raw map[string]*ts.Tensor, cfg *Config, device gotch.Device) 
 		if err != nil {
 			return nil, err
 		}
-		if !equalShape(got, sp.shape) {
+		if !slices.Equal(got, sp.shape) {
 			return nil, fmt.Errorf("tensor %s%s has shape %v, want %v", prefix, k, got, sp.shape)
 		}
 		t := sd[k]
@@ -304,18 +305,6 @@ func inferConfig(sd map[string]*ts.Tensor, shape func(string) ([]int64, error)) 
 	}
 	c.HeadHidden = int(hs[0])
 	return c, nil
-}
-
-func equalShape(a, b []int64) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 func isFloat(d gotch.DType) bool {
