@@ -704,3 +704,92 @@ func TestRunSurvivesDaemonRestart(t *testing.T) {
 // daemonDownFor is how long TestRunSurvivesDaemonRestart keeps the daemon
 // down: longer than the scorer's quick retries (0.5+1+1.5+2 s).
 const daemonDownFor = 6 * time.Second
+
+// TestRunInterruptedAndResumed stops `m3gate run` with SIGTERM mid-run:
+// it exits 130 with every accepted image on disk and in results.jsonl (and
+// nothing half-written); a second run with --resume into the same folder
+// counts them and makes only the rest, with fresh seeds.
+func TestRunInterruptedAndResumed(t *testing.T) {
+	checkNoLeaks(t)
+	fake, _ := startFake(t, comfyfake.WithStepDelay(30*time.Millisecond), comfyfake.WithMaxSteps(3))
+	d := startDaemon(t, fake.URL())
+	wfPath, _ := readWorkflow(t, "txt2img-api.json")
+	out := t.TempDir()
+	m3gate, _, _ := binaries(t)
+	args := []string{"run", wfPath, "--count", "5", "--threshold", "quality=0", "--max-tries", "1", "--parallel", "1", "--out", out}
+	p := startProc(t, "m3gate run", d.dir, m3gate, append(args, "--rand-seed", "15")...)
+	results := filepath.Join(out, pipeline.ResultsFile)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if b, _ := os.ReadFile(results); bytes.Count(b, []byte("\n")) >= 2 {
+			break
+		}
+		if p.exited() || time.Now().After(deadline) {
+			t.Fatalf("run did not get going\nstdout:\n%s\nstderr:\n%s", p.stdout.String(), p.stderr.String())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if code := p.stop(t, 10*time.Second); code != 130 {
+		t.Fatalf("exit code %d after SIGTERM, want 130\nstdout:\n%s\nstderr:\n%s", code, p.stdout.String(), p.stderr.String())
+	}
+	first := checkOutDir(t, out)
+	if len(first) < 2 || len(first) >= 5 {
+		t.Fatalf("%d images accepted before SIGTERM, want 2..4", len(first))
+	}
+
+	p = startProc(t, "m3gate run --resume", d.dir, m3gate, append(args, "--rand-seed", "16", "--resume")...)
+	if code := p.wait(t, 45*time.Second); code != 0 {
+		t.Fatalf("resumed run: exit code %d\nstdout:\n%s\nstderr:\n%s", code, p.stdout.String(), p.stderr.String())
+	}
+	if want := "accepted 5/5 images"; !strings.Contains(p.stdout.String(), want) ||
+		!strings.Contains(p.stdout.String(), strconv.Itoa(len(first))+" resumed") {
+		t.Errorf("resumed run stdout %q, want %q and %d resumed", p.stdout.String(), want, len(first))
+	}
+	all := checkOutDir(t, out)
+	if len(all) != 5 {
+		t.Errorf("%d images after the resumed run, want 5", len(all))
+	}
+	for f, r := range first {
+		if all[f].Seed != r.Seed {
+			t.Errorf("%s changed by the resumed run", f)
+		}
+	}
+}
+
+// checkOutDir checks that the accepted lines of results.jsonl and the PNGs
+// of an output folder match one to one (jobs and seeds distinct, metadata
+// agreeing, no temporary files) and returns the accepted results by file.
+func checkOutDir(t *testing.T, out string) map[string]pipeline.Result {
+	t.Helper()
+	accepted := map[string]pipeline.Result{}
+	jobs, seeds := map[int]bool{}, map[uint64]bool{}
+	for _, r := range readLines[pipeline.Result](t, filepath.Join(out, pipeline.ResultsFile)) {
+		if !r.Accepted {
+			t.Errorf("unexpected result %+v", r)
+			continue
+		}
+		if jobs[r.Job] || seeds[r.Seed] {
+			t.Errorf("job %d or seed %d accepted twice", r.Job, r.Seed)
+		}
+		jobs[r.Job], seeds[r.Seed] = true, true
+		accepted[r.File] = r
+		data, err := os.ReadFile(r.File)
+		if err != nil {
+			t.Errorf("accepted image lost: %v", err)
+			continue
+		}
+		if md, err := pipeline.ReadMetadata(data); err != nil || md.Seed != r.Seed || md.Job != r.Job {
+			t.Errorf("%s: metadata %+v (%v), result %+v", r.File, md, err, r)
+		}
+	}
+	pngs, _ := filepath.Glob(filepath.Join(out, "*.png"))
+	for _, f := range pngs {
+		if _, ok := accepted[f]; !ok {
+			t.Errorf("%s is in the folder but not accepted in results.jsonl", f)
+		}
+	}
+	if tmp, _ := filepath.Glob(filepath.Join(out, ".m3gate-*")); len(tmp) != 0 {
+		t.Errorf("temporary files left: %v", tmp)
+	}
+	return accepted
+}
