@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gorilla/websocket"
+
 	"github.com/m3gate/m3gate/nodes"
 	"github.com/m3gate/m3gate/plugin/comfyui"
 	"github.com/m3gate/m3gate/plugin/comfyui/comfyfake"
@@ -391,6 +393,9 @@ func TestPackRerollThroughDaemon(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
 	defer cancel()
 
+	// A dashboard on the daemon's /v1/events.
+	events := subscribeEvents(t, d)
+
 	// The artist's browser: a websocket client that queues attempt 1.
 	cl, err := comfyui.New(fake.URL())
 	if err != nil {
@@ -502,6 +507,30 @@ func TestPackRerollThroughDaemon(t *testing.T) {
 		t.Fatalf("pack: passed %d, reroll %q, events %+v", pack.Passed, pack.RerollText, pack.Events)
 	}
 	prompt := checkRerolled(requeued, h1.Prompt.Prompt, 2, nil)
+	// The daemon told its subscribers about the pack's score and reroll.
+	var sawScore, sawReroll bool
+	for !sawScore || !sawReroll {
+		select {
+		case ev := <-events:
+			switch ev.Type {
+			case "score":
+				sawScore = sawScore || strings.Contains(string(ev.Data), `"prompt":"a red fox in the snow"`)
+			case "reroll":
+				var re struct {
+					PromptID string `json:"prompt_id"`
+					Attempt  int    `json:"attempt"`
+					MaxTries int    `json:"max_tries"`
+				}
+				json.Unmarshal(ev.Data, &re)
+				if re.PromptID != requeued || re.Attempt != 2 || re.MaxTries != 3 {
+					t.Errorf("reroll event %s, want prompt %s attempt 2 of 3", ev.Data, requeued)
+				}
+				sawReroll = true
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("/v1/events: score event %v, reroll event %v", sawScore, sawReroll)
+		}
+	}
 
 	// Attempt 2 → 3: the request the pack sends, from Go.
 	code, raw := postReroll(t, d.url, rerollBody(t, prompt, 2, 3, cl.ID()))
@@ -538,6 +567,51 @@ func TestPackRerollThroughDaemon(t *testing.T) {
 	if len(q.Pending)+len(q.Running) != 0 || fake.PromptsExecuted() != before {
 		t.Errorf("something was queued after max_tries: queue %+v, prompts %d → %d", q, before, fake.PromptsExecuted())
 	}
+
+	// With ComfyUI down, the daemon says so (the pack shows the message).
+	fake.Stop()
+	code, raw = postReroll(t, d.url, rerollBody(t, wf, 1, 3, cl.ID()))
+	if code != http.StatusBadGateway || !strings.Contains(string(raw), "queue on ComfyUI") {
+		t.Errorf("reroll with ComfyUI down: HTTP %d %s, want 502 naming ComfyUI", code, raw)
+	}
+}
+
+// event is a /v1/events message.
+type event struct {
+	Type string          `json:"type"`
+	Data json.RawMessage `json:"data"`
+}
+
+// subscribeEvents connects to the daemon's /v1/events websocket and
+// returns its events after the first (the model process's state, which
+// must be "ready").
+func subscribeEvents(t *testing.T, d *daemon) <-chan event {
+	t.Helper()
+	conn, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(d.url, "http")+"/v1/events", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	var first event
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if err := conn.ReadJSON(&first); err != nil || first.Type != "state" || !strings.Contains(string(first.Data), `"ready"`) {
+		t.Fatalf("first /v1/events message %s %s (%v), want the ready state", first.Type, first.Data, err)
+	}
+	conn.SetReadDeadline(time.Time{})
+	ch := make(chan event, 64)
+	go func() {
+		for {
+			var ev event
+			if err := conn.ReadJSON(&ev); err != nil {
+				return
+			}
+			select {
+			case ch <- ev:
+			default:
+			}
+		}
+	}()
+	return ch
 }
 
 // savedImage fetches the image SaveImage node 9 wrote for a prompt.
