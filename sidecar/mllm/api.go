@@ -15,6 +15,8 @@ import (
 
 	"github.com/sugarme/gotch"
 	"github.com/sugarme/gotch/ts"
+
+	"github.com/m3gate/m3gate/sidecar/torch"
 )
 
 // Pixels is one preprocessed image as sidecar/imageproc produces it: Tiles
@@ -52,8 +54,10 @@ func withGrad(grad bool, what string, fn func() error) (err error) {
 	holdGC()
 	defer releaseGC()
 	defer recoverErr(&err, what)
-	prev := ts.MustGradSetEnabled(grad)
-	defer ts.MustGradSetEnabled(prev)
+	// torch.SetGradEnabled, not ts.MustGradSetEnabled: gotch misreads the
+	// previous mode and would leave autograd off on this thread.
+	prev := torch.SetGradEnabled(grad)
+	defer torch.SetGradEnabled(prev)
 	return fn()
 }
 
