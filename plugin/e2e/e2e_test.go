@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -866,4 +867,60 @@ func checkOutDir(t *testing.T, out string) map[string]pipeline.Result {
 		t.Errorf("temporary files left: %v", tmp)
 	}
 	return accepted
+}
+
+// TestRunSurvivesSidecarCrash kills the daemon's model process (SIGKILL)
+// while `m3gate run` is scoring: the daemon's supervisor starts a new one,
+// the run waits for it and completes.
+func TestRunSurvivesSidecarCrash(t *testing.T) {
+	checkNoLeaks(t)
+	fake, _ := startFake(t, comfyfake.WithStepDelay(20*time.Millisecond), comfyfake.WithMaxSteps(3))
+	d := startDaemon(t, fake.URL())
+	wfPath, _ := readWorkflow(t, "txt2img-api.json")
+	out := t.TempDir()
+	m3gate, _, _ := binaries(t)
+	p := startProc(t, "m3gate run", d.dir, m3gate, "run", wfPath, "--count", "4", "--threshold", "quality=0",
+		"--max-tries", "1", "--parallel", "2", "--out", out, "--rand-seed", "17")
+	results := filepath.Join(out, pipeline.ResultsFile)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if b, _ := os.ReadFile(results); bytes.Count(b, []byte("\n")) >= 1 {
+			break
+		}
+		if p.exited() || time.Now().After(deadline) {
+			t.Fatalf("no image accepted\nstdout:\n%s\nstderr:\n%s", p.stdout.String(), p.stderr.String())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	old := d.sidecar
+	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if code := p.wait(t, 45*time.Second); code != 0 {
+		t.Fatalf("exit code %d\nstdout:\n%s\nstderr:\n%s\ndaemon:\n%s", code, p.stdout.String(), p.stderr.String(), d.stderr.String())
+	}
+	if !strings.Contains(p.stdout.String(), "accepted 4/4 images") {
+		t.Errorf("stdout: %s", p.stdout.String())
+	}
+	t.Logf("scoring retried %d times around the crash", strings.Count(p.stderr.String(), "scoring failed, retrying"))
+	if got := checkOutDir(t, out); len(got) != 4 {
+		t.Errorf("%d images, want 4", len(got))
+	}
+	resp, err := http.Get(d.url + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ready struct {
+		Ready    bool `json:"ready"`
+		Restarts int  `json:"restarts"`
+	}
+	json.NewDecoder(resp.Body).Decode(&ready)
+	resp.Body.Close()
+	if !ready.Ready || ready.Restarts < 1 {
+		t.Errorf("daemon after the crash: %+v, want ready with a restart", ready)
+	}
+	d.findSidecar(t)
+	if d.sidecar == old {
+		t.Errorf("sidecar pid %d unchanged after SIGKILL", old)
+	}
 }

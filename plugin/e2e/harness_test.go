@@ -311,7 +311,14 @@ func (d *daemon) start(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	for _, c := range children(p.cmd.Process.Pid) {
+	d.findSidecar(t)
+}
+
+// findSidecar sets d.sidecar to the daemon's m3gate-sidecar child.
+func (d *daemon) findSidecar(t *testing.T) {
+	t.Helper()
+	d.sidecar = 0
+	for _, c := range children(d.cmd.Process.Pid) {
 		if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", c)); strings.TrimSpace(string(b)) == "m3gate-sidecar" {
 			d.sidecar = c
 		}
