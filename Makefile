@@ -8,9 +8,8 @@ export BASH_ENV := $(CURDIR)/scripts/env.sh
 GO ?= go
 BIN := $(CURDIR)/bin
 TESTFLAGS ?= -timeout 60m
-BENCHFLAGS ?= -run '^$$' -bench . -benchtime 3x -count 5
 
-.PHONY: all setup build test bench run clean generate check-generated
+.PHONY: all setup build test bench run clean
 
 all: build
 
@@ -25,8 +24,9 @@ build: setup
 test: build
 	M3GATE_SIDECAR=$(BIN)/m3gate-sidecar $(GO) test $(TESTFLAGS) ./...
 
+# bench measures speed and memory (medians; see scripts/bench.sh).
 bench: build
-	M3GATE_SIDECAR=$(BIN)/m3gate-sidecar $(GO) test $(BENCHFLAGS) ./... | tee $(CURDIR)/build/bench.txt
+	scripts/bench.sh
 
 # run is the main job: score the example images in examples/ with the model
 # of model.dir (config.yaml; default models/smolvlm-256m). When that folder
