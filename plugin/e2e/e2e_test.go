@@ -732,7 +732,7 @@ func runPack(t *testing.T, d *daemon, prompt comfyui.Workflow, img []byte, clien
 // waits for it (within its retry timeout) and completes.
 func TestRunSurvivesDaemonRestart(t *testing.T) {
 	checkNoLeaks(t)
-	fake, _ := startFake(t, comfyfake.WithStepDelay(20*time.Millisecond), comfyfake.WithMaxSteps(3))
+	fake, _ := startFake(t, comfyfake.WithStepDelay(100*time.Millisecond), comfyfake.WithMaxSteps(3))
 	d := startDaemon(t, fake.URL())
 	wfPath, _ := readWorkflow(t, "txt2img-api.json")
 	out := t.TempDir()
@@ -752,7 +752,12 @@ func TestRunSurvivesDaemonRestart(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+	// Each further image takes 300 ms to make: the daemon is down before
+	// the run needs it again.
 	d.shutdown(t)
+	if p.exited() {
+		t.Fatalf("run ended before the daemon was down\nstdout:\n%s\nstderr:\n%s", p.stdout.String(), p.stderr.String())
+	}
 	time.Sleep(daemonDownFor)
 	if p.exited() {
 		t.Fatalf("run gave up while the daemon was down %v\nstdout:\n%s\nstderr:\n%s", daemonDownFor, p.stdout.String(), p.stderr.String())
