@@ -1,10 +1,14 @@
 // Package torch is the one place that talks to libtorch through cgo directly,
-// for the few process-wide settings gotch does not expose (intra-op threads).
-// Everything else uses gotch's ts and nn packages.
+// for the few process-wide settings gotch does not expose (intra-op threads,
+// grad mode, the TF32 switches in tf32.cpp), and the one parser of device
+// names ("cpu", "cuda", "cuda:N") with the check that this build can use
+// the device. Everything else uses gotch's ts and nn packages.
 package torch
 
 /*
+#cgo CXXFLAGS: -std=c++17
 #include <stdint.h>
+#include "tf32.h"
 // at_set_num_threads and at_get_num_threads are defined in gotch's libtch,
 // which every binary that imports gotch links.
 void at_set_num_threads(int n_threads);
@@ -65,3 +69,28 @@ func WithGrad(on bool, fn func()) {
 // ManualSeed seeds libtorch's global random generator (dropout masks,
 // random initialisation), so that runs repeat.
 func ManualSeed(seed int64) { C.at_manual_seed(C.int64_t(seed)) }
+
+// SetAllowTF32 turns TF32 (10-bit mantissa) arithmetic for float32 on or
+// off on CUDA: cudnn for cuDNN convolutions (libtorch's default is on),
+// cublas for matrix products (default off since libtorch 1.12). The
+// switches are process-wide and harmless on a CPU-only build, where
+// nothing reads them.
+func SetAllowTF32(cudnn, cublas bool) error {
+	if C.m3_set_allow_tf32(cbool(cudnn), cbool(cublas)) != 0 {
+		return fmt.Errorf("set allow tf32: libtorch refused")
+	}
+	return nil
+}
+
+// AllowTF32 reports libtorch's current TF32 switches for cuDNN
+// convolutions and cuBLAS matrix products.
+func AllowTF32() (cudnn, cublas bool) {
+	return C.m3_allow_tf32_cudnn() == 1, C.m3_allow_tf32_cublas() == 1
+}
+
+func cbool(b bool) C.int {
+	if b {
+		return 1
+	}
+	return 0
+}
