@@ -97,11 +97,17 @@ the others. With --resume, a run into the same --out continues an earlier one.`,
 			if app.Logger != nil {
 				copts = append(copts, comfyui.WithLogger(app.Logger))
 			}
+			// Without a daemon every image would be made for nothing: check
+			// it before queueing anything.
+			scorer := &pipeline.DaemonScorer{URL: daemon}
+			if err := scorer.Ping(cmd.Context(), daemonStartWait); err != nil {
+				return fmt.Errorf("run: %w", err)
+			}
 			cfg := pipeline.Config{
 				Workflow: wf, Servers: servers, Count: count, MaxTries: maxTries,
 				Gate:    pipeline.Gate{Thresholds: th, Mode: m},
 				Aspects: aspects, SeedNodes: seedNodes, Prompt: prompt, OutDir: out, KeepRejected: keepRejected, Resume: resume,
-				Scorer:   &pipeline.DaemonScorer{URL: daemon},
+				Scorer:   scorer,
 				Progress: app.Stderr, Parallel: parallel, RandSeed: randSeed,
 				ClientOptions: copts, Log: app.Logger,
 			}
@@ -144,6 +150,10 @@ the others. With --resume, a run into the same --out continues an earlier one.`,
 	f.Uint64Var(&randSeed, "rand-seed", 0, "seed of the seed generator, for reproducible runs (0: random)")
 	return cmd
 }
+
+// daemonStartWait is how long `m3gate run` waits for a daemon that does
+// not answer yet (one started just before) before giving up.
+const daemonStartWait = 5 * time.Second
 
 // daemonURL turns the daemon's listen address into a URL to call.
 func daemonURL(listen string) string {

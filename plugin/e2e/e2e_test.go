@@ -63,6 +63,19 @@ func TestRunEndToEnd(t *testing.T) {
 		}
 	})
 
+	// Without a daemon `m3gate run` says how to start one, and queues
+	// nothing on ComfyUI (no image is made for nothing).
+	t.Run("DaemonDown", func(t *testing.T) {
+		before := len(history(t, ctx, fake.URL()))
+		p, code := runM3gate(t, d.dir, wfPath, "--daemon", "http://127.0.0.1:1", "--out", t.TempDir())
+		if code != 1 || !strings.Contains(p.stderr.String(), "m3gate serve") {
+			t.Errorf("exit %d, stderr %q; want exit 1 saying how to start the daemon", code, p.stderr.String())
+		}
+		if n := len(history(t, ctx, fake.URL())) - before; n != 0 {
+			t.Errorf("%d prompts queued without a daemon", n)
+		}
+	})
+
 	// Case A: quality=5 needs P(excellent)=1, which a softmax never gives:
 	// every image is rejected, every try gets new seeds, each job stops at
 	// --max-tries, the exit code says the run is incomplete, and

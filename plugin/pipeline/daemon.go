@@ -100,6 +100,41 @@ func (d *DaemonScorer) Score(ctx context.Context, images []Image, prompt string,
 	return out, nil
 }
 
+// Ping checks that the daemon answers GET /healthz, trying again for up
+// to wait (a daemon started just before may not listen yet). Its error
+// says how to start the daemon.
+func (d *DaemonScorer) Ping(ctx context.Context, wait time.Duration) error {
+	if d.URL == "" {
+		return errors.New("daemon scorer: no daemon URL")
+	}
+	url := strings.TrimSuffix(d.URL, "/") + "/healthz"
+	hc := &http.Client{Timeout: 5 * time.Second}
+	deadline := time.Now().Add(wait)
+	for {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
+			return fmt.Errorf("daemon scorer: %w", err)
+		}
+		resp, err := hc.Do(req)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+			err = fmt.Errorf("GET %s: HTTP %d", url, resp.StatusCode)
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("daemon scorer: cannot reach the m3gate daemon at %s (start it with `m3gate serve`, or give its address with --daemon or $M3GATE_URL): %w", d.URL, err)
+		}
+		if !sleep(ctx, 100*time.Millisecond) {
+			return ctx.Err()
+		}
+	}
+}
+
 // DaemonError is a non-2xx answer of the daemon to a score request.
 type DaemonError struct {
 	// URL is the endpoint called.

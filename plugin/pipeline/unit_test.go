@@ -163,6 +163,21 @@ func TestDaemonScorer(t *testing.T) {
 	if _, err := down.Score(context.Background(), imgs, "x", nil); err == nil || !strings.Contains(err.Error(), "m3gate serve") || !transientScoreError(err) {
 		t.Errorf("daemon down: %v (transient %v)", err, transientScoreError(err))
 	}
+	if err := down.Ping(context.Background(), 0); err == nil || !strings.Contains(err.Error(), "m3gate serve") {
+		t.Errorf("ping a daemon that is down: %v", err)
+	}
+	health := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/healthz" {
+			http.NotFound(w, r)
+		}
+	}))
+	defer health.Close()
+	if err := (&DaemonScorer{URL: health.URL}).Ping(context.Background(), 0); err != nil {
+		t.Errorf("ping: %v", err)
+	}
+	if err := (&DaemonScorer{URL: health.URL + "/sub"}).Ping(context.Background(), 0); err == nil || !strings.Contains(err.Error(), "HTTP 404") {
+		t.Errorf("ping a server that is no daemon: %v", err)
+	}
 	for code, want := range map[int]bool{400: false, 404: false, 500: false, 429: true, 502: true, 503: true, 504: true} {
 		if got := transientScoreError(fmt.Errorf("x: %w", &DaemonError{StatusCode: code})); got != want {
 			t.Errorf("HTTP %d transient %v, want %v", code, got, want)
