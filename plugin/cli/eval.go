@@ -39,7 +39,7 @@ source).`,
 		Example: `  m3gate eval --predictions preds.jsonl --out eval/ --bootstrap 1000 --seed 1
   m3gate score --prompts-file test.jsonl --json > scores.jsonl
   m3gate eval --predictions scores.jsonl --manifest test.jsonl --out eval/`,
-		Args:    cobra.NoArgs,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var err error
 			if predictions == "" {
