@@ -82,15 +82,21 @@ func checkExecutable(p string) error {
 // RunSidecar runs the sidecar binary as a subprocess with args, connected to
 // the app's stdin, stdout and stderr. A non-zero exit of the sidecar becomes
 // an *ExitCodeError with the same code. Cancelling ctx sends SIGTERM and,
-// after 10 s, kills the process.
+// after 10 s, kills the process. On Linux the sidecar is killed when m3gate
+// dies.
 func RunSidecar(ctx context.Context, app *App, args ...string) error {
 	bin, err := LocateSidecar(app.Env, app.Config.Sidecar.Path)
 	if err != nil {
 		return err
 	}
+	// The sidecar gets the parent-death signal where there is one; it is
+	// sent when the starting thread exits, so stay on it until Wait returns.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = app.Stdin, app.Stdout, app.Stderr
 	cmd.Env = app.Env
+	cmd.SysProcAttr = sidecarProcAttr()
 	cmd.Cancel = func() error {
 		if runtime.GOOS == "windows" {
 			return cmd.Process.Kill()
