@@ -31,7 +31,7 @@ type Pixels struct {
 
 // ImageFeatures are the connector outputs of one image: Tokens is
 // [tiles·ImageSeqLen, text hidden], in the order its image tokens appear
-// in the prompt.
+// in the prompt, on the model's Device.
 type ImageFeatures struct {
 	Tokens     *ts.Tensor
 	Rows, Cols int
@@ -135,7 +135,7 @@ func (m *Model) EncodeImages(ps []Pixels, grad bool) (out []*ImageFeatures, err 
 	}
 	n := len(flat) / (v.NumChannels * s * s)
 	err = withGrad(grad, "encode image", func() error {
-		px := ts.MustOfSlice(flat).MustView([]int64{int64(n), int64(v.NumChannels), int64(s), int64(s)}, true)
+		px := m.onDevice(ts.MustOfSlice(flat).MustView([]int64{int64(n), int64(v.NumChannels), int64(s), int64(s)}, true))
 		// at most visionChunk tiles per vision pass bounds the activations
 		// (a 4×4 split image has 17 tiles)
 		var parts []*ts.Tensor
@@ -200,8 +200,8 @@ type ForwardOptions struct {
 // longest of the call are left-padded: Pad[b] slots at the start of the
 // time axis of Logits (LogitsAll) and Hidden belong to no token.
 type Output struct {
-	Logits *ts.Tensor // f32
-	Hidden *ts.Tensor
+	Logits *ts.Tensor // f32, on the model's Device
+	Hidden *ts.Tensor // on the model's Device
 	Pad    []int
 }
 
@@ -282,7 +282,7 @@ func (m *Model) forward(cache *KVCache, seqs []Sequence, opts ForwardOptions) (o
 		}
 	}
 	err = withGrad(opts.Grad, "forward", func() error {
-		it := ts.MustOfSlice(ids).MustView([]int64{int64(b), int64(tq)}, true)
+		it := m.onDevice(ts.MustOfSlice(ids).MustView([]int64{int64(b), int64(tq)}, true))
 		x := ts.MustEmbedding(m.embed, it, -1, false, false)
 		if anyImg {
 			var feats []*ts.Tensor
@@ -292,11 +292,12 @@ func (m *Model) forward(cache *KVCache, seqs []Sequence, opts ForwardOptions) (o
 					if ft.DType() != m.DType {
 						ft = ft.MustTotype(m.DType, false)
 					}
+					ft = torch.ToDevice(ft, m.Device, ft != f.Tokens)
 					feats = append(feats, ft)
 				}
 			}
 			src := ts.MustCat(feats, 0)
-			mk := ts.MustOfSlice(isImg).MustView([]int64{int64(b), int64(tq), 1}, true)
+			mk := m.onDevice(ts.MustOfSlice(isImg).MustView([]int64{int64(b), int64(tq), 1}, true))
 			x = x.MustMaskedScatter(mk, src, true)
 		}
 		h, nc := m.textForward(x, valid, cache)
@@ -335,9 +336,9 @@ type GenerateOptions struct {
 
 // Generation is the result of Generate.
 type Generation struct {
-	Tokens  [][]int64 // new tokens per sequence, stop token included
-	Stopped []bool    // true when the sequence ended on a stop token
-	Logits  []*ts.Tensor
+	Tokens  [][]int64    // new tokens per sequence, stop token included
+	Stopped []bool       // true when the sequence ended on a stop token
+	Logits  []*ts.Tensor // with KeepLogits, on the model's Device
 	// Cache holds the prompt and every new token of each sequence except
 	// its last one (which was sampled but never fed back).
 	Cache *KVCache
@@ -375,8 +376,12 @@ func (m *Model) Generate(ctx context.Context, cache *KVCache, last *ts.Tensor, o
 		if opts.KeepLogits {
 			g.Logits = append(g.Logits, logits)
 		}
-		err := logits.CopyData(buf, uint(b*vocab))
+		// The one place Go reads the logits: copied to the CPU first
+		// (no copy when the model runs there).
+		host := torch.ToCPU(logits, false)
+		err := host.CopyData(buf, uint(b*vocab))
 		runtime.KeepAlive(logits) // see holdGC
+		runtime.KeepAlive(host)
 		if err != nil {
 			return nil, fmt.Errorf("generate: %w", err)
 		}
@@ -424,7 +429,7 @@ func (m *Model) step(cache *KVCache, feed []Sequence) (logits *ts.Tensor, next *
 		}
 	}
 	err = withGrad(false, "decode step", func() error {
-		it := ts.MustOfSlice(ids).MustView([]int64{int64(b), 1}, true)
+		it := m.onDevice(ts.MustOfSlice(ids).MustView([]int64{int64(b), 1}, true))
 		x := ts.MustEmbedding(m.embed, it, -1, false, false)
 		h, nc := m.textForward(x, valid, cache)
 		next = nc

@@ -25,6 +25,13 @@
 // batches caches of different lengths). Batches are left-padded; every
 // cache slot carries a validity flag and every sequence its own positions.
 //
+// LoadOptions.Device puts the weights on a GPU (gotch.CudaBuilder(n);
+// torch.ParseDevice reads "cuda:N"). Every tensor a pass builds from Go
+// values (pixels, ids, masks, rotary tables) is made on Model.Device, and
+// outputs stay there; Generate copies each step's logits to the CPU where
+// it reads them, and callers do the same (torch.ToCPU) before reading
+// values. On the CPU none of this adds a copy or an op.
+//
 // Inference runs with autograd off; ForwardOptions.Grad keeps it on for
 // LoRA training, where adapters hook into Linear.Delta (Model.Linears maps
 // Hugging Face module names to layers). libtorch's grad mode is

@@ -6,6 +6,8 @@ import (
 
 	"github.com/sugarme/gotch"
 	"github.com/sugarme/gotch/ts"
+
+	"github.com/m3gate/m3gate/sidecar/torch"
 )
 
 // maskedScore is the additive attention mask value of a hidden key: finite,
@@ -23,9 +25,9 @@ func (m *Model) initRope() {
 		e := float32(2*i) / float32(hd)
 		m.invFreq[i] = float32(1.0 / math.Pow(t.RopeTheta, float64(e)))
 	}
-	m.rotQ = rotateHalfMatrix(t.NumAttentionHeads, hd, m.DType)
-	m.rotK = rotateHalfMatrix(t.NumKeyValueHeads, hd, m.DType)
-	m.rotHead = rotateHalfMatrix(1, hd, m.DType)
+	m.rotQ = m.onDevice(rotateHalfMatrix(t.NumAttentionHeads, hd, m.DType))
+	m.rotK = m.onDevice(rotateHalfMatrix(t.NumKeyValueHeads, hd, m.DType))
+	m.rotHead = m.onDevice(rotateHalfMatrix(1, hd, m.DType))
 }
 
 // rotateHalfMatrix returns R with x·R = rotate_half(x) applied per head:
@@ -76,8 +78,8 @@ func (m *Model) ropeTables(pos [][]int64, heads int) (cos, sin *ts.Tensor) {
 	if b*tq == 1 {
 		shape = []int64{int64(w)} // single-token mode, see textForward
 	}
-	cos = ts.MustOfSlice(cv).MustView(shape, true)
-	sin = ts.MustOfSlice(sv).MustView(shape, true)
+	cos = m.onDevice(ts.MustOfSlice(cv).MustView(shape, true))
+	sin = m.onDevice(ts.MustOfSlice(sv).MustView(shape, true))
 	if m.DType != gotch.Float {
 		cos = cos.MustTotype(m.DType, true)
 		sin = sin.MustTotype(m.DType, true)
@@ -204,6 +206,14 @@ func (c *KVCache) Batch() int {
 	return len(c.Valid)
 }
 
+// device is where the cache's tensors live (the CPU for an empty cache).
+func (c *KVCache) device() gotch.Device {
+	if c == nil || len(c.K) == 0 {
+		return gotch.CPU
+	}
+	return torch.TensorDevice(c.K[0])
+}
+
 // Clone returns an independent copy of the cache's bookkeeping; the tensors
 // are shared, which is safe because no forward pass writes into them.
 func (c *KVCache) Clone() *KVCache {
@@ -230,7 +240,7 @@ func (c *KVCache) Select(idx ...int) (out *KVCache, err error) {
 	for i, v := range idx {
 		ix[i] = int64(v)
 	}
-	it := ts.MustOfSlice(ix)
+	it := torch.ToDevice(ts.MustOfSlice(ix), c.device(), true)
 	out = &KVCache{}
 	for l := range c.K {
 		out.K = append(out.K, c.K[l].MustIndexSelect(0, it, false))
@@ -265,7 +275,7 @@ func JoinCaches(caches ...*KVCache) (out *KVCache, err error) {
 			k, v := c.K[l], c.V[l]
 			if pad > 0 {
 				sz := k.MustSize()
-				z := ts.MustZeros([]int64{sz[0], sz[1], pad, sz[3]}, k.DType(), gotch.CPU)
+				z := ts.MustZeros([]int64{sz[0], sz[1], pad, sz[3]}, k.DType(), torch.TensorDevice(k))
 				k = ts.MustCat([]*ts.Tensor{z, k}, 2)
 				v = ts.MustCat([]*ts.Tensor{z, v}, 2)
 			}
@@ -343,7 +353,7 @@ func (m *Model) textForward(x *ts.Tensor, valid [][]bool, cache *KVCache) (*ts.T
 				}
 			}
 		}
-		mask = ts.MustOfSlice(mv).MustView([]int64{int64(b), 1, int64(nrep * tq), int64(total)}, true)
+		mask = m.onDevice(ts.MustOfSlice(mv).MustView([]int64{int64(b), 1, int64(nrep * tq), int64(total)}, true))
 	}
 	// Single-token mode (one sequence, one new token: a decode step at
 	// batch 1): the residual stream is a vector [D], so every Linear is one

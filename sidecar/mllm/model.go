@@ -11,6 +11,7 @@ import (
 	"github.com/sugarme/gotch/ts"
 
 	"github.com/m3gate/m3gate/sidecar/tensorio"
+	"github.com/m3gate/m3gate/sidecar/torch"
 )
 
 // layerNorm is an nn.LayerNorm with weight and bias.
@@ -44,6 +45,9 @@ type Model struct {
 	Generation GenerationConfig
 	Processor  ProcessorConfig
 	DType      gotch.DType
+	// Device holds the weights; every tensor a forward pass creates is
+	// made on it (gotch.CPU or a CUDA device, never the zero Device).
+	Device gotch.Device
 
 	patchW, patchB, posEmb *ts.Tensor
 	vision                 []visionLayer
@@ -188,6 +192,11 @@ type LoadOptions struct {
 	DType gotch.DType
 	// SkipTokenizer loads no tokenizer.json even when present.
 	SkipTokenizer bool
+	// Device is where the weights live and the model runs: the zero
+	// value or gotch.CPU for the CPU, gotch.CudaBuilder(n) for a GPU
+	// (torch.ParseDevice reads "cpu", "cuda", "cuda:N"). A CUDA device
+	// on a CPU-only libtorch is an error wrapping torch.ErrNoCUDA.
+	Device gotch.Device
 }
 
 // Load reads an Idefics3 model directory: config.json, model.safetensors
@@ -230,6 +239,13 @@ func LoadWeights(cfg Config, path string, opts LoadOptions) (*Model, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("load weights: %w", err)
 	}
+	dev := gotch.CPU
+	if torch.IsCUDA(opts.Device) {
+		dev = opts.Device
+	}
+	if err := torch.CheckDevice(opts.Device); err != nil {
+		return nil, fmt.Errorf("load weights: %w", err)
+	}
 	kind := opts.DType
 	if kind != gotch.BFloat16 && kind != gotch.Half {
 		kind = gotch.Float
@@ -239,7 +255,7 @@ func LoadWeights(cfg Config, path string, opts LoadOptions) (*Model, error) {
 		return nil, fmt.Errorf("load weights: %w", err)
 	}
 	defer ck.Close()
-	m := &Model{Config: cfg, DType: kind}
+	m := &Model{Config: cfg, DType: kind, Device: dev}
 	specs := m.specs()
 	want := map[string]bool{}
 	var missing, shape []string
@@ -278,6 +294,11 @@ func LoadWeights(cfg Config, path string, opts LoadOptions) (*Model, error) {
 		if err != nil {
 			return nil, fmt.Errorf("load weights %s: %w", path, err)
 		}
+		if torch.IsCUDA(dev) {
+			if t, err = toDeviceErr(t, dev); err != nil {
+				return nil, fmt.Errorf("load weights %s: %s: %w", path, s.Name, err)
+			}
+		}
 		*s.dst = t
 	}
 	if cfg.TieWordEmbeddings {
@@ -305,4 +326,20 @@ func equalShape(a, b []int64) bool {
 		}
 	}
 	return true
+}
+
+// toDeviceErr copies a freshly loaded (CPU) tensor to dev and frees the
+// CPU copy, returning gotch's error (out of GPU memory) instead of a panic.
+func toDeviceErr(t *ts.Tensor, dev gotch.Device) (*ts.Tensor, error) {
+	out, err := t.To(dev, true)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// onDevice moves a tensor built from Go values (ids, masks, position
+// tables) to the model's device; on the CPU it is returned as it is.
+func (m *Model) onDevice(t *ts.Tensor) *ts.Tensor {
+	return torch.ToDevice(t, m.Device, true)
 }

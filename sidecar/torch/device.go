@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/sugarme/gotch"
+	"github.com/sugarme/gotch/ts"
 )
 
 // ErrNoCUDA is returned for a CUDA device when the libtorch this binary was
@@ -95,3 +96,39 @@ func cudaBuild() bool {
 	maps, err := os.ReadFile("/proc/self/maps")
 	return err == nil && bytes.Contains(maps, []byte("libtorch_cuda"))
 }
+
+// TensorDevice is the device t lives on, normalised so that it compares
+// equal to ParseDevice's result (gotch reports the CPU as {CPU 1}, not
+// gotch.CPU's {CPU -1}).
+func TensorDevice(t *ts.Tensor) gotch.Device {
+	d := t.MustDevice()
+	if IsCUDA(d) {
+		return d
+	}
+	return gotch.CPU
+}
+
+// SameDevice reports whether a and b name the same device (the zero
+// Device is the CPU).
+func SameDevice(a, b gotch.Device) bool {
+	if IsCUDA(a) != IsCUDA(b) {
+		return false
+	}
+	return !IsCUDA(a) || a.Value == b.Value
+}
+
+// ToDevice returns t on device d: t itself when it is already there (no
+// copy, so the CPU path is untouched), else a copy, deleting t when del.
+func ToDevice(t *ts.Tensor, d gotch.Device, del bool) *ts.Tensor {
+	if SameDevice(TensorDevice(t), d) {
+		return t
+	}
+	if !IsCUDA(d) {
+		d = gotch.CPU
+	}
+	return t.MustTo(d, del)
+}
+
+// ToCPU is ToDevice(t, gotch.CPU, del): the copy Go code makes before
+// reading a tensor's values.
+func ToCPU(t *ts.Tensor, del bool) *ts.Tensor { return ToDevice(t, gotch.CPU, del) }

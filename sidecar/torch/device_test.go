@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/sugarme/gotch"
+	"github.com/sugarme/gotch/ts"
 )
 
 func TestParseDevice(t *testing.T) {
@@ -101,5 +102,26 @@ func TestAllowTF32(t *testing.T) {
 		if c, b := AllowTF32(); c != tc.cudnn || b != tc.cublas {
 			t.Errorf("after SetAllowTF32(%v, %v): AllowTF32() = %v, %v", tc.cudnn, tc.cublas, c, b)
 		}
+	}
+}
+
+func TestToDeviceOnCPU(t *testing.T) {
+	x := ts.MustOfSlice([]float32{1, 2, 3})
+	if d := TensorDevice(x); d != gotch.CPU {
+		t.Errorf("TensorDevice(cpu tensor) = %+v, want %+v", d, gotch.CPU)
+	}
+	// Already there: the same tensor comes back, no copy.
+	for _, d := range []gotch.Device{gotch.CPU, {}, x.MustDevice()} {
+		if got := ToDevice(x, d, false); got != x {
+			t.Errorf("ToDevice(cpu tensor, %+v) made a copy", d)
+		}
+	}
+	if got := ToCPU(x, false); got != x {
+		t.Error("ToCPU(cpu tensor) made a copy")
+	}
+	if !SameDevice(gotch.CPU, gotch.Device{}) || !SameDevice(gotch.CPU, x.MustDevice()) ||
+		SameDevice(gotch.CPU, gotch.CudaBuilder(0)) || SameDevice(gotch.CudaBuilder(0), gotch.CudaBuilder(1)) ||
+		!SameDevice(gotch.CudaBuilder(1), gotch.CudaBuilder(1)) {
+		t.Error("SameDevice gives a wrong answer")
 	}
 }
