@@ -64,12 +64,14 @@ func (e *Engine) Load(ctx context.Context, req schemas.LoadRequest, progress fun
 	if !contains(mllm.Families(), family) {
 		return fmt.Errorf("load: unknown model family %q (known: %s)", family, strings.Join(mllm.Families(), ", "))
 	}
-	switch req.Device {
-	case "", "cpu":
-	default:
-		return fmt.Errorf("load: device %q: this sidecar runs models on the CPU only", req.Device)
+	dev, err := torch.ParseDevice(req.Device)
+	if err != nil {
+		return fmt.Errorf("load: %w", err)
 	}
-	opts := mllm.LoadOptions{DType: gotch.Float}
+	if err := torch.CheckDevice(dev); err != nil {
+		return fmt.Errorf("load: %w", err)
+	}
+	opts := mllm.LoadOptions{DType: gotch.Float, Device: dev}
 	switch strings.ToLower(req.DType) {
 	case "", "f32", "float32":
 	case "bf16", "bfloat16":
@@ -139,7 +141,7 @@ func (e *Engine) Load(ctx context.Context, req schemas.LoadRequest, progress fun
 	for _, aspect := range sortedKeys(req.Predictors) {
 		path := req.Predictors[aspect]
 		progress(schemas.LoadProgress{Stage: "predictor", Message: aspect + ": " + path})
-		p, err := xlstm.Load(path, gotch.CPU)
+		p, err := xlstm.Load(path, model.Device)
 		if err != nil {
 			return fmt.Errorf("load predictor %s: %w", aspect, err)
 		}
@@ -163,7 +165,7 @@ func (e *Engine) Load(ctx context.Context, req schemas.LoadRequest, progress fun
 		dtype = "bf16"
 	}
 	e.info = schemas.ModelInfo{
-		Family: family, ModelDir: req.ModelDir, Device: "cpu", DType: dtype,
+		Family: family, ModelDir: req.ModelDir, Device: torch.DeviceName(model.Device), DType: dtype,
 		AdapterAspects: sortedKeys(req.Adapters), PredictorAspects: sortedKeys(req.Predictors),
 		Details: map[string]string{
 			"vocab":        strconv.Itoa(model.Config.Text.VocabSize),

@@ -17,6 +17,7 @@ import (
 	"github.com/m3gate/m3gate/schemas"
 	"github.com/m3gate/m3gate/sidecar/lora"
 	"github.com/m3gate/m3gate/sidecar/mllm"
+	"github.com/m3gate/m3gate/sidecar/torch"
 )
 
 // engineFixture writes a tiny model, a LoRA adapter with non-zero B for
@@ -85,7 +86,7 @@ func TestEngine(t *testing.T) {
 	if got := strings.Join(stages, ","); got != "model,model,adapter,predictor,ready" {
 		t.Errorf("load stages %s", got)
 	}
-	if info := e.Info(); info.Family != "idefics3" || len(info.AdapterAspects) != 1 || len(info.PredictorAspects) != 1 {
+	if info := e.Info(); info.Family != "idefics3" || info.Device != "cpu" || len(info.AdapterAspects) != 1 || len(info.PredictorAspects) != 1 {
 		t.Errorf("info %+v", info)
 	}
 	imgPath := filepath.Join(t.TempDir(), "blue.png")
@@ -176,12 +177,23 @@ func TestEngineLoadErrors(t *testing.T) {
 	}{
 		{"missing dir", schemas.LoadRequest{ModelDir: "/nonexistent"}, "does not exist"},
 		{"family", schemas.LoadRequest{ModelDir: modelDir, Family: "llava"}, "unknown model family"},
-		{"device", schemas.LoadRequest{ModelDir: modelDir, Device: "cuda"}, "CPU only"},
+		{"device gpu", schemas.LoadRequest{ModelDir: modelDir, Device: "gpu"}, `device "gpu": want cpu, cuda or cuda:N`},
+		{"device cuda:x", schemas.LoadRequest{ModelDir: modelDir, Device: "cuda:x"}, "want cpu, cuda or cuda:N"},
 		{"dtype", schemas.LoadRequest{ModelDir: modelDir, DType: "int4"}, "dtype"},
 		{"option", schemas.LoadRequest{ModelDir: modelDir, Options: map[string]string{"colour": "red"}}, "unknown option"},
 		{"adapter", schemas.LoadRequest{ModelDir: modelDir, Adapters: map[string]string{"quality": "/nonexistent"}}, "load adapter quality"},
 		{"predictor width", schemas.LoadRequest{ModelDir: modelDir, Predictors: map[string]string{"quality": bad}}, "17-wide"},
 		{"adapter ok, predictor missing", schemas.LoadRequest{ModelDir: modelDir, Adapters: map[string]string{"quality": adapterDir}, Predictors: map[string]string{"quality": "/nonexistent.safetensors"}}, "load predictor quality"},
+	}
+	if !torch.CUDAAvailable() { // this project's CPU-only libtorch
+		for _, d := range []string{"cuda", "cuda:1"} {
+			tests = append(tests, struct {
+				name string
+				req  schemas.LoadRequest
+				want string
+			}{"device " + d, schemas.LoadRequest{ModelDir: modelDir, Device: d},
+				"this m3gate-sidecar was built against a CPU-only libtorch; rebuild with LIBTORCH=/path/to/libtorch-cuda, see README 'GPU build'"})
+		}
 	}
 	for _, tt := range tests {
 		e := NewEngine()
@@ -192,5 +204,56 @@ func TestEngineLoadErrors(t *testing.T) {
 		if _, err := e.Score(context.Background(), nil, schemas.ScoreOptions{Aspects: []string{"quality"}}); err != schemas.ErrNotLoaded {
 			t.Errorf("%s: a failed load left a model loaded", tt.name)
 		}
+	}
+}
+
+// TestEngineDeviceCPU: device "cpu" (and "CPU") scores exactly as the
+// default device, adapter and predictor included, and is reported as
+// "cpu".
+func TestEngineDeviceCPU(t *testing.T) {
+	modelDir, adapterDir, predPath := engineFixture(t)
+	ctx := context.Background()
+	p := schemas.AspectPrompt{Round1: testPrompts.Round1, Round2: testPrompts.Round2}
+	opts := schemas.ScoreOptions{
+		Aspects:      []string{"quality", "correspondence"},
+		Prompts:      map[string]schemas.AspectPrompt{"quality": p, "correspondence": p},
+		MaxNewTokens: 3,
+	}
+	items := []schemas.ScoreItem{{Data: pngBytes(t, 48, 40, color.RGBA{30, 200, 90, 255}), Prompt: "a green field"}}
+	var runs []schemas.ItemResult
+	for _, dev := range []string{"", "cpu", "CPU"} {
+		e := NewEngine()
+		err := e.Load(ctx, schemas.LoadRequest{
+			ModelDir: modelDir, Threads: 1, Device: dev,
+			Adapters:   map[string]string{"quality": adapterDir},
+			Predictors: map[string]string{"quality": predPath},
+		}, nil)
+		if err != nil {
+			t.Fatalf("device %q: %v", dev, err)
+		}
+		if got := e.Info().Device; got != "cpu" {
+			t.Errorf("device %q: Info().Device = %q, want cpu", dev, got)
+		}
+		res, err := e.Score(ctx, items, opts)
+		if err != nil || res[0].Error != "" {
+			t.Fatalf("device %q: %v %+v", dev, err, res)
+		}
+		runs = append(runs, res[0])
+	}
+	for i := 1; i < len(runs); i++ {
+		for _, a := range opts.Aspects {
+			got, want := runs[i].Aspects[a], runs[0].Aspects[a]
+			if got.MOS != want.MOS || got.Description != want.Description || got.Rating != want.Rating || got.Source != want.Source {
+				t.Errorf("run %d %s: %+v, default device gave %+v", i, a, got, want)
+			}
+			for w, pw := range want.WordProbs {
+				if got.WordProbs[w] != pw {
+					t.Errorf("run %d %s: P(%s) = %v, default device %v", i, a, w, got.WordProbs[w], pw)
+				}
+			}
+		}
+	}
+	if runs[0].Aspects["quality"].Source != schemas.SourcePredictor {
+		t.Errorf("quality scored by %q, want the predictor", runs[0].Aspects["quality"].Source)
 	}
 }

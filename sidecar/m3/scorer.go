@@ -12,6 +12,7 @@ import (
 	"github.com/sugarme/gotch/ts"
 
 	"github.com/m3gate/m3gate/sidecar/mllm"
+	"github.com/m3gate/m3gate/sidecar/torch"
 	"github.com/m3gate/m3gate/sidecar/xlstm"
 )
 
@@ -257,8 +258,8 @@ func (s *Scorer) scoreAspect(ctx context.Context, items []Item, feats []*mllm.Im
 		}
 	}
 	probs := last.MustSoftmax(-1, gotch.Float, false)
-	ids := ts.MustOfSlice(s.wordIDs[:])
-	pv := probs.MustIndexSelect(1, ids, true).Float64Values() // [B, 5]
+	ids := torch.ToDevice(ts.MustOfSlice(s.wordIDs[:]), torch.TensorDevice(probs), true)
+	pv := torch.ToCPU(probs.MustIndexSelect(1, ids, true), true).Float64Values() // [B, 5]
 	rate := time.Since(t1) / time.Duration(n)
 
 	for i := range items {
@@ -329,7 +330,7 @@ func (s *Scorer) predict(p *xlstm.Predictor, hidden *ts.Tensor, opts Options) (f
 	if err != nil {
 		return 0, err
 	}
-	return y.Float64Values()[0], nil
+	return torch.ToCPU(y, false).Float64Values()[0], nil
 }
 
 // unpad returns item i of a left-padded [B, T, H] batch as [1, T-pad, H].
