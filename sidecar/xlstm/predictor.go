@@ -15,6 +15,8 @@ import (
 	"github.com/sugarme/gotch"
 	"github.com/sugarme/gotch/nn"
 	ts "github.com/sugarme/gotch/ts"
+
+	"github.com/m3gate/m3gate/sidecar/torch"
 )
 
 // Predictor is the xLSTM quality predictor. Its parameters live in an
@@ -63,6 +65,12 @@ func New(cfg Config, seed int64, device gotch.Device) (*Predictor, error) {
 
 // build wraps tensors (already checked against cfg.specs) into a Predictor.
 func build(cfg Config, vals map[string]*ts.Tensor, device gotch.Device) (*Predictor, error) {
+	if err := torch.CheckDevice(device); err != nil {
+		return nil, fmt.Errorf("xlstm: %w", err)
+	}
+	if !torch.IsCUDA(device) {
+		device = gotch.CPU // the zero Device is the CPU (gotch aborts on it)
+	}
 	p := &Predictor{cfg: cfg, device: device, vs: nn.NewVarStore(device), params: map[string]*ts.Tensor{}}
 	for _, sp := range cfg.specs() {
 		src, ok := vals[sp.name]
@@ -141,7 +149,7 @@ func (p *Predictor) checkInput(x *ts.Tensor, d int, lengths []int, what string) 
 		return 0, 0, fmt.Errorf("xlstm: sequence length %d exceeds context length %d (truncate on the right)", S, p.cfg.ContextLength)
 	}
 	dev, err := x.Device()
-	if err != nil || !sameDevice(dev, p.device) {
+	if err != nil || !torch.SameDevice(dev, p.device) {
 		return 0, 0, fmt.Errorf("xlstm: %s is on %v, predictor on %v", what, dev, p.device)
 	}
 	if lengths != nil {
@@ -307,12 +315,4 @@ func (p *Predictor) slstmBlock(s *scope, i int, x *ts.Tensor) *ts.Tensor {
 	u := s.k(up.MustNarrow(2, F, F, false))
 	out := s.linear(s.k(g.MustMul(u, false)), p.bw(i, "ffn.proj_down.weight"), nil)
 	return s.k(x.MustAdd(out, false))
-}
-
-// sameDevice compares devices; gotch reports the CPU with varying indices.
-func sameDevice(a, b gotch.Device) bool {
-	if !a.IsCuda() && !b.IsCuda() {
-		return true
-	}
-	return a == b
 }
