@@ -38,6 +38,7 @@ func RunFinetune(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	fs.Float64Var(&o.LoRA.LoraDropout, "lora-dropout", o.LoRA.LoraDropout, "LoRA dropout")
 	targets := fs.String("lora-targets", "q_proj,k_proj,v_proj,o_proj", "adapted projections of the text model's self-attention")
 	fs.StringVar(&o.DType, "dtype", o.DType, "base weights dtype: f32 or bf16 (LoRA weights stay f32)")
+	fs.StringVar(&o.Device, "device", "cpu", "where the model trains: cpu, cuda or cuda:N (needs a CUDA libtorch build, see README 'GPU build')")
 	fs.Int64Var(&o.Seed, "seed", o.Seed, "seed of the LoRA init, data order and dropout")
 	fs.IntVar(&o.SaveEvery, "save-every", o.SaveEvery, "checkpoint every N steps (0: only at the end)")
 	fs.IntVar(&o.EvalEvery, "eval-every", 0, "validate every N steps (0: only at the end)")
@@ -101,6 +102,7 @@ func RunTrainPredictor(ctx context.Context, args []string, stdout, stderr io.Wri
 	fs.IntVar(&o.Heads, "heads", 0, "xLSTM heads (0: 4)")
 	fs.IntVar(&o.HeadHidden, "head-hidden", 0, "regression head width (0: 128)")
 	fs.StringVar(&o.DType, "dtype", o.DType, "MLLM dtype: f32 or bf16")
+	fs.StringVar(&o.Device, "device", "cpu", "where the MLLM and the predictor run: cpu, cuda or cuda:N (needs a CUDA libtorch build, see README 'GPU build')")
 	fs.BoolVar(&o.Resume, "resume", false, "continue after the last finished epoch in --out")
 	fs.IntVar(&o.Threads, "threads", 0, "libtorch intra-op threads (0: default)")
 	if err := fs.Parse(args); err != nil {

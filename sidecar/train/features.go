@@ -17,6 +17,7 @@ import (
 	"github.com/m3gate/m3gate/sidecar/m3"
 	"github.com/m3gate/m3gate/sidecar/mllm"
 	"github.com/m3gate/m3gate/sidecar/tensorio"
+	"github.com/m3gate/m3gate/sidecar/torch"
 )
 
 // Description sources for the predictor's input conversation.
@@ -202,7 +203,7 @@ func (b *featureBuilder) compute(ctx context.Context, r Record, src, path string
 	if t := h.MustSize()[0]; t > int64(b.maxLen) {
 		h = h.MustNarrow(0, 0, int64(b.maxLen), true)
 	}
-	h = h.MustTotype(gotch.Float, true).MustContiguous(true)
+	h = torch.ToCPU(h.MustTotype(gotch.Float, true), true).MustContiguous(true)
 	meta := map[string]string{"image": r.Image, "aspect": r.Aspect, "description": desc, "source": src, "tokens": fmt.Sprint(len(seq.Tokens))}
 	tmp := path + ".tmp"
 	if err := tensorio.Write(tmp, []tensorio.Named{{Name: "hidden", Tensor: h}}, meta); err != nil {
@@ -211,8 +212,8 @@ func (b *featureBuilder) compute(ctx context.Context, r Record, src, path string
 	return os.Rename(tmp, path)
 }
 
-// loadHidden reads a cached input as [1, S, H] f32.
-func loadHidden(path string) (*ts.Tensor, error) {
+// loadHidden reads a cached input as [1, S, H] f32 on dev.
+func loadHidden(path string, dev gotch.Device) (*ts.Tensor, error) {
 	ck, err := tensorio.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("feature cache: %w", err)
@@ -222,5 +223,5 @@ func loadHidden(path string) (*ts.Tensor, error) {
 	if err != nil {
 		return nil, fmt.Errorf("feature cache %s: %w", path, err)
 	}
-	return t.MustUnsqueeze(0, true), nil
+	return torch.ToDevice(t.MustUnsqueeze(0, true), dev, true), nil
 }

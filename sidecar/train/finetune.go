@@ -50,6 +50,7 @@ type FinetuneOptions struct {
 	MaxGradNorm float64 // global gradient-norm clip (0 = none)
 	LoRA        lora.Config
 	DType       string // f32 or bf16 (base weights; LoRA weights stay f32)
+	Device      string // cpu (or ""), cuda or cuda:N (a CUDA libtorch build)
 	Seed        int64
 
 	SaveEvery int  // checkpoint every this many steps (0 = only at the end)
@@ -92,6 +93,9 @@ func (o FinetuneOptions) validate() error {
 		return fmt.Errorf("finetune: lr %g must be positive, warmup ratio %g in [0,1], weight decay %g and max grad norm %g non-negative", o.LR, o.WarmupRatio, o.WeightDecay, o.MaxGradNorm)
 	case o.DType != "f32" && o.DType != "bf16":
 		return fmt.Errorf("finetune: --dtype %q: want f32 or bf16", o.DType)
+	}
+	if _, err := torch.ParseDevice(o.Device); err != nil {
+		return fmt.Errorf("finetune: --device: %w", err)
 	}
 	return nil
 }
@@ -188,7 +192,8 @@ func newFinetuner(opts FinetuneOptions, stderr io.Writer) (*finetuner, int, erro
 	if opts.DType == "bf16" {
 		kind = gotch.BFloat16
 	}
-	m, err := mllm.Load(opts.Model, mllm.LoadOptions{DType: kind})
+	dev, _ := torch.ParseDevice(opts.Device) // checked by validate
+	m, err := mllm.Load(opts.Model, mllm.LoadOptions{DType: kind, Device: dev})
 	if err != nil {
 		return nil, 0, fmt.Errorf("finetune: %w", err)
 	}
@@ -207,7 +212,7 @@ func newFinetuner(opts FinetuneOptions, stderr io.Writer) (*finetuner, int, erro
 	if err != nil {
 		return nil, 0, fmt.Errorf("finetune: %w", err)
 	}
-	f.ratingIDs = ts.MustOfSlice(first[:])
+	f.ratingIDs = torch.ToDevice(ts.MustOfSlice(first[:]), m.Device, true)
 	if f.lmHead = m.Linears()["lm_head"]; f.lmHead == nil {
 		return nil, 0, fmt.Errorf("finetune: the model has no lm_head")
 	}
@@ -352,11 +357,11 @@ func (f *finetuner) forward(exs []*example, grad bool) (*ts.Tensor, int, int, er
 	}
 	// Tensors passed as arguments are kept alive past the call: gotch frees
 	// a tensor in its finalizer, which may otherwise run mid-call.
-	idx := ts.MustOfSlice(rows)
+	idx := torch.ToDevice(ts.MustOfSlice(rows), f.m.Device, true)
 	h := out.Hidden.MustView([]int64{B * T, D}, false).MustIndexSelect(0, idx, true)
 	runtime.KeepAlive(idx)
 	logits := f.lmHead.Forward(h).MustTotype(gotch.Float, true) // [N, V]
-	vals := logits.MustIndexSelect(1, f.ratingIDs, false).MustDetach(true).Float64Values(true)
+	vals := torch.ToCPU(logits.MustIndexSelect(1, f.ratingIDs, false).MustDetach(true), true).Float64Values(true)
 	correct := 0
 	for b, ex := range exs {
 		r := vals[answer[b]*5 : answer[b]*5+5]
@@ -370,7 +375,7 @@ func (f *finetuner) forward(exs []*example, grad bool) (*ts.Tensor, int, int, er
 			correct++
 		}
 	}
-	tt := ts.MustOfSlice(targets)
+	tt := torch.ToDevice(ts.MustOfSlice(targets), f.m.Device, true)
 	loss := logits.MustCrossEntropyLoss(tt, ts.None, 2, ignoreLabel, 0, true)
 	runtime.KeepAlive(tt)
 	return loss, len(rows), correct, nil
@@ -399,7 +404,7 @@ func (f *finetuner) evaluate(ctx context.Context) (float64, float64, error) {
 				return err
 			}
 			n, c = nn, cc
-			sum += loss.Float64Values(true)[0]
+			sum += scalar(loss)
 			return nil
 		})
 		if err != nil {
@@ -481,7 +486,7 @@ func (f *finetuner) step(step int) (stepLoss float64, items int, norm, lr float6
 			if err := mean.Backward(); err != nil {
 				return fmt.Errorf("backward: %w", err)
 			}
-			stepLoss += mean.Float64Values(true)[0]
+			stepLoss += scalar(mean)
 			return nil
 		})
 		if err != nil {

@@ -10,6 +10,7 @@ import (
 	"github.com/sugarme/gotch/ts"
 
 	"github.com/m3gate/m3gate/sidecar/tensorio"
+	"github.com/m3gate/m3gate/sidecar/torch"
 )
 
 // namedParam is one trainable tensor under its checkpoint name.
@@ -60,7 +61,7 @@ func (o *adamW) clipGradNorm(maxNorm float64) float64 {
 		}
 		sq := 0.0
 		for _, g := range grads {
-			n := g.MustNorm(false).Float64Values(true)[0]
+			n := scalar(g.MustNorm(false))
 			sq += n * n
 		}
 		total = math.Sqrt(sq)
@@ -140,6 +141,7 @@ func (o *adamW) loadState(path string, step int64) error {
 			if !slices.Equal(t.MustSize(), p.t.MustSize()) {
 				return fmt.Errorf("load optimiser state %s: %s%s has shape %v, want %v", path, pre, p.name, t.MustSize(), p.t.MustSize())
 			}
+			t = torch.ToDevice(t, torch.TensorDevice(p.t), true)
 			if j == 0 {
 				o.m[i] = t
 			} else {
@@ -186,4 +188,10 @@ func copyParamsFrom(params []namedParam, path string) error {
 		runtime.KeepAlive(t)
 	}
 	return nil
+}
+
+// scalar reads a one-element tensor's value, copying it to the CPU first
+// when it lives on a GPU, and frees the tensor.
+func scalar(t *ts.Tensor) float64 {
+	return torch.ToCPU(t, true).Float64Values(true)[0]
 }

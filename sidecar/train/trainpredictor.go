@@ -54,6 +54,7 @@ type PredictorOptions struct {
 	EmbeddingDim, Blocks, Heads, HeadHidden int
 
 	DType   string // MLLM dtype: f32 or bf16
+	Device  string // cpu (or ""), cuda or cuda:N (a CUDA libtorch build)
 	Resume  bool
 	Threads int
 
@@ -81,6 +82,9 @@ func (o PredictorOptions) validate() error {
 		return fmt.Errorf("train-predictor: --val-description %q: want generated, teacher or student", o.ValDescription)
 	case o.DType != "f32" && o.DType != "bf16":
 		return fmt.Errorf("train-predictor: --dtype %q: want f32 or bf16", o.DType)
+	}
+	if _, err := torch.ParseDevice(o.Device); err != nil {
+		return fmt.Errorf("train-predictor: --device: %w", err)
 	}
 	return nil
 }
@@ -160,7 +164,8 @@ func TrainPredictor(ctx context.Context, opts PredictorOptions, stderr io.Writer
 	if opts.DType == "bf16" {
 		kind = gotch.BFloat16
 	}
-	m, err := mllm.Load(opts.Model, mllm.LoadOptions{DType: kind})
+	dev, _ := torch.ParseDevice(opts.Device) // checked by validate
+	m, err := mllm.Load(opts.Model, mllm.LoadOptions{DType: kind, Device: dev})
 	if err != nil {
 		return nil, fmt.Errorf("train-predictor: %w", err)
 	}
@@ -221,7 +226,7 @@ func TrainPredictor(ctx context.Context, opts PredictorOptions, stderr io.Writer
 	if opts.HeadHidden > 0 {
 		cfg.HeadHidden = opts.HeadHidden
 	}
-	p, err := xlstm.New(cfg, opts.Seed, gotch.CPU)
+	p, err := xlstm.New(cfg, opts.Seed, m.Device)
 	if err != nil {
 		return res, fmt.Errorf("train-predictor: %w", err)
 	}
@@ -263,7 +268,7 @@ func TrainPredictor(ctx context.Context, opts PredictorOptions, stderr io.Writer
 				return res, fmt.Errorf("train-predictor: stopped in epoch %d (resume with --resume continues after epoch %d): %w", epoch+1, epoch, err)
 			}
 			it := trainItems[i]
-			h, err := loadHidden(it.path)
+			h, err := loadHidden(it.path, p.Device())
 			if err != nil {
 				return res, fmt.Errorf("train-predictor: %w", err)
 			}
@@ -278,7 +283,7 @@ func TrainPredictor(ctx context.Context, opts PredictorOptions, stderr io.Writer
 				if err := loss.Backward(); err != nil {
 					return fmt.Errorf("backward: %w", err)
 				}
-				sum += loss.Float64Values(true)[0]
+				sum += scalar(loss)
 				return nil
 			})
 			if err != nil {
@@ -404,7 +409,7 @@ func predictItems(ctx context.Context, p *xlstm.Predictor, lmW *ts.Tensor, items
 		if err := ctx.Err(); err != nil {
 			return nil, nil, err
 		}
-		h, err := loadHidden(it.path)
+		h, err := loadHidden(it.path, p.Device())
 		if err != nil {
 			return nil, nil, err
 		}
