@@ -185,7 +185,7 @@ func TestEngineLoadErrors(t *testing.T) {
 		{"predictor width", schemas.LoadRequest{ModelDir: modelDir, Predictors: map[string]string{"quality": bad}}, "17-wide"},
 		{"adapter ok, predictor missing", schemas.LoadRequest{ModelDir: modelDir, Adapters: map[string]string{"quality": adapterDir}, Predictors: map[string]string{"quality": "/nonexistent.safetensors"}}, "load predictor quality"},
 	}
-	if !torch.CUDAAvailable() { // this project's CPU-only libtorch
+	if !torch.CUDABuild() { // this project's CPU-only libtorch
 		for _, d := range []string{"cuda", "cuda:1"} {
 			tests = append(tests, struct {
 				name string
@@ -255,5 +255,42 @@ func TestEngineDeviceCPU(t *testing.T) {
 	}
 	if runs[0].Aspects["quality"].Source != schemas.SourcePredictor {
 		t.Errorf("quality scored by %q, want the predictor", runs[0].Aspects["quality"].Source)
+	}
+}
+
+// TestEngineDeviceCUDA runs only where libtorch sees a GPU: scoring on
+// cuda:0 (adapter and predictor included) matches the CPU.
+func TestEngineDeviceCUDA(t *testing.T) {
+	if !torch.CUDAAvailable() {
+		t.Skip("no GPU visible to libtorch")
+	}
+	modelDir, adapterDir, predPath := engineFixture(t)
+	ctx := context.Background()
+	p := schemas.AspectPrompt{Round1: testPrompts.Round1, Round2: testPrompts.Round2}
+	opts := schemas.ScoreOptions{Aspects: []string{"quality"}, Prompts: map[string]schemas.AspectPrompt{"quality": p}, MaxNewTokens: 3}
+	items := []schemas.ScoreItem{{Data: pngBytes(t, 48, 40, color.RGBA{30, 200, 90, 255}), Prompt: "a green field"}}
+	var got []schemas.AspectResult
+	for _, dev := range []string{"cpu", "cuda"} {
+		e := NewEngine()
+		if err := e.Load(ctx, schemas.LoadRequest{ModelDir: modelDir, Device: dev,
+			Adapters: map[string]string{"quality": adapterDir}, Predictors: map[string]string{"quality": predPath}}, nil); err != nil {
+			t.Fatalf("device %s: %v", dev, err)
+		}
+		if want := map[string]string{"cpu": "cpu", "cuda": "cuda:0"}[dev]; e.Info().Device != want {
+			t.Errorf("device %s: Info().Device = %q, want %q", dev, e.Info().Device, want)
+		}
+		res, err := e.Score(ctx, items, opts)
+		if err != nil || res[0].Error != "" {
+			t.Fatalf("device %s: %v %+v", dev, err, res)
+		}
+		got = append(got, res[0].Aspects["quality"])
+	}
+	if d := math.Abs(got[0].MOS - got[1].MOS); d > 1e-4 {
+		t.Errorf("MOS on the CPU %v, on cuda:0 %v", got[0].MOS, got[1].MOS)
+	}
+	for w, pc := range got[0].WordProbs {
+		if d := math.Abs(pc - got[1].WordProbs[w]); d > 1e-4 {
+			t.Errorf("P(%s) on the CPU %v, on cuda:0 %v", w, pc, got[1].WordProbs[w])
+		}
 	}
 }

@@ -118,8 +118,8 @@ func TestDeviceCPUExplicitEqualsDefault(t *testing.T) {
 // libtorch fails at load with the rebuild message, before any weight is
 // read.
 func TestDeviceCUDAOnCPUOnlyBuild(t *testing.T) {
-	if torch.CUDAAvailable() {
-		t.Skip("libtorch has CUDA here")
+	if torch.CUDABuild() {
+		t.Skip("this is a CUDA build of libtorch")
 	}
 	for _, name := range []string{"cuda", "cuda:1"} {
 		d, err := torch.ParseDevice(name)
@@ -132,6 +132,39 @@ func TestDeviceCUDAOnCPUOnlyBuild(t *testing.T) {
 		}
 		if !strings.Contains(err.Error(), "rebuild with LIBTORCH=") {
 			t.Errorf("Load on %s: error %q lacks the rebuild hint", name, err)
+		}
+	}
+}
+
+// TestDeviceCUDAMatchesCPU runs only where libtorch sees a GPU: the same
+// passes on cuda:0 match the CPU's within float rounding (TF32 off).
+func TestDeviceCUDAMatchesCPU(t *testing.T) {
+	if !torch.CUDAAvailable() {
+		t.Skip("no GPU visible to libtorch")
+	}
+	_, cpu := runOnDevice(t, LoadOptions{})
+	m, gpu := runOnDevice(t, LoadOptions{Device: gotch.CudaBuilder(0)})
+	if !torch.IsCUDA(m.Device) {
+		t.Fatalf("Model.Device = %+v", m.Device)
+	}
+	near := func(name string, a, b []float32) {
+		t.Helper()
+		if d := maxAbsDiff(a, b); len(a) == 0 || d > 1e-4 {
+			t.Errorf("%s: cuda:0 differs from the CPU by %g", name, d)
+		}
+	}
+	near("image features", cpu.feats, gpu.feats)
+	near("prefill logits", cpu.prefill, gpu.prefill)
+	near("hidden", cpu.hidden, gpu.hidden)
+	near("extend after join", cpu.joined, gpu.joined)
+	for i := range cpu.steps {
+		if i < len(gpu.steps) {
+			near("decode step", cpu.steps[i], gpu.steps[i])
+		}
+	}
+	for i := range cpu.tokens {
+		if !slices.Equal(cpu.tokens[i], gpu.tokens[i]) {
+			t.Errorf("sequence %d: tokens %v on the CPU, %v on cuda:0", i, cpu.tokens[i], gpu.tokens[i])
 		}
 	}
 }

@@ -74,7 +74,7 @@ func CheckDevice(d gotch.Device) error {
 		return fmt.Errorf("device cuda:%d: negative index", d.Value)
 	}
 	if !CUDAAvailable() {
-		if !cudaBuild() {
+		if !CUDABuild() {
 			return fmt.Errorf("device %s: %w", DeviceName(d), ErrNoCUDA)
 		}
 		return fmt.Errorf("device %s: libtorch has CUDA but sees no GPU (driver, CUDA_VISIBLE_DEVICES?)", DeviceName(d))
@@ -88,11 +88,11 @@ func CheckDevice(d gotch.Device) error {
 	return nil
 }
 
-// cudaBuild reports whether libtorch's CUDA library is loaded into this
+// CUDABuild reports whether libtorch's CUDA library is loaded into this
 // process, which tells a CPU-only build (Debian's libtorch, CUDA libraries
 // replaced by empty link stubs) from a CUDA build on a machine without a
 // usable GPU.
-func cudaBuild() bool {
+func CUDABuild() bool {
 	maps, err := os.ReadFile("/proc/self/maps")
 	return err == nil && bytes.Contains(maps, []byte("libtorch_cuda"))
 }

@@ -2,6 +2,7 @@ package torch
 
 import (
 	"errors"
+	"os"
 	"strings"
 	"testing"
 
@@ -71,7 +72,7 @@ func TestCheckDeviceCPUOnlyBuild(t *testing.T) {
 	if err := CheckDevice(gotch.Device{}); err != nil {
 		t.Fatalf("CheckDevice(zero Device): %v", err)
 	}
-	if cudaBuild() || CUDAAvailable() {
+	if CUDABuild() {
 		t.Skip("libtorch has CUDA here")
 	}
 	if n := CUDADeviceCount(); n != 0 {
@@ -123,5 +124,54 @@ func TestToDeviceOnCPU(t *testing.T) {
 		SameDevice(gotch.CPU, gotch.CudaBuilder(0)) || SameDevice(gotch.CudaBuilder(0), gotch.CudaBuilder(1)) ||
 		!SameDevice(gotch.CudaBuilder(1), gotch.CudaBuilder(1)) {
 		t.Error("SameDevice gives a wrong answer")
+	}
+}
+
+// TestCUDABuildDetection: the /proc/self/maps probe sees libtorch's
+// libraries at all (else CUDABuild would be false everywhere), and a GPU
+// is never available without libtorch's CUDA library loaded.
+func TestCUDABuildDetection(t *testing.T) {
+	maps, err := os.ReadFile("/proc/self/maps")
+	if err != nil {
+		t.Skipf("no /proc/self/maps: %v", err)
+	}
+	if !strings.Contains(string(maps), "libtorch_cpu") {
+		t.Error("libtorch_cpu is not in /proc/self/maps: the CUDA build probe cannot work")
+	}
+	if CUDAAvailable() && !CUDABuild() {
+		t.Error("CUDA is available but CUDABuild() is false")
+	}
+}
+
+// TestCUDADevice runs only where libtorch sees a GPU.
+func TestCUDADevice(t *testing.T) {
+	if !CUDAAvailable() {
+		t.Skip("no GPU visible to libtorch")
+	}
+	cuda := gotch.CudaBuilder(0)
+	if err := SetAllowTF32(true, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckDevice(cuda); err != nil {
+		t.Fatalf("CheckDevice(cuda:0): %v", err)
+	}
+	if c, b := AllowTF32(); c || b {
+		t.Errorf("after CheckDevice(cuda:0): TF32 cudnn=%v cublas=%v, want both off", c, b)
+	}
+	n := CUDADeviceCount()
+	if err := CheckDevice(gotch.CudaBuilder(uint(n))); err == nil {
+		t.Errorf("CheckDevice(cuda:%d) with %d GPUs succeeded", n, n)
+	}
+	x := ts.MustOfSlice([]float32{1, 2, 3})
+	g := ToDevice(x, cuda, false)
+	if d := TensorDevice(g); !SameDevice(d, cuda) {
+		t.Fatalf("ToDevice(cuda:0) gave a tensor on %s", DeviceName(d))
+	}
+	back := ToCPU(g, false)
+	if d := TensorDevice(back); d != gotch.CPU {
+		t.Fatalf("ToCPU gave a tensor on %s", DeviceName(d))
+	}
+	if got := back.Float64Values(); got[0] != 1 || got[1] != 2 || got[2] != 3 {
+		t.Errorf("round trip through cuda:0: %v", got)
 	}
 }

@@ -30,8 +30,8 @@ func TestDeviceFlagParsing(t *testing.T) {
 // TestDeviceCUDAOnCPUOnlyBuild: --device cuda on this CPU-only libtorch
 // fails with the rebuild message.
 func TestDeviceCUDAOnCPUOnlyBuild(t *testing.T) {
-	if torch.CUDAAvailable() {
-		t.Skip("libtorch has CUDA here")
+	if torch.CUDABuild() {
+		t.Skip("this is a CUDA build of libtorch")
 	}
 	o := tinyFinetune(t, t.TempDir())
 	o.Device = "cuda"
