@@ -252,14 +252,29 @@ func (s *Scorer) scoreAspect(ctx context.Context, items []Item, feats []*mllm.Im
 			return nil, err
 		}
 		last = o.Logits
-		for i := range items {
-			h := ts.MustCat([]*ts.Tensor{unpad(pout.Hidden, i, pout.Pad[i]), unpad(o.Hidden, i, o.Pad[i])}, 1)
-			hidden = append(hidden, h)
+		// gotch frees a tensor from its finalizer, possibly while an op
+		// still runs on it: hold the collector, as model passes do.
+		err = mllm.WithGradMode(false, func() error {
+			for i := range items {
+				h := ts.MustCat([]*ts.Tensor{unpad(pout.Hidden, i, pout.Pad[i]), unpad(o.Hidden, i, o.Pad[i])}, 1)
+				hidden = append(hidden, h)
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, err
 		}
 	}
-	probs := last.MustSoftmax(-1, gotch.Float, false)
-	ids := torch.ToDevice(ts.MustOfSlice(s.wordIDs[:]), torch.TensorDevice(probs), true)
-	pv := torch.ToCPU(probs.MustIndexSelect(1, ids, true), true).Float64Values() // [B, 5]
+	var pv []float64 // [B, 5]
+	err = mllm.WithGradMode(false, func() error {
+		probs := last.MustSoftmax(-1, gotch.Float, false)
+		ids := torch.ToDevice(ts.MustOfSlice(s.wordIDs[:]), torch.TensorDevice(probs), true)
+		pv = torch.ToCPU(probs.MustIndexSelect(1, ids, true), true).Float64Values()
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
 	rate := time.Since(t1) / time.Duration(n)
 
 	for i := range items {
@@ -317,20 +332,25 @@ func (s *Scorer) predict(p *xlstm.Predictor, hidden *ts.Tensor, opts Options) (f
 	if lm == nil {
 		return 0, fmt.Errorf("the model has no lm_head")
 	}
-	var y *ts.Tensor
-	var err error
-	ts.NoGrad(func() {
+	// No autograd, and the collector held while the predictor's ops run
+	// (see scoreAspect).
+	var mos float64
+	err := mllm.WithGradMode(false, func() error {
+		var y *ts.Tensor
+		var err error
 		if opts.Literal {
 			logits := h.MustTotype(gotch.Float, false).MustMatmul(lm.W.MustTotype(gotch.Float, false).MustT(true), true)
 			y, err = p.ForwardLogits(logits, nil)
 		} else {
 			y, err = p.ForwardHidden(h, lm.W, nil)
 		}
+		if err != nil {
+			return err
+		}
+		mos = torch.ToCPU(y, false).Float64Values()[0]
+		return nil
 	})
-	if err != nil {
-		return 0, err
-	}
-	return torch.ToCPU(y, false).Float64Values()[0], nil
+	return mos, err
 }
 
 // unpad returns item i of a left-padded [B, T, H] batch as [1, T-pad, H].
