@@ -5,7 +5,7 @@ _m3root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [[ -n "${LIBTORCH:-}" ]]; then
   export CGO_CFLAGS="-I$LIBTORCH/include"
   export CGO_CXXFLAGS="-I$LIBTORCH/include -I$LIBTORCH/include/torch/csrc/api/include"
-  export CGO_LDFLAGS="-L$LIBTORCH/lib -Wl,-rpath,$LIBTORCH/lib"
+  export CGO_LDFLAGS="-L$LIBTORCH/lib -Wl,--no-as-needed -Wl,-rpath,$LIBTORCH/lib"
   export LD_LIBRARY_PATH="$LIBTORCH/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 else
   export CGO_CXXFLAGS="-I/usr/include/torch/csrc/api/include -include $_m3root/scripts/toolchain/gotch_v091_torch113_compat.h"
