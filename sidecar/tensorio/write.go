@@ -141,7 +141,7 @@ func writeTensorData(f *os.File, p planned) error {
 	if err != nil {
 		return cleanErr(err)
 	}
-	if dev != gotch.CPU {
+	if dev.IsCuda() {
 		if t, err = t.To(gotch.CPU, false); err != nil {
 			return cleanErr(err)
 		}
