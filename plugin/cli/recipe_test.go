@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -328,6 +329,9 @@ func (r *recipe) finetune(model, conv, images string) string {
 	if want := fmt.Sprintf("resuming at step %d", ck); !strings.Contains(stderr, want) {
 		t.Errorf("resumed finetune's stderr lacks %q:\n%s", want, stderr)
 	}
+	if !regexp.MustCompile(`finetune step \d+/60 loss [0-9.]+ lr \S+ [0-9.]+ items/s ETA`).MatchString(stderr) {
+		t.Errorf("finetune shows no progress (loss, items/s, ETA) on stderr:\n%s", stderr)
+	}
 	if want := fmt.Sprintf("finetune: %d/%d steps", steps, steps); !strings.Contains(stdout, want) {
 		t.Errorf("stdout %q lacks %q", stdout, want)
 	}
@@ -407,7 +411,10 @@ func (r *recipe) trainPredictor(model, adapter, conv, images, labels string) str
 		t.Fatalf("%d cached feature files after the kill; want the 32 inputs (24 train, 8 validation)", len(features))
 	}
 
-	stdout, _ := r.ok(append(args, "--resume")...)
+	stdout, stderr := r.ok(append(args, "--resume")...)
+	if !regexp.MustCompile(`train-predictor epoch \d+/8 train mse [0-9.]+ .* items/s ETA`).MatchString(stderr) {
+		t.Errorf("train-predictor shows no progress (loss, items/s, ETA) on stderr:\n%s", stderr)
+	}
 	if want := fmt.Sprintf("train-predictor: %d epochs", epochs); !strings.Contains(stdout, want) {
 		t.Errorf("stdout %q lacks %q", stdout, want)
 	}
