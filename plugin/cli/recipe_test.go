@@ -32,11 +32,12 @@ import (
 // paper's AGIQA-3K setup") through the real m3gate and m3gate-sidecar
 // binaries on a tiny model and a 32-image subset of the shared AGIQA-3K
 // data: data convert → distill (against the fake Gemini teacher) → finetune
-// → train-predictor → score --json → eval. Each long step is SIGKILLed
-// (with its whole process group) once it has done part of its work, then
-// rerun to continue: distill must not pay for a cached answer again,
-// finetune and train-predictor must continue from their last saved step or
-// epoch rather than from zero. Training losses must fall.
+// → train-predictor → score --json → eval. Each long step is SIGKILLed once
+// it has done part of its work (the sidecar running a training job must die
+// with m3gate), then rerun to continue: distill must not pay for a cached
+// answer again, finetune and train-predictor must continue from their last
+// saved step or epoch rather than from zero. Training losses must fall, and
+// the scores of the test split must come from the trained predictor.
 func TestRecipeAGIQA3K(t *testing.T) {
 	if testing.Short() {
 		t.Skip("recipe test runs real training jobs; skipped with -short")
