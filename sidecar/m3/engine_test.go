@@ -12,7 +12,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/sugarme/gotch/ts"
 
 	"github.com/m3gate/m3gate/schemas"
 	"github.com/m3gate/m3gate/sidecar/lora"
@@ -39,7 +38,7 @@ func engineFixture(t *testing.T) (modelDir, adapterDir, predPath string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ts.NoGrad(func() {
+	torch.WithGrad(false, func() {
 		for _, l := range a.Layers {
 			l.B.MustUniform_(-0.5, 0.5)
 		}
