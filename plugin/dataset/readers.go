@@ -343,22 +343,9 @@ func sourceOf(name string, n int) string {
 
 func readAGIQA3K(path string, rep *Report) ([]Record, error) {
 	var recs []Record
-	var h map[string]int
-	var herr error
 	scale := FormatAGIQA3K.Scale()
-	err := csvRows(path, rep, func(line int, row []string) {
-		if h == nil && herr == nil {
-			h, herr = header(path, row, "name", "prompt", "mos_quality", "mos_align")
-			return
-		}
-		if herr != nil {
-			return
-		}
-		rep.Rows++
-		if !fieldCount(rep, path, line, row, h) {
-			return
-		}
-		rr := &rowReader{path: path, line: line, row: row, rep: rep, ok: true}
+	err := headedRows(path, rep, []string{"name", "prompt", "mos_quality", "mos_align"}, func(rr *rowReader, h map[string]int) {
+		line := rr.line
 		rec := Record{
 			Name:   rr.str(col(h, "name"), "name", true),
 			Prompt: rr.str(col(h, "prompt"), "prompt", true),
@@ -386,10 +373,34 @@ func readAGIQA3K(path string, rep *Report) ([]Record, error) {
 		rec.Source = sourceOf(rec.Name, 2)
 		recs = append(recs, emptyMapsNil(rec))
 	})
+	return recs, err
+}
+
+// headedRows reads a CSV file whose first row is a header naming at least
+// the required columns, and calls fn for every data row with the right
+// number of fields (other rows are reported). An empty file or a header
+// that lacks a required column is an error.
+func headedRows(path string, rep *Report, required []string, fn func(rr *rowReader, h map[string]int)) error {
+	var h map[string]int
+	var herr error
+	err := csvRows(path, rep, func(line int, row []string) {
+		if h == nil && herr == nil {
+			h, herr = header(path, row, required...)
+			return
+		}
+		if herr != nil {
+			return
+		}
+		rep.Rows++
+		if !fieldCount(rep, path, line, row, h) {
+			return
+		}
+		fn(&rowReader{path: path, line: line, row: row, rep: rep, ok: true}, h)
+	})
 	if err == nil {
 		err = headerErr(path, h, herr)
 	}
-	return recs, err
+	return err
 }
 
 func headerErr(path string, h map[string]int, herr error) error {
@@ -418,22 +429,9 @@ const AIGCIQA2023BlockSize = 400
 
 func readAIGCIQA2023(path string, rep *Report) ([]Record, error) {
 	var recs []Record
-	var h map[string]int
-	var herr error
 	scale := FormatAIGCIQA2023.Scale()
-	err := csvRows(path, rep, func(line int, row []string) {
-		if h == nil && herr == nil {
-			h, herr = header(path, row, "name", "prompt", "quality_mos", "authenticity_mos", "correspondence_mos")
-			return
-		}
-		if herr != nil {
-			return
-		}
-		rep.Rows++
-		if !fieldCount(rep, path, line, row, h) {
-			return
-		}
-		rr := &rowReader{path: path, line: line, row: row, rep: rep, ok: true}
+	err := headedRows(path, rep, []string{"name", "prompt", "quality_mos", "authenticity_mos", "correspondence_mos"}, func(rr *rowReader, h map[string]int) {
+		line := rr.line
 		rec := Record{
 			Name:   rr.str(col(h, "name"), "name", true),
 			Prompt: rr.str(col(h, "prompt"), "prompt", true),
@@ -458,30 +456,14 @@ func readAIGCIQA2023(path string, rep *Report) ([]Record, error) {
 		}
 		recs = append(recs, emptyMapsNil(rec))
 	})
-	if err == nil {
-		err = headerErr(path, h, herr)
-	}
 	return recs, err
 }
 
 func readAGIQA1K(path string, rep *Report) ([]Record, error) {
 	var recs []Record
-	var h map[string]int
-	var herr error
 	scale := FormatAGIQA1K.Scale()
-	err := csvRows(path, rep, func(line int, row []string) {
-		if h == nil && herr == nil {
-			h, herr = header(path, row, "image", "score")
-			return
-		}
-		if herr != nil {
-			return
-		}
-		rep.Rows++
-		if !fieldCount(rep, path, line, row, h) {
-			return
-		}
-		rr := &rowReader{path: path, line: line, row: row, rep: rep, ok: true}
+	err := headedRows(path, rep, []string{"image", "score"}, func(rr *rowReader, h map[string]int) {
+		line := rr.line
 		rec := Record{
 			Name:   rr.str(col(h, "image"), "image", true),
 			Prompt: rr.str(col(h, "prompt"), "prompt", false),
@@ -500,9 +482,6 @@ func readAGIQA1K(path string, rep *Report) ([]Record, error) {
 		}
 		recs = append(recs, emptyMapsNil(rec))
 	})
-	if err == nil {
-		err = headerErr(path, h, herr)
-	}
 	return recs, err
 }
 
