@@ -159,40 +159,82 @@ func (s *Scorer) Score(ctx context.Context, items []Item, aspects []Aspect, opts
 	}
 	encode := time.Since(t0) / time.Duration(len(items))
 	out := make([][]Result, len(items))
-	for _, a := range aspects {
+	for i := range out {
+		out[i] = make([]Result, len(aspects))
+	}
+	// Aspects that run with the same adapter (all of them when there are
+	// no adapters) share one batch: their conversations are decoded
+	// together, which costs far less than one pass per aspect.
+	for _, g := range groupByAdapter(aspects) {
 		if err := ctx.Err(); err != nil {
 			return nil, fmt.Errorf("score: %w", err)
 		}
-		res, err := s.scoreAspect(ctx, items, feats, a, opts)
+		group := make([]Aspect, len(g))
+		for j, k := range g {
+			group[j] = aspects[k]
+		}
+		res, err := s.scoreGroup(ctx, items, feats, group, opts)
 		if err != nil {
-			return nil, fmt.Errorf("score aspect %s: %w", a.Name, err)
+			return nil, fmt.Errorf("score aspects %s: %w", names(group), err)
 		}
 		for i := range items {
-			res[i].Timings.Encode = encode
-			out[i] = append(out[i], res[i])
+			for j, k := range g {
+				res[i][j].Timings.Encode = encode
+				out[i][k] = res[i][j]
+			}
 		}
 	}
 	return out, nil
 }
 
-// scoreAspect runs one aspect's two rounds for the batch.
-func (s *Scorer) scoreAspect(ctx context.Context, items []Item, feats []*mllm.ImageFeatures, a Aspect, opts Options) ([]Result, error) {
+// groupByAdapter groups the indices of aspects by adapter, in order of
+// first appearance.
+func groupByAdapter(aspects []Aspect) [][]int {
+	var groups [][]int
+	at := map[string]int{}
+	for k, a := range aspects {
+		g, ok := at[a.Adapter]
+		if !ok {
+			g = len(groups)
+			at[a.Adapter] = g
+			groups = append(groups, nil)
+		}
+		groups[g] = append(groups[g], k)
+	}
+	return groups
+}
+
+func names(aspects []Aspect) string {
+	var n []string
+	for _, a := range aspects {
+		n = append(n, a.Name)
+	}
+	return strings.Join(n, ",")
+}
+
+// scoreGroup runs the two rounds of every item × aspect of group (aspects
+// sharing one adapter) as one batch: sequence k is item k/m, aspect k%m
+// for m aspects. The result is indexed [item][aspect of group].
+func (s *Scorer) scoreGroup(ctx context.Context, items []Item, feats []*mllm.ImageFeatures, group []Aspect, opts Options) ([][]Result, error) {
 	if s.adapters != nil {
-		if err := s.adapters.Activate(a.Adapter); err != nil {
+		if err := s.adapters.Activate(group[0].Adapter); err != nil {
 			return nil, err
 		}
 	}
-	n := len(items)
-	res := make([]Result, n)
+	m := len(group)
+	n := len(items) * m
+	item := func(k int) int { return k / m }
+	aspect := func(k int) Aspect { return group[k%m] }
 	// Round 1: the image and the question; the assistant describes.
 	t0 := time.Now()
 	prefix := make([]mllm.Sequence, n)
-	for i, it := range items {
-		seq, err := s.model.EncodeChat(RoundOne(a.Prompts, it.Prompt), true, feats[i:i+1])
+	for k := range prefix {
+		i := item(k)
+		seq, err := s.model.EncodeChat(RoundOne(aspect(k).Prompts, items[i].Prompt), true, feats[i:i+1])
 		if err != nil {
 			return nil, err
 		}
-		prefix[i] = seq
+		prefix[k] = seq
 	}
 	pout, cache, err := s.model.Prefill(prefix, mllm.ForwardOptions{Logits: mllm.LogitsLast, Hidden: true})
 	if err != nil {
@@ -223,19 +265,20 @@ func (s *Scorer) scoreAspect(ctx context.Context, items []Item, feats []*mllm.Im
 	t1 := time.Now()
 	full := make([]mllm.Sequence, n)
 	cont := make([]mllm.Sequence, n)
-	for i, it := range items {
-		seq, err := s.model.EncodeChat(ThreeMessages(a.Prompts, it.Prompt, desc[i]), true, feats[i:i+1])
+	for k := range full {
+		i := item(k)
+		seq, err := s.model.EncodeChat(ThreeMessages(aspect(k).Prompts, items[i].Prompt, desc[k]), true, feats[i:i+1])
 		if err != nil {
 			return nil, err
 		}
-		p := prefix[i].Tokens
+		p := prefix[k].Tokens
 		if len(seq.Tokens) <= len(p) || !slices.Equal(seq.Tokens[:len(p)], p) {
 			return nil, fmt.Errorf("item %d: the three-message prompt does not start with the round-1 prompt's tokens", i)
 		}
-		full[i] = seq
-		cont[i] = mllm.Sequence{Tokens: seq.Tokens[len(p):]}
+		full[k] = seq
+		cont[k] = mllm.Sequence{Tokens: seq.Tokens[len(p):]}
 	}
-	var hidden []*ts.Tensor // per item [1, S, H]
+	var hidden []*ts.Tensor // per sequence [1, S, H]
 	var last *ts.Tensor     // [B, V]
 	if opts.Uncached {
 		o, _, err := s.model.Prefill(full, mllm.ForwardOptions{Logits: mllm.LogitsLast, Hidden: true})
@@ -243,8 +286,8 @@ func (s *Scorer) scoreAspect(ctx context.Context, items []Item, feats []*mllm.Im
 			return nil, err
 		}
 		last = o.Logits
-		for i := range items {
-			hidden = append(hidden, unpad(o.Hidden, i, o.Pad[i]))
+		for k := range full {
+			hidden = append(hidden, unpad(o.Hidden, k, o.Pad[k]))
 		}
 	} else {
 		o, _, err := s.model.Extend(cache, cont, mllm.ForwardOptions{Logits: mllm.LogitsLast, Hidden: true})
@@ -255,8 +298,8 @@ func (s *Scorer) scoreAspect(ctx context.Context, items []Item, feats []*mllm.Im
 		// gotch frees a tensor from its finalizer, possibly while an op
 		// still runs on it: hold the collector, as model passes do.
 		err = mllm.WithGradMode(false, func() error {
-			for i := range items {
-				h := ts.MustCat([]*ts.Tensor{unpad(pout.Hidden, i, pout.Pad[i]), unpad(o.Hidden, i, o.Pad[i])}, 1)
+			for k := range cont {
+				h := ts.MustCat([]*ts.Tensor{unpad(pout.Hidden, k, pout.Pad[k]), unpad(o.Hidden, k, o.Pad[k])}, 1)
 				hidden = append(hidden, h)
 			}
 			return nil
@@ -277,26 +320,31 @@ func (s *Scorer) scoreAspect(ctx context.Context, items []Item, feats []*mllm.Im
 	}
 	rate := time.Since(t1) / time.Duration(n)
 
-	for i := range items {
+	res := make([][]Result, len(items))
+	for i := range res {
+		res[i] = make([]Result, m)
+	}
+	for k := 0; k < n; k++ {
+		i, a := item(k), aspect(k)
 		wp := map[string]float64{}
 		best, sum, expect := 0, 0.0, 0.0
-		for k, w := range RatingWords {
-			p := pv[i*len(RatingWords)+k]
-			wp[w] = p
+		for w, word := range RatingWords {
+			p := pv[k*len(RatingWords)+w]
+			wp[word] = p
 			sum += p
-			expect += p * float64(k+1)
-			if p > pv[i*len(RatingWords)+best] {
-				best = k
+			expect += p * float64(w+1)
+			if p > pv[k*len(RatingWords)+best] {
+				best = w
 			}
 		}
-		r := Result{Aspect: a.Name, Rating: RatingWords[best], WordProbs: wp, Description: desc[i], Source: SourceWordProbs}
+		r := Result{Aspect: a.Name, Rating: RatingWords[best], WordProbs: wp, Description: desc[k], Source: SourceWordProbs}
 		r.Timings.Describe, r.Timings.Rate = describe, rate
 		if sum > 0 {
 			r.MOS = (expect/sum - 1) * 5 / 4
 		}
 		if a.Predictor != nil {
 			t2 := time.Now()
-			mos, err := s.predict(a.Predictor, hidden[i], opts)
+			mos, err := s.predict(a.Predictor, hidden[k], opts)
 			if err != nil {
 				return nil, fmt.Errorf("item %d: predictor: %w", i, err)
 			}
@@ -304,9 +352,9 @@ func (s *Scorer) scoreAspect(ctx context.Context, items []Item, feats []*mllm.Im
 			r.Timings.Predict = time.Since(t2)
 		}
 		if math.IsNaN(r.MOS) || math.IsInf(r.MOS, 0) {
-			return nil, fmt.Errorf("item %d: MOS is not finite", i)
+			return nil, fmt.Errorf("item %d: %s MOS is not finite", i, a.Name)
 		}
-		res[i] = r
+		res[i][k%m] = r
 	}
 	return res, nil
 }

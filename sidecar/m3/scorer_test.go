@@ -55,6 +55,11 @@ var testPrompts = Prompts{
 	Round2: "Now based on your analysis, could you please help to rate the image based on it's overall quality? Please give me one word from the list [bad, poor, fair, good, excellent].",
 }
 
+var corrPrompts = Prompts{
+	Round1: "Please closely examine this AI-generated image and provide a detailed analysis of how well it aligns with the original prompt: '{prompt}'.",
+	Round2: "Based on your analysis, could you please rate the image's alignment with its original prompt? Choose one word from the following list: [bad, poor, fair, good, excellent].",
+}
+
 func tinyPredictor(t testing.TB, m *mllm.Model) *xlstm.Predictor {
 	t.Helper()
 	cfg := xlstm.DefaultConfig(m.Config.Text.VocabSize)
@@ -80,7 +85,7 @@ func TestScoreTiny(t *testing.T) {
 	pred := tinyPredictor(t, m)
 	aspects := []Aspect{
 		{Name: "quality", Prompts: testPrompts, Predictor: pred},
-		{Name: "correspondence", Prompts: testPrompts},
+		{Name: "correspondence", Prompts: corrPrompts},
 	}
 	opts := Options{MaxNewTokens: 6}
 	ctx := context.Background()
@@ -165,6 +170,20 @@ func TestScoreTiny(t *testing.T) {
 				if math.Abs(u.WordProbs[w]-p) > 1e-4 {
 					t.Errorf("item %d %s: uncached p(%s) %v, cached %v", i, a.Aspect, w, u.WordProbs[w], p)
 				}
+			}
+		}
+	}
+	// Aspects that share an adapter run as one batch; each alone gives the
+	// same result.
+	for j := range aspects {
+		alone, err := s.Score(ctx, items, aspects[j:j+1], opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range items {
+			a, b := first[i][j], alone[i][0]
+			if b.Description != a.Description || math.Abs(a.MOS-b.MOS) > 1e-4 || b.Aspect != a.Aspect {
+				t.Errorf("item %d %s: scored alone %v/%q, with the other aspect %v/%q", i, a.Aspect, b.MOS, b.Description, a.MOS, a.Description)
 			}
 		}
 	}
