@@ -5,8 +5,9 @@
 #   - installs Debian's libtorch-dev (CPU libtorch 1.13) when missing, plus the
 #     python3 torch/numpy/scipy used only by reference tests and protoc for
 #     regenerating the gRPC code;
-#   - writes the empty CUDA link stubs gotch's cgo directives ask for into
-#     build/cuda-stubs (inside the repository, ignored by git).
+#   - writes the empty CUDA link stubs gotch's cgo directives ask for and the
+#     compat header into a per-user toolchain folder whose path does not
+#     depend on the checkout (scripts/env.sh does it; see there why).
 #
 # With LIBTORCH=/path/to/libtorch-2.1 (an official CUDA build) set, nothing is
 # installed and no stubs are written: the Makefile links that libtorch as is.
@@ -38,10 +39,5 @@ if ((${#need[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
-stubs=build/cuda-stubs
-mkdir -p "$stubs"
-for lib in cuda cudart cublas cudnn caffe2_nvrtc nvrtc-builtins nvrtc nvToolsExt c10_cuda torch_cuda; do
-  f="$stubs/lib$lib.so"
-  [[ -f "$f" ]] || echo '/* empty stub */' >"$f"
-done
+source scripts/env.sh
 echo "setup: ok (libtorch $(dpkg-query -W -f='${Version}' libtorch-dev))"
