@@ -40,6 +40,32 @@ func lanczos(x float64) float64 {
 	return 0
 }
 
+// bicubic is PIL's bicubic_filter (Keys' cubic with a = −0.5, support 2).
+func bicubic(x float64) float64 {
+	const a = -0.5
+	if x < 0 {
+		x = -x
+	}
+	if x < 1 {
+		return ((a+2)*x-(a+3))*x*x + 1
+	}
+	if x < 2 {
+		return (((x-5)*x+8)*x - 4) * a
+	}
+	return 0
+}
+
+// filter is one of PIL's resampling filters: its kernel and support.
+type filter struct {
+	fn      func(float64) float64
+	support float64
+}
+
+var (
+	filterLanczos = filter{lanczos, lanczosSupport}
+	filterBicubic = filter{bicubic, 2}
+)
+
 // coeffs are the fixed-point filter taps of one resampling pass.
 type coeffs struct {
 	ksize  int
@@ -49,10 +75,10 @@ type coeffs struct {
 
 // precompute builds the taps for resampling inSize pixels (box in0..in1) to
 // outSize pixels, as PIL's precompute_coeffs and normalize_coeffs_8bpc.
-func precompute(inSize int, in0, in1 float64, outSize int) coeffs {
+func precompute(f filter, inSize int, in0, in1 float64, outSize int) coeffs {
 	scale := (in1 - in0) / float64(outSize)
 	filterscale := max(scale, 1.0)
-	support := lanczosSupport * filterscale
+	support := f.support * filterscale
 	ksize := int(math.Ceil(support))*2 + 1
 	c := coeffs{ksize: ksize, bounds: make([]int, 2*outSize), k: make([]int32, outSize*ksize)}
 	w := make([]float64, ksize)
@@ -70,7 +96,7 @@ func precompute(inSize int, in0, in1 float64, outSize int) coeffs {
 		xmax -= xmin
 		var ww float64
 		for x := 0; x < xmax; x++ {
-			w[x] = lanczos((float64(x+xmin) - center + 0.5) * ss)
+			w[x] = f.fn((float64(x+xmin) - center + 0.5) * ss)
 			ww += w[x]
 		}
 		k := c.k[xx*ksize : (xx+1)*ksize]
@@ -105,12 +131,23 @@ func clip8(ss int64) uint8 {
 // 255) to w×h with PIL-exact Lanczos resampling. It returns src itself when
 // the size is unchanged, as PIL returns a copy.
 func resizeLanczos(src *image.RGBA, w, h int) *image.RGBA {
+	return resample(src, w, h, filterLanczos)
+}
+
+// resizeBicubic is resizeLanczos with PIL's Image.BICUBIC filter.
+func resizeBicubic(src *image.RGBA, w, h int) *image.RGBA {
+	return resample(src, w, h, filterBicubic)
+}
+
+// resample resizes src to w×h with filter f, as PIL's ImagingResample on
+// 8-bit RGB.
+func resample(src *image.RGBA, w, h int, f filter) *image.RGBA {
 	sw, sh := src.Rect.Dx(), src.Rect.Dy()
 	if sw == w && sh == h {
 		return src
 	}
-	horiz := precompute(sw, 0, float64(sw), w)
-	vert := precompute(sh, 0, float64(sh), h)
+	horiz := precompute(f, sw, 0, float64(sw), w)
+	vert := precompute(f, sh, 0, float64(sh), h)
 	img := src
 	if w != sw {
 		// Only the source rows the vertical pass reads.
