@@ -88,11 +88,15 @@ def read_weights(model_dir):
 def config(model_dir):
     with open(os.path.join(model_dir, "config.json")) as f:
         c = json.load(f)
-    v = dict(c.get("vision_config", {}))
-    v.setdefault("layer_norm_eps", 1e-6)
-    v.setdefault("hidden_act", "gelu_pytorch_tanh")
-    v.setdefault("patch_size", 14)
-    v.setdefault("image_size", 224)
+    # MiniCPMVConfig: a missing vision_config is SigLIP-so400m; fields a
+    # given one omits take Idefics2VisionConfig's defaults.
+    v = c.get("vision_config")
+    if v is None:
+        v = {"hidden_size": 1152, "image_size": 980, "intermediate_size": 4304, "num_attention_heads": 16, "num_hidden_layers": 27, "patch_size": 14}
+    v = dict(v)
+    for k, d in {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
+                 "image_size": 224, "patch_size": 32, "layer_norm_eps": 1e-6, "hidden_act": "gelu_pytorch_tanh"}.items():
+        v.setdefault(k, d)
     c["vision_config"] = v
     c.setdefault("rms_norm_eps", 1e-6)
     c.setdefault("rope_theta", 10000.0)

@@ -207,3 +207,41 @@ func TestEncodeParts(t *testing.T) {
 		t.Errorf("straddling <eot> recognised: %v", str)
 	}
 }
+
+// TestTrainRoundTrip trains on a small corpus with Llama-3's pattern,
+// builds a tokenizer from the merges and checks that training text
+// compresses and every string round-trips.
+func TestTrainRoundTrip(t *testing.T) {
+	corpus := strings.Repeat("the statue of a man is sharp and well lit; the statue's hand is malformed. 12345\n", 20)
+	merges, err := Train(corpus, 60, Llama3Pattern)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(merges) < 20 {
+		t.Fatalf("only %d merges", len(merges))
+	}
+	pre := `{"type":"Sequence","pretokenizers":[{"type":"Split","pattern":{"Regex":` + fmt.Sprintf("%q", Llama3Pattern) + `},"behavior":"Isolated","invert":false},{"type":"ByteLevel","add_prefix_space":false,"use_regex":false}]}`
+	tok, err := Parse(tinyDoc(merges, pre, `"ignore_merges":true,`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids, _ := tok.Encode("the statue is sharp")
+	if len(ids) > 6 {
+		t.Errorf("training text not compressed: %d ids", len(ids))
+	}
+	for _, s := range []string{"the statue", "unseen wörds 雕像", "  x\n\n"} {
+		ids, err := tok.Encode(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if back, _ := tok.Decode(ids, false); back != s {
+			t.Errorf("round trip %q -> %q", s, back)
+		}
+	}
+	if got := joinMerge("a b"); got != "ab" {
+		t.Errorf("joinMerge = %q", got)
+	}
+	if a := Alphabet(); len(a) != 256 || a['A'] != "A" || a[' '] != "Ġ" {
+		t.Errorf("alphabet: %d entries, A=%q space=%q", len(a), a['A'], a[' '])
+	}
+}
