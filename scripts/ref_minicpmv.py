@@ -303,11 +303,12 @@ def greedy(W, cfg, prompt_embeds, n, eos):
     return out
 
 
-def beam_search(W, cfg, prompt_embeds, max_new, eos, num_beams, penalty):
+def beam_search(next_logits, max_new, eos, num_beams, penalty):
     """transformers 4.40 _beam_search with inputs_embeds only (the generated
     ids start empty), RepetitionPenaltyLogitsProcessor on log-probs,
-    BeamSearchScorer(length_penalty=1.0, do_early_stopping=False)."""
-    emb = W["llm.model.embed_tokens.weight"]
+    BeamSearchScorer(length_penalty=1.0, do_early_stopping=False).
+    next_logits(tokens) returns the logits (float64) after the prompt
+    followed by the generated tokens."""
     beams = [[] for _ in range(num_beams)]
     scores = [0.0] + [-1e9] * (num_beams - 1)
     hyps = []  # (score, tokens)
@@ -330,8 +331,7 @@ def beam_search(W, cfg, prompt_embeds, max_new, eos, num_beams, penalty):
     while cur_len < max_new and not done:
         cand = []
         for b in range(num_beams):
-            x = prompt_embeds if not beams[b] else torch.cat([prompt_embeds, emb[torch.tensor(beams[b])]], 0)
-            lp = torch.log_softmax(text(W, cfg, x)[-1], -1)
+            lp = torch.log_softmax(next_logits(beams[b]), -1)
             for t in set(beams[b]):
                 lp[t] = lp[t] * penalty if lp[t] < 0 else lp[t] / penalty
             cand.append(lp + scores[b])
@@ -359,7 +359,7 @@ def beam_search(W, cfg, prompt_embeds, max_new, eos, num_beams, penalty):
     if not done:
         for b in range(num_beams):
             add(beams[b], scores[b], len(beams[b]))
-    return max(hyps, key=lambda h: h[0])[1]
+    return sorted(hyps, key=lambda h: h[0])[-1][1]  # sorted(...).pop(): the last of equal scores
 
 
 def main():
@@ -384,7 +384,13 @@ def main():
         n = req.get("gen_tokens", 0)
         eos = req.get("eos", [])
         g = greedy(W, cfg, x, n, eos) if n else []
-        bm = beam_search(W, cfg, x, n, eos, req.get("num_beams", 3), req.get("repetition_penalty", 1.2)) if n else []
+        emb = W["llm.model.embed_tokens.weight"]
+
+        def next_logits(tokens):
+            xx = x if not tokens else torch.cat([x, emb[torch.tensor(tokens)]], 0)
+            return text(W, cfg, xx)[-1]
+
+        bm = beam_search(next_logits, n, eos, req.get("num_beams", 3), req.get("repetition_penalty", 1.2)) if n else []
     out = {
         "grid": grid,
         "sizes": [list(im.size) for im in images],
