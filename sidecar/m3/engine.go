@@ -114,6 +114,11 @@ func (e *Engine) Load(ctx context.Context, req schemas.LoadRequest, progress fun
 	if err != nil {
 		return fmt.Errorf("load: %w", err)
 	}
+	defer func() {
+		if err != nil { // a failed Load frees the model now
+			model.Close()
+		}
+	}()
 	if model.Tokenizer == nil {
 		return fmt.Errorf("load: %s has no tokenizer.json", req.ModelDir)
 	}
@@ -269,8 +274,11 @@ func (e *Engine) adapterFor(aspect string) (*lora.Adapter, bool) {
 	return e.adapters.Adapter(aspect)
 }
 
-// Unload drops the model; its memory is freed as the tensors are collected.
+// Unload closes the model, freeing its weights now.
 func (e *Engine) Unload(ctx context.Context) error {
+	if e.model != nil {
+		e.model.Close()
+	}
 	e.model, e.scorer, e.adapters, e.predictors = nil, nil, nil, nil
 	e.info = schemas.ModelInfo{}
 	runtime.GC()

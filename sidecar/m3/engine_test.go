@@ -142,8 +142,12 @@ func TestEngine(t *testing.T) {
 	if _, err := e.Score(ctx, items[:1], schemas.ScoreOptions{Aspects: []string{"authenticity"}}); err == nil || !strings.Contains(err.Error(), "no prompts") {
 		t.Errorf("aspect without prompts: %v", err)
 	}
+	loaded := e.model
 	if err := e.Unload(ctx); err != nil {
 		t.Fatal(err)
+	}
+	if _, err := loaded.EncodeImage(mllm.Pixels{}); err == nil || !strings.Contains(err.Error(), "closed") {
+		t.Errorf("model after Unload: %v, want it closed", err)
 	}
 	if _, err := e.Score(ctx, items[:1], opts); err != schemas.ErrNotLoaded {
 		t.Errorf("score after unload: %v", err)

@@ -4,43 +4,16 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+
+	"github.com/m3gate/m3gate/sidecar/mllm/llama"
+	"github.com/m3gate/m3gate/sidecar/mllm/siglip"
 )
 
 // VisionConfig is the SigLIP vision tower's part of an Idefics3 config.json.
-type VisionConfig struct {
-	HiddenSize        int     `json:"hidden_size"`
-	IntermediateSize  int     `json:"intermediate_size"`
-	NumHiddenLayers   int     `json:"num_hidden_layers"`
-	NumAttentionHeads int     `json:"num_attention_heads"`
-	NumChannels       int     `json:"num_channels"`
-	ImageSize         int     `json:"image_size"`
-	PatchSize         int     `json:"patch_size"`
-	HiddenAct         string  `json:"hidden_act"`
-	LayerNormEps      float64 `json:"layer_norm_eps"`
-	ModelType         string  `json:"model_type,omitempty"`
-}
+type VisionConfig = siglip.Config
 
 // TextConfig is the Llama text model's part of an Idefics3 config.json.
-type TextConfig struct {
-	VocabSize             int             `json:"vocab_size"`
-	HiddenSize            int             `json:"hidden_size"`
-	IntermediateSize      int             `json:"intermediate_size"`
-	NumHiddenLayers       int             `json:"num_hidden_layers"`
-	NumAttentionHeads     int             `json:"num_attention_heads"`
-	NumKeyValueHeads      int             `json:"num_key_value_heads"`
-	HeadDim               int             `json:"head_dim,omitempty"`
-	HiddenAct             string          `json:"hidden_act"`
-	RMSNormEps            float64         `json:"rms_norm_eps"`
-	RopeTheta             float64         `json:"rope_theta"`
-	RopeScaling           json.RawMessage `json:"rope_scaling,omitempty"`
-	MaxPositionEmbeddings int             `json:"max_position_embeddings"`
-	AttentionBias         bool            `json:"attention_bias"`
-	MLPBias               bool            `json:"mlp_bias"`
-	ModelType             string          `json:"model_type,omitempty"`
-	BOSTokenID            *int64          `json:"bos_token_id,omitempty"`
-	EOSTokenID            any             `json:"eos_token_id,omitempty"`
-	PadTokenID            *int64          `json:"pad_token_id,omitempty"`
-}
+type TextConfig = llama.Config
 
 // Config is an Idefics3 (SmolVLM) config.json. Fields the file omits take
 // the Hugging Face defaults (Idefics3Config, Idefics3VisionConfig,

@@ -87,7 +87,7 @@ func TestDeviceCPUExplicitEqualsDefault(t *testing.T) {
 		if m.Device != gotch.CPU {
 			t.Errorf("Model.Device = %+v, want gotch.CPU", m.Device)
 		}
-		if d := torch.TensorDevice(m.embed); d != gotch.CPU {
+		if d := torch.TensorDevice(m.text.EmbedTokens); d != gotch.CPU {
 			t.Errorf("weights on %+v", d)
 		}
 	}

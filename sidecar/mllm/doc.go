@@ -5,10 +5,23 @@
 // sidecar/tensorio, tokenizer.json), with a KV cache, batched prefill and
 // greedy or sampled generation.
 //
-// One package rather than sub-packages: the tokenizer wrapper, chat
-// template and tiny-model writer are each a file, share the model's config
-// and special-token list, and have one consumer (the scorer in sidecar/m3);
-// splitting them would only add exported plumbing.
+// The model is built from stage packages a second family reuses:
+//
+//   - layers: Linear (with the LoRA hook), LayerNorm, RMSNorm, attention
+//     (SDPA) and Params, the checkpoint tensors modules declare;
+//   - siglip: the SigLIP vision encoder (EncoderLayer, Attention, MLP);
+//   - llama: the Llama text model (DecoderLayer, Attention with rotary
+//     positions and grouped KV heads, MLP, Embed, Forward over a cache,
+//     Step, Logits);
+//   - kvcache: the immutable KV cache (Append, Select, Join);
+//   - generate: the decode loop (greedy, temperature, top-p) over any
+//     generate.Decoder.
+//
+// This package assembles them into Idefics3 (vision.go: encoder and the
+// pixel-shuffle Connector; model.go: checkpoint layout and Load;
+// forward.go: left-padded batches whose image tokens take the images'
+// feature rows; generate.go: Generate over the Llama model) and holds the
+// tokenizer, chat template and tiny-model writer.
 //
 // Typical use:
 //

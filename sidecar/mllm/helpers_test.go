@@ -83,3 +83,21 @@ func maxAbsDiff(a, b []float32) float64 {
 }
 
 func newTestRand() *rand.Rand { return rand.New(rand.NewSource(1)) }
+
+func tensorOf(v []float32, shape ...int64) *ts.Tensor {
+	return ts.MustOfSlice(v).MustView(shape, true)
+}
+
+func randTensor(seed int64, shape ...int64) *ts.Tensor {
+	rng := newTestRand()
+	rng.Seed(seed)
+	n := int64(1)
+	for _, d := range shape {
+		n *= d
+	}
+	v := make([]float32, n)
+	for i := range v {
+		v[i] = float32(rng.NormFloat64())
+	}
+	return tensorOf(v, shape...)
+}

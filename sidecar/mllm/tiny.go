@@ -12,7 +12,9 @@ import (
 	"github.com/sugarme/gotch"
 	"github.com/sugarme/gotch/ts"
 
+	"github.com/m3gate/m3gate/sidecar/mllm/layers"
 	"github.com/m3gate/m3gate/sidecar/tensorio"
+	"github.com/m3gate/m3gate/sidecar/torch"
 )
 
 // TinySizes lists the sizes WriteTiny accepts.
@@ -77,7 +79,7 @@ const tinyMerges = 400
 
 // WriteTinyWith is WriteTiny with options (bf16 weights).
 func WriteTinyWith(dir string, opts TinyOptions) (err error) {
-	defer recoverErr(&err, "write tiny model")
+	defer torch.Recover(&err, "write tiny model")
 	cfg, err := TinyConfig(opts.Size)
 	if err != nil {
 		return err
@@ -96,7 +98,7 @@ func WriteTinyWith(dir string, opts TinyOptions) (err error) {
 	}
 	m := &Model{Config: cfg}
 	var tensors []tensorio.Named
-	for _, s := range m.specs() {
+	for _, s := range m.build() {
 		t := randomTensor(s, opts.Seed)
 		if opts.DType == gotch.BFloat16 {
 			t = t.MustTotype(gotch.BFloat16, true)
@@ -152,7 +154,7 @@ func WriteTinyWith(dir string, opts TinyOptions) (err error) {
 
 // randomTensor draws one parameter from a generator seeded by seed and the
 // tensor's name, so every tensor is reproducible on its own.
-func randomTensor(s paramSpec, seed int64) *ts.Tensor {
+func randomTensor(s layers.Param, seed int64) *ts.Tensor {
 	h := fnv.New64a()
 	h.Write([]byte(s.Name))
 	rng := rand.New(rand.NewSource(seed ^ int64(h.Sum64())))
@@ -161,7 +163,7 @@ func randomTensor(s paramSpec, seed int64) *ts.Tensor {
 		n *= d
 	}
 	fanIn := float64(s.Shape[len(s.Shape)-1])
-	if s.Kind == "conv" {
+	if s.Kind == layers.KindConv {
 		fanIn = float64(s.Shape[1] * s.Shape[2] * s.Shape[3])
 	}
 	v := make([]float32, n)
@@ -169,15 +171,15 @@ func randomTensor(s paramSpec, seed int64) *ts.Tensor {
 		z := rng.NormFloat64()
 		var x float64
 		switch s.Kind {
-		case "linear", "conv":
+		case layers.KindLinear, layers.KindConv:
 			x = z / math.Sqrt(fanIn)
-		case "bias", "lnb":
+		case layers.KindBias, layers.KindLNB:
 			x = 0.1 * z
-		case "lnw", "rms":
+		case layers.KindLNW, layers.KindRMS:
 			x = 1 + 0.1*z
-		case "embed":
+		case layers.KindEmbed:
 			x = z
-		case "pos":
+		case layers.KindPos:
 			x = 0.5 * z
 		}
 		v[i] = float32(x)

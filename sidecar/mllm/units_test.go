@@ -4,6 +4,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -12,150 +13,6 @@ import (
 
 	"github.com/m3gate/m3gate/sidecar/tensorio"
 )
-
-func tensorOf(v []float32, shape ...int64) *ts.Tensor {
-	return ts.MustOfSlice(v).MustView(shape, true)
-}
-
-func randTensor(seed int64, shape ...int64) *ts.Tensor {
-	rng := newTestRand()
-	rng.Seed(seed)
-	n := int64(1)
-	for _, d := range shape {
-		n *= d
-	}
-	v := make([]float32, n)
-	for i := range v {
-		v[i] = float32(rng.NormFloat64())
-	}
-	return tensorOf(v, shape...)
-}
-
-// TestAttentionMatchesExplicitFormula: the fused GQA attention equals
-// softmax(QKᵀ/√d + mask)·V computed head by head with head h reading KV
-// head h / nrep.
-func TestAttentionMatchesExplicitFormula(t *testing.T) {
-	t.Run("prefill", func(t *testing.T) { testAttention(t, 3) })
-	t.Run("decode", func(t *testing.T) { testAttention(t, 1) })
-}
-
-func testAttention(t *testing.T, Tq int) {
-	const B, T, nkv, nrep, hd = 2, 5, 2, 3, 4
-	H := nkv * nrep
-	q := randTensor(1, B, int64(Tq), int64(H*hd))
-	k := randTensor(2, B, nkv, T, hd)
-	v := randTensor(3, B, nkv, T, hd)
-	// causal mask over the last Tq of T slots, plus a hidden slot 0 in batch 1
-	mv := make([]float32, B*nrep*Tq*T)
-	hidden := func(b, j, key int) bool { return key > T-Tq+j || (b == 1 && key == 0) }
-	for b := 0; b < B; b++ {
-		for r := 0; r < nrep; r++ {
-			for j := 0; j < Tq; j++ {
-				for key := 0; key < T; key++ {
-					if hidden(b, j, key) {
-						mv[((b*nrep+r)*Tq+j)*T+key] = maskedScore
-					}
-				}
-			}
-		}
-	}
-	mask := tensorOf(mv, B, 1, int64(nrep*Tq), T)
-	got := floats(gqaAttention(q, k, v, mask, nkv, nrep, hd, []float64{1 / math.Sqrt(hd)}))
-	qv, kv, vv := floats(q), floats(k), floats(v)
-	for b := 0; b < B; b++ {
-		for h := 0; h < H; h++ {
-			g := h / nrep
-			for j := 0; j < Tq; j++ {
-				scores := make([]float64, T)
-				mx := math.Inf(-1)
-				for key := 0; key < T; key++ {
-					if hidden(b, j, key) {
-						scores[key] = math.Inf(-1)
-						continue
-					}
-					s := 0.0
-					for d := 0; d < hd; d++ {
-						s += float64(qv[(b*Tq+j)*H*hd+h*hd+d]) * float64(kv[((b*nkv+g)*T+key)*hd+d])
-					}
-					scores[key] = s / math.Sqrt(hd)
-					mx = math.Max(mx, scores[key])
-				}
-				sum := 0.0
-				for key := range scores {
-					scores[key] = math.Exp(scores[key] - mx)
-					sum += scores[key]
-				}
-				for d := 0; d < hd; d++ {
-					want := 0.0
-					for key := 0; key < T; key++ {
-						want += scores[key] / sum * float64(vv[((b*nkv+g)*T+key)*hd+d])
-					}
-					if gv := got[(b*Tq+j)*H*hd+h*hd+d]; math.Abs(float64(gv)-want) > 1e-5 {
-						t.Fatalf("b%d h%d q%d d%d: fused %g, explicit %g", b, h, j, d, gv, want)
-					}
-				}
-			}
-		}
-	}
-}
-
-// TestRopeHandComputed: head_dim 4, theta 10000 → inverse frequencies 1
-// and 1/100; dimension i pairs with i+2.
-func TestRopeHandComputed(t *testing.T) {
-	m := &Model{DType: gotch.Float}
-	m.Config.Text = TextConfig{NumAttentionHeads: 2, NumKeyValueHeads: 1, HeadDim: 4, RopeTheta: 10000}
-	m.initRope()
-	x := []float32{1, 2, 3, 4, -1, 0.5, 2, -3}
-	pos := []int64{0, 5, 17}
-	xt := tensorOf(append(append(append([]float32{}, x...), x...), x...), 1, 3, 8)
-	cos, sin := m.ropeTables([][]int64{pos}, 2)
-	got := floats(applyRope(xt, cos, sin, m.rotQ, nil))
-	// the per-head path (taken for long inputs) agrees with the wide one
-	long := tensorOf(make([]float32, 10*8), 1, 10, 8).MustAdd(randTensor(9, 1, 10, 8), true)
-	lpos := [][]int64{{0, 1, 2, 3, 4, 5, 6, 7, 8, 99}}
-	lc, ls := m.ropeTables(lpos, 2)
-	if d := maxAbsDiff(floats(applyRope(long, lc, ls, m.rotQ, nil)), floats(applyRope(long, lc, ls, m.rotQ, m.rotHead))); d != 0 {
-		t.Errorf("per-head and block-diagonal rotate_half differ by %g", d)
-	}
-	for j, p := range pos {
-		for h := 0; h < 2; h++ {
-			a, b, c, d := float64(x[h*4]), float64(x[h*4+1]), float64(x[h*4+2]), float64(x[h*4+3])
-			t0, t1 := float64(p), float64(p)/100
-			want := []float64{
-				a*math.Cos(t0) - c*math.Sin(t0),
-				b*math.Cos(t1) - d*math.Sin(t1),
-				c*math.Cos(t0) + a*math.Sin(t0),
-				d*math.Cos(t1) + b*math.Sin(t1),
-			}
-			for i, w := range want {
-				if g := got[j*8+h*4+i]; math.Abs(float64(g)-w) > 1e-5 {
-					t.Errorf("pos %d head %d dim %d: got %g, want %g", p, h, i, g, w)
-				}
-			}
-		}
-	}
-}
-
-func TestRMSNormHandComputed(t *testing.T) {
-	x := tensorOf([]float32{1, 2, 3, 4, 0, 0, 0, 2}, 2, 4)
-	w := tensorOf([]float32{1, 0.5, 2, 1}, 4)
-	got := floats(rmsNorm(x, w, 1e-5))
-	r1 := math.Sqrt(7.5 + 1e-5) // mean of 1, 4, 9, 16
-	r2 := math.Sqrt(1 + 1e-5)   // mean of 0, 0, 0, 4
-	want := []float64{1 / r1, 2 / r1 * 0.5, 3 / r1 * 2, 4 / r1, 0, 0, 0, 2 / r2}
-	for i := range want {
-		if math.Abs(float64(got[i])-want[i]) > 1e-6 {
-			t.Errorf("element %d: got %g, want %g", i, got[i], want[i])
-		}
-	}
-	// bf16 input: normalised in f32, cast back, then times the weight
-	gb := floats(rmsNorm(x.MustTotype(gotch.BFloat16, false), w.MustTotype(gotch.BFloat16, false), 1e-5))
-	for i := range want {
-		if math.Abs(float64(gb[i])-want[i]) > 0.02 {
-			t.Errorf("bf16 element %d: got %g, want %g", i, gb[i], want[i])
-		}
-	}
-}
 
 // TestPixelShuffleIndexPermutation checks
 // out[b, i·(n/s)+j, (m·s+k)·D+d] = x[b, (i·s+m)·n + (j·s+k), d] built by hand.
@@ -210,8 +67,8 @@ func TestBF16MatchesF32(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if m.embed.DType() != kind {
-			t.Fatalf("weights loaded as %v, want %v", m.embed.DType(), kind)
+		if m.text.EmbedTokens.DType() != kind {
+			t.Fatalf("weights loaded as %v, want %v", m.text.EmbedTokens.DType(), kind)
 		}
 		seqs := prompts(t, m, 1, true)
 		out, _, err := m.Prefill(seqs, ForwardOptions{Logits: LogitsAll})
@@ -587,27 +444,6 @@ func TestForwardInputErrors(t *testing.T) {
 	}
 }
 
-// TestLinearRowPaths: the matrix-vector path for one row equals the
-// general path, with and without bias.
-func TestLinearRowPaths(t *testing.T) {
-	w := randTensor(1, 5, 4)
-	for _, bias := range []*ts.Tensor{nil, randTensor(2, 5)} {
-		l := &Linear{W: w, B: bias}
-		x := randTensor(3, 3, 1, 4)
-		all := floats(l.Forward(x))
-		for i := int64(0); i < 3; i++ {
-			row := x.MustNarrow(0, i, 1, false) // [1, 1, 4]
-			y := l.Forward(row)
-			if sz := y.MustSize(); len(sz) != 3 || sz[2] != 5 {
-				t.Fatalf("one-row output shape %v", sz)
-			}
-			if d := maxAbsDiff(floats(y), all[i*5:(i+1)*5]); d > 1e-6 {
-				t.Errorf("row %d (bias %v): mv path differs by %g", i, bias != nil, d)
-			}
-		}
-	}
-}
-
 // TestSplitImageChunks: a split image of 3×3 tiles + global (more tiles
 // than one vision pass takes) encodes like its tiles one by one, in order.
 func TestSplitImageChunks(t *testing.T) {
@@ -680,7 +516,7 @@ func TestHiddenOutputs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d := maxAbsDiff(floats(m.lmHead.Forward(all.Hidden)), floats(all.Logits)); d > 1e-5 {
+	if d := maxAbsDiff(floats(m.text.Head.Forward(all.Hidden)), floats(all.Logits)); d > 1e-5 {
 		t.Errorf("lm_head(hidden) differs from logits by %g", d)
 	}
 	none, _, err := m.Prefill(seqs, ForwardOptions{Logits: LogitsNone, Hidden: true})
@@ -790,5 +626,55 @@ func TestProcessorConfig(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, "processor_config.json"), []byte(`{"image_seq_len": 64}`), 0o644)
 	if _, err := loadProcessorConfig(dir, m.Config); err == nil || !strings.Contains(err.Error(), "image_seq_len 64") {
 		t.Errorf("mismatched image_seq_len: %v", err)
+	}
+}
+
+// liveTensors is the set of gotch tensors not yet freed (by name).
+func liveTensors() map[string]bool {
+	out := map[string]bool{}
+	for _, n := range regexp.MustCompile(`tensor_\d+`).FindAllString(ts.CheckCMemLeak(), -1) {
+		out[n] = true
+	}
+	return out
+}
+
+// TestCloseFreesWeights: Close frees every weight tensor and the rotary
+// tables now, and a Load that fails after reading the weights (here on a
+// corrupt generation_config.json) frees what it loaded.
+func TestCloseFreesWeights(t *testing.T) {
+	m := loadTiny(t, 0)
+	var weights []*ts.Tensor
+	for _, p := range m.params.List {
+		weights = append(weights, *p.Dst)
+	}
+	m.Close()
+	for i, w := range weights {
+		if w.Ctensor() != nil {
+			t.Fatalf("%s still allocated after Close", m.params.List[i].Name)
+		}
+	}
+
+	dir := t.TempDir()
+	src := tinyModelDir(t)
+	for _, f := range []string{"config.json", "model.safetensors", "tokenizer.json"} {
+		raw, err := os.ReadFile(filepath.Join(src, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(dir, f), raw, 0o644)
+	}
+	os.WriteFile(filepath.Join(dir, "generation_config.json"), []byte("{not json"), 0o644)
+	before := liveTensors()
+	if _, err := Load(dir, LoadOptions{}); err == nil || !strings.Contains(err.Error(), "generation config") {
+		t.Fatalf("corrupt generation_config.json: %v", err)
+	}
+	leaked := 0
+	for n := range liveTensors() {
+		if !before[n] {
+			leaked++
+		}
+	}
+	if leaked > 0 {
+		t.Errorf("a failed Load left %d of its %d tensors allocated", leaked, len(weights))
 	}
 }

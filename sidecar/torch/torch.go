@@ -66,6 +66,14 @@ func WithGrad(on bool, fn func()) {
 	fn()
 }
 
+// Recover turns a panic from gotch's Must* calls into an error wrapped
+// with what; use it deferred: defer torch.Recover(&err, "select cache").
+func Recover(err *error, what string) {
+	if r := recover(); r != nil {
+		*err = fmt.Errorf("%s: %v", what, r)
+	}
+}
+
 // ManualSeed seeds libtorch's global random generator (dropout masks,
 // random initialisation), so that runs repeat.
 func ManualSeed(seed int64) { C.at_manual_seed(C.int64_t(seed)) }

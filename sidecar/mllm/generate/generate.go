@@ -1,0 +1,163 @@
+// Package generate is the decode loop of sidecar/mllm: greedy or
+// temperature/top-p sampling over any text model that can take one
+// decode step on a kvcache.Cache.
+package generate
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"math/rand"
+	"runtime"
+	"sort"
+
+	"github.com/sugarme/gotch/ts"
+
+	"github.com/m3gate/m3gate/sidecar/mllm/kvcache"
+	"github.com/m3gate/m3gate/sidecar/torch"
+)
+
+// Decoder is what the loop needs from a text model.
+type Decoder interface {
+	// DecodeStep feeds tokens[i] to sequence i of cache (a negative token:
+	// the sequence has finished and gets a hidden padding slot) and
+	// returns the logits of every sequence's next token, [B, V] f32 on the
+	// model's device, and the extended cache. It leaves cache unchanged.
+	DecodeStep(cache *kvcache.Cache, tokens []int64) (*ts.Tensor, *kvcache.Cache, error)
+}
+
+// Options configures Run.
+type Options struct {
+	MaxTokens   int     // at most this many new tokens per sequence (> 0)
+	Temperature float64 // 0: greedy
+	TopP        float64 // nucleus sampling mass in (0, 1]; 0 means 1
+	Seed        int64
+	StopTokens  []int64 // a sampled stop token ends its sequence (kept in Tokens)
+	// KeepLogits records each step's logits [B, V] in Result.Logits.
+	KeepLogits bool
+}
+
+// Result is what Run generated.
+type Result struct {
+	Tokens  [][]int64    // new tokens per sequence, stop token included
+	Stopped []bool       // true when the sequence ended on a stop token
+	Logits  []*ts.Tensor // with KeepLogits, on the model's device
+	// Cache holds the prompt and every new token of each sequence except
+	// its last one (which was sampled but never fed back).
+	Cache *kvcache.Cache
+}
+
+// Run continues from cache, whose last forward pass returned last
+// ([B, V] logits, f32), sampling up to MaxTokens tokens per sequence. It
+// checks ctx before every step.
+func Run(ctx context.Context, dec Decoder, cache *kvcache.Cache, last *ts.Tensor, opts Options) (*Result, error) {
+	if opts.MaxTokens <= 0 {
+		return nil, fmt.Errorf("generate: max tokens must be positive, got %d", opts.MaxTokens)
+	}
+	if cache == nil || last == nil {
+		return nil, fmt.Errorf("generate: nil cache or logits")
+	}
+	b := cache.Batch()
+	sz := last.MustSize()
+	if len(sz) != 2 || sz[0] != int64(b) {
+		return nil, fmt.Errorf("generate: logits shape %v, want [%d V]", sz, b)
+	}
+	vocab := int(sz[1])
+	stop := map[int64]bool{}
+	for _, s := range opts.StopTokens {
+		stop[s] = true
+	}
+	rng := rand.New(rand.NewSource(opts.Seed))
+	g := &Result{Tokens: make([][]int64, b), Stopped: make([]bool, b), Cache: cache}
+	buf := make([]float32, b*vocab)
+	logits := last
+	for {
+		if err := ctx.Err(); err != nil {
+			return nil, fmt.Errorf("generate: %w", err)
+		}
+		if opts.KeepLogits {
+			g.Logits = append(g.Logits, logits)
+		}
+		// The one place Go reads the logits: copied to the CPU first
+		// (no copy when the model runs there).
+		host := torch.ToCPU(logits, false)
+		err := host.CopyData(buf, uint(b*vocab))
+		runtime.KeepAlive(logits)
+		runtime.KeepAlive(host)
+		if err != nil {
+			return nil, fmt.Errorf("generate: %w", err)
+		}
+		feed := make([]int64, b)
+		active := false
+		for i := 0; i < b; i++ {
+			feed[i] = -1
+			if g.Stopped[i] || len(g.Tokens[i]) >= opts.MaxTokens {
+				continue
+			}
+			tok := pickToken(buf[i*vocab:(i+1)*vocab], opts.Temperature, opts.TopP, rng)
+			g.Tokens[i] = append(g.Tokens[i], tok)
+			if stop[tok] {
+				g.Stopped[i] = true
+			}
+			if !g.Stopped[i] && len(g.Tokens[i]) < opts.MaxTokens {
+				active = true
+				feed[i] = tok
+			}
+		}
+		if !active {
+			return g, nil
+		}
+		out, next, err := dec.DecodeStep(g.Cache, feed)
+		if err != nil {
+			return nil, err
+		}
+		g.Cache, logits = next, out
+	}
+}
+
+// pickToken chooses the next token: argmax when temperature is 0, else a
+// sample from the temperature-scaled distribution restricted to the top-p
+// nucleus.
+func pickToken(logits []float32, temperature, topP float64, rng *rand.Rand) int64 {
+	best := 0
+	for i, v := range logits {
+		if v > logits[best] {
+			best = i
+		}
+	}
+	if temperature <= 0 {
+		return int64(best)
+	}
+	if topP <= 0 || topP > 1 {
+		topP = 1
+	}
+	type cand struct {
+		id int
+		p  float64
+	}
+	cs := make([]cand, len(logits))
+	mx := float64(logits[best])
+	sum := 0.0
+	for i, v := range logits {
+		p := math.Exp((float64(v) - mx) / temperature)
+		cs[i] = cand{i, p}
+		sum += p
+	}
+	sort.SliceStable(cs, func(a, b int) bool { return cs[a].p > cs[b].p })
+	keep, acc := 0, 0.0
+	for keep < len(cs) {
+		acc += cs[keep].p / sum
+		keep++
+		if acc >= topP {
+			break
+		}
+	}
+	r := rng.Float64() * acc * sum
+	for _, c := range cs[:keep] {
+		r -= c.p
+		if r <= 0 {
+			return int64(c.id)
+		}
+	}
+	return int64(cs[keep-1].id)
+}

@@ -1,0 +1,87 @@
+package layers
+
+import (
+	"math"
+	"math/rand"
+	"testing"
+
+	"github.com/sugarme/gotch"
+	"github.com/sugarme/gotch/ts"
+)
+
+func tensorOf(v []float32, shape ...int64) *ts.Tensor {
+	return ts.MustOfSlice(v).MustView(shape, true)
+}
+
+func randTensor(seed int64, shape ...int64) *ts.Tensor {
+	rng := rand.New(rand.NewSource(seed))
+	n := int64(1)
+	for _, d := range shape {
+		n *= d
+	}
+	v := make([]float32, n)
+	for i := range v {
+		v[i] = float32(rng.NormFloat64())
+	}
+	return tensorOf(v, shape...)
+}
+
+func floats(t *ts.Tensor) []float32 {
+	c := t.MustTotype(gotch.Float, false).MustContiguous(true)
+	out := make([]float32, c.Numel())
+	c.MustCopyData(out, c.Numel())
+	return out
+}
+
+func maxAbsDiff(a, b []float32) float64 {
+	if len(a) != len(b) {
+		return math.Inf(1)
+	}
+	d := 0.0
+	for i := range a {
+		d = math.Max(d, math.Abs(float64(a[i]-b[i])))
+	}
+	return d
+}
+
+func TestRMSNormHandComputed(t *testing.T) {
+	x := tensorOf([]float32{1, 2, 3, 4, 0, 0, 0, 2}, 2, 4)
+	w := tensorOf([]float32{1, 0.5, 2, 1}, 4)
+	got := floats((&RMSNorm{W: w, Eps: 1e-5}).Forward(x))
+	r1 := math.Sqrt(7.5 + 1e-5) // mean of 1, 4, 9, 16
+	r2 := math.Sqrt(1 + 1e-5)   // mean of 0, 0, 0, 4
+	want := []float64{1 / r1, 2 / r1 * 0.5, 3 / r1 * 2, 4 / r1, 0, 0, 0, 2 / r2}
+	for i := range want {
+		if math.Abs(float64(got[i])-want[i]) > 1e-6 {
+			t.Errorf("element %d: got %g, want %g", i, got[i], want[i])
+		}
+	}
+	// bf16 input: normalised in f32, cast back, then times the weight
+	gb := floats((&RMSNorm{W: w.MustTotype(gotch.BFloat16, false), Eps: 1e-5}).Forward(x.MustTotype(gotch.BFloat16, false)))
+	for i := range want {
+		if math.Abs(float64(gb[i])-want[i]) > 0.02 {
+			t.Errorf("bf16 element %d: got %g, want %g", i, gb[i], want[i])
+		}
+	}
+}
+
+// TestLinearRowPaths: the matrix-vector path for one row equals the
+// general path, with and without bias.
+func TestLinearRowPaths(t *testing.T) {
+	w := randTensor(1, 5, 4)
+	for _, bias := range []*ts.Tensor{nil, randTensor(2, 5)} {
+		l := &Linear{W: w, B: bias}
+		x := randTensor(3, 3, 1, 4)
+		all := floats(l.Forward(x))
+		for i := int64(0); i < 3; i++ {
+			row := x.MustNarrow(0, i, 1, false) // [1, 1, 4]
+			y := l.Forward(row)
+			if sz := y.MustSize(); len(sz) != 3 || sz[2] != 5 {
+				t.Fatalf("one-row output shape %v", sz)
+			}
+			if d := maxAbsDiff(floats(y), all[i*5:(i+1)*5]); d > 1e-6 {
+				t.Errorf("row %d (bias %v): mv path differs by %g", i, bias != nil, d)
+			}
+		}
+	}
+}

@@ -1,0 +1,181 @@
+package llama
+
+import (
+	"fmt"
+
+	"github.com/sugarme/gotch"
+	"github.com/sugarme/gotch/ts"
+
+	"github.com/m3gate/m3gate/sidecar/mllm/kvcache"
+	"github.com/m3gate/m3gate/sidecar/mllm/layers"
+	"github.com/m3gate/m3gate/sidecar/torch"
+)
+
+// Model is a Llama text model: embeddings, decoder layers, final norm and
+// LM head.
+type Model struct {
+	Config      Config
+	EmbedTokens *ts.Tensor // [vocab, D]
+	Layers      []DecoderLayer
+	Norm        layers.RMSNorm
+	Head        *layers.Linear // shares EmbedTokens when the embeddings are tied
+	// DType and Device are the weights' dtype and device (set by Bind).
+	DType  gotch.DType
+	Device gotch.Device
+
+	tied bool
+	rope *Rope
+}
+
+// New declares the model of c in p: the decoder under prefix (such as
+// "model.text_model." or "llm.model.": embed_tokens, layers.N.…, norm)
+// and the LM head as the Linear head (such as "lm_head"), which has no
+// tensor of its own when tie is set. Load the tensors, then call Bind.
+func New(p *layers.Params, c Config, prefix, head string, tie bool) *Model {
+	m := &Model{Config: c, tied: tie}
+	hd := c.HeadDim
+	p.Add(prefix+"embed_tokens.weight", layers.KindEmbed, &m.EmbedTokens, int64(c.VocabSize), int64(c.HiddenSize))
+	m.Layers = make([]DecoderLayer, c.NumHiddenLayers)
+	for i := range m.Layers {
+		l := &m.Layers[i]
+		lp := fmt.Sprintf("%slayers.%d.", prefix, i)
+		l.Attn = Attention{
+			Q:     p.Linear(lp+"self_attn.q_proj", c.HiddenSize, c.NumAttentionHeads*hd, c.AttentionBias),
+			K:     p.Linear(lp+"self_attn.k_proj", c.HiddenSize, c.NumKeyValueHeads*hd, c.AttentionBias),
+			V:     p.Linear(lp+"self_attn.v_proj", c.HiddenSize, c.NumKeyValueHeads*hd, c.AttentionBias),
+			O:     p.Linear(lp+"self_attn.o_proj", c.NumAttentionHeads*hd, c.HiddenSize, c.AttentionBias),
+			Heads: c.NumAttentionHeads, KVHeads: c.NumKeyValueHeads, HeadDim: hd,
+		}
+		l.MLP = MLP{
+			Gate: p.Linear(lp+"mlp.gate_proj", c.HiddenSize, c.IntermediateSize, c.MLPBias),
+			Up:   p.Linear(lp+"mlp.up_proj", c.HiddenSize, c.IntermediateSize, c.MLPBias),
+			Down: p.Linear(lp+"mlp.down_proj", c.IntermediateSize, c.HiddenSize, c.MLPBias),
+		}
+		p.RMSNorm(&l.InNorm, lp+"input_layernorm.weight", c.HiddenSize, c.RMSNormEps)
+		p.RMSNorm(&l.PostNorm, lp+"post_attention_layernorm.weight", c.HiddenSize, c.RMSNormEps)
+	}
+	p.RMSNorm(&m.Norm, prefix+"norm.weight", c.HiddenSize, c.RMSNormEps)
+	if tie {
+		m.Head = &layers.Linear{}
+		p.Linears[head] = m.Head
+	} else {
+		m.Head = p.Linear(head, c.HiddenSize, c.VocabSize, false)
+	}
+	return m
+}
+
+// Bind finishes a model whose tensors are loaded (in dtype kind on dev):
+// it ties the head to the embeddings when asked and builds the rotary
+// tables.
+func (m *Model) Bind(kind gotch.DType, dev gotch.Device) {
+	m.DType, m.Device = kind, dev
+	if m.tied {
+		m.Head.W = m.EmbedTokens
+	}
+	m.rope = NewRope(m.Config, kind, dev)
+}
+
+// Close frees what Bind built; the parameters belong to the Params they
+// were declared in.
+func (m *Model) Close() {
+	if m.rope != nil {
+		m.rope.Close()
+	}
+}
+
+// Embed looks up ids, b rows of t tokens, and returns [b, t, D].
+func (m *Model) Embed(ids []int64, b, t int) *ts.Tensor {
+	it := torch.ToDevice(ts.MustOfSlice(ids).MustView([]int64{int64(b), int64(t)}, true), m.Device, true)
+	return ts.MustEmbedding(m.EmbedTokens, it, -1, false, false)
+}
+
+// Forward runs the decoder layers on embeddings x [B, Tq, D] whose tokens
+// are marked valid (false = padding), after cache (nil for a fresh
+// prefill). It returns the final normed hidden states and the new cache.
+// For one token of one sequence (a decode step at batch 1) the hidden
+// state is a vector [D]: the residual stream stays a vector, so every
+// Linear is one gemv op and no op is spent on reshapes (gotch charges
+// ~26 µs per op).
+func (m *Model) Forward(x *ts.Tensor, valid [][]bool, cache *kvcache.Cache) (*ts.Tensor, *kvcache.Cache) {
+	c := m.Config
+	b, tq := len(valid), len(valid[0])
+	pos, next := cache.Append(valid)
+	mask := m.mask(next, cache.Len(), tq)
+	if b*tq == 1 {
+		x = x.MustView([]int64{int64(c.HiddenSize)}, false)
+	}
+	rot := m.rope.At(pos)
+	for li := range m.Layers {
+		var pk, pv *ts.Tensor
+		if cache != nil {
+			pk, pv = cache.K[li], cache.V[li]
+		}
+		var k, v *ts.Tensor
+		x, k, v = m.Layers[li].Forward(x, rot, mask, pk, pv)
+		next.K = append(next.K, k)
+		next.V = append(next.V, v)
+	}
+	rot.Drop()
+	if mask != ts.None {
+		mask.MustDrop()
+	}
+	return m.Norm.Forward(x), next
+}
+
+// mask is the additive attention mask [B, 1, nrep·Tq, past+Tq] of the
+// cache next after tq new tokens: a key is visible when valid and not
+// later than the query's slot. It is ts.None when every key is visible (one
+// new token, no padding).
+func (m *Model) mask(next *kvcache.Cache, past, tq int) *ts.Tensor {
+	if tq == 1 && !next.HasPadding() {
+		return ts.None
+	}
+	b := next.Batch()
+	nrep := m.Config.NumAttentionHeads / m.Config.NumKeyValueHeads
+	total := past + tq
+	mv := make([]float32, b*nrep*tq*total)
+	for i := 0; i < b; i++ {
+		for r := 0; r < nrep; r++ {
+			for j := 0; j < tq; j++ {
+				row := ((i*nrep+r)*tq + j) * total
+				for k := 0; k < total; k++ {
+					if !next.Valid[i][k] || k > past+j {
+						mv[row+k] = layers.MaskedScore
+					}
+				}
+			}
+		}
+	}
+	t := ts.MustOfSlice(mv).MustView([]int64{int64(b), 1, int64(nrep * tq), int64(total)}, true)
+	return torch.ToDevice(t, m.Device, true)
+}
+
+// Logits applies the LM head to hidden states and returns f32 logits.
+func (m *Model) Logits(h *ts.Tensor) *ts.Tensor {
+	return m.Head.Forward(h).MustTotype(gotch.Float, true)
+}
+
+// Step feeds one token per sequence of cache (a negative token is a
+// hidden padding slot: the sequence has finished) and returns the next
+// logits [B, V] (f32, on the model's device) and the extended cache.
+func (m *Model) Step(cache *kvcache.Cache, tokens []int64) (logits *ts.Tensor, next *kvcache.Cache) {
+	b := len(tokens)
+	ids := make([]int64, b)
+	valid := make([][]bool, b)
+	for i, t := range tokens {
+		valid[i] = []bool{t >= 0}
+		if t >= 0 {
+			ids[i] = t
+		}
+	}
+	h, next := m.Forward(m.Embed(ids, b, 1), valid, cache)
+	if h.Dim() == 1 { // single-token mode
+		logits = m.Head.Forward(h).MustView([]int64{1, -1}, true)
+	} else {
+		logits = m.Head.Forward(h.MustSelect(1, 0, true))
+	}
+	if logits.DType() != gotch.Float {
+		logits = logits.MustTotype(gotch.Float, true)
+	}
+	return logits, next
+}
