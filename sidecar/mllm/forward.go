@@ -143,20 +143,13 @@ func (m *Model) embed(seqs []Sequence, bt *batch) *ts.Tensor {
 	if !bt.anyImg {
 		return x
 	}
-	var feats []*ts.Tensor
+	var rows []*ts.Tensor
 	for _, s := range seqs {
 		for _, f := range s.Images {
-			ft := f.Tokens
-			if ft.DType() != m.DType {
-				ft = ft.MustTotype(m.DType, false)
-			}
-			ft = torch.ToDevice(ft, m.Device, ft != f.Tokens)
-			feats = append(feats, ft)
+			rows = append(rows, f.Tokens)
 		}
 	}
-	src := ts.MustCat(feats, 0)
-	mk := torch.ToDevice(ts.MustOfSlice(bt.isImg).MustView([]int64{int64(bt.b), int64(bt.t), 1}, true), m.Device, true)
-	return x.MustMaskedScatter(mk, src, true)
+	return m.text.Splice(x, bt.isImg, rows)
 }
 
 func (m *Model) forward(cache *KVCache, seqs []Sequence, opts ForwardOptions) (out *Output, next *KVCache, err error) {

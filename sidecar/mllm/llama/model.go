@@ -89,6 +89,25 @@ func (m *Model) Embed(ids []int64, b, t int) *ts.Tensor {
 	return ts.MustEmbedding(m.EmbedTokens, it, -1, false, false)
 }
 
+// Splice returns embeddings x [B, T, D] (which it consumes) with the
+// slots where at [B·T] is set replaced, in order, by the rows of rows
+// (each [n, D], converted to the model's dtype and device): the way a
+// family puts its image embeddings at its image tokens.
+func (m *Model) Splice(x *ts.Tensor, at []bool, rows []*ts.Tensor) *ts.Tensor {
+	var src []*ts.Tensor
+	for _, r := range rows {
+		t := r
+		if t.DType() != m.DType {
+			t = t.MustTotype(m.DType, false)
+		}
+		src = append(src, torch.ToDevice(t, m.Device, t != r))
+	}
+	all := ts.MustCat(src, 0)
+	sz := x.MustSize()
+	mk := torch.ToDevice(ts.MustOfSlice(at).MustView([]int64{sz[0], sz[1], 1}, true), m.Device, true)
+	return x.MustMaskedScatter(mk, all, true)
+}
+
 // Forward runs the decoder layers on embeddings x [B, Tq, D] whose tokens
 // are marked valid (false = padding), after cache (nil for a fresh
 // prefill). It returns the final normed hidden states and the new cache.
