@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+
+	"github.com/m3gate/m3gate/sidecar/mllm/llama"
 )
 
 // VisionConfig is the Idefics2-style SigLIP tower's vision_config.
@@ -28,23 +30,6 @@ type SliceConfig struct {
 	ModelType       string `json:"model_type,omitempty"`
 }
 
-// TextConfig is the Llama-3 text model's part of the config, which
-// MiniCPMVConfig (a LlamaConfig) keeps at the top level.
-type TextConfig struct {
-	VocabSize             int     `json:"vocab_size"`
-	HiddenSize            int     `json:"hidden_size"`
-	IntermediateSize      int     `json:"intermediate_size"`
-	NumHiddenLayers       int     `json:"num_hidden_layers"`
-	NumAttentionHeads     int     `json:"num_attention_heads"`
-	NumKeyValueHeads      int     `json:"num_key_value_heads"`
-	HiddenAct             string  `json:"hidden_act"`
-	RMSNormEps            float64 `json:"rms_norm_eps"`
-	RopeTheta             float64 `json:"rope_theta"`
-	MaxPositionEmbeddings int     `json:"max_position_embeddings"`
-	AttentionBias         bool    `json:"attention_bias"`
-	TieWordEmbeddings     bool    `json:"tie_word_embeddings"`
-}
-
 // Config is MiniCPM-Llama3-V-2.5's config.json (MiniCPMVConfig). Fields the
 // file omits take the remote code's defaults: query_num 64, image_size 448,
 // drop_vision_last_layer true (the real file sets false), slice_config
@@ -52,7 +37,10 @@ type TextConfig struct {
 // vision_config = SigLIP-so400m when absent and Idefics2VisionConfig's
 // defaults for fields it omits, LlamaConfig's defaults for the text model.
 type Config struct {
-	Text                TextConfig   `json:"-"`
+	// Text is the Llama-3 text model, whose keys MiniCPMVConfig (a
+	// LlamaConfig) keeps at the top level.
+	Text                llama.Config `json:"-"`
+	TieWordEmbeddings   bool         `json:"tie_word_embeddings"`
 	Architectures       []string     `json:"architectures,omitempty"`
 	ModelType           string       `json:"model_type"`
 	Version             float64      `json:"version,omitempty"`
@@ -81,7 +69,7 @@ func ParseConfig(raw []byte) (Config, error) {
 	c := Config{
 		QueryNum: 64, ImageSize: 448, PatchSize: 14, DropVisionLastLayer: true, BatchVisionInput: true, SliceMode: true,
 		Slice: SliceConfig{PatchSize: 14, MaxSliceNums: 9, ScaleResolution: 448},
-		Text: TextConfig{VocabSize: 32000, HiddenSize: 4096, IntermediateSize: 11008, NumHiddenLayers: 32,
+		Text: llama.Config{VocabSize: 32000, HiddenSize: 4096, IntermediateSize: 11008, NumHiddenLayers: 32,
 			NumAttentionHeads: 32, HiddenAct: "silu", RMSNormEps: 1e-6, RopeTheta: 10000, MaxPositionEmbeddings: 2048},
 	}
 	if len(probe.Vision) == 0 || string(probe.Vision) == "null" {
@@ -101,6 +89,9 @@ func ParseConfig(raw []byte) (Config, error) {
 	}
 	if c.Text.NumKeyValueHeads == 0 {
 		c.Text.NumKeyValueHeads = c.Text.NumAttentionHeads
+	}
+	if c.Text.HeadDim == 0 && c.Text.NumAttentionHeads > 0 {
+		c.Text.HeadDim = c.Text.HiddenSize / c.Text.NumAttentionHeads
 	}
 	return c, c.Validate()
 }
