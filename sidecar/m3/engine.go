@@ -34,6 +34,8 @@ type Engine struct {
 	info       schemas.ModelInfo
 	maxPixels  int64
 	split      bool
+	// other serves a family other than idefics3 (minicpmv25) when loaded.
+	other service.Engine
 }
 
 var _ service.Engine = (*Engine)(nil)
@@ -61,8 +63,16 @@ func (e *Engine) Load(ctx context.Context, req schemas.LoadRequest, progress fun
 	if family == "" {
 		family = "idefics3"
 	}
+	if family == FamilyMiniCPMV25 {
+		fe := &miniCPMEngine{}
+		if err := fe.Load(ctx, req, progress); err != nil {
+			return err
+		}
+		e.other = fe
+		return nil
+	}
 	if !contains(mllm.Families(), family) {
-		return fmt.Errorf("load: unknown model family %q (known: %s)", family, strings.Join(mllm.Families(), ", "))
+		return fmt.Errorf("load: unknown model family %q (known: %s)", family, strings.Join(append(mllm.Families(), FamilyMiniCPMV25), ", "))
 	}
 	dev, err := torch.ParseDevice(req.Device)
 	if err != nil {
@@ -186,6 +196,9 @@ func (e *Engine) Load(ctx context.Context, req schemas.LoadRequest, progress fun
 // Score decodes, preprocesses and scores items. An image that cannot be
 // read or decoded fails alone, in its result's Error.
 func (e *Engine) Score(ctx context.Context, items []schemas.ScoreItem, opts schemas.ScoreOptions) ([]schemas.ItemResult, error) {
+	if e.other != nil {
+		return e.other.Score(ctx, items, opts)
+	}
 	if e.scorer == nil {
 		return nil, schemas.ErrNotLoaded
 	}
@@ -276,6 +289,10 @@ func (e *Engine) adapterFor(aspect string) (*lora.Adapter, bool) {
 
 // Unload closes the model, freeing its weights now.
 func (e *Engine) Unload(ctx context.Context) error {
+	if e.other != nil {
+		e.other.Unload(ctx)
+		e.other = nil
+	}
 	if e.model != nil {
 		e.model.Close()
 	}
@@ -286,7 +303,12 @@ func (e *Engine) Unload(ctx context.Context) error {
 }
 
 // Info describes the loaded model.
-func (e *Engine) Info() schemas.ModelInfo { return e.info }
+func (e *Engine) Info() schemas.ModelInfo {
+	if e.other != nil {
+		return e.other.Info()
+	}
+	return e.info
+}
 
 // dirWeightBytes is the size of the safetensors files in dir.
 func dirWeightBytes(dir string) int64 {

@@ -219,3 +219,50 @@ func TestMatchesReference(t *testing.T) {
 		})
 	}
 }
+
+// TestBF16CloseToF32 loads the tiny model written in bf16 and compares its
+// logits with the f32 model's: close (bf16 rounding), not identical.
+func TestBF16CloseToF32(t *testing.T) {
+	f32, err := Load(tinyModel(t, gotch.Float), LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f32.Close()
+	bdir := tinyModel(t, gotch.BFloat16)
+	b16, err := Load(bdir, LoadOptions{DType: gotch.BFloat16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b16.Close()
+	img := testImage(500, 400)
+	logits := func(m *Model) []float64 {
+		f, err := m.EncodeImage(img, 9)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Drop()
+		ids, err := m.Tokenizer.EncodeParts(Render([]Message{{"user", "Rate the image."}}, f.Placeholder(m.Config.QueryNum), true))
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, _, err := m.Prefill(ids, f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer out.Drop()
+		return values(t, func() []float64 { return torch.ToCPU(out.Last, false).Float64Values() })
+	}
+	a, b := logits(f32), logits(b16)
+	scale := 0.0
+	for _, v := range a {
+		scale = math.Max(scale, math.Abs(v))
+	}
+	d := maxDiff(a, b)
+	t.Logf("bf16 vs f32 last-position logits: max diff %.3g, max |logit| %.3g", d, scale)
+	if d > 0.1*scale {
+		t.Errorf("bf16 logits differ from f32 by %g (max |logit| %g)", d, scale)
+	}
+	if d == 0 {
+		t.Error("bf16 and f32 logits are identical: the bf16 path did not run in bf16")
+	}
+}
