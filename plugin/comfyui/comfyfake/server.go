@@ -74,9 +74,9 @@ type Server struct {
 	// classes as the real server lists them, then the extra ones.
 	infoOrder []string
 	// pyInfo holds each class's /object_info entry as the server encodes it.
-	pyInfo map[string][]byte
-	handler  http.Handler
-	prompts  int // prompts executed over the server's life (not reset by restarts)
+	pyInfo  map[string][]byte
+	handler http.Handler
+	prompts int // prompts executed over the server's life (not reset by restarts)
 }
 
 type fileKey struct{ typ, subfolder, name string }
