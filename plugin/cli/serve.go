@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -105,17 +106,10 @@ func runServe(ctx context.Context, app *App, listen, model string) error {
 		}
 	}()
 
-	var requeuer server.Requeuer
-	if len(cfg.ComfyUI.Servers) > 0 {
-		c, err := comfyui.New(cfg.ComfyUI.Servers[0])
-		if err != nil {
-			return fmt.Errorf("serve: %w", err)
-		}
-		requeuer = comfyRequeuer{c}
-	}
 	srv, err := server.New(server.Config{
 		Scorer:         sup,
-		Requeuer:       requeuer,
+		Requeuer:       &comfyRequeuer{clients: map[string]*comfyui.Client{}},
+		ComfyUIServers: cfg.ComfyUI.Servers,
 		QueueSize:      cfg.Daemon.QueueSize,
 		RequestTimeout: cfg.Daemon.RequestTimeout,
 		Defaults:       defaults,
@@ -199,10 +193,36 @@ func serveDefaults(cfg config.Config) (schemas.ScoreOptions, error) {
 	return o, nil
 }
 
-// comfyRequeuer queues rerolled prompts on a ComfyUI server.
-type comfyRequeuer struct{ c *comfyui.Client }
+// comfyRequeuer queues rerolled prompts on ComfyUI servers, with one
+// client per server it was asked for (at most maxRequeueClients kept).
+type comfyRequeuer struct {
+	mu      sync.Mutex
+	clients map[string]*comfyui.Client
+}
 
-func (r comfyRequeuer) Requeue(ctx context.Context, prompt, extraPNGInfo json.RawMessage, clientID string) (string, error) {
+const maxRequeueClients = 32
+
+func (r *comfyRequeuer) client(server string) (*comfyui.Client, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if c, ok := r.clients[server]; ok {
+		return c, nil
+	}
+	c, err := comfyui.New(server)
+	if err != nil {
+		return nil, err
+	}
+	if len(r.clients) < maxRequeueClients {
+		r.clients[server] = c
+	}
+	return c, nil
+}
+
+func (r *comfyRequeuer) Requeue(ctx context.Context, server string, prompt, extraPNGInfo json.RawMessage, clientID string) (string, error) {
+	c, err := r.client(server)
+	if err != nil {
+		return "", err
+	}
 	w, err := comfyui.ParseWorkflow(prompt)
 	if err != nil {
 		return "", err
@@ -217,7 +237,7 @@ func (r comfyRequeuer) Requeue(ctx context.Context, prompt, extraPNGInfo json.Ra
 		}
 		req.ExtraData = map[string]any{"extra_pnginfo": extra}
 	}
-	resp, err := r.c.QueuePrompt(ctx, req)
+	resp, err := c.QueuePrompt(ctx, req)
 	if err != nil {
 		return "", err
 	}
