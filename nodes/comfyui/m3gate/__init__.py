@@ -53,6 +53,7 @@ PNGINFO_KEY = "m3gate"
 REROLL_KEY = "m3gate_reroll"
 SEED_INPUTS = ("seed", "noise_seed")
 LINKED_SEED_INPUTS = ("seed", "noise_seed", "value")
+SCORE_FIELDS = ("mos", "rating", "word_probs", "description", "source")  # nodes.AspectScore
 
 
 class DaemonError(RuntimeError):
@@ -551,7 +552,7 @@ def image_metadata(result, index, batch, node, attempt, seeds, prompt):
     aspects = result.get("aspects") or {}
     gate = result.get("gate")
     return {
-        "scores": {a: v for a, v in aspects.items() if isinstance(v, dict)},
+        "scores": {a: {k: v[k] for k in SCORE_FIELDS if k in v} for a, v in aspects.items() if isinstance(v, dict)},
         "error": result.get("error") or "",
         "passed": result["passed"] if isinstance(result.get("passed"), bool) else None,
         "gate": gate if isinstance(gate, dict) else None,
