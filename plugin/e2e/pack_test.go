@@ -356,3 +356,53 @@ func pixels(t *testing.T, data []byte) []byte {
 	draw.Draw(rgba, rgba.Bounds(), img, img.Bounds().Min, draw.Src)
 	return rgba.Pix
 }
+
+// TestRunOnExampleWorkflow: the README's command, `m3gate run` on
+// examples/comfyui/m3gate-api.json (the graph with the m3gate nodes, M3
+// Reroll's max_tries set to 1 so that only `m3gate run` re-rolls), works
+// against a ComfyUI that has the pack installed. The fake runs the pack's
+// nodes as no-ops, so the images `m3gate run` scores are the previews.
+func TestRunOnExampleWorkflow(t *testing.T) {
+	checkNoLeaks(t)
+	var opts []comfyfake.Option
+	for _, d := range nodes.Defs() {
+		var info map[string]json.RawMessage
+		if err := json.Unmarshal(d.ObjectInfoJSON(), &info); err != nil {
+			t.Fatal(err)
+		}
+		opts = append(opts, comfyfake.WithNodeClass(d.Class, info[d.Class]))
+	}
+	fake, _ := startFake(t, opts...)
+	d := startDaemon(t, fake.URL())
+	raw, err := os.ReadFile(filepath.Join("..", "..", "examples", "comfyui", "m3gate-api.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wf, err := comfyui.ParseWorkflow(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wf["12"].Inputs["max_tries"] = json.Number("1") // what the README's jq line does
+	wf["5"].Inputs["batch_size"] = json.Number("1")
+	b, _ := json.Marshal(wf)
+	wfPath := filepath.Join(t.TempDir(), "wf.json")
+	if err := os.WriteFile(wfPath, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := t.TempDir()
+	p, code := runM3gate(t, d.dir, wfPath, "--count", "2", "--threshold", "quality=0", "--max-tries", "2", "--out", out)
+	if code != 0 {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, p.stdout.String(), p.stderr.String())
+	}
+	pngs, _ := filepath.Glob(filepath.Join(out, "*.png"))
+	if len(pngs) != 2 {
+		t.Fatalf("%d accepted PNGs, want 2", len(pngs))
+	}
+	for _, f := range pngs {
+		data, _ := os.ReadFile(f)
+		md, err := pipeline.ReadMetadata(data)
+		if err != nil || md.Prompt != "statue of a man, marble, museum lighting" || len(md.Scores) == 0 {
+			t.Errorf("%s: metadata %+v, %v", filepath.Base(f), md, err)
+		}
+	}
+}
