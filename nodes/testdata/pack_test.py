@@ -480,6 +480,22 @@ class GraphTests(Base):
             self.check_run(r, attempt=2)
         self.assertGreater(len(orders), 4, "the executor must try several output orders")
 
+    def test_plain_saveimage_depends_on_output_order(self):
+        # The unreliable path, as a real server runs it: whether SaveImage
+        # (node 17) runs before or after M3 Reroll decides whether its PNG
+        # has m3gate_reroll. M3 Save Image's files are right either way.
+        with_key = without_key = 0
+        for seed in range(8):
+            r = self.executor(seed=seed).run(self.load(), {"extra_pnginfo": {"workflow": {}}})
+            plain, _ = executor.png_text(executor.saved(r, "17")[0])
+            if pack.REROLL_KEY in plain:
+                with_key += 1
+            else:
+                without_key += 1
+            self.check_run(r)
+        self.assertGreater(with_key, 0)
+        self.assertGreater(without_key, 0)
+
     def test_without_extra_pnginfo(self):
         r = self.executor().run(self.load(), {})  # an API client's /prompt
         self.check_run(r)
