@@ -16,6 +16,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/spf13/cobra"
 
+	"github.com/m3gate/m3gate/nodes"
 	"github.com/m3gate/m3gate/plugin/comfyui"
 	"github.com/m3gate/m3gate/plugin/config"
 	"github.com/m3gate/m3gate/plugin/dataset"
@@ -194,7 +195,10 @@ func serveDefaults(cfg config.Config) (schemas.ScoreOptions, error) {
 }
 
 // comfyRequeuer queues rerolled prompts on ComfyUI servers, with one
-// client per server it was asked for (at most maxRequeueClients kept).
+// client per server it was asked for (at most maxRequeueClients kept). A
+// server is used only once it has shown that it is a ComfyUI with the
+// node pack (GET /object_info/M3Reroll), so that a reroll never posts a
+// prompt to some other service.
 type comfyRequeuer struct {
 	mu      sync.Mutex
 	clients map[string]*comfyui.Client
@@ -202,24 +206,32 @@ type comfyRequeuer struct {
 
 const maxRequeueClients = 32
 
-func (r *comfyRequeuer) client(server string) (*comfyui.Client, error) {
+func (r *comfyRequeuer) client(ctx context.Context, server string) (*comfyui.Client, error) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	if c, ok := r.clients[server]; ok {
+	c, ok := r.clients[server]
+	r.mu.Unlock()
+	if ok {
 		return c, nil
 	}
 	c, err := comfyui.New(server)
 	if err != nil {
 		return nil, err
 	}
+	if _, err := c.ObjectInfo(ctx, nodes.ClassReroll); errors.Is(err, comfyui.ErrNotFound) {
+		return nil, fmt.Errorf("%s is not a ComfyUI with the m3gate node pack (no %s in GET /object_info)", server, nodes.ClassReroll)
+	} else if err != nil {
+		return nil, err
+	}
+	r.mu.Lock()
 	if len(r.clients) < maxRequeueClients {
 		r.clients[server] = c
 	}
+	r.mu.Unlock()
 	return c, nil
 }
 
 func (r *comfyRequeuer) Requeue(ctx context.Context, server string, prompt, extraPNGInfo json.RawMessage, clientID string) (string, error) {
-	c, err := r.client(server)
+	c, err := r.client(ctx, server)
 	if err != nil {
 		return "", err
 	}

@@ -9,6 +9,8 @@ import (
 	"image/draw"
 	"image/png"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"os/exec"
@@ -16,6 +18,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -311,6 +314,21 @@ func TestPackSavesScoresThroughDaemon(t *testing.T) {
 	code, raw = postReroll(t, d.url, b)
 	if code != 502 || !strings.Contains(string(raw), fake.URL()+" (comfyui_url") {
 		t.Errorf("reroll to a stopped calling server: HTTP %d %s, want 502 naming comfyui_url", code, raw)
+	}
+	// A loopback service that is not a ComfyUI with the pack gets no prompt.
+	var posts atomic.Int32
+	web := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost {
+			posts.Add(1)
+		}
+		w.Write([]byte("<html>a local web app</html>"))
+	}))
+	defer web.Close()
+	body["comfyui_url"], _ = json.Marshal(web.URL)
+	b, _ = json.Marshal(body)
+	code, raw = postReroll(t, d.url, b)
+	if code != 502 || posts.Load() != 0 || !strings.Contains(string(raw), "object info") {
+		t.Errorf("reroll to a non-ComfyUI loopback service: HTTP %d %s, %d POSTs; want 502 and none", code, raw, posts.Load())
 	}
 	// Without extra_pnginfo the pack says SaveImage gets no scores.
 	if ui := out[3].UI["10"]; len(ui) != 1 || !strings.Contains(ui[0], "no extra_pnginfo") {
