@@ -305,6 +305,13 @@ class RerollTests(Base):
                                          api_prompt=api_prompt(), unique_id="12", extra_pnginfo={})
             host = "[::1]" if address == "::1" else address
             self.assertIn("on http://%s:%d" % (host, port), out["ui"]["text"][0])
+        # ComfyUI started with --tls-keyfile/--tls-certfile serves https.
+        saved = pack.comfy_args
+        pack.comfy_args = type("Args", (), {"tls_keyfile": "k.pem", "tls_certfile": "c.pem", "disable_metadata": False})()
+        try:
+            self.assertEqual(pack.comfyui_url(), "https://[::1]:8189")
+        finally:
+            pack.comfy_args = saved
         os.environ["M3GATE_COMFYUI_URL"] = "https://comfy.example:443/"
         try:
             out = pack.M3Reroll().reroll(0, 1, 3, "", 1, api_prompt=api_prompt(), unique_id="12")
