@@ -543,6 +543,18 @@ class GraphTests(Base):
             self.assertIn(b"iTXtm3gate\0", raw)
             self.assertIn(text.encode("utf-8"), raw)
 
+    def test_disable_metadata_keeps_only_the_scores(self):
+        # ComfyUI --disable-metadata: no prompt or workflow chunk, the scores stay.
+        saved = pack.comfy_args
+        pack.comfy_args = type("Args", (), {"tls_keyfile": None, "tls_certfile": None, "disable_metadata": True})()
+        try:
+            r = self.executor().run(self.load(), {"extra_pnginfo": {"workflow": {}}})
+        finally:
+            pack.comfy_args = saved
+        md, text, bright = read_meta(self, executor.saved(r, "13")[0])
+        self.assertEqual(sorted(text), [pack.PNGINFO_KEY])
+        self.check_scores(md, bright)
+
     def test_save_scores_itself_when_scores_not_linked(self):
         prompt = self.load()
         prompt = {k: prompt[k] for k in ("2", "3")}
