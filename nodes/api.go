@@ -19,8 +19,9 @@ const (
 	PathScore = "/v1/score"
 	// PathReroll takes a RerollRequest and answers a RerollResponse.
 	PathReroll = "/v1/reroll"
-	// PNGInfoKey is the extra_pnginfo key (and so the PNG text chunk) M3 Score
-	// writes; PNGInfoRerollKey the one M3 Reroll writes.
+	// PNGInfoKey is the PNG text chunk M3 Save Image writes (iTXt, an
+	// ImageMetadata) and the extra_pnginfo key M3 Score fills for a plain
+	// SaveImage; PNGInfoRerollKey the extra_pnginfo key M3 Reroll fills.
 	PNGInfoKey       = "m3gate"
 	PNGInfoRerollKey = "m3gate_reroll"
 )
@@ -83,6 +84,10 @@ type RerollRequest struct {
 	// ClientID is the websocket client that queued the prompt; the re-queued
 	// prompt is sent with it so that client sees its progress.
 	ClientID string `json:"client_id"`
+	// ComfyUIURL is the base URL of the ComfyUI server that ran the prompt
+	// (the pack reads its own address); the daemon queues the next attempt
+	// there. Empty: the daemon's first comfyui.servers entry.
+	ComfyUIURL string `json:"comfyui_url,omitempty"`
 	// ExtraPNGInfo is the prompt's extra_pnginfo (the UI workflow, m3gate's
 	// keys), or null when the prompt was queued without one.
 	ExtraPNGInfo json.RawMessage `json:"extra_pnginfo"`
@@ -96,6 +101,8 @@ type RerollResponse struct {
 	Attempt int `json:"attempt"`
 	// Seeds maps "node_id.input" to the new seed.
 	Seeds map[string]uint64 `json:"seeds,omitempty"`
+	// Server is the base URL of the ComfyUI server the attempt was queued on.
+	Server string `json:"server,omitempty"`
 }
 
 // RerollPlan is what the daemon queues for a RerollRequest: POST /prompt

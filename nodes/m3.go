@@ -12,6 +12,7 @@ const (
 	ClassGate    = "M3Gate"
 	ClassReroll  = "M3Reroll"
 	ClassBestOfN = "M3BestOfN"
+	ClassSave    = "M3SaveImage"
 )
 
 // MOS bounds: scores are mean opinion scores on 0..5.
@@ -25,6 +26,7 @@ func init() {
 	Register(gateDef())
 	Register(rerollDef())
 	Register(bestOfNDef())
+	Register(saveDef())
 }
 
 func imagesIn(tip string) Input { return Input{Name: "images", Type: TypeImage, Tooltip: tip} }
@@ -49,7 +51,7 @@ func scoreDef() Def {
 	d := Def{
 		Class:       ClassScore,
 		DisplayName: "M3 Score",
-		Description: "Scores every image of the batch with M3-AGIQA through the m3gate daemon: a mean opinion score (0-5) and a rating word per aspect. Shows the scores on the node and stores them in the PNG metadata that SaveImage writes.",
+		Description: "Scores every image of the batch with M3-AGIQA through the m3gate daemon: a mean opinion score (0-5) and a rating word per aspect. Shows the scores on the node; link scores to M3 Save Image (directly or through M3 Gate) to store each image's scores in its PNG. Also adds them to the metadata a plain SaveImage writes, but only when this node runs in the same execution (not when ComfyUI replays it from its cache).",
 		Category:    Category,
 		Function:    "score",
 		// An output node runs even when nothing is linked to it, so a Score
@@ -93,7 +95,8 @@ func gateDef() Def {
 			{Name: "rejected", Type: TypeImage, Tooltip: "Images that fell short (blocked when none did)."},
 			{Name: "passed_count", Type: TypeInt, Tooltip: "How many images passed."},
 			{Name: "rejected_count", Type: TypeInt, Tooltip: "How many images were rejected."},
-			{Name: "passed_scores", Type: TypeString, Tooltip: "Scores JSON of the passed images (blocked when none passed)."},
+			{Name: "passed_scores", Type: TypeString, Tooltip: "Scores JSON of the passed images, each with its gate result (blocked when none passed); link to M3 Save Image."},
+			{Name: "rejected_scores", Type: TypeString, Tooltip: "Scores JSON of the rejected images, each with its gate result (blocked when none was rejected); link to M3 Save Image."},
 		},
 	}
 	defaults := map[string]float64{"quality": 3.0}
@@ -109,7 +112,7 @@ func rerollDef() Def {
 	return Def{
 		Class:       ClassReroll,
 		DisplayName: "M3 Reroll",
-		Description: "When fewer images passed than wanted, asks the m3gate daemon to queue this prompt again with new seeds on the sampler nodes (all seed inputs, or those of the listed nodes), up to max_tries attempts. The attempt number is stored in the PNG metadata.",
+		Description: "When fewer images passed than wanted, asks the m3gate daemon to queue this prompt again, on this ComfyUI server, with new seeds on the sampler nodes (all seed inputs, or those of the listed nodes), up to max_tries attempts. M3 Save Image stores the attempt number in each PNG.",
 		Category:    Category,
 		Function:    "reroll",
 		OutputNode:  true,
@@ -160,6 +163,28 @@ func bestOfNDef() Def {
 			Tooltip: "Weight of " + a + " in the ranking score; 0 ignores it."})
 	}
 	return d
+}
+
+func saveDef() Def {
+	return Def{
+		Class:       ClassSave,
+		DisplayName: "M3 Save Image",
+		Description: "Saves images as PNG like SaveImage (prompt and workflow metadata included) and writes into each file an iTXt chunk m3gate with that image's own scores, gate result, attempt number and sampler seeds. The scores come through the scores input, so the chunk is right whether ComfyUI ran M3 Score or replayed it from its cache, whatever order output nodes run in, and with or without extra_pnginfo.",
+		Category:    Category,
+		Function:    "save_images",
+		OutputNode:  true,
+		Required: []Input{
+			imagesIn("The images to save."),
+			{Name: "filename_prefix", Type: TypeString, Default: "m3gate",
+				Tooltip: "The prefix of the file names; may name a subfolder of the output folder (e.g. passed/m3gate) and use %date:yyyy-MM-dd% like SaveImage."},
+		},
+		Optional: []Input{
+			{Name: "scores", Type: TypeString, ForceInput: true,
+				Tooltip: "Per-image scores JSON for these very images: scores of M3 Score, or passed_scores / rejected_scores of M3 Gate, or scores of M3 Best-of-N. When not linked the node asks the daemon to score the batch."},
+			promptIn(),
+		},
+		Hidden: []Input{hiddenPrompt, hiddenID, hiddenPNG},
+	}
 }
 
 // SeedInputNames are the input names M3 Reroll (and the daemon) treat as

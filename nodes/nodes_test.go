@@ -57,7 +57,7 @@ func TestRegistryHasTheFourNodes(t *testing.T) {
 			t.Errorf("%s: no description", d.Class)
 		}
 	}
-	want := []string{ClassBestOfN, ClassGate, ClassReroll, ClassScore}
+	want := []string{ClassBestOfN, ClassGate, ClassReroll, ClassSave, ClassScore}
 	if strings.Join(got, ",") != strings.Join(want, ",") {
 		t.Fatalf("classes %v, want %v", got, want)
 	}

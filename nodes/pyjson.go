@@ -260,3 +260,16 @@ func parseValue(dec *json.Decoder) (any, error) {
 		return t, nil // string, bool, nil
 	}
 }
+
+// PythonJSON re-encodes the JSON document data the way Python's json.dumps
+// writes it with default separators (", " and ": "), which is what a
+// ComfyUI server's aiohttp json_response sends: key order and number
+// literals are kept, non-ASCII is escaped as \uXXXX. It lets a fake server
+// answer from a recorded, re-indented response byte for byte.
+func PythonJSON(data []byte) ([]byte, error) {
+	v, err := parseOrdered(data)
+	if err != nil {
+		return nil, err
+	}
+	return dumps(v, 0), nil
+}

@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -87,7 +88,7 @@ func (f *fakeDaemon) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		writeJSON(w, http.StatusOK, RerollResponse{Queued: true,
-			PromptID: fmt.Sprintf("rerolled-%d", plan.Attempt), Attempt: plan.Attempt, Seeds: plan.Seeds})
+			PromptID: fmt.Sprintf("rerolled-%d", plan.Attempt), Attempt: plan.Attempt, Seeds: plan.Seeds, Server: req.ComfyUIURL})
 	default:
 		f.fail("unexpected path %s", r.URL.Path)
 		http.NotFound(w, r)
@@ -199,6 +200,7 @@ func TestPythonPack(t *testing.T) {
 	defer srv.Close()
 
 	dir, outDir := t.TempDir(), t.TempDir()
+	report := filepath.Join(dir, "report.json")
 	compact := filepath.Join(dir, "object_info.json")
 	if err := os.WriteFile(compact, Default().ObjectInfoJSON(), 0o644); err != nil {
 		t.Fatal(err)
@@ -214,7 +216,7 @@ func TestPythonPack(t *testing.T) {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, debianPython, "-B", "testdata/pack_test.py")
 	cmd.Env = append(os.Environ(),
-		"PYTHONPATH="+filepath.Join(root, "nodes", "testdata", "pystubs"),
+		"PYTHONPATH="+filepath.Join(root, "nodes", "testdata", "pystubs")+string(os.PathListSeparator)+filepath.Join(root, "nodes", "testdata"),
 		"PYTHONDONTWRITEBYTECODE=1",
 		"OMP_NUM_THREADS=1",
 		"M3GATE_PACK="+filepath.Join(root, "nodes", "comfyui", "m3gate"),
@@ -227,6 +229,7 @@ func TestPythonPack(t *testing.T) {
 		"M3GATE_TIMEOUT=30",
 		"M3GATE_WORKFLOW="+filepath.Join(root, "nodes", "testdata", "workflow-api.json"),
 		"M3GATE_OUT="+outDir,
+		"M3GATE_REPORT="+report,
 	)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
@@ -303,9 +306,12 @@ func TestPythonPack(t *testing.T) {
 	if strings.Contains(string(plan.ExtraPNGInfo), PNGInfoRerollKey) {
 		t.Errorf("planned extra_pnginfo %s keeps %s", plan.ExtraPNGInfo, PNGInfoRerollKey)
 	}
-	// The workflow run: 1 of 2 passed, every seed input rerolled.
+	// The workflow runs: 1 of 2 passed, every seed input rerolled, on the
+	// ComfyUI server that ran the graph.
 	var wf int
+	servers := map[string]bool{}
 	for i, r := range fake.rerolls {
+		servers[r.ComfyUIURL] = true
 		if r.Passed == 1 && r.Wanted == 2 {
 			wf++
 			if len(r.SeedNodes) != 0 || r.NodeID != "12" {
@@ -316,58 +322,76 @@ func TestPythonPack(t *testing.T) {
 			}
 		}
 	}
-	if wf != 1 {
-		t.Errorf("%d workflow reroll requests, want 1", wf)
+	if wf == 0 {
+		t.Error("no workflow reroll requests")
 	}
-	checkWorkflowOutputs(t, outDir)
+	for _, u := range []string{"http://127.0.0.1:8188", "http://0.0.0.0:8189", "http://[::1]:8189", "https://comfy.example:443"} {
+		if !servers[u] {
+			t.Errorf("no reroll request named ComfyUI server %s (saw %v)", u, servers)
+		}
+	}
+	checkSavedPNGs(t, report)
 }
 
-// checkWorkflowOutputs reads the PNGs the Python executor's SaveImage
-// stand-in wrote and checks the scores M3 Score put in extra_pnginfo.
-func checkWorkflowOutputs(t *testing.T, dir string) {
+// checkSavedPNGs reads again, with a Go PNG reader, every PNG the Python
+// graph tests read: the m3gate chunk is iTXt, decodes strictly as an
+// ImageMetadata, equals what Python (Pillow) read, and holds the fake
+// daemon's scores of the very image in the file.
+func checkSavedPNGs(t *testing.T, report string) {
 	t.Helper()
-	chunks, img := readPNGText(t, filepath.Join(dir, "passed_00000_.png"))
-	if b := meanBrightness(img); math.Abs(b-0.9) > 0.01 {
-		t.Errorf("passed image brightness %.3f, want the 0.9 image", b)
+	raw, err := os.ReadFile(report)
+	if err != nil {
+		t.Fatalf("graph tests report: %v", err)
 	}
-	var meta struct {
-		Attempt int      `json:"attempt"`
-		Aspects []string `json:"aspects"`
-		Prompt  string   `json:"prompt"`
-		Images  []struct {
-			Index   int                    `json:"index"`
-			Aspects map[string]AspectScore `json:"aspects"`
-		} `json:"images"`
+	var saw []struct {
+		Path       string          `json:"path"`
+		Brightness float64         `json:"brightness"`
+		Meta       json.RawMessage `json:"meta"`
 	}
-	raw, ok := chunks[PNGInfoKey]
-	if !ok {
-		t.Fatalf("passed PNG has text chunks %v, no %q", keys(chunks), PNGInfoKey)
+	if err := json.Unmarshal(raw, &saw); err != nil {
+		t.Fatal(err)
 	}
-	if err := json.Unmarshal([]byte(raw), &meta); err != nil {
-		t.Fatalf("m3gate chunk %q: %v", raw, err)
+	if len(saw) < 20 {
+		t.Fatalf("the graph tests read %d PNGs, want many", len(saw))
 	}
-	if meta.Attempt != 1 || meta.Prompt != "a red fox in the snow" || len(meta.Images) != 2 ||
-		math.Abs(meta.Images[1].Aspects["quality"].MOS-5*229.0/255) > 1e-3 || meta.Images[1].Aspects["quality"].Rating != "excellent" {
-		t.Errorf("m3gate chunk %s", raw)
+	prompts := map[string]bool{}
+	for _, s := range saw {
+		chunks, img := readPNGText(t, s.Path)
+		c, ok := chunks[PNGInfoKey]
+		if !ok || c.typ != "iTXt" {
+			t.Errorf("%s: m3gate chunk %+v, want iTXt", s.Path, c)
+			continue
+		}
+		var md, py ImageMetadata
+		dec := json.NewDecoder(strings.NewReader(c.text))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&md); err != nil {
+			t.Errorf("%s: m3gate chunk is not an ImageMetadata: %v\n%s", s.Path, err, c.text)
+			continue
+		}
+		json.Unmarshal(s.Meta, &py)
+		if !reflect.DeepEqual(md, py) {
+			t.Errorf("%s: Go reads %+v, Pillow read %+v", s.Path, md, py)
+		}
+		b := meanBrightness(img)
+		if math.Abs(b-s.Brightness) > 1e-6 || math.Abs(md.Scores["quality"].MOS-5*b) > 1e-3 {
+			t.Errorf("%s: brightness %.4f, quality %.4f: not this image's score", s.Path, b, md.Scores["quality"].MOS)
+		}
+		if md.Attempt < 1 || md.Batch < 1 || md.Index >= md.Batch || md.Seeds["3"] != math.MaxUint64 {
+			t.Errorf("%s: metadata %+v", s.Path, md)
+		}
+		prompts[md.Prompt] = true
 	}
-	if _, ok := chunks["prompt"]; !ok {
-		t.Errorf("passed PNG lacks the prompt chunk: %v", keys(chunks))
-	}
-	if _, err := os.Stat(filepath.Join(dir, "allfail_passed_00000_.png")); err == nil {
-		t.Error("a blocked passed side still saved an image")
+	if !prompts["statue café 雕像"] {
+		t.Errorf("no PNG carried the non-ASCII prompt unchanged: %v", prompts)
 	}
 }
 
-func keys(m map[string]string) []string {
-	var out []string
-	for k := range m {
-		out = append(out, k)
-	}
-	return out
-}
+type pngText struct{ typ, text string }
 
-// readPNGText returns a PNG's tEXt chunks and its decoded image.
-func readPNGText(t *testing.T, path string) (map[string]string, image.Image) {
+// readPNGText returns a PNG's tEXt (Latin-1) and uncompressed iTXt (UTF-8)
+// chunks by keyword, and its decoded image.
+func readPNGText(t *testing.T, path string) (map[string]pngText, image.Image) {
 	t.Helper()
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -377,16 +401,32 @@ func readPNGText(t *testing.T, path string) (map[string]string, image.Image) {
 	if err != nil {
 		t.Fatalf("%s: %v", path, err)
 	}
-	chunks := map[string]string{}
+	chunks := map[string]pngText{}
 	for p := 8; p+12 <= len(data); {
 		n := int(binary.BigEndian.Uint32(data[p:]))
 		typ := string(data[p+4 : p+8])
 		if p+12+n > len(data) {
 			t.Fatalf("%s: truncated %s chunk", path, typ)
 		}
-		if typ == "tEXt" {
-			k, v, _ := bytes.Cut(data[p+8:p+8+n], []byte{0})
-			chunks[string(k)] = string(v)
+		body := data[p+8 : p+8+n]
+		switch typ {
+		case "tEXt":
+			k, v, _ := bytes.Cut(body, []byte{0})
+			r := make([]rune, len(v))
+			for i, c := range v {
+				r[i] = rune(c)
+			}
+			chunks[string(k)] = pngText{typ, string(r)}
+		case "iTXt":
+			k, rest, _ := bytes.Cut(body, []byte{0})
+			if len(rest) < 2 || rest[0] != 0 {
+				t.Fatalf("%s: iTXt %s is compressed or truncated", path, k)
+			}
+			parts := bytes.SplitN(rest[2:], []byte{0}, 3)
+			if len(parts) != 3 {
+				t.Fatalf("%s: iTXt %s has no language tag and translated keyword", path, k)
+			}
+			chunks[string(k)] = pngText{typ, string(parts[2])}
 		}
 		p += 12 + n
 	}

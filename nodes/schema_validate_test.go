@@ -51,8 +51,8 @@ func TestWorkflowMatchesNodeSchemas(t *testing.T) {
 		}
 		checked++
 	}
-	if checked != 4 {
-		t.Fatalf("checked %d m3gate nodes, want 4", checked)
+	if checked != 7 {
+		t.Fatalf("checked %d m3gate nodes, want 7", checked)
 	}
 
 	tests := []struct {

@@ -10,8 +10,9 @@ PYTHONPATH and real torch, numpy and PIL. The Go test passes:
   M3GATE_COMPACT    the Go rendering of GET /object_info (Python separators)
   M3GATE_FUNCTIONS  JSON {class: FUNCTION} from the Go registry
   M3GATE_ASPECTS    JSON list of the registry's aspects
-  M3GATE_WORKFLOW   testdata/workflow-api.json, run by a small executor
-  M3GATE_OUT        where the executor's save node writes PNGs
+  M3GATE_WORKFLOW   testdata/workflow-api.json, run by testdata/executor.py
+  M3GATE_OUT        ComfyUI's output folder (folder_paths stub)
+  M3GATE_REPORT     where to write what the graph tests saw, for the Go side
 """
 
 import importlib.util
@@ -21,13 +22,13 @@ import os
 import sys
 import unittest
 
-import numpy as np
 import torch
-from PIL import Image
-from PIL.PngImagePlugin import PngInfo
+from PIL.PngImagePlugin import iTXt
 
 import server
 from comfy_execution.graph import ExecutionBlocker
+
+import executor
 
 PACK = os.environ["M3GATE_PACK"]
 URL = os.environ["M3GATE_URL"]
@@ -78,9 +79,7 @@ def node_info(module, node_class):
 pack = load_pack()
 
 
-def batch(*levels, h=8, w=6):
-    """An IMAGE batch whose image i is filled with grey level levels[i]."""
-    return torch.stack([torch.full((h, w, 3), float(v)) for v in levels])
+batch = executor.batch
 
 
 def api_prompt(attempt=1):
@@ -236,21 +235,26 @@ class GateTests(Base):
         images = batch(0.7, 0.9)
         out = pack.M3Gate().gate(images, mode="all", quality_min=3.0, correspondence_min=0.0,
                                  authenticity_min=0.0, scores=self.scores(0.7, 0.9))
-        passed, rejected, n_pass, n_rej, passed_scores = out["result"]
+        passed, rejected, n_pass, n_rej, passed_scores, rejected_scores = out["result"]
         self.assertEqual(tuple(passed.shape), (2, 8, 6, 3))
         self.assertIsInstance(rejected, ExecutionBlocker)
         self.assertIsNone(rejected.message)
+        self.assertIsInstance(rejected_scores, ExecutionBlocker)
         self.assertEqual((n_pass, n_rej), (2, 0))
         self.assertEqual([s["source_index"] for s in json.loads(passed_scores)], [0, 1])
+        for s in json.loads(passed_scores):
+            self.assertIs(s["passed"], True)
+            self.assertEqual(s["gate"], {"mode": "all", "thresholds": {"quality": 3.0}})
 
     def test_none_pass_blocks_passed_and_its_scores(self):
         images = batch(0.1, 0.2)
         out = pack.M3Gate().gate(images, "all", 3.0, 0.0, 0.0, scores=self.scores(0.1, 0.2))
-        passed, rejected, n_pass, n_rej, passed_scores = out["result"]
+        passed, rejected, n_pass, n_rej, passed_scores, rejected_scores = out["result"]
         self.assertIsInstance(passed, ExecutionBlocker)
         self.assertIsInstance(passed_scores, ExecutionBlocker)
         self.assertTrue(torch.equal(rejected, images))
         self.assertEqual((n_pass, n_rej), (0, 2))
+        self.assertEqual([(s["source_index"], s["passed"]) for s in json.loads(rejected_scores)], [(0, False), (1, False)])
 
     def test_mode_all_and_any_split_differently(self):
         images = batch(0.3, 0.7, 0.9)
@@ -292,6 +296,28 @@ class RerollTests(Base):
         self.assertEqual(pnginfo["m3gate_reroll"]["attempt"], 1)
         ev = self.events("m3gate.reroll")
         self.assertEqual(ev[-1][0]["prompt_id"], "rerolled-2")
+
+    def test_reroll_names_the_server_that_ran_the_prompt(self):
+        # Two ComfyUI processes: each M3 Reroll sends its own address.
+        for address, port in (("127.0.0.1", 8188), ("::1", 8189)):
+            self.server.address, self.server.port = address, port
+            out = pack.M3Reroll().reroll(0, wanted=1, max_tries=3, seed_nodes="", attempt=1,
+                                         api_prompt=api_prompt(), unique_id="12", extra_pnginfo={})
+            host = "[::1]" if address == "::1" else address
+            self.assertIn("on http://%s:%d" % (host, port), out["ui"]["text"][0])
+        # ComfyUI started with --tls-keyfile/--tls-certfile serves https.
+        saved = pack.comfy_args
+        pack.comfy_args = type("Args", (), {"tls_keyfile": "k.pem", "tls_certfile": "c.pem", "disable_metadata": False})()
+        try:
+            self.assertEqual(pack.comfyui_url(), "https://[::1]:8189")
+        finally:
+            pack.comfy_args = saved
+        os.environ["M3GATE_COMFYUI_URL"] = "https://comfy.example:443/"
+        try:
+            out = pack.M3Reroll().reroll(0, 1, 3, "", 1, api_prompt=api_prompt(), unique_id="12")
+            self.assertIn("on https://comfy.example:443", out["ui"]["text"][0])
+        finally:
+            del os.environ["M3GATE_COMFYUI_URL"]
 
     def test_enough_passed_does_not_requeue(self):
         out = pack.M3Reroll().reroll(2, wanted=2, max_tries=3, seed_nodes="", attempt=1,
@@ -354,120 +380,207 @@ class BestOfNTests(Base):
             pack.M3BestOfN().best_of_n(batch(0.5), 1, 0.0, 0.0, 0.0)
 
 
-class TestImages:
-    """Test source node: a batch of grey images, levels "0.2,0.9"."""
-    RETURN_TYPES = ("IMAGE",)
-    FUNCTION = "run"
-
-    def run(self, levels):
-        return (batch(*[float(x) for x in levels.split(",")]),)
+REPORT = []  # saved PNGs and what the Python side read, re-checked from Go
 
 
-class TestText:
-    RETURN_TYPES = ("STRING",)
-    FUNCTION = "run"
-
-    def run(self, text):
-        return (text,)
-
-
-class TestSave:
-    """Writes PNGs the way ComfyUI's SaveImage does, metadata included."""
-    RETURN_TYPES = ()
-    FUNCTION = "save"
-    OUTPUT_NODE = True
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"images": ("IMAGE",), "filename_prefix": ("STRING",)},
-                "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}}
-
-    def save(self, images, filename_prefix, prompt=None, extra_pnginfo=None):
-        for i, image in enumerate(images):
-            img = Image.fromarray(np.clip(255. * image.cpu().numpy(), 0, 255).astype(np.uint8))
-            metadata = PngInfo()
-            if prompt is not None:
-                metadata.add_text("prompt", json.dumps(prompt))
-            if extra_pnginfo is not None:
-                for x in extra_pnginfo:
-                    metadata.add_text(x, json.dumps(extra_pnginfo[x]))
-            img.save(os.path.join(os.environ["M3GATE_OUT"], "%s_%05d_.png" % (filename_prefix, i)),
-                     pnginfo=metadata, compress_level=4)
-        return {"ui": {"images": [{"filename": filename_prefix}]}}
+def read_meta(test, path):
+    """The m3gate chunk of a PNG M3 Save Image wrote, and its brightness."""
+    text, bright = executor.png_text(path)
+    test.assertIn(pack.PNGINFO_KEY, text, path)
+    test.assertIsInstance(text[pack.PNGINFO_KEY], iTXt, "the m3gate chunk must be iTXt (UTF-8)")
+    md = json.loads(text[pack.PNGINFO_KEY])
+    REPORT.append({"path": path, "brightness": bright, "meta": md})
+    return md, text, bright
 
 
-def run_prompt(prompt, extra_pnginfo):
-    """Execute an API prompt with ComfyUI's semantics for what the pack uses:
-    links resolve to upstream outputs, hidden inputs are filled, a node with
-    an ExecutionBlocker input does not run and blocks its outputs, only
-    output nodes and what they need run. Returns (outputs, ui, ran)."""
-    classes = dict(pack.NODE_CLASS_MAPPINGS, TestImages=TestImages, TestText=TestText, TestSave=TestSave)
-    outputs, ui, ran = {}, {}, []
+class GraphTests(Base):
+    """Whole graphs through executor.py: cache, output order, hidden inputs
+    as a ComfyUI v0.3.64 server handles them."""
 
-    def execute(nid):
-        if nid in outputs:
-            return outputs[nid]
-        node = prompt[nid]
-        cls = classes[node["class_type"]]
-        kwargs = {}
-        for name, v in node["inputs"].items():
-            if isinstance(v, list) and len(v) == 2 and isinstance(v[0], str):
-                val = execute(v[0])[v[1]]
-                if isinstance(val, ExecutionBlocker):
-                    outputs[nid] = tuple(val for _ in cls.RETURN_TYPES)
-                    return outputs[nid]
-                kwargs[name] = val
-            else:
-                kwargs[name] = v
-        hidden = cls.INPUT_TYPES().get("hidden", {}) if hasattr(cls, "INPUT_TYPES") else {}
-        for name, kind in hidden.items():
-            kwargs[name] = {"PROMPT": prompt, "UNIQUE_ID": nid, "EXTRA_PNGINFO": extra_pnginfo}[kind]
-        res = getattr(cls(), cls.FUNCTION)(**kwargs)
-        ran.append(nid)
-        if isinstance(res, dict):
-            ui[nid] = res.get("ui")
-            res = res.get("result", ())
-        outputs[nid] = tuple(res)
-        return outputs[nid]
+    SEED = 18446744073709551615
 
-    for nid in sorted(prompt, key=int):
-        if getattr(classes.get(prompt[nid]["class_type"]), "OUTPUT_NODE", False):
-            execute(nid)
-    return outputs, ui, ran
-
-
-class WorkflowTests(Base):
     def load(self):
         with open(os.environ["M3GATE_WORKFLOW"], encoding="utf-8") as f:
             return json.load(f)
 
+    def executor(self, seed=0, **kw):
+        return executor.Executor(executor.classes(pack), seed=seed, **kw)
+
+    def check_scores(self, md, bright, aspects=("quality", "correspondence")):
+        """The chunk holds the fake daemon's scores of this very image."""
+        want = {"quality": 5 * bright, "correspondence": 5 * (1 - bright)}
+        self.assertEqual(sorted(md["scores"]), sorted(aspects))
+        for a in aspects:
+            self.assertAlmostEqual(md["scores"][a]["mos"], want[a], places=3, msg=a)
+
+    def check_run(self, r, attempt=1, prompt="a red fox in the snow", thresholds=None):
+        passed = executor.saved(r, "13")
+        rejected = executor.saved(r, "14")
+        self.assertEqual((len(passed), len(rejected)), (1, 1))
+        for path, ok in ((passed[0], True), (rejected[0], False)):
+            md, _, bright = read_meta(self, path)
+            self.check_scores(md, bright)
+            self.assertIs(md["passed"], ok)
+            self.assertEqual(md["gate"], {"mode": "all", "thresholds": thresholds or {"quality": 3.0}})
+            self.assertEqual(md["attempt"], attempt)
+            self.assertEqual(md["seeds"], {"3": self.SEED})
+            self.assertEqual(md["prompt"], prompt)
+            self.assertEqual((md["index"], md["batch"], md["node"]), (0, 1, "13" if ok else "14"))
+            self.assertEqual(md["source_index"], 1 if ok else 0)
+            self.assertAlmostEqual(bright, 0.9 if ok else 0.2, places=2)
+
     def test_workflow_scores_gates_saves_and_rerolls(self):
         prompt = self.load()
-        extra = {"workflow": {"nodes": [], "links": []}}
-        outputs, ui, ran = run_prompt(prompt, extra)
-        self.assertEqual(outputs["11"][2:4], (1, 1))
-        self.assertEqual(outputs["12"], (1, True))  # 1 of 2 wanted passed: re-queued
-        self.assertIn("rerolled-2", ui["12"]["text"][0])
-        out = os.environ["M3GATE_OUT"]
-        for name in ("passed_00000_.png", "rejected_00000_.png", "best_00000_.png"):
-            self.assertTrue(os.path.exists(os.path.join(out, name)), name)
-        self.assertNotIn("3", ran)  # the sampler is only a seed holder here
-        self.assertEqual(extra[pack.PNGINFO_KEY]["attempt"], 1)
+        r = self.executor().run(prompt, {"extra_pnginfo": {"workflow": {"nodes": [], "links": []}}})
+        self.assertEqual(r.outputs["11"][2:4], (1, 1))
+        self.assertEqual(r.outputs["12"], (1, True))  # 1 of 2 wanted passed: re-queued
+        self.assertIn("rerolled-2", r.ui["12"]["text"][0])
+        self.assertIn("on http://127.0.0.1:8188", r.ui["12"]["text"][0])
+        self.check_run(r)
+        md, text, _ = read_meta(self, executor.saved(r, "13")[0])
+        self.assertEqual(json.loads(text["prompt"]), prompt)  # SaveImage's chunks too
+        self.assertEqual(json.loads(text["workflow"]), {"nodes": [], "links": []})
+        self.assertNotIn(pack.REROLL_KEY, text)
+        best, _, bright = read_meta(self, executor.saved(r, "16")[0])
+        self.check_scores(best, bright)
+        self.assertIsNone(best["passed"])  # no gate before Best-of-N
+        self.assertEqual(best["source_index"], 1)
 
-    def test_nothing_passes_blocks_the_passed_save(self):
+    def test_cached_requeue_keeps_per_image_scores(self):
+        ex = self.executor()
         prompt = self.load()
-        prompt["1"]["inputs"]["levels"] = "0.1,0.2"
-        for n in ("13", "14", "16"):
-            prompt[n]["inputs"]["filename_prefix"] = "allfail_" + prompt[n]["inputs"]["filename_prefix"]
-        prompt["12"]["inputs"]["attempt"] = 2
-        outputs, ui, ran = run_prompt(prompt, {})
-        self.assertNotIn("13", ran)  # blocked, not run on an empty batch
-        self.assertIn("14", ran)
-        self.assertIsInstance(outputs["11"][0], ExecutionBlocker)
-        self.assertEqual(outputs["12"], (2, True))
-        out = os.environ["M3GATE_OUT"]
-        self.assertFalse(os.path.exists(os.path.join(out, "allfail_passed_00000_.png")))
-        self.assertTrue(os.path.exists(os.path.join(out, "allfail_rejected_00001_.png")))
+        ex.run(prompt, {"extra_pnginfo": {"workflow": {"nodes": []}}})
+        # The artist lowers the threshold and queues again (the browser sends
+        # a fresh extra_pnginfo): M3 Score and its images are replayed from
+        # the cache, the gate and the saves run.
+        prompt["11"]["inputs"]["quality_min"] = 0.5
+        r = ex.run(prompt, {"extra_pnginfo": {"workflow": {"nodes": []}}})
+        self.assertIn("10", r.cached)
+        self.assertNotIn("10", r.ran)
+        self.assertIn("13", r.ran)
+        passed = executor.saved(r, "13")
+        self.assertEqual(len(passed), 2)
+        brights = []
+        for i, path in enumerate(passed):
+            md, _, bright = read_meta(self, path)
+            self.check_scores(md, bright)
+            self.assertIs(md["passed"], True)
+            self.assertEqual(md["gate"]["thresholds"], {"quality": 0.5})
+            self.assertEqual((md["index"], md["source_index"], md["batch"]), (i, i, 2))
+            self.assertEqual((md["attempt"], md["seeds"]), (1, {"3": self.SEED}))
+            brights.append(bright)
+        self.assertAlmostEqual(brights[0], 0.2, places=2)
+        self.assertAlmostEqual(brights[1], 0.9, places=2)
+        # What a real server does to a plain SaveImage: M3 Score did not run,
+        # so its side effect is missing from the PNG (why M3 Save Image exists).
+        self.assertIn("17", r.ran)
+        plain, _ = executor.png_text(executor.saved(r, "17")[0])
+        self.assertNotIn(pack.PNGINFO_KEY, plain)
+
+    def test_output_order_does_not_matter(self):
+        orders = set()
+        for seed in range(8):
+            prompt = self.load()
+            prompt["12"]["inputs"]["attempt"] = 2
+            r = self.executor(seed=seed).run(prompt, {"extra_pnginfo": {"workflow": {}}})
+            orders.add(tuple(r.order))
+            self.check_run(r, attempt=2)
+        self.assertGreater(len(orders), 4, "the executor must try several output orders")
+
+    def test_plain_saveimage_depends_on_output_order(self):
+        # The unreliable path, as a real server runs it: whether SaveImage
+        # (node 17) runs before or after M3 Reroll decides whether its PNG
+        # has m3gate_reroll. M3 Save Image's files are right either way.
+        with_key = without_key = 0
+        for seed in range(8):
+            r = self.executor(seed=seed).run(self.load(), {"extra_pnginfo": {"workflow": {}}})
+            plain, _ = executor.png_text(executor.saved(r, "17")[0])
+            if pack.REROLL_KEY in plain:
+                with_key += 1
+            else:
+                without_key += 1
+            self.check_run(r)
+        self.assertGreater(with_key, 0)
+        self.assertGreater(without_key, 0)
+
+    def test_without_extra_pnginfo(self):
+        r = self.executor().run(self.load(), {})  # an API client's /prompt
+        self.check_run(r)
+        _, text, _ = read_meta(self, executor.saved(r, "13")[0])
+        self.assertNotIn("workflow", text)
+        self.assertIn("prompt", text)
+        self.assertIn("no extra_pnginfo", r.ui["10"]["text"][0])
+
+    def test_batch_of_three_gets_one_score_each(self):
+        prompt = self.load()
+        prompt["3"]["inputs"]["levels"] = "0.1,0.5,0.9"
+        prompt = {k: prompt[k] for k in ("2", "3", "10")}
+        prompt["20"] = {"class_type": "M3SaveImage", "inputs": {"images": ["10", 0], "scores": ["10", 4],
+                                                                "filename_prefix": "batch/m3gate"}}
+        r = self.executor().run(prompt, {})
+        paths = executor.saved(r, "20")
+        self.assertEqual(len(paths), 3)
+        brights = []
+        for i, path in enumerate(paths):
+            md, _, bright = read_meta(self, path)
+            self.check_scores(md, bright)
+            self.assertEqual((md["index"], md["source_index"], md["batch"]), (i, i, 3))
+            self.assertIsNone(md["passed"])
+            brights.append(round(bright, 2))
+        self.assertEqual(brights, [0.1, 0.5, 0.9])
+
+    def test_non_ascii_prompt_round_trips(self):
+        text = "statue café 雕像"
+        prompt = self.load()
+        prompt["2"]["inputs"]["text"] = text
+        r = self.executor().run(prompt, {"extra_pnginfo": {"workflow": {}}})
+        for nid in ("13", "14"):
+            path = executor.saved(r, nid)[0]
+            md, _, _ = read_meta(self, path)
+            self.assertEqual(md["prompt"], text)
+            with open(path, "rb") as f:
+                raw = f.read()
+            self.assertIn(b"iTXtm3gate\0", raw)
+            self.assertIn(text.encode("utf-8"), raw)
+
+    def test_disable_metadata_keeps_only_the_scores(self):
+        # ComfyUI --disable-metadata: no prompt or workflow chunk, the scores stay.
+        saved = pack.comfy_args
+        pack.comfy_args = type("Args", (), {"tls_keyfile": None, "tls_certfile": None, "disable_metadata": True})()
+        try:
+            r = self.executor().run(self.load(), {"extra_pnginfo": {"workflow": {}}})
+        finally:
+            pack.comfy_args = saved
+        md, text, bright = read_meta(self, executor.saved(r, "13")[0])
+        self.assertEqual(sorted(text), [pack.PNGINFO_KEY])
+        self.check_scores(md, bright)
+
+    def test_save_scores_itself_when_scores_not_linked(self):
+        prompt = self.load()
+        prompt = {k: prompt[k] for k in ("2", "3")}
+        prompt["20"] = {"class_type": "M3SaveImage", "inputs": {"images": ["3", 0], "prompt": ["2", 0],
+                                                                "filename_prefix": "self/m3gate"}}
+        r = self.executor().run(prompt, {})
+        paths = executor.saved(r, "20")
+        self.assertEqual(len(paths), 2)
+        for path in paths:
+            md, _, bright = read_meta(self, path)
+            self.check_scores(md, bright)
+            self.assertEqual(md["seeds"], {"3": self.SEED})
+
+    def test_reroll_goes_to_the_server_that_ran_the_prompt(self):
+        a = self.executor(address="127.0.0.1", port=8188)
+        b = self.executor(seed=1, address="0.0.0.0", port=8189)
+        rb = b.run(self.load(), {}, client_id="client-b")
+        ra = a.run(self.load(), {}, client_id="client-a")
+        self.assertIn("on http://0.0.0.0:8189", rb.ui["12"]["text"][0])
+        self.assertIn("on http://127.0.0.1:8188", ra.ui["12"]["text"][0])
+
+
+def tearDownModule():
+    if os.environ.get("M3GATE_REPORT"):
+        with open(os.environ["M3GATE_REPORT"], "w", encoding="utf-8") as f:
+            json.dump(REPORT, f, ensure_ascii=False)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ daemon (m3gate serve) against the workflow's positive prompt; a job whose
 image falls below a threshold is rerolled, up to --max-tries prompts.
 
 Accepted images are written to --out as PNG with their scores, seed, attempt
-and prompt id in a tEXt chunk "m3gate"; results.jsonl gets one line per image,
+and prompt id in an iTXt (UTF-8) chunk "m3gate"; results.jsonl gets one line per image,
 accepted or not. A ComfyUI restart during the run is survived: prompts the
 server lost are queued again; a server unreachable for long hands its jobs to
 the others. With --resume, a run into the same --out continues an earlier one.`,

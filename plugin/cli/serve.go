@@ -9,12 +9,14 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/spf13/cobra"
 
+	"github.com/m3gate/m3gate/nodes"
 	"github.com/m3gate/m3gate/plugin/comfyui"
 	"github.com/m3gate/m3gate/plugin/config"
 	"github.com/m3gate/m3gate/plugin/dataset"
@@ -105,17 +107,10 @@ func runServe(ctx context.Context, app *App, listen, model string) error {
 		}
 	}()
 
-	var requeuer server.Requeuer
-	if len(cfg.ComfyUI.Servers) > 0 {
-		c, err := comfyui.New(cfg.ComfyUI.Servers[0])
-		if err != nil {
-			return fmt.Errorf("serve: %w", err)
-		}
-		requeuer = comfyRequeuer{c}
-	}
 	srv, err := server.New(server.Config{
 		Scorer:         sup,
-		Requeuer:       requeuer,
+		Requeuer:       &comfyRequeuer{clients: map[string]*comfyui.Client{}},
+		ComfyUIServers: cfg.ComfyUI.Servers,
 		QueueSize:      cfg.Daemon.QueueSize,
 		RequestTimeout: cfg.Daemon.RequestTimeout,
 		Defaults:       defaults,
@@ -199,10 +194,47 @@ func serveDefaults(cfg config.Config) (schemas.ScoreOptions, error) {
 	return o, nil
 }
 
-// comfyRequeuer queues rerolled prompts on a ComfyUI server.
-type comfyRequeuer struct{ c *comfyui.Client }
+// comfyRequeuer queues rerolled prompts on ComfyUI servers, with one
+// client per server it was asked for (at most maxRequeueClients kept). A
+// server is used only once it has shown that it is a ComfyUI with the
+// node pack (GET /object_info/M3Reroll), so that a reroll never posts a
+// prompt to some other service.
+type comfyRequeuer struct {
+	mu      sync.Mutex
+	clients map[string]*comfyui.Client
+}
 
-func (r comfyRequeuer) Requeue(ctx context.Context, prompt, extraPNGInfo json.RawMessage, clientID string) (string, error) {
+const maxRequeueClients = 32
+
+func (r *comfyRequeuer) client(ctx context.Context, server string) (*comfyui.Client, error) {
+	r.mu.Lock()
+	c, ok := r.clients[server]
+	r.mu.Unlock()
+	if ok {
+		return c, nil
+	}
+	c, err := comfyui.New(server)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := c.ObjectInfo(ctx, nodes.ClassReroll); errors.Is(err, comfyui.ErrNotFound) {
+		return nil, fmt.Errorf("%s is not a ComfyUI with the m3gate node pack (no %s in GET /object_info)", server, nodes.ClassReroll)
+	} else if err != nil {
+		return nil, err
+	}
+	r.mu.Lock()
+	if len(r.clients) < maxRequeueClients {
+		r.clients[server] = c
+	}
+	r.mu.Unlock()
+	return c, nil
+}
+
+func (r *comfyRequeuer) Requeue(ctx context.Context, server string, prompt, extraPNGInfo json.RawMessage, clientID string) (string, error) {
+	c, err := r.client(ctx, server)
+	if err != nil {
+		return "", err
+	}
 	w, err := comfyui.ParseWorkflow(prompt)
 	if err != nil {
 		return "", err
@@ -217,7 +249,7 @@ func (r comfyRequeuer) Requeue(ctx context.Context, prompt, extraPNGInfo json.Ra
 		}
 		req.ExtraData = map[string]any{"extra_pnginfo": extra}
 	}
-	resp, err := r.c.QueuePrompt(ctx, req)
+	resp, err := c.QueuePrompt(ctx, req)
 	if err != nil {
 		return "", err
 	}

@@ -2,14 +2,20 @@ package comfyui_test
 
 import (
 	"bytes"
+	"compress/zlib"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"image"
 	"image/png"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -460,7 +466,7 @@ func TestPNGTextRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if fmt.Sprint(got) != fmt.Sprint([]comfyui.TextChunk{{"m3gate", `{"a":1}`}, {"k2", "ü"}}) {
+	if fmt.Sprint(got) != fmt.Sprint([]comfyui.TextChunk{{Key: "m3gate", Text: `{"a":1}`}, {Key: "k2", Text: "ü"}}) {
 		t.Errorf("chunks %v", got)
 	}
 	bad := append([]byte{}, out...)
@@ -474,6 +480,94 @@ func TestPNGTextRoundTrip(t *testing.T) {
 	if _, err := comfyui.AddPNGText(buf.Bytes(), comfyui.TextChunk{Key: "", Text: "b"}); err == nil {
 		t.Error("empty key accepted")
 	}
+}
+
+// TestPNGTextInternational: UTF-8 text round-trips through an iTXt chunk
+// and Pillow reads it back unchanged; tEXt refuses what Latin-1 cannot hold.
+func TestPNGTextInternational(t *testing.T) {
+	var buf bytes.Buffer
+	png.Encode(&buf, image.NewGray(image.Rect(0, 0, 3, 3)))
+	const prompt = `{"prompt":"statue café 雕像"}`
+	out, err := comfyui.AddPNGText(buf.Bytes(), comfyui.TextChunk{Key: "m3gate", Text: prompt, International: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(out, []byte("iTXtm3gate\x00")) {
+		t.Error("no iTXt chunk written")
+	}
+	got, err := comfyui.PNGText(out)
+	if err != nil || len(got) != 1 || got[0] != (comfyui.TextChunk{Key: "m3gate", Text: prompt, International: true}) {
+		t.Fatalf("read back %+v, %v", got, err)
+	}
+	if _, err := comfyui.AddPNGText(buf.Bytes(), comfyui.TextChunk{Key: "m3gate", Text: prompt}); err == nil ||
+		!strings.Contains(err.Error(), "not Latin-1") {
+		t.Errorf("CJK text in a tEXt chunk: err %v, want a refusal naming Latin-1", err)
+	}
+	// Pillow, the reader of every ComfyUI user, decodes it to the same string.
+	if _, err := os.Stat("/usr/bin/python3"); err == nil {
+		f := filepath.Join(t.TempDir(), "i.png")
+		if err := os.WriteFile(f, out, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command("/usr/bin/python3", "-c", "import sys; from PIL import Image; im = Image.open(sys.argv[1]); im.load(); sys.stdout.buffer.write(im.text['m3gate'].encode('utf-8'))", f)
+		if b, err := cmd.Output(); err != nil {
+			t.Logf("skipping the Pillow check: %v", err)
+		} else if string(b) != prompt {
+			t.Errorf("Pillow reads %q, want %q", b, prompt)
+		}
+	}
+}
+
+// TestPNGTextReadsEveryKind: the chunks Pillow writes (tEXt in Latin-1,
+// zTXt, iTXt plain and compressed) and the UTF-8 tEXt chunks older m3gate
+// versions wrote all read back as the text that was stored.
+func TestPNGTextReadsEveryKind(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join("testdata", "pillow-text.png"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := comfyui.PNGText(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []comfyui.TextChunk{
+		{Key: "latin", Text: "café"},
+		{Key: "ztxt", Text: strings.Repeat("crème ", 20)},
+		{Key: "m3gate", Text: `{"prompt": "statue café 雕像"}`, International: true},
+		{Key: "zitxt", Text: strings.Repeat("雕像 ", 30), International: true},
+		{Key: "auto", Text: "雕像", International: true},
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("chunks\n got %+v\nwant %+v", got, want)
+	}
+	// An old m3gate file: UTF-8 bytes in a tEXt chunk.
+	var buf bytes.Buffer
+	png.Encode(&buf, image.NewGray(image.Rect(0, 0, 1, 1)))
+	old := rawChunk("tEXt", []byte("m3gate\x00{\"prompt\":\"statue café 雕像\"}"))
+	b := buf.Bytes()
+	iend := bytes.Index(b, []byte("IEND")) - 4
+	oldPNG := append(append(append([]byte{}, b[:iend]...), old...), b[iend:]...)
+	got, err = comfyui.PNGText(oldPNG)
+	if err != nil || len(got) != 1 || got[0].Text != `{"prompt":"statue café 雕像"}` || got[0].International {
+		t.Errorf("old UTF-8 tEXt chunk read as %+v, %v", got, err)
+	}
+	// A zTXt chunk that inflates past the bound is refused, not read.
+	var z bytes.Buffer
+	zw := zlib.NewWriter(&z)
+	zw.Write(make([]byte, comfyui.MaxPNGTextBytes+10))
+	zw.Close()
+	bomb := rawChunk("zTXt", append([]byte("k\x00\x00"), z.Bytes()...))
+	bombPNG := append(append(append([]byte{}, b[:iend]...), bomb...), b[iend:]...)
+	if _, err := comfyui.PNGText(bombPNG); err == nil || !strings.Contains(err.Error(), "inflated text over") {
+		t.Errorf("zTXt bomb: err %v", err)
+	}
+}
+
+func rawChunk(typ string, data []byte) []byte {
+	out := binary.BigEndian.AppendUint32(nil, uint32(len(data)))
+	out = append(out, typ...)
+	out = append(out, data...)
+	return binary.BigEndian.AppendUint32(out, crc32.ChecksumIEEE(append([]byte(typ), data...)))
 }
 
 // TestWaitPromptPollsHistory: the prompt's events go to another socket, so

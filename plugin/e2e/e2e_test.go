@@ -9,7 +9,6 @@ import (
 	"math"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -384,13 +383,13 @@ func postReroll(t *testing.T, url string, body []byte) (int, []byte) {
 // with M3 Score, M3 Gate and M3 Reroll runs on the fake ComfyUI; the real
 // pack (Python) scores its image through the real daemon, and its M3 Reroll
 // asks the daemon to queue the prompt again on ComfyUI
-// (comfyui.servers[0]) with new sampler seeds and attempt n+1, for the
+// that ran it (the address the pack sends) with new sampler seeds and attempt n+1, for the
 // websocket client that ran the first. A pack-shaped request from Go takes
 // the next step; at max_tries the pack gives up and the daemon refuses.
 func TestPackRerollThroughDaemon(t *testing.T) {
 	checkNoLeaks(t)
 	var opts []comfyfake.Option
-	for _, class := range []string{"M3Score", "M3Gate", "M3Reroll"} {
+	for _, class := range []string{"M3Score", "M3Gate", "M3Reroll", "M3SaveImage"} {
 		def, ok := nodes.Lookup(class)
 		if !ok {
 			t.Fatalf("node %s not registered", class)
@@ -507,7 +506,7 @@ func TestPackRerollThroughDaemon(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pack := runPack(t, d, h1.Prompt.Prompt, savedImage(t, ctx, cl, first), cl.ID(), 1)
+	pack := runPack(t, d, fake.URL(), h1.Prompt.Prompt, savedImage(t, ctx, cl, first), cl.ID(), 1)
 	var requeued string
 	for _, ev := range pack.Events {
 		if ev.Event == "m3gate.reroll" {
@@ -565,7 +564,7 @@ func TestPackRerollThroughDaemon(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pack = runPack(t, d, last.Prompt.Prompt, savedImage(t, ctx, cl, res3), cl.ID(), 3)
+	pack = runPack(t, d, fake.URL(), last.Prompt.Prompt, savedImage(t, ctx, cl, res3), cl.ID(), 3)
 	if !strings.Contains(pack.RerollText, "gave up") || pack.RerollResult[1] != false {
 		t.Errorf("pack at max_tries: %q %v", pack.RerollText, pack.RerollResult)
 	}
@@ -674,54 +673,37 @@ func (e *packEvent) UnmarshalJSON(b []byte) error {
 
 const debianPython = "/usr/bin/python3"
 
-// runPack runs the pack's M3 Score → M3 Gate → M3 Reroll on the image a
-// prompt made (testdata/pack_e2e.py under Debian's python3, the real pack,
-// stub ComfyUI modules) against the daemon, and checks that the scores the
-// pack shows and stores are the daemon's for the PNG the pack sent.
-func runPack(t *testing.T, d *daemon, prompt comfyui.Workflow, img []byte, clientID string, attempt int) packRun {
+// runPack runs the pack's nodes of a prompt that ran on the fake ComfyUI
+// at comfyURL (testdata/pack_e2e.py under Debian's python3, the real pack,
+// stub ComfyUI modules, the executor of nodes/testdata) on the image it made,
+// against the daemon, and checks that the scores the pack shows and stores
+// are the daemon's for the PNG the pack sent.
+func runPack(t *testing.T, d *daemon, comfyURL string, prompt comfyui.Workflow, img []byte, clientID string, attempt int) packRun {
 	t.Helper()
-	if _, err := os.Stat(debianPython); err != nil {
-		t.Skipf("the node pack needs %s (%v)", debianPython, err)
-	}
-	root, err := filepath.Abs(filepath.Join("..", ".."))
-	if err != nil {
-		t.Fatal(err)
-	}
 	dir := t.TempDir()
-	pj, _ := json.Marshal(prompt)
-	promptFile, imgFile, sentFile := filepath.Join(dir, "prompt.json"), filepath.Join(dir, "in.png"), filepath.Join(dir, "sent.png")
-	if err := os.WriteFile(promptFile, pj, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	imgFile := filepath.Join(dir, "in.png")
 	if err := os.WriteFile(imgFile, img, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(debianPython, "-B", filepath.Join("testdata", "pack_e2e.py"))
-	cmd.Env = append(childEnv(),
-		"PYTHONPATH="+filepath.Join(root, "nodes", "testdata", "pystubs"),
-		"PYTHONDONTWRITEBYTECODE=1", "OMP_NUM_THREADS=1",
-		"M3GATE_PACK="+filepath.Join(root, "nodes", "comfyui", "m3gate"),
-		"M3GATE_URL="+d.url, "M3GATE_TIMEOUT=30",
-		"E2E_PROMPT="+promptFile, "E2E_IMAGE="+imgFile, "E2E_SENT_PNG="+sentFile,
-		"E2E_CLIENT_ID="+clientID, "E2E_ATTEMPT="+strconv.Itoa(attempt),
-	)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		if strings.Contains(stderr.String(), "No module named 'torch'") {
-			t.Skipf("the node pack needs torch in %s", debianPython)
-		}
-		t.Fatalf("pack: %v\n%s", err, stderr.String())
+	prompt = cloneWorkflow(t, prompt)
+	prompt["12"].Inputs["attempt"] = json.Number(strconv.Itoa(attempt))
+	host, port := hostPort(t, comfyURL)
+	runs, sent := runPlan(t, d, []planRun{{Prompt: prompt, Images: []string{imgFile}, ClientID: clientID,
+		Address: host, Port: port, ExtraData: map[string]any{"extra_pnginfo": map[string]any{
+			"workflow": map[string]any{"last_node_id": 13, "nodes": []any{}, "links": []any{}}}}}})
+	r := runs[0]
+	run := packRun{Events: r.Events, ExtraPNGInfo: r.ExtraPNGInfo}
+	out10, out11, out12 := r.Outputs["10"], r.Outputs["11"], r.Outputs["12"]
+	if len(out10) != 5 || len(out11) != 6 || len(out12) != 2 || len(r.UI["12"]) != 1 {
+		t.Fatalf("pack outputs %v, ui %v", r.Outputs, r.UI)
 	}
-	var run packRun
-	if err := json.Unmarshal(out, &run); err != nil {
-		t.Fatalf("pack output %s: %v", out, err)
-	}
-	sent, err := os.ReadFile(sentFile)
-	if err != nil {
-		t.Fatal(err)
-	}
+	run.Quality, _ = out10[1].(float64)
+	s, _ := out10[4].(string)
+	json.Unmarshal([]byte(s), &run.Scores)
+	p, _ := out11[2].(float64)
+	run.Passed = int(p)
+	run.RerollText = r.UI["12"][0]
+	run.RerollResult = out12
 	want := d.score(t, sent, "a red fox in the snow")
 	stored, _ := run.ExtraPNGInfo[nodes.PNGInfoKey].(map[string]any)
 	storedQ := -1.0

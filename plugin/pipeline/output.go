@@ -17,14 +17,14 @@ import (
 	_ "golang.org/x/image/webp" // decode WebP outputs
 )
 
-// MetadataKey is the PNG tEXt keyword under which accepted images carry
+// MetadataKey is the PNG iTXt keyword under which accepted images carry
 // their Metadata as JSON.
 const MetadataKey = "m3gate"
 
 // ResultsFile is the name of the per-image log in the output folder.
 const ResultsFile = "results.jsonl"
 
-// Metadata is what m3gate writes into an image's PNG (tEXt "m3gate").
+// Metadata is what m3gate writes into an image's PNG (iTXt "m3gate", UTF-8).
 type Metadata struct {
 	Scores   map[string]AspectScore `json:"scores"`
 	Passed   bool                   `json:"passed"`
@@ -177,7 +177,7 @@ func (w *writer) image(rejected bool, a *attempt, img *Image, md Metadata) (stri
 	if err != nil {
 		return "", fmt.Errorf("run: encode metadata: %w", err)
 	}
-	data, err = comfyui.AddPNGText(data, comfyui.TextChunk{Key: MetadataKey, Text: string(mj)})
+	data, err = comfyui.AddPNGText(data, comfyui.TextChunk{Key: MetadataKey, Text: string(mj), International: true})
 	if err != nil {
 		return "", fmt.Errorf("run: %s: %w", img.Ref.Filename, err)
 	}

@@ -1,7 +1,7 @@
 // Package pipeline is the engine of `m3gate run`: it queues an API-format
 // ComfyUI workflow on one or more servers with fresh sampler seeds, waits
 // for the outputs over the websocket, scores every image, writes accepted
-// images (PNG with the scores in a tEXt chunk) and a results.jsonl line per
+// images (PNG with the scores in an iTXt chunk) and a results.jsonl line per
 // image, and rerolls rejected jobs with new seeds up to a maximum number of
 // tries. It survives a server restart: prompts the server lost are queued
 // again, and an accepted image is on disk before it counts.

@@ -44,7 +44,7 @@ func loadSchema(t *testing.T) map[string]any {
 func TestMessagesMatchSchema(t *testing.T) {
 	root := loadSchema(t)
 	rq := &fakeRequeuer{}
-	s, ts := newTestServer(t, &fakeScorer{}, func(c *Config) { c.Requeuer = rq })
+	s, ts := newTestServer(t, &fakeScorer{}, func(c *Config) { c.Requeuer, c.ComfyUIServers = rq, []string{"http://127.0.0.1:8188"} })
 	conn, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(ts.URL, "http")+"/v1/events", nil)
 	if err != nil {
 		t.Fatal(err)

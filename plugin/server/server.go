@@ -50,6 +50,10 @@ type Config struct {
 	Scorer Scorer
 	// Requeuer re-queues prompts on ComfyUI for /v1/reroll; nil answers 501.
 	Requeuer Requeuer
+	// ComfyUIServers are the configured ComfyUI servers (comfyui.servers):
+	// a reroll goes to the server the node pack names, or to the first of
+	// these when it names none.
+	ComfyUIServers []string
 	// QueueSize is how many score requests may be admitted at once (running
 	// or waiting); more get 429 with Retry-After. Default 16.
 	QueueSize int

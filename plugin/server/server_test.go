@@ -502,13 +502,13 @@ func TestEventsWebsocket(t *testing.T) {
 }
 
 type fakeRequeuer struct {
-	prompt, extra json.RawMessage
-	clientID      string
-	err           error
+	prompt, extra    json.RawMessage
+	clientID, server string
+	err              error
 }
 
-func (r *fakeRequeuer) Requeue(ctx context.Context, prompt, extra json.RawMessage, clientID string) (string, error) {
-	r.prompt, r.extra, r.clientID = prompt, extra, clientID
+func (r *fakeRequeuer) Requeue(ctx context.Context, server string, prompt, extra json.RawMessage, clientID string) (string, error) {
+	r.prompt, r.extra, r.clientID, r.server = prompt, extra, clientID, server
 	return "prompt-123", r.err
 }
 
@@ -516,7 +516,9 @@ func (r *fakeRequeuer) Requeue(ctx context.Context, prompt, extra json.RawMessag
 // nodes.RerollResponse) end to end.
 func TestReroll(t *testing.T) {
 	rq := &fakeRequeuer{}
-	s, ts := newTestServer(t, &fakeScorer{}, func(c *Config) { c.Requeuer = rq })
+	s, ts := newTestServer(t, &fakeScorer{}, func(c *Config) {
+		c.Requeuer, c.ComfyUIServers = rq, []string{"http://comfy-a.example:8188"}
+	})
 	workflow, err := os.ReadFile(filepath.Join("testdata", "workflow_api.json"))
 	if err != nil {
 		t.Fatal(err)
@@ -544,7 +546,8 @@ func TestReroll(t *testing.T) {
 	}
 	want3 := nodes.DeriveSeed("3", "seed", 156680208700286, 2)
 	want10 := nodes.DeriveSeed("10", "noise_seed", 42, 2)
-	if !got.Queued || got.PromptID != "prompt-123" || got.Attempt != 2 || got.Seeds["3.seed"] != want3 || got.Seeds["10.noise_seed"] != want10 || rq.clientID != "abc" {
+	if !got.Queued || got.PromptID != "prompt-123" || got.Attempt != 2 || got.Seeds["3.seed"] != want3 || got.Seeds["10.noise_seed"] != want10 || rq.clientID != "abc" ||
+		rq.server != "http://comfy-a.example:8188" || got.Server != rq.server {
 		t.Fatalf("got %+v (client %q)", got, rq.clientID)
 	}
 	var graph map[string]struct {
@@ -592,8 +595,63 @@ func TestReroll(t *testing.T) {
 		}
 	}
 	rq.err = errors.New("connection refused")
-	if resp, raw := postJSON(t, ts.URL+"/v1/reroll", body); resp.StatusCode != http.StatusBadGateway || !strings.Contains(string(raw), "connection refused") {
-		t.Errorf("ComfyUI down: got %d %s", resp.StatusCode, raw)
+	if resp, raw := postJSON(t, ts.URL+"/v1/reroll", body); resp.StatusCode != http.StatusBadGateway || !strings.Contains(string(raw), "connection refused") ||
+		!strings.Contains(string(raw), "http://comfy-a.example:8188 (comfyui.servers[0]") {
+		t.Errorf("ComfyUI down: got %d %s, want 502 naming comfyui.servers[0]", resp.StatusCode, raw)
+	}
+	body.ComfyUIURL = "http://127.0.0.1:8189"
+	if resp, raw := postJSON(t, ts.URL+"/v1/reroll", body); resp.StatusCode != http.StatusBadGateway ||
+		!strings.Contains(string(raw), "http://127.0.0.1:8189 (comfyui_url") || !strings.Contains(string(raw), "M3GATE_COMFYUI_URL") {
+		t.Errorf("calling ComfyUI down: got %d %s, want 502 naming comfyui_url", resp.StatusCode, raw)
+	}
+}
+
+// TestRerollTarget: a reroll goes to the ComfyUI server the node pack
+// names when that is a configured server, a loopback address or the
+// request's own source; comfyui.servers[0] only when it names none; any
+// other host is refused before anything is queued.
+func TestRerollTarget(t *testing.T) {
+	workflow, err := os.ReadFile(filepath.Join("testdata", "workflow_api.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name, sent string
+		servers    []string
+		code       int
+		want       string // the server queued on, or a part of the error
+	}{
+		{"configured default", "", []string{"http://a.example:8188/"}, 200, "http://a.example:8188"},
+		{"second configured server", "http://b.example:8188", []string{"http://a.example:8188", "http://b.example:8188"}, 200, "http://b.example:8188"},
+		{"the calling server on loopback", "http://127.0.0.1:8189", []string{"http://a.example:8188"}, 200, "http://127.0.0.1:8189"},
+		{"loopback by name", "http://localhost:8189", nil, 200, "http://localhost:8189"},
+		{"IPv6 loopback", "http://[::1]:8189", nil, 200, "http://[::1]:8189"},
+		{"listening on every address", "http://0.0.0.0:8190", nil, 200, "http://127.0.0.1:8190"},
+		{"a third machine", "http://10.1.2.3:8188", []string{"http://a.example:8188"}, 403, "neither in comfyui.servers"},
+		{"not a server URL", "http://127.0.0.1:8188/prompt?x=1", nil, 400, "want http(s)://host:port"},
+		{"not http", "file:///etc/passwd", nil, 400, "want http(s)://host:port"},
+		{"nothing to fall back on", "", nil, 501, "comfyui.servers is empty"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			rq := &fakeRequeuer{}
+			_, ts := newTestServer(t, &fakeScorer{}, func(c *Config) { c.Requeuer, c.ComfyUIServers = rq, tt.servers })
+			resp, raw := postJSON(t, ts.URL+"/v1/reroll", nodes.RerollRequest{Prompt: workflow, NodeID: "40", Attempt: 1, MaxTries: 3,
+				ComfyUIURL: tt.sent})
+			if resp.StatusCode != tt.code {
+				t.Fatalf("HTTP %d %s, want %d", resp.StatusCode, raw, tt.code)
+			}
+			if tt.code != 200 {
+				if !strings.Contains(string(raw), tt.want) || rq.server != "" {
+					t.Errorf("refusal %s (queued on %q), want one containing %q", raw, rq.server, tt.want)
+				}
+				return
+			}
+			var got nodes.RerollResponse
+			json.Unmarshal(raw, &got)
+			if rq.server != tt.want || got.Server != tt.want {
+				t.Errorf("queued on %q (answer says %q), want %q", rq.server, got.Server, tt.want)
+			}
+		})
 	}
 }
 

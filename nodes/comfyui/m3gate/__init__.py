@@ -1,4 +1,4 @@
-"""m3gate nodes for ComfyUI: score, gate, reroll and best-of-N with M3-AGIQA.
+"""m3gate nodes for ComfyUI: score, gate, reroll, best-of-N and save with M3-AGIQA.
 
 Install by copying or symlinking this folder to ComfyUI/custom_nodes/m3gate.
 The nodes are thin: they forward images to the m3gate daemon over HTTP
@@ -23,6 +23,9 @@ import urllib.request
 import numpy as np
 import torch
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+import folder_paths
 
 try:
     from comfy_execution.graph import ExecutionBlocker
@@ -34,6 +37,11 @@ try:
 except ImportError:  # imported outside ComfyUI: no websocket events
     PromptServer = None
 
+try:
+    from comfy.cli_args import args as comfy_args
+except ImportError:  # imported outside ComfyUI: default options
+    comfy_args = None
+
 _HERE = os.path.dirname(os.path.abspath(__file__))
 with open(os.path.join(_HERE, "node_defs.json"), encoding="utf-8") as _f:
     NODE_DEFS = json.load(_f)
@@ -42,7 +50,10 @@ ASPECTS = ("quality", "correspondence", "authenticity")
 DEFAULT_URL = "http://127.0.0.1:8190"
 START_HINT = "start the daemon with: m3gate serve"
 PNGINFO_KEY = "m3gate"
+REROLL_KEY = "m3gate_reroll"
 SEED_INPUTS = ("seed", "noise_seed")
+LINKED_SEED_INPUTS = ("seed", "noise_seed", "value")
+SCORE_FIELDS = ("mos", "rating", "word_probs", "description", "source")  # nodes.AspectScore
 
 
 class DaemonError(RuntimeError):
@@ -203,6 +214,64 @@ def prompt_from_graph(api_prompt):
     return ""
 
 
+def _is_link(v):
+    return isinstance(v, list) and len(v) == 2 and isinstance(v[0], str) and isinstance(v[1], int)
+
+
+def _literal_seed(inputs, names):
+    for name in names:
+        v = inputs.get(name)
+        if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
+            return v
+    return None
+
+
+def seeds_upstream(api_prompt, node_id, input_name="images"):
+    """Seeds of the sampler nodes upstream of input_name of node node_id:
+    {node id: seed} for every node with a seed or noise_seed input (a seed
+    linked to a primitive node is read there)."""
+    seeds = {}
+    if not isinstance(api_prompt, dict) or node_id is None:
+        return seeds
+    node = api_prompt.get(str(node_id))
+    start = ((node or {}).get("inputs") or {}).get(input_name) if isinstance(node, dict) else None
+    stack = [start[0]] if _is_link(start) else []
+    seen = set()
+    while stack:
+        nid = stack.pop()
+        if nid in seen or not isinstance(api_prompt.get(nid), dict):
+            continue
+        seen.add(nid)
+        inputs = api_prompt[nid].get("inputs") or {}
+        for name in SEED_INPUTS:
+            v = inputs.get(name)
+            if _is_link(v) and isinstance(api_prompt.get(v[0]), dict):
+                s = _literal_seed(api_prompt[v[0]].get("inputs") or {}, LINKED_SEED_INPUTS)
+            else:
+                s = _literal_seed(inputs, (name,))
+            if s is not None:
+                seeds[nid] = s
+                break
+        stack.extend(v[0] for v in inputs.values() if _is_link(v))
+    return dict(sorted(seeds.items(), key=lambda kv: (0, int(kv[0]), "") if kv[0].isdigit() else (1, 0, kv[0])))
+
+
+def comfyui_url():
+    """Base URL of the ComfyUI server this pack runs in, for the daemon to
+    queue rerolls on: M3GATE_COMFYUI_URL when set (a server behind a proxy),
+    else the address and port ComfyUI listens on; "" when unknown."""
+    env = os.environ.get("M3GATE_COMFYUI_URL")
+    if env:
+        return env.rstrip("/")
+    server = getattr(PromptServer, "instance", None) if PromptServer is not None else None
+    address, port = getattr(server, "address", None), getattr(server, "port", None)
+    if not address or not isinstance(port, int):
+        return ""
+    tls = comfy_args is not None and getattr(comfy_args, "tls_keyfile", None) and getattr(comfy_args, "tls_certfile", None)
+    host = "[%s]" % address if ":" in address else address
+    return "%s://%s:%d" % ("https" if tls else "http", host, port)
+
+
 def parse_seed_nodes(text):
     """Node ids from M3 Reroll's seed_nodes text, e.g. "3, 12" -> ["3", "12"]."""
     for sep in ",;":
@@ -290,14 +359,22 @@ class M3Score(_Node):
         for a in ASPECTS:
             vals = [m for m in (_mos(r, a) for r in results if not r["error"]) if m is not None]
             means[a] = sum(vals) / len(vals) if vals else float("nan")
+        seeds = seeds_upstream(api_prompt, unique_id)
         for r in results:
             r["attempt"] = attempt
+            r["prompt"] = prompt or ""
+            r["seeds"] = seeds
         mean_json = {a: (None if math.isnan(v) else v) for a, v in means.items() if a in aspects}
+        # Best effort for a plain SaveImage: ComfyUI writes extra_pnginfo into
+        # its PNGs, but only when this node runs before it in the same
+        # execution (not when replayed from the cache) and only when the
+        # prompt came with extra_pnginfo. M3 Save Image does not depend on it.
         if isinstance(extra_pnginfo, dict):
             extra_pnginfo[PNGINFO_KEY] = {
                 "node": None if unique_id is None else str(unique_id),
                 "attempt": attempt,
                 "prompt": prompt or "",
+                "seeds": seeds,
                 "aspects": aspects,
                 "mean": mean_json,
                 "images": [
@@ -320,6 +397,9 @@ class M3Score(_Node):
                 lines.append("#%d " % r["index"] + ", ".join(
                     "%s %s (%s)" % (a, _fmt(_mos(r, a)), (r["aspects"].get(a) or {}).get("rating", "?"))
                     for a in aspects))
+        if not isinstance(extra_pnginfo, dict):
+            lines.append("note: this prompt has no extra_pnginfo, so a plain SaveImage stores no scores; "
+                         "M3 Save Image does")
         send_event("m3gate.scores", {"node": unique_id, "attempt": attempt, "mean": mean_json,
                                      "results": [{"index": r["index"], "error": r["error"],
                                                   "mos": {a: _mos(r, a) for a in aspects}} for r in results]})
@@ -358,16 +438,19 @@ class M3Gate(_Node):
 
         passed = [i for i, r in enumerate(results) if passes(r)]
         rejected = [i for i in range(batch) if i not in set(passed)]
+        rule = {"mode": mode, "thresholds": thresholds}
+        results = [dict(r, passed=i in set(passed), gate=rule) for i, r in enumerate(results)]
         blocked = ExecutionBlocker(None)  # silent: downstream nodes just do not run
         out_passed = _select(images, passed) if passed else blocked
         out_rejected = _select(images, rejected) if rejected else blocked
         out_scores = json.dumps(_reindex(results, passed)) if passed else blocked
+        out_rejected_scores = json.dumps(_reindex(results, rejected)) if rejected else blocked
         rule = (" %s " % ("and" if mode == "all" else "or")).join(
             "%s >= %s" % (a, _fmt(t)) for a, t in thresholds.items()) or "no thresholds"
         text = "passed %d / %d (%s)" % (len(passed), batch, rule)
         send_event("m3gate.gate", {"node": unique_id, "passed": passed, "rejected": rejected})
         return {"ui": {"text": [text]},
-                "result": (out_passed, out_rejected, len(passed), len(rejected), out_scores)}
+                "result": (out_passed, out_rejected, len(passed), len(rejected), out_scores, out_rejected_scores)}
 
 
 class M3Reroll(_Node):
@@ -377,9 +460,9 @@ class M3Reroll(_Node):
     def reroll(self, passed_count, wanted=1, max_tries=3, seed_nodes="", attempt=1,
                api_prompt=None, unique_id=None, extra_pnginfo=None):
         passed_count, wanted, max_tries, attempt = int(passed_count), int(wanted), int(max_tries), int(attempt)
-        if isinstance(extra_pnginfo, dict):
-            extra_pnginfo["m3gate_reroll"] = {"attempt": attempt, "max_tries": max_tries,
-                                              "passed": passed_count, "wanted": wanted}
+        if isinstance(extra_pnginfo, dict):  # best effort for a plain SaveImage, see M3Score
+            extra_pnginfo[REROLL_KEY] = {"attempt": attempt, "max_tries": max_tries,
+                                         "passed": passed_count, "wanted": wanted}
         requeued = False
         answer = None
         if passed_count >= wanted:
@@ -409,6 +492,7 @@ class M3Reroll(_Node):
                 "passed": passed_count,
                 "wanted": wanted,
                 "client_id": getattr(server, "client_id", None) or "",
+                "comfyui_url": comfyui_url(),
                 "extra_pnginfo": extra_pnginfo if isinstance(extra_pnginfo, dict) else None,
             }
             answer = call_daemon("/v1/reroll", body)
@@ -417,6 +501,8 @@ class M3Reroll(_Node):
                 attempt + 1, max_tries, passed_count, wanted)
             if isinstance(answer, dict) and answer.get("prompt_id"):
                 text += " as prompt %s" % answer["prompt_id"]
+            if isinstance(answer, dict) and answer.get("server"):
+                text += " on %s" % answer["server"]
         send_event("m3gate.reroll", {"node": unique_id, "attempt": attempt, "max_tries": max_tries,
                                      "passed": passed_count, "wanted": wanted, "requeued": requeued,
                                      "prompt_id": answer.get("prompt_id") if isinstance(answer, dict) else None})
@@ -461,7 +547,83 @@ class M3BestOfN(_Node):
         return {"ui": {"text": [text]}, "result": (_select(images, idx), json.dumps(kept), keep[0][0])}
 
 
-NODE_CLASS_MAPPINGS = {cls.CLASS: cls for cls in (M3Score, M3Gate, M3Reroll, M3BestOfN)}
+def image_metadata(result, index, batch, node, attempt, seeds, prompt):
+    """The m3gate chunk of one saved image (nodes.ImageMetadata in Go)."""
+    aspects = result.get("aspects") or {}
+    gate = result.get("gate")
+    return {
+        "scores": {a: {k: v[k] for k in SCORE_FIELDS if k in v} for a, v in aspects.items() if isinstance(v, dict)},
+        "error": result.get("error") or "",
+        "passed": result["passed"] if isinstance(result.get("passed"), bool) else None,
+        "gate": gate if isinstance(gate, dict) else None,
+        "attempt": attempt,
+        "seeds": seeds,
+        "prompt": result.get("prompt") or prompt or "",
+        "node": None if node is None else str(node),
+        "index": index,
+        "source_index": result.get("source_index", result.get("index", index)),
+        "batch": batch,
+    }
+
+
+class M3SaveImage(_Node):
+    CLASS = "M3SaveImage"
+    FUNCTION = "save_images"
+
+    def __init__(self):
+        self.output_dir = folder_paths.get_output_directory()
+        self.type = "output"
+        self.compress_level = 4
+
+    def save_images(self, images, filename_prefix="m3gate", scores=None, prompt=None,
+                    api_prompt=None, unique_id=None, extra_pnginfo=None):
+        _check_images(images, "M3 Save Image")
+        batch = images.shape[0]
+        if not prompt:
+            prompt = prompt_from_graph(api_prompt)
+        if scores is not None and scores != "":
+            results = parse_scores(scores, batch, "M3 Save Image")
+        else:
+            aspects = ["quality"] + (["correspondence"] if prompt else [])
+            results = score_images(images, prompt, aspects, node="M3 Save Image")
+        # The attempt and the seeds are read from the prompt that runs now:
+        # this node runs whenever its images change, which a reroll's new
+        # seeds always do.
+        attempt = attempt_from_prompt(api_prompt)
+        seeds = seeds_upstream(api_prompt, unique_id)
+        full_output_folder, filename, counter, subfolder, filename_prefix = folder_paths.get_save_image_path(
+            filename_prefix, self.output_dir, images[0].shape[1], images[0].shape[0])
+        disable = comfy_args is not None and getattr(comfy_args, "disable_metadata", False)
+        saved, lines = [], []
+        for i, image in enumerate(images):
+            arr = np.clip(255.0 * image.cpu().numpy(), 0, 255).astype(np.uint8)
+            if arr.shape[-1] == 1:
+                arr = arr[..., 0]
+            img = Image.fromarray(arr)
+            meta = PngInfo()
+            if not disable:  # SaveImage's own chunks, as SaveImage writes them
+                if api_prompt is not None:
+                    meta.add_text("prompt", json.dumps(api_prompt))
+                for k, v in (extra_pnginfo or {}).items():
+                    if k not in (PNGINFO_KEY, REROLL_KEY):  # stale side effects of M3 Score / M3 Reroll
+                        meta.add_text(k, json.dumps(v))
+            md = image_metadata(results[i], i, batch, unique_id, attempt, seeds, prompt)
+            meta.add_itxt(PNGINFO_KEY, json.dumps(md, ensure_ascii=False, allow_nan=False))
+            file = "%s_%05d_.png" % (filename.replace("%batch_num%", str(i)), counter)
+            img.save(os.path.join(full_output_folder, file), pnginfo=meta, compress_level=self.compress_level)
+            saved.append({"filename": file, "subfolder": subfolder, "type": self.type})
+            counter += 1
+            if md["error"]:
+                lines.append("%s: error: %s" % (file, md["error"]))
+            else:
+                verdict = "" if md["passed"] is None else (" passed" if md["passed"] else " rejected")
+                lines.append("%s:%s " % (file, verdict) + ", ".join(
+                    "%s %s" % (a, _fmt(_mos(results[i], a))) for a in sorted(md["scores"])))
+        lines.insert(0, "attempt %d, seeds %s" % (attempt, ", ".join("%s=%d" % kv for kv in seeds.items()) or "none"))
+        return {"ui": {"images": saved, "text": ["\n".join(lines)]}}
+
+
+NODE_CLASS_MAPPINGS = {cls.CLASS: cls for cls in (M3Score, M3Gate, M3Reroll, M3BestOfN, M3SaveImage)}
 NODE_DISPLAY_NAME_MAPPINGS = {name: NODE_DEFS[name]["display_name"] for name in NODE_CLASS_MAPPINGS}
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

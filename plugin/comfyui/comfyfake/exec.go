@@ -17,6 +17,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf16"
 
 	"github.com/m3gate/m3gate/plugin/comfyui"
 )
@@ -635,7 +636,7 @@ func (r *run) encodePNG(img image.Image) ([]byte, error) {
 		return nil, fmt.Errorf("encode png: %w", err)
 	}
 	p, _ := json.Marshal(r.j.prompt)
-	chunks := []comfyui.TextChunk{{Key: "prompt", Text: string(p)}}
+	chunks := []comfyui.TextChunk{{Key: "prompt", Text: asciiJSON(p)}}
 	if info, ok := r.j.extra["extra_pnginfo"].(map[string]any); ok {
 		keys := make([]string, 0, len(info))
 		for k := range info {
@@ -645,11 +646,30 @@ func (r *run) encodePNG(img image.Image) ([]byte, error) {
 		for _, k := range keys {
 			b, _ := json.Marshal(info[k])
 			if len(k) > 0 && len(k) < 80 && !strings.ContainsRune(k, 0) {
-				chunks = append(chunks, comfyui.TextChunk{Key: k, Text: string(b)})
+				chunks = append(chunks, comfyui.TextChunk{Key: k, Text: asciiJSON(b)})
 			}
 		}
 	}
 	return comfyui.AddPNGText(buf.Bytes(), chunks...)
+}
+
+// asciiJSON escapes the non-ASCII characters of a JSON text as \uXXXX,
+// as Python's json.dumps does by default, so that SaveImage's chunks are
+// plain tEXt.
+func asciiJSON(b []byte) string {
+	var sb strings.Builder
+	for _, r := range string(b) {
+		switch {
+		case r < 0x80:
+			sb.WriteRune(r)
+		case r > 0xffff:
+			r1, r2 := utf16.EncodeRune(r)
+			fmt.Fprintf(&sb, `\u%04x\u%04x`, r1, r2)
+		default:
+			fmt.Fprintf(&sb, `\u%04x`, r)
+		}
+	}
+	return sb.String()
 }
 
 // preview sends a sampler preview: binary event 4 to a client that asked

@@ -70,14 +70,13 @@ func (s *Server) routes() http.Handler {
 		case p == "/upload/image" && r.Method == http.MethodPost:
 			s.upload(w, r)
 		case p == "/object_info" && r.Method == http.MethodGet:
-			writeJSON(w, http.StatusOK, s.rawInfo)
+			s.objectInfo(w, "")
 		case strings.HasPrefix(p, "/object_info/") && r.Method == http.MethodGet:
-			class := strings.TrimPrefix(p, "/object_info/")
-			out := map[string]json.RawMessage{}
-			if raw, ok := s.rawInfo[class]; ok {
-				out[class] = raw
+			if class := strings.TrimPrefix(p, "/object_info/"); class != "" {
+				s.objectInfo(w, class)
+			} else {
+				writeJSON(w, http.StatusOK, map[string]any{})
 			}
-			writeJSON(w, http.StatusOK, out)
 		case p == "/features" && r.Method == http.MethodGet:
 			writeJSON(w, http.StatusOK, serverFeatures)
 		case p == "/system_stats" && r.Method == http.MethodGet:

@@ -14,6 +14,7 @@
 package comfyfake
 
 import (
+	"bytes"
 	"crypto/rand"
 	_ "embed"
 	"encoding/hex"
@@ -23,15 +24,29 @@ import (
 	"image"
 	"net"
 	"net/http"
+	"sort"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/m3gate/m3gate/nodes"
 )
 
+// objectInfoJSON is the complete GET /object_info answer of a real
+// ComfyUI v0.3.64 server (stock nodes and its bundled websocket_image_save),
+// a copy of ../shared/fixtures/comfyui/object_info-v0.3.64.json: key order
+// and every field as the server sent them, re-indented. The fake sends it
+// back in the server's own encoding (Python's json.dumps).
+//
 //go:embed object_info.json
 var objectInfoJSON []byte
+
+// loadImageChoices is LoadImage's image input in objectInfoJSON (re-encoded
+// like the server): the list of the input folder the recording saw. The
+// fake lists its own input folder there, as the real LoadImage does.
+const loadImageChoices = `"image": [["example.png"], {"image_upload": true}]`
 
 // probeInfoJSON is the object_info of the QualityProbe research node of the
 // recorded transcripts.
@@ -55,8 +70,13 @@ type Server struct {
 	counters map[string]int
 	classes  map[string]classInfo
 	rawInfo  map[string]json.RawMessage
-	handler  http.Handler
-	prompts  int // prompts executed over the server's life (not reset by restarts)
+	// infoOrder is the order of the classes in /object_info: stock
+	// classes as the real server lists them, then the extra ones.
+	infoOrder []string
+	// pyInfo holds each class's /object_info entry as the server encodes it.
+	pyInfo  map[string][]byte
+	handler http.Handler
+	prompts int // prompts executed over the server's life (not reset by restarts)
 }
 
 type fileKey struct{ typ, subfolder, name string }
@@ -144,22 +164,42 @@ func New(opts ...Option) *Server {
 		f(&o)
 	}
 	s := &Server{opts: o, files: map[fileKey][]byte{}, counters: map[string]int{}, addr: o.addr}
-	if err := json.Unmarshal(objectInfoJSON, &s.rawInfo); err != nil {
-		panic(fmt.Sprintf("comfyfake: embedded object_info.json: %v", err)) // build-time data
+	s.rawInfo, s.pyInfo = map[string]json.RawMessage{}, map[string][]byte{}
+	add := func(what string, doc []byte) {
+		classes, err := orderedObject(doc)
+		if err != nil {
+			panic(fmt.Sprintf("comfyfake: %s: %v", what, err)) // build-time data or a test's option
+		}
+		for _, c := range classes {
+			py, err := nodes.PythonJSON(c.raw)
+			if err != nil {
+				panic(fmt.Sprintf("comfyfake: %s: class %s: %v", what, c.key, err))
+			}
+			if _, dup := s.rawInfo[c.key]; !dup {
+				s.infoOrder = append(s.infoOrder, c.key)
+			}
+			s.rawInfo[c.key], s.pyInfo[c.key] = c.raw, py
+		}
+	}
+	add("embedded object_info.json", objectInfoJSON)
+	if !bytes.Contains(s.pyInfo["LoadImage"], []byte(loadImageChoices)) {
+		panic("comfyfake: embedded object_info.json: LoadImage lacks " + loadImageChoices)
 	}
 	if o.probe {
-		var probe map[string]json.RawMessage
-		if err := json.Unmarshal(probeInfoJSON, &probe); err != nil {
-			panic(fmt.Sprintf("comfyfake: embedded probe_info.json: %v", err))
-		}
-		for k, v := range probe {
-			s.rawInfo[k] = v
-		}
+		add("embedded probe_info.json", probeInfoJSON)
 	}
-	for k, v := range o.extra {
-		s.rawInfo[k] = v
+	extra := make([]string, 0, len(o.extra))
+	for k := range o.extra {
+		extra = append(extra, k)
+	}
+	sort.Strings(extra)
+	for _, k := range extra {
+		b, _ := json.Marshal(map[string]json.RawMessage{k: o.extra[k]})
+		add("WithNodeClass "+k, b)
 	}
 	s.classes = parseClasses(s.rawInfo)
+	// The input folder the recorded server had: LoadImage lists it.
+	s.files[fileKey{"input", "", "example.png"}] = examplePNG()
 	s.gen = newGeneration(s)
 	s.handler = s.routes()
 	return s

@@ -233,7 +233,10 @@ func (s *Server) validateNode(w comfyui.Workflow, id string) []apiError {
 			}
 		case "COMBO":
 			str, _ := v.(string)
-			if len(in.choices) > 0 && !contains(in.choices, str) {
+			// LoadImage validates its image itself (VALIDATE_INPUTS), so
+			// ComfyUI skips the list check; see below.
+			skip := n.ClassType == "LoadImage" && in.name == "image"
+			if len(in.choices) > 0 && !skip && !contains(in.choices, str) {
 				errs = append(errs, apiError{Type: "value_not_in_list", Message: "Value not in list",
 					Details: fmt.Sprintf("%s: '%v' not in %v", in.name, v, in.choices), ExtraInfo: extra})
 			}

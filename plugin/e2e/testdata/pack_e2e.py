@@ -1,21 +1,31 @@
-"""Runs the m3gate node pack's M3 Score -> M3 Gate -> M3 Reroll chain of
-pack-api.json the way ComfyUI's executor would, against the real daemon.
+"""Runs API-format prompts that ran on a (fake) ComfyUI server through the
+m3gate node pack, the way ComfyUI's executor would (nodes/testdata/executor.py:
+per-node cache keyed by inputs, output nodes in a shuffled seeded order,
+hidden inputs), against the real daemon.
 
-Driven by plugin/e2e (TestPackRerollThroughDaemon). Stub server / comfy /
-comfy_execution modules come from nodes/testdata/pystubs (PYTHONPATH); torch,
-numpy and PIL are real. Environment:
-  M3GATE_PACK      the pack folder (nodes/comfyui/m3gate)
-  M3GATE_URL       the daemon (read by the pack itself)
-  E2E_PROMPT       the API-format prompt that ran (JSON file)
-  E2E_IMAGE        the PNG its sampler branch produced (the IMAGE M3 Score gets)
-  E2E_CLIENT_ID    the websocket client that queued the prompt
-  E2E_ATTEMPT      the attempt this run is (M3 Reroll's attempt input)
-  E2E_SENT_PNG     where to write the PNG the pack sends to /v1/score
-Prints one JSON object with the nodes' outputs and the events they sent.
+Driven by plugin/e2e. Stub server / comfy / comfy_execution / folder_paths
+modules come from nodes/testdata/pystubs and the executor from nodes/testdata
+(PYTHONPATH); torch, numpy and PIL are real. The stock nodes of the prompt
+are stand-ins: VAEDecode yields the images ComfyUI rendered for the prompt
+(read from files), the loaders, encoders and the sampler yield nothing, and
+SaveImage is ComfyUI's. Environment:
+  M3GATE_PACK   the pack folder (nodes/comfyui/m3gate)
+  M3GATE_URL    the daemon (read by the pack itself)
+  M3GATE_OUT    ComfyUI's output folder
+  E2E_PLAN      a JSON file: a list of runs, each {"executor": name,
+                "order_seed": n, "address": host, "port": n, "prompt": {...},
+                "images": [png paths], "extra_data": {...}, "client_id": id}.
+                Runs naming the same executor share its cache (one server
+                process); the first run of a name creates it.
+  E2E_SENT_PNG  where to write the PNG the pack sends to /v1/score for the
+                first image of the first run
+Prints a JSON list, one object per run: the nodes' outputs and ui, the files
+each output node saved, what ran and what came from the cache, the events.
 """
 
 import importlib.util
 import json
+import math
 import os
 import sys
 
@@ -24,6 +34,7 @@ import torch
 from PIL import Image
 
 import server
+import executor
 
 PACK = os.environ["M3GATE_PACK"]
 spec = importlib.util.spec_from_file_location(
@@ -32,44 +43,63 @@ m3gate = importlib.util.module_from_spec(spec)
 sys.modules["m3gate"] = m3gate
 spec.loader.exec_module(m3gate)
 
-ps = server.PromptServer()
-ps.client_id = os.environ["E2E_CLIENT_ID"]  # set by ComfyUI's executor per prompt
+IMAGES = []  # the current run's rendered images
 
-with open(os.environ["E2E_PROMPT"], encoding="utf-8") as f:
-    prompt = json.load(f)
-attempt = int(os.environ["E2E_ATTEMPT"])
-prompt["12"]["inputs"]["attempt"] = attempt
-extra_pnginfo = {"workflow": {"last_node_id": 13, "nodes": [], "links": []}}
 
-# LoadImage's conversion: uint8 RGB -> float32 [1,H,W,3] in 0..1.
-arr = np.asarray(Image.open(os.environ["E2E_IMAGE"]).convert("RGB")).astype(np.float32) / 255.0
-images = torch.from_numpy(arr)[None,]
-with open(os.environ["E2E_SENT_PNG"], "wb") as f:
-    f.write(m3gate.image_to_png(images[0]))
+class Stub:
+    """A stock node whose output the pack does not look at."""
+    RETURN_TYPES = ("*", "*", "*")
+    FUNCTION = "run"
 
-score_in = prompt["10"]["inputs"]
-out = m3gate.M3Score().score(images, quality=score_in["quality"], correspondence=score_in["correspondence"],
-                             authenticity=score_in["authenticity"], api_prompt=prompt, unique_id="10",
-                             extra_pnginfo=extra_pnginfo)
-images_out, quality, _, _, scores = out["result"]
+    def run(self, **kwargs):
+        return (None, None, None)
 
-gate_in = prompt["11"]["inputs"]
-gate = m3gate.M3Gate().gate(images_out, mode=gate_in["mode"], quality_min=gate_in["quality_min"],
-                            correspondence_min=gate_in["correspondence_min"],
-                            authenticity_min=gate_in["authenticity_min"], scores=scores, unique_id="11")
-passed_count = gate["result"][2]
 
-reroll_in = prompt["12"]["inputs"]
-reroll = m3gate.M3Reroll().reroll(passed_count, wanted=reroll_in["wanted"], max_tries=reroll_in["max_tries"],
-                                  seed_nodes=reroll_in["seed_nodes"], attempt=attempt, api_prompt=prompt,
-                                  unique_id="12", extra_pnginfo=extra_pnginfo)
+class Decoded:
+    """VAEDecode: the images ComfyUI rendered, as LoadImage converts them."""
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "run"
 
-json.dump({
-    "quality": quality,
-    "scores": json.loads(scores),
-    "passed_count": passed_count,
-    "reroll_text": reroll["ui"]["text"][0],
-    "reroll_result": list(reroll["result"]),
-    "events": [[event, data, sid] for event, data, sid in ps.sent],
-    "extra_pnginfo": extra_pnginfo,
-}, sys.stdout)
+    def run(self, **kwargs):
+        arrs = [np.asarray(Image.open(p).convert("RGB")).astype(np.float32) / 255.0 for p in IMAGES]
+        return (torch.from_numpy(np.stack(arrs)),)
+
+
+def main():
+    classes = executor.classes(m3gate)
+    classes.update({c: Stub for c in ("KSampler", "CheckpointLoaderSimple", "EmptyLatentImage", "CLIPTextEncode")})
+    classes["VAEDecode"] = Decoded
+    with open(os.environ["E2E_PLAN"], encoding="utf-8") as f:
+        plan = json.load(f)
+    executors, out = {}, []
+    for i, run in enumerate(plan):
+        name = run.get("executor", "default")
+        if name not in executors:
+            executors[name] = executor.Executor(classes, seed=run.get("order_seed", 0),
+                                                address=run.get("address", "127.0.0.1"), port=run.get("port", 8188))
+        ex = executors[name]
+        IMAGES[:] = run["images"]
+        if i == 0 and os.environ.get("E2E_SENT_PNG"):
+            with open(os.environ["E2E_SENT_PNG"], "wb") as f:
+                f.write(m3gate.image_to_png(Decoded().run()[0][0]))
+        ex.server.sent = []
+        extra = run.get("extra_data") or {}
+        r = ex.run(run["prompt"], extra, client_id=run.get("client_id", "client-1"))
+        saved = {nid: executor.saved(r, nid) for nid in r.ui if (r.ui[nid] or {}).get("images")}
+
+        def plain(v):
+            if isinstance(v, float) and math.isnan(v):
+                return None
+            return None if v is None or isinstance(v, torch.Tensor) or type(v).__name__ == "ExecutionBlocker" else v
+
+        out.append({
+            "outputs": {nid: [plain(v) for v in vals] for nid, vals in r.outputs.items() if nid in ("10", "11", "12")},
+            "ui": {nid: ui.get("text") for nid, ui in r.ui.items() if isinstance(ui, dict) and ui.get("text")},
+            "saved": saved, "ran": r.ran, "cached": r.cached, "order": r.order,
+            "events": [[event, data, sid] for event, data, sid in ex.server.sent],
+            "extra_pnginfo": extra.get("extra_pnginfo"),
+        })
+    json.dump(out, sys.stdout, ensure_ascii=False)
+
+
+main()
