@@ -9,7 +9,7 @@ import (
 
 // Model families and tiny-model sizes that `m3gate model tiny` accepts.
 var (
-	tinyFamilies = []string{"idefics3"}
+	tinyFamilies = []string{"idefics3", "minicpmv25"}
 	tinySizes    = []string{"tiny", "256m"}
 )
 
@@ -28,12 +28,16 @@ func newModelTinyCmd(app *App) *cobra.Command {
 	var family, out, size string
 	var seed int64
 	cmd := &cobra.Command{
-		Use:   "tiny --out DIR [--family idefics3] [--size tiny|256m]",
+		Use:   "tiny --out DIR [--family idefics3|minicpmv25] [--size tiny|256m]",
 		Short: "Write a model directory with random weights in the real tensor layout",
 		Long: `Write a complete model directory (config.json, model.safetensors,
 tokenizer.json, ...) with random weights in the real tensor layout of the
 family. --size tiny is small enough for unit tests; --size 256m has exactly
-SmolVLM-256M's shapes, for benchmarks. Runs in the m3gate-sidecar binary.`,
+SmolVLM-256M's shapes, for benchmarks. --family minicpmv25 (tiny only)
+writes a bundle: the model in DIR/base, an adapter in M3-AGIQA's PEFT
+layout in DIR/adapters/ASPECT and a Lightning predictor checkpoint in
+DIR/predictors/ASPECT.ckpt for quality, correspondence and authenticity.
+Runs in the m3gate-sidecar binary.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if !contains(tinyFamilies, family) {
@@ -52,7 +56,7 @@ SmolVLM-256M's shapes, for benchmarks. Runs in the m3gate-sidecar binary.`,
 			return RunSidecar(cmd.Context(), app, args...)
 		},
 	}
-	cmd.Flags().StringVar(&family, "family", "idefics3", "model family (idefics3)")
+	cmd.Flags().StringVar(&family, "family", "idefics3", "model family (idefics3 or minicpmv25)")
 	cmd.Flags().StringVar(&out, "out", "", "output directory (required)")
 	cmd.Flags().StringVar(&size, "size", "tiny", "tiny (unit tests) or 256m (SmolVLM-256M shapes)")
 	cmd.Flags().Int64Var(&seed, "seed", 0, "random seed of the weights")

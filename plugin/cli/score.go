@@ -301,9 +301,7 @@ func buildLoadRequest(app *App, f *scoreFlags, aspects []string, adapters, predi
 	if f.set["threads"] {
 		req.Threads = f.threads
 	}
-	if m.ImageSplitting {
-		req.Options = map[string]string{"image_splitting": "true"}
-	}
+	req.Options = loadOptions(m)
 	for _, a := range aspects {
 		if p, ok := adapters[a]; ok {
 			p = abs(p)

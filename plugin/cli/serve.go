@@ -161,9 +161,7 @@ func serveLoadRequest(m config.Model, modelFlag string) (schemas.LoadRequest, er
 		return schemas.LoadRequest{}, fmt.Errorf("serve: model directory %s %w\n%s", dir, err, modelHelp)
 	}
 	req := schemas.LoadRequest{ModelDir: dir, Family: m.Family, Device: m.Device, DType: m.DType, Threads: m.Threads}
-	if m.ImageSplitting {
-		req.Options = map[string]string{"image_splitting": "true"}
-	}
+	req.Options = loadOptions(m)
 	for a, p := range m.Adapters {
 		if req.Adapters == nil {
 			req.Adapters = map[string]string{}
@@ -254,4 +252,20 @@ func (r *comfyRequeuer) Requeue(ctx context.Context, server string, prompt, extr
 		return "", err
 	}
 	return resp.PromptID, nil
+}
+
+// loadOptions are the family options a LoadRequest carries: model.options
+// plus Idefics3's image_splitting.
+func loadOptions(m config.Model) map[string]string {
+	out := map[string]string{}
+	for k, v := range m.Options {
+		out[k] = v
+	}
+	if m.ImageSplitting {
+		out["image_splitting"] = "true"
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	return out
 }

@@ -30,7 +30,7 @@ type Model struct {
 	// Dir is the Hugging Face model directory (config.json, safetensors,
 	// tokenizer.json).
 	Dir string `mapstructure:"dir" yaml:"dir" json:"dir"`
-	// Family is the architecture family: idefics3.
+	// Family is the architecture family: idefics3 or minicpmv25.
 	Family string `mapstructure:"family" yaml:"family" json:"family"`
 	// DType is the compute dtype: f32 or bf16.
 	DType string `mapstructure:"dtype" yaml:"dtype" json:"dtype"`
@@ -46,6 +46,9 @@ type Model struct {
 	Adapters map[string]string `mapstructure:"adapters" yaml:"adapters" json:"adapters"`
 	// Predictors maps an aspect to an xLSTM predictor checkpoint file.
 	Predictors map[string]string `mapstructure:"predictors" yaml:"predictors" json:"predictors"`
+	// Options are family options passed to the model process as they are
+	// (minicpmv25: max_slices, max_length, num_beams, repetition_penalty).
+	Options map[string]string `mapstructure:"options" yaml:"options" json:"options"`
 }
 
 // Scoring configures which aspects are scored and how the gate decides.
@@ -117,6 +120,7 @@ func Default() Config {
 			MaxNewTokens: 128,
 			Adapters:     map[string]string{},
 			Predictors:   map[string]string{},
+			Options:      map[string]string{},
 		},
 		Scoring: Scoring{
 			Aspects: []string{AspectQuality, AspectCorrespondence},

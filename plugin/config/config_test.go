@@ -22,6 +22,7 @@ func TestLoadGood(t *testing.T) {
 			Threads: 8, MaxNewTokens: 96, ImageSplitting: true,
 			Adapters:   map[string]string{"quality": "/adapters/quality", "correspondence": "/adapters/correspondence"},
 			Predictors: map[string]string{"quality": "/predictors/quality.safetensors"},
+			Options:    map[string]string{},
 		},
 		Scoring: Scoring{
 			Aspects:    []string{"quality", "correspondence", "authenticity"},

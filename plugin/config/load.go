@@ -144,6 +144,9 @@ func normalise(c *Config) {
 	if c.Model.Predictors == nil {
 		c.Model.Predictors = map[string]string{}
 	}
+	if c.Model.Options == nil {
+		c.Model.Options = map[string]string{}
+	}
 	if c.Scoring.Thresholds == nil {
 		c.Scoring.Thresholds = map[string]float64{}
 	}

@@ -13,7 +13,7 @@ import (
 
 // Allowed values of enumerated keys.
 var (
-	Families = []string{"idefics3"}
+	Families = []string{"idefics3", "minicpmv25"}
 	DTypes   = []string{"f32", "bf16"}
 	Gates    = []string{"all", "any"}
 	Levels   = []string{"debug", "info", "warn", "error"}

@@ -8,7 +8,9 @@ import (
 	"io"
 	"strings"
 
+	"github.com/m3gate/m3gate/sidecar/m3"
 	"github.com/m3gate/m3gate/sidecar/mllm"
+	"github.com/m3gate/m3gate/sidecar/mllm/minicpmv"
 )
 
 // modelTiny implements `m3gate-sidecar model tiny --family idefics3 --out DIR
@@ -31,8 +33,20 @@ func modelTiny(ctx context.Context, args []string, stdout io.Writer) error {
 	if *size != "tiny" && *size != "256m" {
 		return fmt.Errorf("model tiny: --size %q: want tiny or 256m", *size)
 	}
+	if *family == m3.FamilyMiniCPMV25 {
+		if *size != "tiny" {
+			return fmt.Errorf("model tiny: --size %q: family %s has only tiny", *size, *family)
+		}
+		if err := minicpmv.WriteTinyBundle(*out, minicpmv.TinyOptions{Seed: *seed}); err != nil {
+			return fmt.Errorf("model tiny: %w", err)
+		}
+		base, _, _ := minicpmv.BundleLayout(*out, "")
+		fmt.Fprintf(stdout, "wrote a tiny %s bundle with random weights to %s: the model in %s, an adapter (M3-AGIQA's PEFT layout) in adapters/ASPECT and a predictor (Lightning .ckpt) in predictors/ASPECT.ckpt for %s\n",
+			*family, *out, base, strings.Join(minicpmv.BundleAspects, ", "))
+		return nil
+	}
 	if *family != "idefics3" {
-		return fmt.Errorf("model tiny: unknown family %q (known: %s)", *family, strings.Join(mllm.Families(), ", "))
+		return fmt.Errorf("model tiny: unknown family %q (known: %s)", *family, strings.Join(append(mllm.Families(), m3.FamilyMiniCPMV25), ", "))
 	}
 	if err := mllm.WriteTiny(*out, *size, *seed); err != nil {
 		return fmt.Errorf("model tiny: %w", err)
