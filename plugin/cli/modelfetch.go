@@ -2,7 +2,9 @@ package cli
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -20,15 +22,27 @@ safetensors weights) from the Hugging Face Hub into a directory, by default
 models/NAME. Known names: smolvlm-256m, smolvlm-500m, smolvlm-2.2b; any
 other argument is a Hub repository owner/name.
 
+m3-agiqa fetches the paper's released setup into models/m3-agiqa: the base
+model MiniCPM-Llama3-V-2.5 (base/, about 34 GB), the LoRA adapters for
+quality, correspondence and authenticity (adapters/ASPECT/) and the xLSTM
+predictor checkpoints the reference pairs with them (predictors/), and
+writes models/m3-agiqa/config.yaml, a profile that wires each aspect to its
+adapter, predictor and settings. m3gate then reads that profile instead of
+./config.yaml (unless --config or M3GATE_CONFIG says otherwise).
+
 The download resumes where it stopped when run again (.part files), and every
 file is checked against the Hub's size and checksum (SHA-256 for LFS files,
 the git blob SHA-1 for small files). HF_TOKEN (or the token saved by
 'huggingface-cli login') is sent for private or gated models; HF_ENDPOINT
 selects a mirror.`,
 		Example: `  m3gate model fetch smolvlm-256m
-  m3gate model fetch HuggingFaceTB/SmolVLM-500M-Instruct --revision main --dir /data/models/smolvlm-500m`,
+  m3gate model fetch HuggingFaceTB/SmolVLM-500M-Instruct --revision main --dir /data/models/smolvlm-500m
+  m3gate model fetch m3-agiqa`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if b, ok := hub.KnownBundles[strings.ToLower(args[0])]; ok {
+				return fetchBundle(cmd, app, strings.ToLower(args[0]), b, revision, dir)
+			}
 			repo, dirName, err := hub.ResolveRepo(args[0])
 			if err != nil {
 				return &UsageError{Err: fmt.Errorf("model fetch: %w", err)}
@@ -66,4 +80,39 @@ func abs(p string) string {
 		return p
 	}
 	return a
+}
+
+// fetchBundle downloads a known bundle and writes its profile.
+func fetchBundle(cmd *cobra.Command, app *App, name string, b hub.Bundle, revision, dir string) error {
+	if revision != "main" && revision != "" {
+		return &UsageError{Err: fmt.Errorf("model fetch %s: --revision does not apply to a bundle", name)}
+	}
+	if dir == "" {
+		dir = filepath.Join("models", name)
+	}
+	c := hub.NewClient(app.Env)
+	c.Progress = app.Stderr
+	res, err := c.FetchBundle(cmd.Context(), b, dir, app.Stderr)
+	if err != nil {
+		return fmt.Errorf("model fetch %s: %w (run the same command again to resume)", name, err)
+	}
+	var files int
+	var total int64
+	for _, r := range res.Results {
+		for _, f := range r.Files {
+			files++
+			total += f.Size
+		}
+	}
+	profile := filepath.Join(dir, "config.yaml")
+	if err := os.WriteFile(profile, []byte(b.Profile(res)), 0o644); err != nil {
+		return fmt.Errorf("model fetch %s: write profile: %w", name, err)
+	}
+	fmt.Fprintf(app.Stdout, "fetched %s into %s (%d files, %.1f MB)\n", name, dir, files, float64(total)/1e6)
+	fmt.Fprintf(app.Stdout, "wrote the profile %s: m3gate uses it when no --config or M3GATE_CONFIG is given", profile)
+	if abs(dir) != abs(filepath.Join("models", name)) {
+		fmt.Fprintf(app.Stdout, " and it is at %s (here: --config %s)", ProfileFile, profile)
+	}
+	fmt.Fprintln(app.Stdout)
+	return nil
 }

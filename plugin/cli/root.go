@@ -65,9 +65,23 @@ func lookupEnv(env []string, key string) (string, bool) {
 	return "", false
 }
 
-// loadConfig resolves --config (default ./config.yaml when present) and loads it.
+// ProfileFile is the profile `m3gate model fetch m3-agiqa` writes; when it
+// exists and no config file is named, it is read instead of
+// DefaultConfigFile.
+const ProfileFile = "models/m3-agiqa/config.yaml"
+
+// loadConfig resolves --config (default: the M3-AGIQA profile when fetched,
+// else ./config.yaml when present) and loads it.
 func (a *App) loadConfig() error {
 	path := a.ConfigFlag
+	if path == "" {
+		if _, set := lookupEnv(a.Env, "M3GATE_CONFIG"); !set {
+			if st, err := os.Stat(ProfileFile); err == nil && !st.IsDir() {
+				path = ProfileFile
+				fmt.Fprintf(a.Stderr, "m3gate: using the M3-AGIQA profile %s (--config config.yaml for the default settings)\n", ProfileFile)
+			}
+		}
+	}
 	if path == "" {
 		if st, err := os.Stat(DefaultConfigFile); err == nil && !st.IsDir() {
 			path = DefaultConfigFile

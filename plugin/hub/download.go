@@ -91,6 +91,32 @@ func (c *Client) Download(ctx context.Context, repo, revision, dir string, want 
 	if !hasWeights {
 		return nil, fmt.Errorf("hub %s: no .safetensors weights (m3gate loads safetensors only)", where)
 	}
+	return c.fetch(ctx, repo, info, files, dir)
+}
+
+// DownloadFiles fetches the files of repo at revision for which want
+// returns true into dir, like Download but without requiring a model
+// directory's config.json and weights (adapters, predictor checkpoints).
+// At least one file must match.
+func (c *Client) DownloadFiles(ctx context.Context, repo, revision, dir string, want func(name string) bool) (*Result, error) {
+	info, err := c.Info(ctx, repo, revision)
+	if err != nil {
+		return nil, err
+	}
+	var files []File
+	for _, f := range info.Files {
+		if want(f.Name) {
+			files = append(files, f)
+		}
+	}
+	if len(files) == 0 {
+		return nil, fmt.Errorf("hub %s@%s: none of the wanted files is in the repository", repo, info.Revision)
+	}
+	return c.fetch(ctx, repo, info, files, dir)
+}
+
+// fetch downloads files of info into dir.
+func (c *Client) fetch(ctx context.Context, repo string, info *RepoInfo, files []File, dir string) (*Result, error) {
 	// Small files first, so a broken repository fails before the weights.
 	sort.SliceStable(files, func(i, j int) bool {
 		wi, wj := strings.HasSuffix(files[i].Name, ".safetensors"), strings.HasSuffix(files[j].Name, ".safetensors")
