@@ -87,6 +87,9 @@ type Status struct {
 	Model      ModelInfo    `json:"model"`
 	Error      string       `json:"error,omitempty"`
 	QueueDepth int          `json:"queue_depth"`
+	// Busy is how long the model has been running its current piece of
+	// work (a score batch, a load); 0 when idle.
+	Busy time.Duration `json:"busy_ns,omitempty"`
 }
 
 // ScoreItem is one image to score: encoded bytes (Data) or a file path the

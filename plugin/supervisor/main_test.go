@@ -61,7 +61,7 @@ var (
 // realSidecar returns the real m3gate-sidecar: $M3GATE_SIDECAR, or a build
 // of sidecar/cmd/m3gate-sidecar made once per test run (it needs the cgo
 // environment of scripts/env.sh).
-func realSidecar(t *testing.T) string {
+func realSidecar(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
 		if sidecarBin = os.Getenv("M3GATE_SIDECAR"); sidecarBin != "" {
