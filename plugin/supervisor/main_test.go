@@ -46,6 +46,9 @@ func TestMain(m *testing.M) {
 		os.Exit(testDaemon())
 	}
 	code := m.Run()
+	if tinyDir != "" {
+		os.RemoveAll(tinyDir)
+	}
 	if buildDir != "" {
 		os.RemoveAll(buildDir)
 	}
