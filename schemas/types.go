@@ -14,7 +14,7 @@ import (
 
 // State is the lifecycle state of the model process as the sidecar reports it
 // (starting, idle, loading, ready, error) plus the host-side states of the
-// supervisor (restarting, stopped).
+// supervisor (restarting, stopped, unresponsive).
 type State string
 
 // States of the model process.
@@ -26,6 +26,9 @@ const (
 	StateError      State = "error"
 	StateRestarting State = "restarting"
 	StateStopped    State = "stopped"
+	// StateUnresponsive: the process is up but has not answered the
+	// supervisor's heartbeat recently (frozen, stopped, overloaded).
+	StateUnresponsive State = "unresponsive"
 )
 
 // Rating words from low to high, as the method defines them.

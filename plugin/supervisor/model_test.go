@@ -8,8 +8,10 @@ import (
 	"image/png"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -189,5 +191,53 @@ func TestRealSidecarAbandonedRequestStops(t *testing.T) {
 	}
 	if sup.Restarts() != 0 {
 		t.Errorf("restarts: %d (the abandoned work should stop, not be killed)", sup.Restarts())
+	}
+}
+
+// The model directory disappears and comes back: the sidecar's failed load
+// is retried with backoff and the model becomes ready on its own.
+func TestRealSidecarLoadRecoversWhenModelDirReturns(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "model")
+	sup, err := Start(Config{
+		Path: realSidecar(t), Load: schemas.LoadRequest{ModelDir: dir, Family: "idefics3", Device: "cpu", Threads: 1},
+		BackoffMin: 20 * time.Millisecond, BackoffMax: 200 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sup.Close(context.Background())
+	if err := sup.WaitReady(ctxT(t, time.Minute)); !errors.Is(err, ErrNotReady) || !strings.Contains(err.Error(), "does not exist") {
+		t.Fatalf("missing model dir: got %v", err)
+	}
+	if err := os.Symlink(tinyModel(t), dir); err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, sup, schemas.StateReady, 20*time.Second)
+	rs, err := sup.Score(ctxT(t, time.Minute), tinyReq("a red apple", 1, 4, smallPNG(t)))
+	if err != nil || rs[0].Error != "" {
+		t.Fatalf("score after recovery: %v %+v", err, rs)
+	}
+	if sup.Restarts() != 0 {
+		t.Errorf("restarts: %d", sup.Restarts())
+	}
+}
+
+// A frozen (SIGSTOP) sidecar is not ready; after SIGCONT it is again.
+func TestRealSidecarFrozenIsNotReady(t *testing.T) {
+	sup := startTiny(t, func(c *Config) {
+		c.HeartbeatInterval = 50 * time.Millisecond
+		c.HeartbeatTimeout = 500 * time.Millisecond
+	})
+	pid := sup.Pid()
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Kill(pid, syscall.SIGCONT)
+	waitState(t, sup, schemas.StateUnresponsive, 10*time.Second)
+	syscall.Kill(pid, syscall.SIGCONT)
+	waitState(t, sup, schemas.StateReady, 10*time.Second)
+	rs, err := sup.Score(ctxT(t, time.Minute), tinyReq("a red apple", 1, 4, smallPNG(t)))
+	if err != nil || rs[0].Error != "" {
+		t.Fatalf("score after SIGCONT: %v %+v", err, rs)
 	}
 }
