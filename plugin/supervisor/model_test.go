@@ -2,13 +2,18 @@ package supervisor
 
 import (
 	"bytes"
+	"compress/zlib"
 	"context"
+	"encoding/binary"
 	"errors"
+	"fmt"
+	"hash/crc32"
 	"image"
 	"image/png"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -239,5 +244,88 @@ func TestRealSidecarFrozenIsNotReady(t *testing.T) {
 	rs, err := sup.Score(ctxT(t, time.Minute), tinyReq("a red apple", 1, 4, smallPNG(t)))
 	if err != nil || rs[0].Error != "" {
 		t.Fatalf("score after SIGCONT: %v %+v", err, rs)
+	}
+}
+
+// bombPNG writes a w×h 8-bit black PNG, RGB (gray when w is over a
+// million), streaming the deflate data.
+func bombPNG(w, h int) []byte {
+	var z bytes.Buffer
+	zw, _ := zlib.NewWriterLevel(&z, zlib.BestCompression)
+	channels := 3
+	if w > 1_000_000 {
+		channels = 1
+	}
+	row := make([]byte, 1+channels*w)
+	for range h {
+		zw.Write(row)
+	}
+	zw.Close()
+	var out bytes.Buffer
+	chunk := func(typ string, data []byte) {
+		binary.Write(&out, binary.BigEndian, uint32(len(data)))
+		c := crc32.NewIEEE()
+		c.Write([]byte(typ))
+		c.Write(data)
+		out.WriteString(typ)
+		out.Write(data)
+		binary.Write(&out, binary.BigEndian, c.Sum32())
+	}
+	out.WriteString("\x89PNG\r\n\x1a\n")
+	ihdr := make([]byte, 13)
+	binary.BigEndian.PutUint32(ihdr[0:], uint32(w))
+	binary.BigEndian.PutUint32(ihdr[4:], uint32(h))
+	ihdr[8], ihdr[9] = 8, 2 // 8-bit RGB
+	if channels == 1 {
+		ihdr[9] = 0
+	}
+	chunk("IHDR", ihdr)
+	chunk("IDAT", z.Bytes())
+	chunk("IEND", nil)
+	return out.Bytes()
+}
+
+// peakRSS is the sidecar's peak resident set (VmHWM).
+func peakRSS(t *testing.T, pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if r, ok := strings.CutPrefix(l, "VmHWM:"); ok {
+			kb, _ := strconv.ParseInt(strings.Fields(r)[0], 10, 64)
+			return kb << 10
+		}
+	}
+	t.Fatal("no VmHWM")
+	return 0
+}
+
+// Image bombs just under the pixel limit: a 9400² PNG is scored with a
+// bounded peak memory; an 89M×1 strip is refused from its header.
+func TestRealSidecarImageBombs(t *testing.T) {
+	sup := startTiny(t, nil)
+	pid := sup.Pid()
+	base := peakRSS(t, pid)
+	strip := bombPNG(89_000_000, 1)
+	start := time.Now()
+	rs, err := sup.Score(ctxT(t, time.Minute), tinyReq("x", 1, 4, strip))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(rs[0].Error, "aspect ratio") {
+		t.Errorf("89M×1 PNG: got %+v, want an aspect ratio error", rs[0])
+	}
+	t.Logf("89M×1 PNG (%d KB) refused in %s", len(strip)>>10, time.Since(start).Round(time.Millisecond))
+	square := bombPNG(9400, 9400)
+	start = time.Now()
+	rs, err = sup.Score(ctxT(t, 5*time.Minute), tinyReq("x", 1, 4, square))
+	if err != nil || rs[0].Error != "" {
+		t.Fatalf("9400² PNG: %v %+v", err, rs)
+	}
+	peak := peakRSS(t, pid)
+	t.Logf("9400² PNG (%d KB) scored in %s; sidecar peak RSS %d MB (%d MB before)", len(square)>>10, time.Since(start).Round(time.Millisecond), peak>>20, base>>20)
+	if grew := peak - base; grew > 800<<20 {
+		t.Errorf("the 9400² PNG raised the sidecar's peak RSS by %d MB", grew>>20)
 	}
 }

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
+
 	"github.com/m3gate/m3gate/schemas"
 )
 
@@ -26,7 +28,8 @@ import (
 //	go test ./plugin/supervisor -run '^$' -bench SidecarSoakRSS -benchtime 5000x
 //
 // M3GATE_SOAK_ENV adds one KEY=value to the sidecar's environment (to
-// compare allocator settings, e.g. MALLOC_ARENA_MAX=2).
+// compare allocator settings, e.g. MALLOC_ARENA_MAX=2); M3GATE_SOAK_LOG
+// names a file for the supervisor's and the sidecar's log.
 func BenchmarkSidecarSoakRSS(b *testing.B) {
 	bin := realSidecar(b)
 	modelDir := b.TempDir()
@@ -36,6 +39,14 @@ func BenchmarkSidecarSoakRSS(b *testing.B) {
 	cfg := Config{Path: bin, Load: schemas.LoadRequest{ModelDir: modelDir, Family: "idefics3", Device: "cpu", DType: "f32", Threads: 1}}
 	if e := os.Getenv("M3GATE_SOAK_ENV"); e != "" {
 		cfg.Env = append(cfg.Env, e)
+	}
+	if f := os.Getenv("M3GATE_SOAK_LOG"); f != "" { // the sidecar's stderr (e.g. GODEBUG=gctrace=1)
+		w, err := os.Create(f)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer w.Close()
+		cfg.Logger = hclog.New(&hclog.LoggerOptions{Output: w, Level: hclog.Debug})
 	}
 	sup, err := Start(cfg)
 	if err != nil {

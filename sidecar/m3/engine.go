@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"sort"
 	"strconv"
 	"strings"
@@ -330,11 +331,22 @@ func (e *Engine) pixels(it schemas.ScoreItem) (mllm.Pixels, error) {
 		return mllm.Pixels{}, fmt.Errorf("%s: %w", name, err)
 	}
 	p, err := imageproc.Preprocess(img, imageproc.Options{Size: e.model.Config.Vision.ImageSize, Split: e.split})
+	if b := img.Bounds(); b.Dx()*b.Dy() > bigImagePixels {
+		// Hand a large decoded image's memory back to the system now,
+		// rather than holding it through the model pass (which pauses the
+		// collector).
+		img = nil
+		debug.FreeOSMemory()
+	}
 	if err != nil {
 		return mllm.Pixels{}, fmt.Errorf("%s: %w", name, err)
 	}
 	return mllm.Pixels{Tiles: p.Tiles, Rows: p.Rows, Cols: p.Cols, Size: p.Size}, nil
 }
+
+// bigImagePixels is the decoded size above which pixels returns the
+// image's memory to the system at once.
+const bigImagePixels = 16 << 20
 
 // adapterFor returns the adapter loaded for an aspect.
 func (e *Engine) adapterFor(aspect string) (*lora.Adapter, bool) {
