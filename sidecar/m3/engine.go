@@ -283,8 +283,12 @@ func (e *Engine) Score(ctx context.Context, items []schemas.ScoreItem, opts sche
 // max_prompt_tokens option. A prompt over the limit fails the whole
 // request with schemas.ErrInvalid, naming its length and the limit.
 func (e *Engine) CheckPrompts(items []schemas.ScoreItem, opts schemas.ScoreOptions) error {
-	if e.scorer == nil {
-		return nil // Score reports the missing model
+	if pc, ok := e.other.(service.PromptChecker); ok {
+		return pc.CheckPrompts(items, opts)
+	}
+	maxPrompt := e.maxPrompt
+	if maxPrompt <= 0 {
+		maxPrompt = DefaultMaxPromptTokens
 	}
 	seen := map[string]bool{}
 	for i, it := range items {
@@ -294,8 +298,11 @@ func (e *Engine) CheckPrompts(items []schemas.ScoreItem, opts schemas.ScoreOptio
 		seen[it.Prompt] = true
 		// A token is at least one byte and rarely more than a few: refuse
 		// absurd lengths without tokenizing them.
-		if len(it.Prompt) > 32*e.maxPrompt {
-			return fmt.Errorf("%w: image %d: prompt of %d bytes is over the limit of %d tokens (%s)", schemas.ErrInvalid, i, len(it.Prompt), e.maxPrompt, OptionMaxPromptTokens)
+		if len(it.Prompt) > 32*maxPrompt {
+			return fmt.Errorf("%w: image %d: prompt of %d bytes is over the limit of %d tokens (%s)", schemas.ErrInvalid, i, len(it.Prompt), maxPrompt, OptionMaxPromptTokens)
+		}
+		if e.scorer == nil {
+			continue // another family (its own limits), or Score reports the missing model
 		}
 		for _, name := range opts.Aspects {
 			p, ok := opts.Prompts[name]
