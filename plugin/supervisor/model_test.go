@@ -329,3 +329,50 @@ func TestRealSidecarImageBombs(t *testing.T) {
 		t.Errorf("the 9400² PNG raised the sidecar's peak RSS by %d MB", grew>>20)
 	}
 }
+
+// One large request does not starve single images: the sidecar runs it in
+// chunks of --max-batch and a single image sent meanwhile is answered
+// before the large request ends.
+func TestRealSidecarLargeRequestDoesNotStarveSmall(t *testing.T) {
+	sup := startTiny(t, func(c *Config) { c.Args = []string{"--max-batch", "4"} })
+	img := smallPNG(t)
+	type done struct {
+		what string
+		err  error
+		at   time.Time
+	}
+	ch := make(chan done, 2)
+	go func() {
+		_, err := sup.Score(ctxT(t, 5*time.Minute), tinyReq("a red apple", 48, 16, img))
+		ch <- done{"large", err, time.Now()}
+	}()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		st, err := sup.Status(ctxT(t, 10*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Busy > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the large request never started")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	sent := time.Now()
+	go func() {
+		_, err := sup.Score(ctxT(t, 5*time.Minute), tinyReq("a green pear", 1, 16, img))
+		ch <- done{"small", err, time.Now()}
+	}()
+	first, second := <-ch, <-ch
+	for _, d := range []done{first, second} {
+		if d.err != nil {
+			t.Fatalf("%s: %v", d.what, d.err)
+		}
+	}
+	t.Logf("small answered after %s; large finished %s later", first.at.Sub(sent).Round(time.Millisecond), second.at.Sub(first.at).Round(time.Millisecond))
+	if first.what != "small" {
+		t.Errorf("the single image waited for the whole 48-image request")
+	}
+}
