@@ -88,6 +88,7 @@ func statusToProto(s Status) *pb.StatusResponse {
 		Model:      modelInfoToProto(s.Model),
 		Error:      s.Error,
 		QueueDepth: int32(s.QueueDepth),
+		BusyMs:     s.Busy.Milliseconds(),
 	}
 }
 
@@ -100,6 +101,7 @@ func statusFromProto(p *pb.StatusResponse) Status {
 		Model:      modelInfoFromProto(p.GetModel()),
 		Error:      p.GetError(),
 		QueueDepth: int(p.GetQueueDepth()),
+		Busy:       time.Duration(p.GetBusyMs()) * time.Millisecond,
 	}
 }
 

@@ -14,7 +14,7 @@ import (
 
 // State is the lifecycle state of the model process as the sidecar reports it
 // (starting, idle, loading, ready, error) plus the host-side states of the
-// supervisor (restarting, stopped).
+// supervisor (restarting, stopped, unresponsive).
 type State string
 
 // States of the model process.
@@ -26,6 +26,9 @@ const (
 	StateError      State = "error"
 	StateRestarting State = "restarting"
 	StateStopped    State = "stopped"
+	// StateUnresponsive: the process is up but has not answered the
+	// supervisor's heartbeat recently (frozen, stopped, overloaded).
+	StateUnresponsive State = "unresponsive"
 )
 
 // Rating words from low to high, as the method defines them.
@@ -87,6 +90,9 @@ type Status struct {
 	Model      ModelInfo    `json:"model"`
 	Error      string       `json:"error,omitempty"`
 	QueueDepth int          `json:"queue_depth"`
+	// Busy is how long the model has been running its current piece of
+	// work (a score batch, a load); 0 when idle.
+	Busy time.Duration `json:"busy_ns,omitempty"`
 }
 
 // ScoreItem is one image to score: encoded bytes (Data) or a file path the

@@ -264,6 +264,11 @@ func loadOptions(m config.Model) map[string]string {
 	if m.ImageSplitting {
 		out["image_splitting"] = "true"
 	}
+	// The prompt limit, when it is not the default the model process
+	// applies by itself (idefics3; minicpmv25 bounds its own max_length).
+	if _, set := out["max_prompt_tokens"]; !set && m.MaxPromptTokens > 0 && m.MaxPromptTokens != config.Default().Model.MaxPromptTokens && (m.Family == "" || m.Family == "idefics3") {
+		out["max_prompt_tokens"] = strconv.Itoa(m.MaxPromptTokens)
+	}
 	if len(out) == 0 {
 		return nil
 	}

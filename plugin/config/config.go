@@ -40,6 +40,9 @@ type Model struct {
 	Threads int `mapstructure:"threads" yaml:"threads" json:"threads"`
 	// MaxNewTokens bounds the length of a generated description.
 	MaxNewTokens int `mapstructure:"max_new_tokens" yaml:"max_new_tokens" json:"max_new_tokens"`
+	// MaxPromptTokens bounds one aspect's conversation (chat template,
+	// questions and generation prompt) in tokens; longer prompts get a 400.
+	MaxPromptTokens int `mapstructure:"max_prompt_tokens" yaml:"max_prompt_tokens" json:"max_prompt_tokens"`
 	// ImageSplitting turns on Idefics3 tiled mode (tiles + global image).
 	ImageSplitting bool `mapstructure:"image_splitting" yaml:"image_splitting" json:"image_splitting"`
 	// Adapters maps an aspect to a PEFT LoRA adapter directory.
@@ -112,15 +115,16 @@ type Log struct {
 func Default() Config {
 	return Config{
 		Model: Model{
-			Dir:          "models/smolvlm-256m",
-			Family:       "idefics3",
-			DType:        "f32",
-			Device:       "cpu",
-			Threads:      0,
-			MaxNewTokens: 128,
-			Adapters:     map[string]string{},
-			Predictors:   map[string]string{},
-			Options:      map[string]string{},
+			Dir:             "models/smolvlm-256m",
+			Family:          "idefics3",
+			DType:           "f32",
+			Device:          "cpu",
+			Threads:         0,
+			MaxNewTokens:    128,
+			MaxPromptTokens: 1024,
+			Adapters:        map[string]string{},
+			Predictors:      map[string]string{},
+			Options:         map[string]string{},
 		},
 		Scoring: Scoring{
 			Aspects: []string{AspectQuality, AspectCorrespondence},

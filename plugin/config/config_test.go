@@ -19,7 +19,7 @@ func TestLoadGood(t *testing.T) {
 	full := Config{
 		Model: Model{
 			Dir: "/models/smolvlm-500m", Family: "idefics3", DType: "bf16", Device: "cuda:1",
-			Threads: 8, MaxNewTokens: 96, ImageSplitting: true,
+			Threads: 8, MaxNewTokens: 96, MaxPromptTokens: 1024, ImageSplitting: true,
 			Adapters:   map[string]string{"quality": "/adapters/quality", "correspondence": "/adapters/correspondence"},
 			Predictors: map[string]string{"quality": "/predictors/quality.safetensors"},
 			Options:    map[string]string{},

@@ -24,10 +24,12 @@ var (
 const (
 	MaxThreads      = 1024
 	MaxNewTokensMax = 4096
-	MaxScore        = 5.0
-	MaxRerollsMax   = 100
-	MaxBatchSize    = 64
-	MaxQueueSize    = 100000
+	// MaxPromptTokensMax is the largest model.max_prompt_tokens.
+	MaxPromptTokensMax = 32768
+	MaxScore           = 5.0
+	MaxRerollsMax      = 100
+	MaxBatchSize       = 64
+	MaxQueueSize       = 100000
 )
 
 // Validate checks every key's value and range. It returns nil or Errors
@@ -72,6 +74,7 @@ func (c Config) Validate() error {
 	}
 	intRange("model.threads", m.Threads, 0, MaxThreads)
 	intRange("model.max_new_tokens", m.MaxNewTokens, 1, MaxNewTokensMax)
+	intRange("model.max_prompt_tokens", m.MaxPromptTokens, 16, MaxPromptTokensMax)
 	aspectMap("model.adapters", mapKeys(m.Adapters))
 	aspectMap("model.predictors", mapKeys(m.Predictors))
 	for _, k := range sortedKeys(m.Adapters) {

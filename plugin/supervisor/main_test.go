@@ -46,6 +46,9 @@ func TestMain(m *testing.M) {
 		os.Exit(testDaemon())
 	}
 	code := m.Run()
+	if tinyDir != "" {
+		os.RemoveAll(tinyDir)
+	}
 	if buildDir != "" {
 		os.RemoveAll(buildDir)
 	}
@@ -61,7 +64,7 @@ var (
 // realSidecar returns the real m3gate-sidecar: $M3GATE_SIDECAR, or a build
 // of sidecar/cmd/m3gate-sidecar made once per test run (it needs the cgo
 // environment of scripts/env.sh).
-func realSidecar(t *testing.T) string {
+func realSidecar(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
 		if sidecarBin = os.Getenv("M3GATE_SIDECAR"); sidecarBin != "" {
@@ -87,13 +90,23 @@ func realSidecar(t *testing.T) string {
 // steered by the request: Load option "stall" sends one progress message
 // and hangs; "slow_steps"=N sends N progress messages 40 ms apart. Score
 // prompt "block" blocks until cancelled; "serial:D" takes D, one request at
-// a time; "pid" answers with the process id
+// a time; "stuck:D" works for D ignoring cancellation (Status reports it
+// as busy); "pid" answers with the process id
 // in the description; otherwise the description is the sha256 of the image.
 type testScorer struct{}
 
-var serialMu sync.Mutex
+var (
+	serialMu sync.Mutex
+	stuckMu  sync.Mutex
+	stuckAt  time.Time // when the "stuck:" work in progress began
+)
 
 func (testScorer) Load(ctx context.Context, req schemas.LoadRequest, progress func(schemas.LoadProgress)) error {
+	if f := req.Options["fail_while"]; f != "" {
+		if _, err := os.Stat(f); err == nil {
+			return fmt.Errorf("load: %s exists", f)
+		}
+	}
 	if req.Options["fail"] != "" {
 		return fmt.Errorf("open %s: %w", req.ModelDir, os.ErrNotExist)
 	}
@@ -116,7 +129,13 @@ func (testScorer) Load(ctx context.Context, req schemas.LoadRequest, progress fu
 }
 
 func (testScorer) Status(ctx context.Context) (schemas.Status, error) {
-	return schemas.Status{State: schemas.StateReady, Model: schemas.ModelInfo{Family: "test", Details: map[string]string{"pid": strconv.Itoa(os.Getpid())}}}, nil
+	stuckMu.Lock()
+	var busy time.Duration
+	if !stuckAt.IsZero() {
+		busy = time.Since(stuckAt)
+	}
+	stuckMu.Unlock()
+	return schemas.Status{State: schemas.StateReady, Busy: busy, Model: schemas.ModelInfo{Family: "test", Details: map[string]string{"pid": strconv.Itoa(os.Getpid())}}}, nil
 }
 
 func (testScorer) Score(ctx context.Context, req schemas.ScoreRequest) ([]schemas.ItemResult, error) {
@@ -126,6 +145,16 @@ func (testScorer) Score(ctx context.Context, req schemas.ScoreRequest) ([]schema
 		defer serialMu.Unlock()
 		wait, _ := time.ParseDuration(d)
 		time.Sleep(wait)
+	}
+	if d, ok := strings.CutPrefix(req.Prompt, "stuck:"); ok {
+		wait, _ := time.ParseDuration(d)
+		stuckMu.Lock()
+		stuckAt = time.Now()
+		stuckMu.Unlock()
+		time.Sleep(wait)
+		stuckMu.Lock()
+		stuckAt = time.Time{}
+		stuckMu.Unlock()
 	}
 	if req.Prompt == "block" {
 		<-ctx.Done()

@@ -1,7 +1,8 @@
 // Package supervisor runs m3gate-sidecar, the model process, as a
 // hashicorp/go-plugin child: it starts it, waits for the handshake, drives
-// Load with a stall timeout, exposes readiness, restarts a crashed process
-// with a new go-plugin client and exponential backoff, kills a process that
+// Load with a stall timeout (and retries a failed load with backoff),
+// exposes readiness backed by a heartbeat, restarts a crashed process with
+// a new go-plugin client and exponential backoff, kills a process that
 // stays busy too long, and shuts it down cleanly.
 package supervisor
 
@@ -38,6 +39,9 @@ var (
 	// ErrLoadStalled is the cause of a load that made no progress for
 	// Config.LoadStallTimeout.
 	ErrLoadStalled = errors.New("model load stalled")
+	// ErrUnresponsive is the cause of the unresponsive state: the model
+	// process has not answered a heartbeat for Config.HeartbeatTimeout.
+	ErrUnresponsive = errors.New("model process does not answer")
 )
 
 // Config says how to run the sidecar.
@@ -59,11 +63,19 @@ type Config struct {
 	// (e.g. during a restart). Default 2 minutes.
 	ReadyTimeout time.Duration
 	// BusyTimeout is how long one request may run in the model process
-	// before the process counts as hung and is killed. Default 10 minutes.
+	// before the process counts as hung and is killed; the process's own
+	// report of how long its current work has run counts too, so work a
+	// client abandoned is timed until it ends. Default 10 minutes.
 	BusyTimeout time.Duration
+	// HeartbeatInterval is how often the ready process is asked for its
+	// status; HeartbeatTimeout is how long it may go without answering
+	// before it counts as unresponsive (not ready) until it answers again.
+	// Defaults 2 s and 10 s.
+	HeartbeatInterval, HeartbeatTimeout time.Duration
 	// BackoffMin and BackoffMax bound the delay between restarts, which
 	// doubles after each failure and resets once the process has been ready
-	// for BackoffReset. Defaults 250 ms, 30 s, 1 minute.
+	// for BackoffReset, and between retries of a load that failed (the
+	// model directory may come back). Defaults 250 ms, 30 s, 1 minute.
 	BackoffMin, BackoffMax, BackoffReset time.Duration
 	// Logger receives the supervisor's log and the sidecar's (hclog JSON on
 	// its stderr). Nil discards them.
@@ -84,6 +96,8 @@ func (c *Config) defaults() {
 	def(&c.LoadStallTimeout, 2*time.Minute)
 	def(&c.ReadyTimeout, 2*time.Minute)
 	def(&c.BusyTimeout, 10*time.Minute)
+	def(&c.HeartbeatInterval, 2*time.Second)
+	def(&c.HeartbeatTimeout, 10*time.Second)
 	def(&c.BackoffMin, 250*time.Millisecond)
 	def(&c.BackoffMax, 30*time.Second)
 	def(&c.BackoffReset, time.Minute)
@@ -208,7 +222,17 @@ func (s *Supervisor) Pid() int {
 }
 
 func (s *Supervisor) setState(st schemas.State, err error, gen *generation) {
+	s.transition(nil, st, err, gen)
+}
+
+// transition sets the state; with when set, only if when(current state,
+// current generation) holds under the lock. It reports whether it did.
+func (s *Supervisor) transition(when func(schemas.State, *generation) bool, st schemas.State, err error, gen *generation) bool {
 	s.mu.Lock()
+	if when != nil && !when(s.state, s.gen) {
+		s.mu.Unlock()
+		return false
+	}
 	s.state, s.err, s.gen = st, err, gen
 	close(s.changed)
 	s.changed = make(chan struct{})
@@ -223,6 +247,7 @@ func (s *Supervisor) setState(st schemas.State, err error, gen *generation) {
 		s.cfg.OnState(st, err)
 		s.stateMu.Unlock()
 	}
+	return true
 }
 
 // WaitReady waits until the model is ready. It fails at once when the model
@@ -446,35 +471,117 @@ func (s *Supervisor) run() {
 				s.setState(schemas.StateStopped, nil, nil)
 				return
 			}
-			// The model cannot load (bad files, no scorer): no restart
-			// will fix it. Keep the process for Status; requests fail fast.
+			// The model cannot load (bad files, a missing directory, no
+			// scorer): a restart will not fix it. Keep the process for
+			// Status, fail requests fast, and retry the load with backoff:
+			// the files may come back.
 			s.setState(schemas.StateError, err, nil)
-			select {
-			case <-gen.dead:
-				lastErr = fmt.Errorf("%w while in error state", ErrProcessDied)
-				continue
-			case <-s.closing:
+			switch err := s.retryLoad(gen); {
+			case errors.Is(err, ErrClosed):
 				s.shutdown(gen)
 				s.setState(schemas.StateStopped, nil, nil)
 				return
+			case err != nil:
+				lastErr = err
+				gen.kill()
+				continue
 			}
 		}
 		readyAt := time.Now()
 		s.setState(schemas.StateReady, nil, gen)
+		beating := make(chan struct{})
+		go s.heartbeat(gen, beating)
 		select {
 		case <-gen.dead:
 			lastErr = fmt.Errorf("%w (pid %d)", ErrProcessDied, gen.pid)
 			if gen.killedBusy.Load() {
 				lastErr = fmt.Errorf("%w (pid %d)", ErrBusyTimeout, gen.pid)
 			}
+			close(beating)
 			gen.cleanup()
 			if time.Since(readyAt) >= s.cfg.BackoffReset {
 				backoff = s.cfg.BackoffMin
 			}
 		case <-s.closing:
+			close(beating)
 			s.shutdown(gen)
 			s.setState(schemas.StateStopped, nil, nil)
 			return
+		}
+	}
+}
+
+// retryLoad retries Load on gen, which failed to load, with backoff until
+// it succeeds (nil). It returns ErrClosed when the supervisor closes, and
+// another error when the process died or must be restarted; a load that
+// fails again only updates the error state.
+func (s *Supervisor) retryLoad(gen *generation) error {
+	delay := s.cfg.BackoffMin
+	for {
+		select {
+		case <-gen.dead:
+			return fmt.Errorf("%w while in error state", ErrProcessDied)
+		case <-s.closing:
+			return ErrClosed
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, s.cfg.BackoffMax)
+		err := s.load(gen)
+		switch {
+		case err == nil:
+			s.log.Info("model loaded on retry", "pid", gen.pid)
+			return nil
+		case isClosed(s.closing):
+			return ErrClosed
+		case isClosed(gen.dead), errors.Is(err, ErrLoadStalled), errors.Is(err, schemas.ErrUnavailable):
+			return err
+		}
+		if prev := s.Err(); prev == nil || prev.Error() != err.Error() {
+			s.setState(schemas.StateError, err, nil)
+		}
+		s.log.Debug("load retry failed", "error", err, "next_in", delay)
+	}
+}
+
+// heartbeat asks gen for its status every HeartbeatInterval until stop is
+// closed. A process that has not answered for HeartbeatTimeout (dead,
+// stopped, frozen) turns the state from ready to unresponsive, and its
+// next answer turns it back. A process that reports work running for
+// longer than BusyTimeout is killed as hung, whether or not the client
+// that asked for the work is still waiting.
+func (s *Supervisor) heartbeat(gen *generation, stop <-chan struct{}) {
+	t := time.NewTicker(s.cfg.HeartbeatInterval)
+	defer t.Stop()
+	last := time.Now()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.HeartbeatTimeout)
+		st, err := gen.scorer.Status(ctx)
+		cancel()
+		if gen.gone() {
+			return
+		}
+		if err == nil {
+			last = time.Now()
+			s.transition(func(cur schemas.State, g *generation) bool {
+				return g == gen && cur == schemas.StateUnresponsive
+			}, schemas.StateReady, nil, gen)
+			if st.Busy > s.cfg.BusyTimeout {
+				s.log.Error("sidecar busy too long; killing it", "pid", gen.pid, "busy", st.Busy, "busy_timeout", s.cfg.BusyTimeout)
+				gen.killedBusy.Store(true)
+				gen.kill()
+				return
+			}
+			continue
+		}
+		if since := time.Since(last); since >= s.cfg.HeartbeatTimeout {
+			s.transition(func(cur schemas.State, g *generation) bool {
+				return g == gen && cur == schemas.StateReady
+			}, schemas.StateUnresponsive, fmt.Errorf("%w for %s: %v", ErrUnresponsive, since.Round(time.Millisecond), err), gen)
 		}
 	}
 }

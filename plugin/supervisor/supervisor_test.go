@@ -17,6 +17,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -530,4 +531,86 @@ func TestDaemonSIGKILLSidecarExits(t *testing.T) {
 	}
 	cmd.Wait()
 	waitGone(t, pid, 5*time.Second)
+}
+
+// TestBusyTimeoutOutlivesAbandonedRequest: work the model cannot stop keeps
+// its busy timer after the client left; the hung process is killed then,
+// not the next innocent request.
+func TestBusyTimeoutOutlivesAbandonedRequest(t *testing.T) {
+	sup := startTest(t, func(c *Config) {
+		c.BusyTimeout = 400 * time.Millisecond
+		c.HeartbeatInterval = 50 * time.Millisecond
+	})
+	first := pidOf(t, sup)
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if _, err := sup.Score(ctx, req("stuck:1h", []byte{1})); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("abandoned request: got %v", err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for alive(first) {
+		if time.Now().After(deadline) {
+			t.Fatal("the process still works on the abandoned request past the busy timeout")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := sup.Err(); err != nil && !errors.Is(err, ErrBusyTimeout) {
+		t.Errorf("cause: got %v, want ErrBusyTimeout", err)
+	}
+	if second := pidOf(t, sup); second == first {
+		t.Errorf("still served by the killed process %d", first)
+	}
+}
+
+// TestLoadRetriedAfterFailure: a load that fails is retried with backoff;
+// the model becomes ready once the cause is gone, without a restart.
+func TestLoadRetriedAfterFailure(t *testing.T) {
+	flag := filepath.Join(t.TempDir(), "fail")
+	os.WriteFile(flag, nil, 0o644)
+	sup := startTest(t, func(c *Config) { c.Load.Options["fail_while"] = flag })
+	if err := sup.WaitReady(ctxT(t, 20*time.Second)); !errors.Is(err, ErrNotReady) {
+		t.Fatalf("WaitReady while the load fails: got %v", err)
+	}
+	os.Remove(flag)
+	waitState(t, sup, schemas.StateReady, 10*time.Second)
+	if _, err := sup.Score(ctxT(t, 20*time.Second), req("x", []byte{1})); err != nil {
+		t.Fatal(err)
+	}
+	if sup.Restarts() != 0 {
+		t.Errorf("restarts: %d", sup.Restarts())
+	}
+}
+
+// TestFrozenProcessIsNotReady: a SIGSTOPped process misses its heartbeats
+// and is not ready until SIGCONT.
+func TestFrozenProcessIsNotReady(t *testing.T) {
+	sup := startTest(t, func(c *Config) {
+		c.HeartbeatInterval = 50 * time.Millisecond
+		c.HeartbeatTimeout = 300 * time.Millisecond
+	})
+	pid := pidOf(t, sup)
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Kill(pid, syscall.SIGCONT)
+	waitState(t, sup, schemas.StateUnresponsive, 5*time.Second)
+	if err := sup.Err(); !errors.Is(err, ErrUnresponsive) {
+		t.Errorf("cause: got %v", err)
+	}
+	syscall.Kill(pid, syscall.SIGCONT)
+	waitState(t, sup, schemas.StateReady, 5*time.Second)
+	if got := pidOf(t, sup); got != pid || sup.Restarts() != 0 {
+		t.Errorf("after SIGCONT: pid %d (was %d), restarts %d", got, pid, sup.Restarts())
+	}
+}
+
+func waitState(t *testing.T, sup *Supervisor, want schemas.State, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for sup.State() != want {
+		if time.Now().After(deadline) {
+			t.Fatalf("state %s (%v) after %s, want %s", sup.State(), sup.Err(), within, want)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }

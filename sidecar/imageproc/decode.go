@@ -25,6 +25,23 @@ import (
 // <= 0. It is PIL's MAX_IMAGE_PIXELS (about 89.5 Mpx).
 const DefaultMaxPixels = 89_478_485
 
+// Budgets Decode applies from the header, before decoding.
+const (
+	// MaxAspect is the largest ratio of the longer side to the shorter one:
+	// an 89M×1 strip is no picture, and the preprocessing would spend
+	// minutes resampling it.
+	MaxAspect = 20
+	// MaxDecodedBytes bounds the memory of the decoder's output (pixels ×
+	// bytes per pixel of the image's colour model): 8-bit images up to
+	// DefaultMaxPixels fit; 16-bit ones of more than ~48 Mpx do not.
+	MaxDecodedBytes = 384 << 20
+	// ReduceAbove is the longest edge above which Decode box-reduces the
+	// image by an integer factor while converting it, to a longest edge in
+	// (ReduceAbove/2, ReduceAbove]: the preprocessing never resizes from more
+	// than MaxImageSize, so the full-size copy would only cost memory.
+	ReduceAbove = 2 * MaxImageSize
+)
+
 // Format is an image container format Decode recognises.
 type Format string
 
@@ -62,9 +79,12 @@ func Sniff(data []byte) Format {
 // Decode decodes a JPEG, PNG, WebP or GIF (first frame) image into an
 // opaque *image.RGBA: the JPEG EXIF orientation is applied, transparency is
 // composited on white, and grayscale, paletted, YCbCr and CMYK images are
-// converted to RGB. The pixel count is checked from the header before
+// converted to RGB. The pixel count, the aspect ratio (MaxAspect) and the
+// decoded size (MaxDecodedBytes) are checked from the header before
 // anything is decoded, so decompression bombs over maxPixels (<= 0 means
-// DefaultMaxPixels) are refused without allocating their pixels.
+// DefaultMaxPixels) are refused without allocating their pixels. An image
+// whose longest edge is over ReduceAbove is box-reduced while it is
+// converted (see ReduceAbove); smaller images keep their exact pixels.
 func Decode(data []byte, maxPixels int64) (image.Image, error) {
 	if maxPixels <= 0 {
 		maxPixels = DefaultMaxPixels
@@ -103,9 +123,17 @@ func Decode(data []byte, maxPixels int64) (image.Image, error) {
 	if cfg.Width <= 0 || cfg.Height <= 0 {
 		return nil, fmt.Errorf("decode %s: image has zero size (%d×%d)", f, cfg.Width, cfg.Height)
 	}
-	if px := int64(cfg.Width) * int64(cfg.Height); px > maxPixels {
+	px := int64(cfg.Width) * int64(cfg.Height)
+	if px > maxPixels {
 		return nil, fmt.Errorf("decode %s: image is %d×%d = %s Mpx, over the limit of %d pixels (%s Mpx)",
 			f, cfg.Width, cfg.Height, mpx(px), maxPixels, mpx(maxPixels))
+	}
+	long, short := max(cfg.Width, cfg.Height), min(cfg.Width, cfg.Height)
+	if long > MaxAspect*short {
+		return nil, fmt.Errorf("decode %s: image is %d×%d, an aspect ratio over the limit of %d:1", f, cfg.Width, cfg.Height, MaxAspect)
+	}
+	if n := px * bytesPerPixel(cfg.ColorModel); n > MaxDecodedBytes {
+		return nil, fmt.Errorf("decode %s: image is %d×%d and would take %d MiB decoded, over the limit of %d MiB", f, cfg.Width, cfg.Height, n>>20, MaxDecodedBytes>>20)
 	}
 	img, err := decode(data)
 	if err != nil {
@@ -115,7 +143,12 @@ func Decode(data []byte, maxPixels int64) (image.Image, error) {
 	if b.Dx() <= 0 || b.Dy() <= 0 {
 		return nil, fmt.Errorf("decode %s: image has zero size (%d×%d)", f, b.Dx(), b.Dy())
 	}
-	out := toRGB(img)
+	var out *image.RGBA
+	if k := reduction(b.Dx(), b.Dy()); k > 1 {
+		out = reduce(img, k)
+	} else {
+		out = toRGB(img)
+	}
 	if f == JPEG {
 		if o := jpegOrientation(data); o > 1 {
 			out = orient(out, o)
@@ -149,12 +182,105 @@ func decodeGIF(b []byte) (image.Image, error) {
 	return canvas, nil
 }
 
+// bytesPerPixel is the memory per pixel of the decoder's output for an
+// image of colour model m.
+func bytesPerPixel(m color.Model) int64 {
+	switch m {
+	case color.GrayModel, color.AlphaModel:
+		return 1
+	case color.Gray16Model, color.Alpha16Model:
+		return 2
+	case color.YCbCrModel, color.NYCbCrAModel:
+		return 3 // up to 4:4:4 (+ alpha for WebP: 4:2:0 planes, below that)
+	case color.RGBA64Model, color.NRGBA64Model:
+		return 8
+	}
+	if _, ok := m.(color.Palette); ok {
+		return 1
+	}
+	return 4 // RGBA, NRGBA, CMYK
+}
+
+// reduction is the integer factor that brings the longest edge of a w×h
+// image to at most ReduceAbove (1: keep it).
+func reduction(w, h int) int {
+	long := max(w, h)
+	if long <= ReduceAbove {
+		return 1
+	}
+	return (long + ReduceAbove - 1) / ReduceAbove
+}
+
+// reduce converts img to an opaque *image.RGBA of ceil(w/k)×ceil(h/k)
+// pixels, each the mean of a k×k block (partial at the right and bottom
+// edges). A YCbCr image (JPEG) is reduced straight from its planes, so its
+// full-size RGB copy is never made.
+func reduce(img image.Image, k int) *image.RGBA {
+	b := img.Bounds()
+	w, h := b.Dx(), b.Dy()
+	ow, oh := (w+k-1)/k, (h+k-1)/k
+	out := image.NewRGBA(image.Rect(0, 0, ow, oh))
+	sum := make([]uint32, 3*ow)
+	cnt := make([]uint32, ow)
+	var src *image.RGBA
+	yc, isYCbCr := img.(*image.YCbCr)
+	if !isYCbCr {
+		src = toRGB(img)
+	}
+	for oy := range oh {
+		clear(sum)
+		clear(cnt)
+		for y := oy * k; y < min((oy+1)*k, h); y++ {
+			for x := range w {
+				var r, g, bb uint8
+				if isYCbCr {
+					yi := yc.YOffset(b.Min.X+x, b.Min.Y+y)
+					ci := yc.COffset(b.Min.X+x, b.Min.Y+y)
+					r, g, bb = color.YCbCrToRGB(yc.Y[yi], yc.Cb[ci], yc.Cr[ci])
+				} else {
+					p := src.Pix[y*src.Stride+4*x:]
+					r, g, bb = p[0], p[1], p[2]
+				}
+				o := x / k
+				sum[3*o] += uint32(r)
+				sum[3*o+1] += uint32(g)
+				sum[3*o+2] += uint32(bb)
+				cnt[o]++
+			}
+		}
+		row := out.Pix[oy*out.Stride:]
+		for o := range ow {
+			c := cnt[o]
+			row[4*o] = uint8((sum[3*o] + c/2) / c)
+			row[4*o+1] = uint8((sum[3*o+1] + c/2) / c)
+			row[4*o+2] = uint8((sum[3*o+2] + c/2) / c)
+			row[4*o+3] = 255
+		}
+	}
+	return out
+}
+
 // toRGB converts any image to an opaque *image.RGBA with origin (0, 0),
-// compositing transparent pixels on white.
+// compositing transparent pixels on white. An *image.RGBA or *image.NRGBA
+// with origin (0, 0) is converted in place (the decoder's output is ours),
+// so a large image is not held twice.
 func toRGB(img image.Image) *image.RGBA {
 	b := img.Bounds()
 	w, h := b.Dx(), b.Dy()
-	out := image.NewRGBA(image.Rect(0, 0, w, h))
+	var out *image.RGBA
+	switch src := img.(type) {
+	case *image.RGBA:
+		if b.Min == (image.Point{}) {
+			out = src
+		}
+	case *image.NRGBA:
+		if b.Min == (image.Point{}) {
+			out = &image.RGBA{Pix: src.Pix, Stride: src.Stride, Rect: src.Rect}
+		}
+	}
+	if out == nil {
+		out = image.NewRGBA(image.Rect(0, 0, w, h))
+	}
 	switch src := img.(type) {
 	case *image.YCbCr:
 		for y := range h {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"sort"
 	"strconv"
 	"strings"
@@ -33,6 +34,7 @@ type Engine struct {
 	predictors map[string]*xlstm.Predictor
 	info       schemas.ModelInfo
 	maxPixels  int64
+	maxPrompt  int
 	split      bool
 	// other serves a family other than idefics3 (minicpmv25) when loaded.
 	other service.Engine
@@ -50,7 +52,16 @@ const (
 	OptionMaxPixels = "max_pixels"
 	// OptionImageSplitting turns on the tiled mode ("true"/"false").
 	OptionImageSplitting = "image_splitting"
+	// OptionMaxPromptTokens bounds the conversation of every aspect in
+	// tokens; default DefaultMaxPromptTokens (see Engine.CheckPrompts).
+	OptionMaxPromptTokens = "max_prompt_tokens"
 )
+
+// DefaultMaxPromptTokens is the default OptionMaxPromptTokens: far more than
+// any generation prompt needs (CLIP reads 77 tokens), far less than what
+// would hold the model for minutes (prefill cost grows faster than
+// linearly with length).
+const DefaultMaxPromptTokens = 1024
 
 // Load reads the model directory, the adapters and the predictors of req.
 // A failed Load leaves no model loaded.
@@ -91,6 +102,7 @@ func (e *Engine) Load(ctx context.Context, req schemas.LoadRequest, progress fun
 	}
 	maxPixels := int64(imageproc.DefaultMaxPixels)
 	split := false
+	maxPrompt := DefaultMaxPromptTokens
 	for k, v := range req.Options {
 		switch k {
 		case OptionMaxPixels:
@@ -105,6 +117,12 @@ func (e *Engine) Load(ctx context.Context, req schemas.LoadRequest, progress fun
 				return fmt.Errorf("load: option %s=%q: want true or false", k, v)
 			}
 			split = b
+		case OptionMaxPromptTokens:
+			n, err := strconv.Atoi(v)
+			if err != nil || n <= 0 {
+				return fmt.Errorf("load: option %s=%q: want a positive integer", k, v)
+			}
+			maxPrompt = n
 		default:
 			return fmt.Errorf("load: unknown option %q", k)
 		}
@@ -174,7 +192,7 @@ func (e *Engine) Load(ctx context.Context, req schemas.LoadRequest, progress fun
 		return fmt.Errorf("load: %w", err)
 	}
 	e.model, e.scorer, e.adapters, e.predictors = model, scorer, set, preds
-	e.maxPixels, e.split = maxPixels, split
+	e.maxPixels, e.split, e.maxPrompt = maxPixels, split, maxPrompt
 	dtype := "f32"
 	if opts.DType == gotch.BFloat16 {
 		dtype = "bf16"
@@ -258,6 +276,53 @@ func (e *Engine) Score(ctx context.Context, items []schemas.ScoreItem, opts sche
 	return out, nil
 }
 
+// CheckPrompts implements service.PromptChecker: for every image's prompt
+// and every requested aspect, the conversation the model runs (chat
+// template, both questions and the generation prompt; the image's tokens
+// and the generated description not counted) must fit in the
+// max_prompt_tokens option. A prompt over the limit fails the whole
+// request with schemas.ErrInvalid, naming its length and the limit.
+func (e *Engine) CheckPrompts(items []schemas.ScoreItem, opts schemas.ScoreOptions) error {
+	if pc, ok := e.other.(service.PromptChecker); ok {
+		return pc.CheckPrompts(items, opts)
+	}
+	maxPrompt := e.maxPrompt
+	if maxPrompt <= 0 {
+		maxPrompt = DefaultMaxPromptTokens
+	}
+	seen := map[string]bool{}
+	for i, it := range items {
+		if seen[it.Prompt] {
+			continue
+		}
+		seen[it.Prompt] = true
+		// A token is at least one byte and rarely more than a few: refuse
+		// absurd lengths without tokenizing them.
+		if len(it.Prompt) > 32*maxPrompt {
+			return fmt.Errorf("%w: image %d: prompt of %d bytes is over the limit of %d tokens (%s)", schemas.ErrInvalid, i, len(it.Prompt), maxPrompt, OptionMaxPromptTokens)
+		}
+		if e.scorer == nil {
+			continue // another family (its own limits), or Score reports the missing model
+		}
+		for _, name := range opts.Aspects {
+			p, ok := opts.Prompts[name]
+			if !ok {
+				continue // Score names the missing prompts
+			}
+			n, err := e.scorer.PromptTokens(Prompts{Round1: p.Round1, Round2: p.Round2}, it.Prompt)
+			if err != nil {
+				return fmt.Errorf("%w: image %d: %w", schemas.ErrInvalid, i, err)
+			}
+			if n > e.maxPrompt {
+				return fmt.Errorf("%w: image %d: the %s conversation is %d tokens with its prompt, over the limit of %d (%s)", schemas.ErrInvalid, i, name, n, e.maxPrompt, OptionMaxPromptTokens)
+			}
+		}
+	}
+	return nil
+}
+
+var _ service.PromptChecker = (*Engine)(nil)
+
 // pixels reads, decodes and preprocesses one item's image.
 func (e *Engine) pixels(it schemas.ScoreItem) (mllm.Pixels, error) {
 	data, name := it.Data, "image"
@@ -273,11 +338,22 @@ func (e *Engine) pixels(it schemas.ScoreItem) (mllm.Pixels, error) {
 		return mllm.Pixels{}, fmt.Errorf("%s: %w", name, err)
 	}
 	p, err := imageproc.Preprocess(img, imageproc.Options{Size: e.model.Config.Vision.ImageSize, Split: e.split})
+	if b := img.Bounds(); b.Dx()*b.Dy() > bigImagePixels {
+		// Hand a large decoded image's memory back to the system now,
+		// rather than holding it through the model pass (which pauses the
+		// collector).
+		img = nil
+		debug.FreeOSMemory()
+	}
 	if err != nil {
 		return mllm.Pixels{}, fmt.Errorf("%s: %w", name, err)
 	}
 	return mllm.Pixels{Tiles: p.Tiles, Rows: p.Rows, Cols: p.Cols, Size: p.Size}, nil
 }
+
+// bigImagePixels is the decoded size above which pixels returns the
+// image's memory to the system at once.
+const bigImagePixels = 16 << 20
 
 // adapterFor returns the adapter loaded for an aspect.
 func (e *Engine) adapterFor(aspect string) (*lora.Adapter, bool) {

@@ -187,6 +187,25 @@ func (s *Scorer) Score(ctx context.Context, items []Item, aspects []Aspect, opts
 	return out, nil
 }
 
+// PromptTokens is the length in tokens of the conversation an aspect with
+// prompts p runs for genPrompt, without the image's tokens and without the
+// description the model writes: the chat template, the round-1 question
+// with the prompt filled in, and the round-2 question.
+func (s *Scorer) PromptTokens(p Prompts, genPrompt string) (int, error) {
+	img := &mllm.ImageFeatures{} // only its Rows and Cols are read
+	seq, err := s.model.EncodeChat(ThreeMessages(p, genPrompt, ""), true, []*mllm.ImageFeatures{img})
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, id := range seq.Tokens {
+		if id != s.model.Config.ImageTokenID {
+			n++
+		}
+	}
+	return n, nil
+}
+
 // groupByAdapter groups the indices of aspects by adapter, in order of
 // first appearance.
 func groupByAdapter(aspects []Aspect) [][]int {
@@ -241,6 +260,9 @@ func (s *Scorer) scoreGroup(ctx context.Context, items []Item, feats []*mllm.Ima
 		return nil, err
 	}
 	desc := make([]string, n)
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	if !opts.SkipDescription {
 		gen, err := s.model.Generate(ctx, cache, pout.Logits, mllm.GenerateOptions{MaxTokens: opts.MaxNewTokens, StopTokens: s.stops})
 		if err != nil {
@@ -262,6 +284,9 @@ func (s *Scorer) scoreGroup(ctx context.Context, items []Item, feats []*mllm.Ima
 	describe := time.Since(t0) / time.Duration(n)
 
 	// Round 2: description and rating question, extending the cached prefix.
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	t1 := time.Now()
 	full := make([]mllm.Sequence, n)
 	cont := make([]mllm.Sequence, n)

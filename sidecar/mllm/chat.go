@@ -5,6 +5,8 @@ import (
 	"strings"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/m3gate/m3gate/sidecar/bpe"
 )
 
 // ChatTemplate is SmolVLM-Instruct's chat template (tokenizer_config.json
@@ -114,19 +116,58 @@ func (m *Model) ExpandImages(text string, images []*ImageFeatures) (string, erro
 	return sb.String(), nil
 }
 
-// EncodeChat renders msgs with the chat template, expands each image
-// placeholder for images (in order) and tokenizes the result.
+// EncodeChat renders msgs with the chat template, expands each image part
+// for images (in order) and tokenizes the result. Text parts are always
+// text: special tokens written in a prompt or a description (<image>,
+// <end_of_utterance>, <|im_end|>) are tokenized as characters; only the
+// template's own markers and image expansions are control tokens.
 func (m *Model) EncodeChat(msgs []Message, addGenerationPrompt bool, images []*ImageFeatures) (Sequence, error) {
 	if m.Tokenizer == nil {
 		return Sequence{}, fmt.Errorf("encode chat: the model has no tokenizer")
 	}
-	text, err := m.ExpandImages(RenderChat(msgs, addGenerationPrompt), images)
+	parts, err := m.renderChat(msgs, addGenerationPrompt, images)
 	if err != nil {
 		return Sequence{}, err
 	}
-	ids, err := m.Tokenizer.Encode(text)
+	ids, err := m.Tokenizer.EncodeParts(parts)
 	if err != nil {
 		return Sequence{}, fmt.Errorf("encode chat: %w", err)
 	}
 	return Sequence{Tokens: ids, Images: images}, nil
+}
+
+// renderChat is RenderChat with each image part expanded for images[k], as
+// tokenizer parts: the text parts of the messages are literal.
+func (m *Model) renderChat(msgs []Message, addGenerationPrompt bool, images []*ImageFeatures) ([]bpe.Part, error) {
+	var parts []bpe.Part
+	tmpl := func(s string) { parts = append(parts, bpe.Part{Text: s}) }
+	k := 0
+	tmpl("<|im_start|>")
+	for _, msg := range msgs {
+		if len(msg.Content) > 0 && msg.Content[0].Image {
+			tmpl(capitalize(msg.Role) + ":")
+		} else {
+			tmpl(capitalize(msg.Role) + ": ")
+		}
+		for _, p := range msg.Content {
+			switch {
+			case p.Image:
+				if k >= len(images) {
+					return nil, fmt.Errorf("expand images: more image parts than the %d images given", len(images))
+				}
+				tmpl(ImagePrompt(m.Config.ImageSeqLen(), images[k].Rows, images[k].Cols))
+				k++
+			case p.Text != "":
+				parts = append(parts, bpe.Part{Text: p.Text, Literal: true})
+			}
+		}
+		tmpl("<end_of_utterance>\n")
+	}
+	if addGenerationPrompt {
+		tmpl("Assistant:")
+	}
+	if k != len(images) {
+		return nil, fmt.Errorf("expand images: %d image parts for %d images", k, len(images))
+	}
+	return parts, nil
 }

@@ -1,6 +1,8 @@
 // Package service implements the sidecar side of the m3gate contract
 // (schemas.Scorer) on top of an Engine: one work queue serialises all model
-// work (load, score, unload) and batches compatible score requests.
+// work (load, score, unload), batches compatible score requests and runs a
+// request of more than MaxBatch images in chunks, taking turns with the
+// requests that wait, so one large request cannot starve small ones.
 package service
 
 import (
@@ -11,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 
@@ -33,6 +36,14 @@ type Engine interface {
 	Info() schemas.ModelInfo
 }
 
+// PromptChecker is implemented by engines that bound what a request may ask
+// of the model (such as its prompt length in tokens). CheckPrompts is called
+// from the worker goroutine before a request's first image runs; an error
+// wrapping schemas.ErrInvalid fails the whole request.
+type PromptChecker interface {
+	CheckPrompts(items []schemas.ScoreItem, opts schemas.ScoreOptions) error
+}
+
 // GPUMemoryReporter is implemented by engines that know their GPU memory use.
 type GPUMemoryReporter interface {
 	// GPUMemory returns the bytes in use and the device's total bytes.
@@ -41,9 +52,9 @@ type GPUMemoryReporter interface {
 
 // Config tunes the service.
 type Config struct {
-	// MaxBatch is the most images one Engine.Score call receives when
-	// requests are merged; a single larger request still runs whole.
-	// 0 means 8.
+	// MaxBatch is the most images one Engine.Score call receives: requests
+	// are merged up to it, and a larger request runs in chunks of MaxBatch
+	// that take turns with the other waiting requests. 0 means 8.
 	MaxBatch int
 	// Logger receives the service's log; nil discards it.
 	Logger hclog.Logger
@@ -57,11 +68,13 @@ type Service struct {
 
 	mu       sync.Mutex
 	queue    []*job
+	resume   []*job        // score jobs with a chunk running and images left
 	wake     chan struct{} // signalled when the queue gains a job
 	closed   bool
 	state    schemas.State
 	progress schemas.LoadProgress
 	loadErr  string
+	busy     time.Time // when the engine call in progress started; zero when idle
 	done     chan struct{}
 	stop     chan struct{}
 }
@@ -89,10 +102,22 @@ type job struct {
 	items   []schemas.ScoreItem
 	opts    schemas.ScoreOptions
 	results []schemas.ItemResult
+	next    int  // items before next have been handed to the engine
+	running int  // chunks handed out and not yet finished
+	checked bool // CheckPrompts passed
+	failed  bool // err is set; chunks still queued are dropped
 
 	err  error
 	done chan struct{} // closed by the worker when err/results are set
 }
+
+// chunk is a run of one score job's items in a batch.
+type chunk struct {
+	job      *job
+	off, end int
+}
+
+func (c chunk) items() []schemas.ScoreItem { return c.job.items[c.off:c.end] }
 
 // New starts a service over engine. Close stops it.
 func New(engine Engine, cfg Config) *Service {
@@ -145,17 +170,26 @@ func (s *Service) enqueue(j *job) error {
 }
 
 // remove drops j from the queue if it is still waiting there; it reports
-// whether it did (false: the worker has taken it).
+// whether it did (false: the worker has taken all of it).
 func (s *Service) remove(j *job) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for i, q := range s.queue {
-		if q == j {
-			s.queue = append(s.queue[:i], s.queue[i+1:]...)
-			return true
+	return s.drop(j)
+}
+
+// drop removes j from the queue and from resume; s.mu is held.
+func (s *Service) drop(j *job) bool {
+	found := false
+	for _, q := range []*[]*job{&s.queue, &s.resume} {
+		for i, x := range *q {
+			if x == j {
+				*q = append((*q)[:i], (*q)[i+1:]...)
+				found = true
+				break
+			}
 		}
 	}
-	return false
+	return found
 }
 
 // QueueDepth returns the number of jobs waiting (not running).
@@ -217,6 +251,9 @@ func (s *Service) Unload(ctx context.Context) error {
 func (s *Service) Status(ctx context.Context) (schemas.Status, error) {
 	s.mu.Lock()
 	st := schemas.Status{State: s.state, Progress: s.progress, Error: s.loadErr, QueueDepth: len(s.queue)}
+	if !s.busy.IsZero() {
+		st.Busy = time.Since(s.busy)
+	}
 	s.mu.Unlock()
 	if st.State == schemas.StateReady {
 		st.Model = s.engine.Info()
@@ -268,7 +305,7 @@ func (s *Service) Score(ctx context.Context, req schemas.ScoreRequest) ([]schema
 		return results, nil
 	}
 
-	j := &job{kind: jobScore, ctx: ctx, key: req.Options.Key(), items: items, opts: req.Options, done: make(chan struct{})}
+	j := &job{kind: jobScore, ctx: ctx, key: req.Options.Key(), items: items, opts: req.Options, results: make([]schemas.ItemResult, len(items)), done: make(chan struct{})}
 	if err := s.enqueue(j); err != nil {
 		return nil, err
 	}
@@ -278,6 +315,8 @@ func (s *Service) Score(ctx context.Context, req schemas.ScoreRequest) ([]schema
 		s.remove(j)
 		return nil, ctx.Err()
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if j.err != nil {
 		return nil, j.err
 	}
@@ -292,8 +331,8 @@ func (s *Service) Score(ctx context.Context, req schemas.ScoreRequest) ([]schema
 func (s *Service) work() {
 	defer close(s.done)
 	for {
-		batch := s.next()
-		if batch == nil {
+		first, batch := s.next()
+		if first == nil {
 			select {
 			case <-s.wake:
 				continue
@@ -302,58 +341,139 @@ func (s *Service) work() {
 				return
 			}
 		}
-		switch batch[0].kind {
+		switch first.kind {
 		case jobLoad:
-			s.runLoad(batch[0])
+			s.running(func() { s.runLoad(first) })
 		case jobUnload:
-			s.runUnload(batch[0])
+			s.running(func() { s.runUnload(first) })
 		case jobScore:
-			s.runScore(batch)
+			if batch = s.check(batch); len(batch) > 0 {
+				s.running(func() { s.runScore(batch) })
+			}
 		}
 	}
 }
 
-// next takes the first live job from the queue and, for a score job, every
-// later score job with the same options while the batch stays within
-// maxBatch images. Jobs whose ctx already ended are dropped.
-func (s *Service) next() []*job {
+// running runs f with the service marked busy (Status reports for how long).
+func (s *Service) running(f func()) {
+	s.mu.Lock()
+	s.busy = time.Now()
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.busy = time.Time{}
+		s.mu.Unlock()
+	}()
+	f()
+}
+
+// next takes the first live job from the queue. For a score job it returns
+// the job's next chunk of at most maxBatch images, filled up with later
+// score jobs of the same options: whole jobs that fit, and a chunk of a job
+// that could never fit whole. A job with images left after its chunk waits
+// in resume until the next call and then goes to the back of the queue, so
+// every request that arrived while its chunk ran takes its turn first. Jobs
+// whose ctx already ended are dropped.
+func (s *Service) next() (*job, []chunk) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.queue = append(s.queue, s.resume...)
+	s.resume = s.resume[:0]
 	for len(s.queue) > 0 && s.queue[0].ctx.Err() != nil {
 		s.queue = s.queue[1:]
 	}
 	if len(s.queue) == 0 {
-		return nil
+		return nil, nil
 	}
 	first := s.queue[0]
 	s.queue = s.queue[1:]
-	batch := []*job{first}
 	if first.kind != jobScore {
-		return batch
+		return first, nil
 	}
-	n := len(first.items)
+	var batch []chunk
+	n := 0
+	take := func(j *job, k int) {
+		batch = append(batch, chunk{job: j, off: j.next, end: j.next + k})
+		j.next += k
+		j.running++
+		n += k
+		if j.next < len(j.items) {
+			s.resume = append(s.resume, j)
+		}
+	}
+	take(first, min(s.maxBatch, len(first.items)-first.next))
 	rest := s.queue[:0]
 	for _, j := range s.queue {
-		if j.kind == jobScore && j.key == first.key && j.ctx.Err() == nil && n+len(j.items) <= s.maxBatch {
-			batch = append(batch, j)
-			n += len(j.items)
-			continue
+		left := len(j.items) - j.next
+		if n < s.maxBatch && j.kind == jobScore && j.key == first.key && j.ctx.Err() == nil {
+			if n+left <= s.maxBatch {
+				take(j, left)
+				continue
+			}
+			if len(j.items) > s.maxBatch {
+				take(j, s.maxBatch-n)
+				continue
+			}
 		}
 		rest = append(rest, j)
 	}
 	s.queue = rest
-	return batch
+	return first, batch
+}
+
+// check runs the engine's PromptChecker on the jobs of batch that start
+// here and drops the chunks of jobs it refuses.
+func (s *Service) check(batch []chunk) []chunk {
+	pc, ok := s.engine.(PromptChecker)
+	if !ok {
+		return batch
+	}
+	out := batch[:0]
+	for _, c := range batch {
+		j := c.job
+		if !j.checked {
+			if err := pc.CheckPrompts(j.items, j.opts); err != nil {
+				s.finish(c, nil, fmt.Errorf("score: %w", err))
+				continue
+			}
+			j.checked = true
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
+// finish records the outcome of chunk c (its results, or err for the whole
+// job) and completes the job once nothing of it is queued or running.
+func (s *Service) finish(c chunk, results []schemas.ItemResult, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	j := c.job
+	j.running--
+	if j.failed {
+		return
+	}
+	if err != nil {
+		j.err, j.failed = err, true
+		s.drop(j)
+		close(j.done)
+		return
+	}
+	copy(j.results[c.off:c.end], results)
+	if j.next == len(j.items) && j.running == 0 {
+		close(j.done)
+	}
 }
 
 func (s *Service) failQueued() {
 	s.mu.Lock()
-	q := s.queue
-	s.queue = nil
-	s.mu.Unlock()
+	q := append(s.queue, s.resume...)
+	s.queue, s.resume = nil, nil
 	for _, j := range q {
-		j.err = ErrClosed
+		j.err, j.failed = ErrClosed, true
 		close(j.done)
 	}
+	s.mu.Unlock()
 }
 
 func (s *Service) setState(st schemas.State, p *schemas.LoadProgress, loadErr string) {
@@ -407,16 +527,17 @@ func (s *Service) runUnload(j *job) {
 }
 
 // runScore runs one engine call for the batch. The call's ctx ends when the
-// ctx of every member has ended, so a batch whose callers all left stops.
-func (s *Service) runScore(batch []*job) {
+// ctx of every member has ended, so a batch whose callers all left stops
+// (the engine checks it between decode steps).
+func (s *Service) runScore(batch []chunk) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var mu sync.Mutex
 	alive := len(batch)
 	var items []schemas.ScoreItem
-	for _, j := range batch {
-		items = append(items, j.items...)
-		stop := context.AfterFunc(j.ctx, func() {
+	for _, c := range batch {
+		items = append(items, c.items()...)
+		stop := context.AfterFunc(c.job.ctx, func() {
 			mu.Lock()
 			alive--
 			if alive == 0 {
@@ -426,19 +547,22 @@ func (s *Service) runScore(batch []*job) {
 		})
 		defer stop()
 	}
-	results, err := s.engine.Score(ctx, items, batch[0].opts)
+	results, err := s.engine.Score(ctx, items, batch[0].job.opts)
 	if err == nil && len(results) != len(items) {
 		err = fmt.Errorf("engine returned %d results for %d images", len(results), len(items))
 	}
+	if err != nil && ctx.Err() != nil {
+		s.log.Info("score stopped: every caller left", "images", len(items))
+	}
 	off := 0
-	for _, j := range batch {
+	for _, c := range batch {
+		n := c.end - c.off
 		if err != nil {
-			j.err = err
+			s.finish(c, nil, err)
 		} else {
-			j.results = results[off : off+len(j.items)]
+			s.finish(c, results[off:off+n], nil)
 		}
-		off += len(j.items)
-		close(j.done)
+		off += n
 	}
 }
 

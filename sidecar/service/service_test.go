@@ -266,8 +266,8 @@ func TestBatchesCompatibleRequests(t *testing.T) {
 	// merges q×2+q×1 (the next q×2 would make 5; q×1 after it fits: 4),
 	// then c×1+c×2, then the q×2 left over.
 	for _, r := range []schemas.ScoreRequest{one(q, 2), one(c, 1), one(q, 1), one(q, 2), one(c, 2), one(q, 1)} {
+		want := s.QueueDepth() + 1 // before submit: the goroutine may enqueue at once
 		submit(r)
-		want := s.QueueDepth() + 1
 		waitFor(t, "enqueue", func() bool { return s.QueueDepth() == want })
 	}
 	close(e.gate)
@@ -338,5 +338,123 @@ func TestCloseFailsQueuedWork(t *testing.T) {
 	s.Close()
 	if err := s.Load(context.Background(), schemas.LoadRequest{ModelDir: "/m", Family: "b"}, nil); !errors.Is(err, ErrClosed) {
 		t.Errorf("load after close: got %v", err)
+	}
+}
+
+// stepEngine returns a brightnessEngine whose Score calls each wait for one
+// value on gate (or its ctx) and announce themselves on entered.
+func stepEngine() *brightnessEngine {
+	return &brightnessEngine{gate: make(chan struct{}), entered: make(chan struct{}, 16)}
+}
+
+func TestLargeRequestTakesTurns(t *testing.T) {
+	e := stepEngine()
+	s := newLoaded(t, e, 4)
+	opts := schemas.ScoreOptions{Aspects: []string{"quality"}}
+	img := grayPNG(t, 200)
+	many := func(n int) schemas.ScoreRequest {
+		r := schemas.ScoreRequest{Options: opts}
+		for range n {
+			r.Items = append(r.Items, schemas.ScoreItem{Data: img})
+		}
+		return r
+	}
+	bigDone := make(chan error, 1)
+	go func() {
+		rs, err := s.Score(context.Background(), many(10))
+		if err == nil && len(rs) != 10 {
+			err = fmt.Errorf("big: %d results", len(rs))
+		}
+		for i, r := range rs {
+			if err == nil && (r.Index != i || r.Aspects["quality"].Rating != "good") {
+				err = fmt.Errorf("big: result %d: %+v", i, r)
+			}
+		}
+		bigDone <- err
+	}()
+	<-e.entered // the big request's first chunk runs
+	smallDone := make(chan error, 1)
+	go func() {
+		_, err := s.Score(context.Background(), many(1))
+		smallDone <- err
+	}()
+	waitFor(t, "small request queued", func() bool { return s.QueueDepth() == 1 })
+	e.gate <- struct{}{} // first chunk done
+	<-e.entered          // second call: the small request + 3 of the big one
+	e.gate <- struct{}{}
+	select {
+	case err := <-smallDone:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the small request waits behind the whole large one")
+	}
+	<-e.entered
+	e.gate <- struct{}{}
+	if err := <-bigDone; err != nil {
+		t.Fatal(err)
+	}
+	if got, want := fmt.Sprint(e.callSizes()), "[4 4 3]"; got != want {
+		t.Errorf("engine batch sizes: got %s, want %s", got, want)
+	}
+}
+
+func TestStatusReportsBusy(t *testing.T) {
+	e := stepEngine()
+	s := newLoaded(t, e, 4)
+	ctx := context.Background()
+	if st, _ := s.Status(ctx); st.Busy != 0 {
+		t.Errorf("idle: busy %s", st.Busy)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.Score(ctx, schemas.ScoreRequest{Items: []schemas.ScoreItem{{Data: grayPNG(t, 1)}}, Options: schemas.ScoreOptions{Aspects: []string{"quality"}}})
+		done <- err
+	}()
+	<-e.entered
+	time.Sleep(30 * time.Millisecond)
+	if st, _ := s.Status(ctx); st.Busy < 30*time.Millisecond {
+		t.Errorf("running: busy %s, want at least 30ms", st.Busy)
+	}
+	close(e.gate)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := s.Status(ctx); st.Busy != 0 {
+		t.Errorf("after the work: busy %s", st.Busy)
+	}
+}
+
+// checkingEngine refuses prompts longer than 10 bytes.
+type checkingEngine struct{ *brightnessEngine }
+
+func (checkingEngine) CheckPrompts(items []schemas.ScoreItem, opts schemas.ScoreOptions) error {
+	for i, it := range items {
+		if len(it.Prompt) > 10 {
+			return fmt.Errorf("%w: image %d: prompt too long", schemas.ErrInvalid, i)
+		}
+	}
+	return nil
+}
+
+func TestPromptCheckerRefusesRequest(t *testing.T) {
+	e := checkingEngine{&brightnessEngine{}}
+	s := New(e, Config{MaxBatch: 2})
+	t.Cleanup(s.Close)
+	ctx := context.Background()
+	if err := s.Load(ctx, schemas.LoadRequest{ModelDir: "/m", Family: "b"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	img := grayPNG(t, 1)
+	_, err := s.Score(ctx, schemas.ScoreRequest{Prompt: "short", Items: []schemas.ScoreItem{{Data: img}, {Data: img}, {Data: img, Prompt: "far too long a prompt"}}, Options: schemas.ScoreOptions{Aspects: []string{"quality"}}})
+	if !errors.Is(err, schemas.ErrInvalid) || !strings.Contains(err.Error(), "prompt too long") {
+		t.Errorf("got %v, want ErrInvalid naming the prompt", err)
+	}
+	if n := len(e.callSizes()); n != 0 {
+		t.Errorf("the engine ran %d times for a refused request", n)
+	}
+	if _, err := s.Score(ctx, schemas.ScoreRequest{Prompt: "short", Items: []schemas.ScoreItem{{Data: img}}, Options: schemas.ScoreOptions{Aspects: []string{"quality"}}}); err != nil {
+		t.Errorf("next request: %v", err)
 	}
 }

@@ -473,7 +473,11 @@ type StatusResponse struct {
 	// Set in STATE_ERROR: why the last load failed.
 	Error string `protobuf:"bytes,5,opt,name=error,proto3" json:"error,omitempty"`
 	// Requests waiting in the model work queue.
-	QueueDepth    int32 `protobuf:"varint,6,opt,name=queue_depth,json=queueDepth,proto3" json:"queue_depth,omitempty"`
+	QueueDepth int32 `protobuf:"varint,6,opt,name=queue_depth,json=queueDepth,proto3" json:"queue_depth,omitempty"`
+	// How long the model has been running its current piece of work (a
+	// score batch, a load, an unload), in milliseconds; 0 when idle. The
+	// host's busy timeout and heartbeat read it.
+	BusyMs        int64 `protobuf:"varint,7,opt,name=busy_ms,json=busyMs,proto3" json:"busy_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -546,6 +550,13 @@ func (x *StatusResponse) GetError() string {
 func (x *StatusResponse) GetQueueDepth() int32 {
 	if x != nil {
 		return x.QueueDepth
+	}
+	return 0
+}
+
+func (x *StatusResponse) GetBusyMs() int64 {
+	if x != nil {
+		return x.BusyMs
 	}
 	return 0
 }
@@ -1153,7 +1164,7 @@ const file_m3gate_proto_rawDesc = "" +
 	"\adetails\x18\b \x03(\v2!.m3gate.v1.ModelInfo.DetailsEntryR\adetails\x1a:\n" +
 	"\fDetailsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xfb\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x94\x02\n" +
 	"\x0eStatusResponse\x12&\n" +
 	"\x05state\x18\x01 \x01(\x0e2\x10.m3gate.v1.StateR\x05state\x123\n" +
 	"\bprogress\x18\x02 \x01(\v2\x17.m3gate.v1.LoadProgressR\bprogress\x12)\n" +
@@ -1161,7 +1172,8 @@ const file_m3gate_proto_rawDesc = "" +
 	"\x05model\x18\x04 \x01(\v2\x14.m3gate.v1.ModelInfoR\x05model\x12\x14\n" +
 	"\x05error\x18\x05 \x01(\tR\x05error\x12\x1f\n" +
 	"\vqueue_depth\x18\x06 \x01(\x05R\n" +
-	"queueDepth\"X\n" +
+	"queueDepth\x12\x17\n" +
+	"\abusy_ms\x18\a \x01(\x03R\x06busyMs\"X\n" +
 	"\tScoreItem\x12\x14\n" +
 	"\x04data\x18\x01 \x01(\fH\x00R\x04data\x12\x14\n" +
 	"\x04path\x18\x02 \x01(\tH\x00R\x04path\x12\x16\n" +
