@@ -23,6 +23,7 @@ type Config struct {
 	Daemon  Daemon  `mapstructure:"daemon" yaml:"daemon" json:"daemon"`
 	Sidecar Sidecar `mapstructure:"sidecar" yaml:"sidecar" json:"sidecar"`
 	Log     Log     `mapstructure:"log" yaml:"log" json:"log"`
+	Queue   Queue   `mapstructure:"queue" yaml:"queue" json:"queue"`
 }
 
 // Model configures the local MLLM, its LoRA adapters and xLSTM predictors.
@@ -110,6 +111,44 @@ type Log struct {
 	Format string `mapstructure:"format" yaml:"format" json:"format"`
 }
 
+// Queue configures scale-out over NATS JetStream: `m3gate serve` and
+// `m3gate run` publish score jobs and `m3gate worker` processes score them.
+// An empty URL turns the queue off.
+type Queue struct {
+	// URL is empty (no queue: score locally), "embedded" (serve runs a
+	// JetStream server with a file store) or comma-separated nats:// URLs.
+	URL string `mapstructure:"url" yaml:"url" json:"url"`
+	// Listen is the host:port of the embedded server's client port.
+	Listen string `mapstructure:"listen" yaml:"listen" json:"listen"`
+	// DataDir is the embedded server's file store; empty: the user cache
+	// directory's m3gate/queue.
+	DataDir string `mapstructure:"data_dir" yaml:"data_dir" json:"data_dir"`
+	// Credentials is a NATS .creds file.
+	Credentials string `mapstructure:"credentials" yaml:"credentials" json:"credentials"`
+	// TLSCA is the PEM CA file that verifies the NATS servers.
+	TLSCA string `mapstructure:"tls_ca" yaml:"tls_ca" json:"tls_ca"`
+	// TLSCert and TLSKey are this client's PEM certificate and key.
+	TLSCert string `mapstructure:"tls_cert" yaml:"tls_cert" json:"tls_cert"`
+	TLSKey  string `mapstructure:"tls_key" yaml:"tls_key" json:"tls_key"`
+	// ServeWorker makes `m3gate serve` also run a worker with its own
+	// model process when a queue is set.
+	ServeWorker bool `mapstructure:"serve_worker" yaml:"serve_worker" json:"serve_worker"`
+	// AckWait is how long a worker may hold a job without a sign of life
+	// before it is redelivered.
+	AckWait time.Duration `mapstructure:"ack_wait" yaml:"ack_wait" json:"ack_wait"`
+	// MaxAckPending bounds the jobs all workers hold together.
+	MaxAckPending int `mapstructure:"max_ack_pending" yaml:"max_ack_pending" json:"max_ack_pending"`
+	// MaxDeliver is how often a job is delivered before it ends with an error.
+	MaxDeliver int `mapstructure:"max_deliver" yaml:"max_deliver" json:"max_deliver"`
+	// NakDelay is how long a job handed back (model process restarting) waits.
+	NakDelay time.Duration `mapstructure:"nak_delay" yaml:"nak_delay" json:"nak_delay"`
+	// MaxJobs bounds the jobs waiting in the queue.
+	MaxJobs int `mapstructure:"max_jobs" yaml:"max_jobs" json:"max_jobs"`
+	// Replicas is the number of copies of the queue's streams (3 in a
+	// three-node cluster).
+	Replicas int `mapstructure:"replicas" yaml:"replicas" json:"replicas"`
+}
+
 // Default returns the built-in configuration: CPU, f32, SmolVLM-256M in
 // models/smolvlm-256m, a local ComfyUI and a daemon on 127.0.0.1:8190.
 func Default() Config {
@@ -154,5 +193,15 @@ func Default() Config {
 			RestartBackoffMax: 30 * time.Second,
 		},
 		Log: Log{Level: "info", Format: "text"},
+		Queue: Queue{
+			Listen:        "127.0.0.1:4222",
+			ServeWorker:   true,
+			AckWait:       30 * time.Second,
+			MaxAckPending: 1000,
+			MaxDeliver:    5,
+			NakDelay:      5 * time.Second,
+			MaxJobs:       100000,
+			Replicas:      1,
+		},
 	}
 }

@@ -39,6 +39,11 @@ func TestLoadGood(t *testing.T) {
 			LoadStallTimeout: 5 * time.Minute, BusyTimeout: 20 * time.Minute, RestartBackoffMax: time.Minute,
 		},
 		Log: Log{Level: "debug", Format: "json"},
+		Queue: Queue{
+			URL: "nats://n1:4222,tls://n2:4222", Listen: "0.0.0.0:4222", DataDir: "/var/lib/m3gate/queue",
+			Credentials: "/etc/m3gate/worker.creds", TLSCA: "/etc/m3gate/ca.pem", TLSCert: "/etc/m3gate/client.pem", TLSKey: "/etc/m3gate/client-key.pem",
+			AckWait: time.Minute, MaxAckPending: 64, MaxDeliver: 3, NakDelay: 10 * time.Second, MaxJobs: 5000, Replicas: 3,
+		},
 	}
 	partial := Default()
 	partial.Daemon.Listen = "127.0.0.1:9999"
@@ -104,6 +109,7 @@ func TestLoadBad(t *testing.T) {
 			`testdata/bad/several.yaml:5: scoring.gate: "most" is not one of all, any`,
 			`testdata/bad/several.yaml:7: comfyui.servers[0]: URL "ftp://x" must start with http:// or https://`,
 		}},
+		{"queue_url.yaml", []string{`testdata/bad/queue_url.yaml:2: queue.url: URL "http://127.0.0.1:4222": want embedded or nats://host:4222 (tls://, ws://, wss:// also work)`}},
 		{"syntax.yaml", []string{"parse config testdata/bad/syntax.yaml: yaml: line 1: did not find expected ',' or ']'"}},
 		{"missing.yaml", []string{"read config: open testdata/bad/missing.yaml: no such file or directory"}},
 	}

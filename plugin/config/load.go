@@ -176,6 +176,11 @@ func resolvePaths(c *Config, dir string, src *sources) {
 	}
 	abs("model.dir", &c.Model.Dir)
 	abs("sidecar.path", &c.Sidecar.Path)
+	abs("queue.data_dir", &c.Queue.DataDir)
+	abs("queue.credentials", &c.Queue.Credentials)
+	abs("queue.tls_ca", &c.Queue.TLSCA)
+	abs("queue.tls_cert", &c.Queue.TLSCert)
+	abs("queue.tls_key", &c.Queue.TLSKey)
 	for k, p := range c.Model.Adapters {
 		abs("model.adapters."+k, &p)
 		c.Model.Adapters[k] = p

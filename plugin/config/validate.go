@@ -151,6 +151,23 @@ func (c Config) Validate() error {
 	oneOf("log.level", c.Log.Level, Levels)
 	oneOf("log.format", c.Log.Format, Formats)
 
+	q := c.Queue
+	if err := checkQueueURL(q.URL); err != nil {
+		bad("queue.url", "%v", err)
+	}
+	if err := checkListen(q.Listen); err != nil {
+		bad("queue.listen", "%v", err)
+	}
+	if (q.TLSCert == "") != (q.TLSKey == "") {
+		bad("queue.tls_key", "tls_cert and tls_key go together")
+	}
+	positive("queue.ack_wait", q.AckWait)
+	intRange("queue.max_ack_pending", q.MaxAckPending, 1, 1000000)
+	intRange("queue.max_deliver", q.MaxDeliver, 2, 100)
+	positive("queue.nak_delay", q.NakDelay)
+	intRange("queue.max_jobs", q.MaxJobs, 1, 100000000)
+	intRange("queue.replicas", q.Replicas, 1, 5)
+
 	if len(errs) == 0 {
 		return nil
 	}
@@ -183,6 +200,29 @@ func checkServerURL(s string) error {
 	if u.Port() != "" {
 		if p, err := strconv.Atoi(u.Port()); err != nil || p < 1 || p > 65535 {
 			return fmt.Errorf("URL %q has a bad port", s)
+		}
+	}
+	return nil
+}
+
+// checkQueueURL accepts "", "embedded" or comma-separated nats://, tls://
+// or ws(s):// URLs.
+func checkQueueURL(s string) error {
+	if s == "" || s == "embedded" {
+		return nil
+	}
+	for _, part := range strings.Split(s, ",") {
+		u, err := url.Parse(strings.TrimSpace(part))
+		if err != nil {
+			return fmt.Errorf("bad URL %q: %v", part, err)
+		}
+		switch u.Scheme {
+		case "nats", "tls", "ws", "wss":
+		default:
+			return fmt.Errorf("URL %q: want embedded or nats://host:4222 (tls://, ws://, wss:// also work)", part)
+		}
+		if u.Host == "" {
+			return fmt.Errorf("URL %q has no host", part)
 		}
 	}
 	return nil
