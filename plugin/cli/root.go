@@ -126,6 +126,7 @@ built-in defaults), overridden by M3GATE_<SECTION>_<KEY> environment variables.`
 	root.AddCommand(
 		newScoreCmd(app),
 		newServeCmd(app),
+		newWorkerCmd(app),
 		newRunCmd(app),
 		newDistillCmd(app),
 		newFinetuneCmd(app),

@@ -22,6 +22,7 @@ func newRunCmd(app *App) *cobra.Command {
 		aspects                        []string
 		count, maxTries, parallel      int
 		mode, out, prompt, daemon      string
+		queueURL                       string
 		keepRejected, resume           bool
 		randSeed                       uint64
 	)
@@ -97,11 +98,22 @@ the others. With --resume, a run into the same --out continues an earlier one.`,
 			if app.Logger != nil {
 				copts = append(copts, comfyui.WithLogger(app.Logger))
 			}
-			// Without a daemon every image would be made for nothing: check
-			// it before queueing anything.
-			scorer := &pipeline.DaemonScorer{URL: daemon}
-			if err := scorer.Ping(cmd.Context(), daemonStartWait); err != nil {
-				return fmt.Errorf("run: %w", err)
+			var scorer pipeline.Scorer
+			if queueURL != "" || app.Config.Queue.URL != "" {
+				qs, err := newRunQueueScorer(cmd.Context(), app, queueURL, pipeline.Gate{Thresholds: th, Mode: m})
+				if err != nil {
+					return fmt.Errorf("run: %w", err)
+				}
+				defer qs.Close()
+				scorer = qs
+			} else {
+				// Without a daemon every image would be made for nothing:
+				// check it before queueing anything.
+				ds := &pipeline.DaemonScorer{URL: daemon}
+				if err := ds.Ping(cmd.Context(), daemonStartWait); err != nil {
+					return fmt.Errorf("run: %w", err)
+				}
+				scorer = ds
 			}
 			cfg := pipeline.Config{
 				Workflow: wf, Servers: servers, Count: count, MaxTries: maxTries,
@@ -144,6 +156,7 @@ the others. With --resume, a run into the same --out continues an earlier one.`,
 	f.StringArrayVar(&seedNodes, "seed-node", nil, "node id whose seed is rerolled (repeatable; default every seed input)")
 	f.StringVar(&prompt, "prompt", "", "prompt text to score against (default: the text feeding the sampler's positive input)")
 	f.StringVar(&daemon, "daemon", "", "m3gate daemon URL (default $M3GATE_URL, else http://<daemon.listen>)")
+	f.StringVar(&queueURL, "queue", "", "publish score jobs to a NATS JetStream queue instead of the daemon: nats://URL or embedded (default queue.url)")
 	f.IntVar(&parallel, "parallel", 2, "prompts in flight per server")
 	f.BoolVar(&keepRejected, "keep-rejected", false, "also write rejected images, under OUT/rejected")
 	f.BoolVar(&resume, "resume", false, "count images already accepted in OUT (per its results.jsonl) toward --count")

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 
 	"github.com/m3gate/m3gate/nodes"
@@ -27,7 +28,7 @@ import (
 
 // newServeCmd builds `m3gate serve`: the daemon with its HTTP/WS API.
 func newServeCmd(app *App) *cobra.Command {
-	var listen, model string
+	var listen, model, queueURL string
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the m3gate daemon (HTTP/WS API for the ComfyUI node pack)",
@@ -43,9 +44,10 @@ A crashed model process is restarted automatically. SIGINT or SIGTERM stops
 the daemon and the model process.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return runServe(cmd.Context(), app, listen, model)
+			return runServe(cmd.Context(), app, listen, model, queueURL)
 		},
 	}
+	cmd.Flags().StringVar(&queueURL, "queue", "", "score through a NATS JetStream queue: embedded or nats://URL (default queue.url; see m3gate worker)")
 	cmd.Flags().StringVar(&listen, "listen", "", "host:port to listen on (default daemon.listen)")
 	cmd.Flags().StringVar(&model, "model", "", "model directory (default model.dir)")
 	return cmd
@@ -53,7 +55,7 @@ the daemon and the model process.`,
 
 // runServe runs the daemon until ctx ends (SIGINT/SIGTERM), then stops the
 // HTTP server, the websockets and the model process.
-func runServe(ctx context.Context, app *App, listen, model string) error {
+func runServe(ctx context.Context, app *App, listen, model, queueURL string) error {
 	cfg := app.Config
 	if listen == "" {
 		listen = cfg.Daemon.Listen
@@ -107,8 +109,22 @@ func runServe(ctx context.Context, app *App, listen, model string) error {
 		}
 	}()
 
+	// With a queue, requests become jobs and the model process works
+	// queue jobs like any worker.
+	q, err := startServeQueue(ctx, app, queueURL, sup, logger)
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	defer q.Close()
+	var scorer server.Scorer = sup
+	var registry *prometheus.Registry
+	if q != nil {
+		scorer, registry = q.producer, q.registry
+	}
+
 	srv, err := server.New(server.Config{
-		Scorer:         sup,
+		Scorer:         scorer,
+		Registry:       registry,
 		Requeuer:       &comfyRequeuer{clients: map[string]*comfyui.Client{}},
 		ComfyUIServers: cfg.ComfyUI.Servers,
 		QueueSize:      cfg.Daemon.QueueSize,

@@ -130,9 +130,6 @@ type Queue struct {
 	// TLSCert and TLSKey are this client's PEM certificate and key.
 	TLSCert string `mapstructure:"tls_cert" yaml:"tls_cert" json:"tls_cert"`
 	TLSKey  string `mapstructure:"tls_key" yaml:"tls_key" json:"tls_key"`
-	// ServeWorker makes `m3gate serve` also run a worker with its own
-	// model process when a queue is set.
-	ServeWorker bool `mapstructure:"serve_worker" yaml:"serve_worker" json:"serve_worker"`
 	// AckWait is how long a worker may hold a job without a sign of life
 	// before it is redelivered.
 	AckWait time.Duration `mapstructure:"ack_wait" yaml:"ack_wait" json:"ack_wait"`
@@ -195,7 +192,6 @@ func Default() Config {
 		Log: Log{Level: "info", Format: "text"},
 		Queue: Queue{
 			Listen:        "127.0.0.1:4222",
-			ServeWorker:   true,
 			AckWait:       30 * time.Second,
 			MaxAckPending: 1000,
 			MaxDeliver:    5,
