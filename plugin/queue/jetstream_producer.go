@@ -40,6 +40,8 @@ type Producer struct {
 	redeliv int            // deliveries beyond the first, summed over results seen
 	closed  chan struct{}
 	stopped chan struct{}
+	life    context.Context // ends at Close; the result watcher lives in it
+	end     context.CancelFunc
 }
 
 // ProducerConfig configures a Producer.
@@ -71,8 +73,13 @@ func NewProducer(ctx context.Context, c *Client, cfg ProducerConfig) (*Producer,
 		waiters: map[string]chan Result{}, done: map[string]int{},
 		closed: make(chan struct{}), stopped: make(chan struct{}),
 	}
-	w, err := c.results.Watch(ctx, p.prefix+".*", jetstream.UpdatesOnly(), jetstream.IgnoreDeletes())
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	p.life, p.end = context.WithCancel(context.Background())
+	w, err := c.results.Watch(p.life, p.prefix+".*", jetstream.UpdatesOnly(), jetstream.IgnoreDeletes())
 	if err != nil {
+		p.end()
 		return nil, fmt.Errorf("queue: watch results: %w", err)
 	}
 	go p.watch(w)
@@ -87,6 +94,7 @@ func (p *Producer) Close() {
 		close(p.closed)
 	}
 	<-p.stopped
+	p.end()
 }
 
 // watch delivers results to their waiters; it re-creates the watcher when
@@ -120,9 +128,7 @@ func (p *Producer) watch(w jetstream.KeyWatcher) {
 				return
 			case <-time.After(time.Second):
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			nw, err := p.c.results.Watch(ctx, p.prefix+".*", jetstream.UpdatesOnly(), jetstream.IgnoreDeletes())
-			cancel()
+			nw, err := p.c.results.Watch(p.life, p.prefix+".*", jetstream.UpdatesOnly(), jetstream.IgnoreDeletes())
 			if err == nil {
 				w = nw
 				break

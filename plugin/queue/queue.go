@@ -145,6 +145,12 @@ type Settings struct {
 	Duplicates time.Duration
 }
 
+// WithDefaults returns s with the defaults filled in.
+func (s Settings) WithDefaults() Settings {
+	s.defaults()
+	return s
+}
+
 func (s *Settings) defaults() {
 	def := func(p *string, v string) {
 		if *p == "" {
