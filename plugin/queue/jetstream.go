@@ -9,8 +9,10 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -133,6 +135,16 @@ type Client struct {
 	results    jetstream.KeyValue
 	images     jetstream.ObjectStore
 	reconnects atomic.Int64
+
+	mu        sync.Mutex
+	listeners []func() // called after every reconnect
+}
+
+// onReconnect registers f to be called after every reconnect.
+func (c *Client) onReconnect(f func()) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.listeners = append(c.listeners, f)
 }
 
 // Connect connects to JetStream and creates the job stream, the result
@@ -149,6 +161,12 @@ func Connect(ctx context.Context, cfg ClientConfig) (*Client, error) {
 			c.reconnects.Add(1)
 			if cfg.OnReconnect != nil {
 				cfg.OnReconnect()
+			}
+			c.mu.Lock()
+			ls := slices.Clone(c.listeners)
+			c.mu.Unlock()
+			for _, f := range ls {
+				f()
 			}
 		}),
 	}
@@ -271,6 +289,10 @@ func (c *Client) Reconnects() int { return int(c.reconnects.Load()) }
 // and closes it.
 func (c *Client) Close() error {
 	if c.nc.IsClosed() {
+		return nil
+	}
+	if !c.nc.IsConnected() {
+		c.nc.Close()
 		return nil
 	}
 	done := make(chan struct{})

@@ -42,6 +42,7 @@ type Producer struct {
 	stopped chan struct{}
 	life    context.Context // ends at Close; the result watcher lives in it
 	end     context.CancelFunc
+	rewatch chan struct{} // signalled on reconnect: the watcher is gone with the server's state
 }
 
 // ProducerConfig configures a Producer.
@@ -49,7 +50,7 @@ type ProducerConfig struct {
 	// Name identifies the producer in job ids and results (default
 	// "producer"); characters outside A-Z a-z 0-9 - _ become "_".
 	Name string
-	// PollInterval: see Producer. Default 5 s.
+	// PollInterval: see Producer. Default 15 s.
 	PollInterval time.Duration
 	// MaxImageBytes bounds one image. Default 64 MiB.
 	MaxImageBytes int
@@ -59,7 +60,7 @@ type ProducerConfig struct {
 // results of its own jobs until Close.
 func NewProducer(ctx context.Context, c *Client, cfg ProducerConfig) (*Producer, error) {
 	if cfg.PollInterval <= 0 {
-		cfg.PollInterval = 5 * time.Second
+		cfg.PollInterval = 15 * time.Second
 	}
 	if cfg.MaxImageBytes <= 0 {
 		cfg.MaxImageBytes = 64 << 20
@@ -71,7 +72,7 @@ func NewProducer(ctx context.Context, c *Client, cfg ProducerConfig) (*Producer,
 	p := &Producer{
 		c: c, name: name, prefix: name + "." + nuid.Next(), poll: cfg.PollInterval, maxImage: cfg.MaxImageBytes,
 		waiters: map[string]chan Result{}, done: map[string]int{},
-		closed: make(chan struct{}), stopped: make(chan struct{}),
+		closed: make(chan struct{}), stopped: make(chan struct{}), rewatch: make(chan struct{}, 1),
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -82,6 +83,12 @@ func NewProducer(ctx context.Context, c *Client, cfg ProducerConfig) (*Producer,
 		p.end()
 		return nil, fmt.Errorf("queue: watch results: %w", err)
 	}
+	c.onReconnect(func() {
+		select {
+		case p.rewatch <- struct{}{}:
+		default:
+		}
+	})
 	go p.watch(w)
 	return p, nil
 }
@@ -97,8 +104,10 @@ func (p *Producer) Close() {
 	p.end()
 }
 
-// watch delivers results to their waiters; it re-creates the watcher when
-// it stops (a server restart).
+// watch delivers results to their waiters. After a reconnect (the server
+// may have restarted and forgotten the watcher) or when the watcher stops,
+// it starts a new watcher and reads the results of every waiting job once,
+// so that a result recorded in between is not missed.
 func (p *Producer) watch(w jetstream.KeyWatcher) {
 	defer close(p.stopped)
 	for {
@@ -109,6 +118,9 @@ func (p *Producer) watch(w jetstream.KeyWatcher) {
 			case <-p.closed:
 				w.Stop()
 				return
+			case <-p.rewatch:
+				w.Stop()
+				break loop
 			case e, ok := <-updates:
 				if !ok {
 					break loop
@@ -122,17 +134,36 @@ func (p *Producer) watch(w jetstream.KeyWatcher) {
 				}
 			}
 		}
-		for {
+		for wait := 50 * time.Millisecond; ; wait = min(2*wait, 2*time.Second) {
 			select {
 			case <-p.closed:
 				return
-			case <-time.After(time.Second):
+			case <-time.After(wait):
 			}
 			nw, err := p.c.results.Watch(p.life, p.prefix+".*", jetstream.UpdatesOnly(), jetstream.IgnoreDeletes())
 			if err == nil {
 				w = nw
 				break
 			}
+		}
+		p.sweep()
+	}
+}
+
+// sweep reads the results of every waiting job.
+func (p *Producer) sweep() {
+	p.mu.Lock()
+	ids := make([]string, 0, len(p.waiters))
+	for id := range p.waiters {
+		ids = append(ids, id)
+	}
+	p.mu.Unlock()
+	for _, id := range ids {
+		ctx, cancel := context.WithTimeout(p.life, 5*time.Second)
+		r, ok, err := p.c.result(ctx, id)
+		cancel()
+		if err == nil && ok {
+			p.deliver(id, r)
 		}
 	}
 }
