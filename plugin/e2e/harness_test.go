@@ -57,7 +57,7 @@ func TestMain(m *testing.M) {
 // binaries returns the m3gate and m3gate-sidecar binaries and a tiny
 // random-weight model, made once per test run. It skips the test when
 // $M3GATE_SIDECAR is unset.
-func binaries(t *testing.T) (m3gate, sidecar, model string) {
+func binaries(t testing.TB) (m3gate, sidecar, model string) {
 	t.Helper()
 	sc := os.Getenv("M3GATE_SIDECAR")
 	if sc == "" {

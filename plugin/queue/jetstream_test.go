@@ -397,3 +397,78 @@ func gaugeValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	t.Fatalf("no gauge %s", name)
 	return 0
 }
+
+// nopScorer answers every image at once with a fixed score: with it, the
+// time per job is the queue's own cost.
+type nopScorer struct{}
+
+func (nopScorer) Score(ctx context.Context, req schemas.ScoreRequest) ([]schemas.ItemResult, error) {
+	out := make([]schemas.ItemResult, len(req.Items))
+	for i := range out {
+		out[i] = schemas.ItemResult{Index: i, Aspects: map[string]schemas.AspectResult{"quality": {MOS: 3, Rating: "good"}}}
+	}
+	return out, nil
+}
+
+// BenchmarkOverhead measures the queue's cost per job, end to end on an
+// embedded server with a file store: image into the object store, publish
+// with dedupe, fetch, image out, result into the bucket, ack, image
+// deleted, result watched back by the producer. The scorer costs nothing.
+// b.N jobs are in flight at once (up to 256).
+func BenchmarkOverhead(b *testing.B) {
+	for _, batch := range []int{1, 8} {
+		b.Run(fmt.Sprintf("batch=%d", batch), func(b *testing.B) {
+			e, err := StartEmbedded(EmbeddedConfig{Dir: b.TempDir(), Listen: "127.0.0.1:0"})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer e.Shutdown()
+			ctx := context.Background()
+			set := Settings{}
+			wc, err := Connect(ctx, ClientConfig{URL: e.URL(), Settings: set})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer wc.Close()
+			w, err := NewWorker(ctx, wc, WorkerConfig{Scorer: nopScorer{}, BatchSize: batch, Defaults: schemas.ScoreOptions{Aspects: []string{"quality"}}})
+			if err != nil {
+				b.Fatal(err)
+			}
+			wctx, cancel := context.WithCancel(ctx)
+			done := make(chan struct{})
+			go func() { w.Run(wctx); close(done) }()
+			defer func() { cancel(); <-done }()
+			pc, err := Connect(ctx, ClientConfig{URL: e.URL(), Settings: set})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer pc.Close()
+			p, err := NewProducer(ctx, pc, ProducerConfig{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer p.Close()
+			img := bytes.Repeat([]byte{0x42}, 800) // a 16×16 PNG is about this size
+			b.ResetTimer()
+			start := time.Now()
+			sem := make(chan struct{}, 256)
+			var wg sync.WaitGroup
+			for range b.N {
+				sem <- struct{}{}
+				wg.Add(1)
+				go func() {
+					defer func() { <-sem; wg.Done() }()
+					s, err := p.Submit(ctx, Job{Prompt: "x"}, img)
+					if err == nil {
+						_, err = p.Wait(ctx, s)
+					}
+					if err != nil {
+						b.Error(err)
+					}
+				}()
+			}
+			wg.Wait()
+			b.ReportMetric(float64(time.Since(start).Microseconds())/1000/float64(b.N), "ms/job")
+		})
+	}
+}

@@ -188,10 +188,22 @@ func (w *Worker) process(ctx context.Context, msgs []jetstream.Msg) {
 	}()
 	defer func() { close(stop); wg.Wait() }()
 
+	// Images are fetched concurrently; the order of the batch is kept.
+	adm := make([]*held, len(msgs))
+	var aw sync.WaitGroup
+	for i, m := range msgs {
+		aw.Add(1)
+		go func() {
+			defer aw.Done()
+			if h, ok := w.admit(ctx, m); ok {
+				adm[i] = h
+			}
+		}()
+	}
+	aw.Wait()
 	var jobs []*held
-	for _, m := range msgs {
-		h, ok := w.admit(ctx, m)
-		if ok {
+	for _, h := range adm {
+		if h != nil {
 			jobs = append(jobs, h)
 		}
 	}
@@ -216,10 +228,14 @@ func (w *Worker) admit(ctx context.Context, m jetstream.Msg) (*held, bool) {
 		_ = m.TermWithReason("malformed job")
 		return nil, false
 	}
-	if _, ok, err := w.c.result(ctx, h.job.ID); err == nil && ok {
-		w.duplicates.Add(1)
-		w.ack(ctx, h)
-		return nil, false
+	// A job delivered before may have its result already (its worker died
+	// between recording and acking): ack it without scoring it again.
+	if h.deliveries > 1 {
+		if _, ok, err := w.c.result(ctx, h.job.ID); err == nil && ok {
+			w.duplicates.Add(1)
+			w.ack(ctx, h)
+			return nil, false
+		}
 	}
 	if h.deliveries >= w.c.set.MaxDeliver && w.c.set.MaxDeliver > 1 {
 		w.record(ctx, h, Result{Error: fmt.Sprintf("job failed on %d deliveries (its scoring kept failing or killing the worker or the model process); giving up", h.deliveries-1)})
@@ -306,13 +322,19 @@ func (w *Worker) scoreGroup(ctx context.Context, g []*held) {
 		w.record(ctx, g[0], Result{Error: err.Error()})
 		return
 	}
+	var rw sync.WaitGroup
 	for i, h := range g {
 		r := res[i]
 		if r.Index >= 0 && r.Index < len(g) {
 			h = g[r.Index]
 		}
-		w.record(ctx, h, Result{Error: r.Error, Aspects: r.Aspects, Passed: Gate(h.job.Thresholds, h.job.Mode, r.Aspects, r.Error)})
+		rw.Add(1)
+		go func() {
+			defer rw.Done()
+			w.record(ctx, h, Result{Error: r.Error, Aspects: r.Aspects, Passed: Gate(h.job.Thresholds, h.job.Mode, r.Aspects, r.Error)})
+		}()
 	}
+	rw.Wait()
 }
 
 // modelDown reports whether a scoring error is the model process's state,
