@@ -21,6 +21,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -602,5 +603,86 @@ func TestServeEmbeddedQueue(t *testing.T) {
 	checkOnce(t, ctx, "nats://"+natsAddr, 1, jobs) // and the node pack's request
 	if code := d.stop(t, 30*time.Second); code != 0 {
 		t.Errorf("daemon exit code %d:\n%s", code, d.stderr.String())
+	}
+}
+
+// TestRunThroughQueue: two `m3gate run` processes spread over two ComfyUI
+// servers publish their images to the queue (no daemon runs) and two
+// workers score them; every image of results.jsonl has exactly one queue
+// result with the same score.
+func TestRunThroughQueue(t *testing.T) {
+	m3gate, _, _ := binaries(t)
+	checkNoLeaks(t)
+	fa, _ := startFake(t)
+	fb, _ := startFake(t)
+	e := startQueueServer(t, t.TempDir(), "127.0.0.1:0")
+	ws := []*worker{startWorker(t, e.URL(), "w1", 4), startWorker(t, e.URL(), "w2", 4)}
+	wfPath, _ := readWorkflow(t, "txt2img-api.json")
+	var runs []*proc
+	var outs []string
+	for i := range 2 {
+		dir := t.TempDir()
+		writeWorkerConfig(t, dir, e.URL(), 4, fmt.Sprintf("comfyui:\n  servers: [%q, %q]\n  reconnect_min: 50ms\n  reconnect_max: 500ms\n", fa.URL(), fb.URL()))
+		out := filepath.Join(dir, "out")
+		outs = append(outs, out)
+		runs = append(runs, startProc(t, "m3gate run", dir, m3gate, "run", wfPath, "--count", "4", "--threshold", "quality=0",
+			"--out", out, "--rand-seed", strconv.Itoa(20+i)))
+	}
+	for _, p := range runs {
+		if code := p.wait(t, 90*time.Second); code != 0 {
+			t.Fatalf("m3gate run exit %d:\n%s\n%s", code, p.stdout.String(), p.stderr.String())
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	nc, err := nats.Connect(e.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	kv, err := js.KeyValue(ctx, queue.Settings{}.WithDefaults().Results)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, err := kv.ListKeys(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mos []float64
+	for k := range keys.Keys() {
+		h, err := kv.History(ctx, k)
+		if err != nil || len(h) != 1 {
+			t.Fatalf("result %s: %d values (%v), want 1", k, len(h), err)
+		}
+		var r queue.Result
+		if err := json.Unmarshal(h[0].Value(), &r); err != nil || r.Error != "" || r.Passed == nil || !*r.Passed {
+			t.Fatalf("result %s: %s (%v)", k, h[0].Value(), err)
+		}
+		mos = append(mos, r.Aspects["quality"].MOS)
+	}
+	lines := 0
+	for _, out := range outs {
+		for _, r := range readLines[struct {
+			Accepted bool                             `json:"accepted"`
+			Scores   map[string]struct{ MOS float64 } `json:"scores"`
+		}](t, filepath.Join(out, "results.jsonl")) {
+			lines++
+			found := false
+			for _, m := range mos {
+				found = found || math.Abs(m-r.Scores["quality"].MOS) <= 1e-9
+			}
+			if !r.Accepted || !found {
+				t.Errorf("results.jsonl line %+v: not accepted, or no queue result with its score", r)
+			}
+		}
+	}
+	if lines != len(mos) || lines < 8 {
+		t.Errorf("%d results.jsonl lines, %d queue results; want equal and at least 8", lines, len(mos))
+	}
+	for _, w := range ws {
+		if code := w.stop(t, 30*time.Second); code != 0 {
+			t.Errorf("worker %s exit %d", w.name, code)
+		}
 	}
 }
