@@ -396,6 +396,15 @@ func TestQueueWorkerKilled(t *testing.T) {
 	submitAll(t, ctx, p, append(jobs, corrupt), 48)
 
 	victim := startWorker(t, e.URL(), "victim", 4)
+	victimSidecar := 0
+	for _, c := range children(victim.cmd.Process.Pid) {
+		if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", c)); strings.TrimSpace(string(b)) == "m3gate-sidecar" {
+			victimSidecar = c
+		}
+	}
+	if victimSidecar == 0 {
+		t.Fatal("worker has no m3gate-sidecar child")
+	}
 	// Kill it while it holds jobs: after its first results, when the
 	// servers count jobs in flight.
 	if _, err := p.Wait(ctx, jobs[0].sub); err != nil {
@@ -425,8 +434,15 @@ func TestQueueWorkerKilled(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 	t.Logf("victim killed holding %d jobs", held)
-	// Its sidecar dies with it (parent-death signal).
-	time.Sleep(200 * time.Millisecond)
+	// Its model process notices and exits too.
+	for deadline := time.Now().Add(5 * time.Second); victimSidecar != 0 && processAlive(victimSidecar); {
+		if time.Now().After(deadline) {
+			syscall.Kill(victimSidecar, syscall.SIGKILL)
+			t.Errorf("the killed worker's sidecar %d still runs after 5s", victimSidecar)
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 
 	rescuer := startWorker(t, e.URL(), "rescuer", 4)
 	got := waitAll(t, ctx, p, jobs)
