@@ -93,7 +93,7 @@ func startServeQueue(ctx context.Context, app *App, url string, sup *supervisor.
 		return nil, err
 	}
 	host, _ := os.Hostname()
-	if q.producer, err = queue.NewProducer(ctx, q.client, queue.ProducerConfig{Name: "serve-" + host}); err != nil {
+	if q.producer, err = queue.NewProducer(ctx, q.client, queue.ProducerConfig{Name: "serve-" + host, WatchAll: true}); err != nil {
 		q.Close()
 		return nil, err
 	}

@@ -43,6 +43,8 @@ type Producer struct {
 	life    context.Context // ends at Close; the result watcher lives in it
 	end     context.CancelFunc
 	rewatch chan struct{} // signalled on reconnect: the watcher is gone with the server's state
+	fleet   bool          // count every result in the bucket, not only our own
+	watched string        // the watcher's key filter
 }
 
 // ProducerConfig configures a Producer.
@@ -54,6 +56,10 @@ type ProducerConfig struct {
 	PollInterval time.Duration
 	// MaxImageBytes bounds one image. Default 64 MiB.
 	MaxImageBytes int
+	// WatchAll makes the producer watch every result recorded in the
+	// queue, so that Stats (and the Collector) count the whole fleet's
+	// results per worker, not only this producer's.
+	WatchAll bool
 }
 
 // NewProducer starts a producer on c: it watches the result bucket for the
@@ -70,15 +76,19 @@ func NewProducer(ctx context.Context, c *Client, cfg ProducerConfig) (*Producer,
 		name = "producer"
 	}
 	p := &Producer{
-		c: c, name: name, prefix: name + "." + nuid.Next(), poll: cfg.PollInterval, maxImage: cfg.MaxImageBytes,
+		c: c, name: name, prefix: name + "." + nuid.Next(), poll: cfg.PollInterval, maxImage: cfg.MaxImageBytes, fleet: cfg.WatchAll,
 		waiters: map[string]chan Result{}, done: map[string]int{},
 		closed: make(chan struct{}), stopped: make(chan struct{}), rewatch: make(chan struct{}, 1),
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	p.watched = p.prefix + ".*"
+	if p.fleet {
+		p.watched = ">"
+	}
 	p.life, p.end = context.WithCancel(context.Background())
-	w, err := c.results.Watch(p.life, p.prefix+".*", jetstream.UpdatesOnly(), jetstream.IgnoreDeletes())
+	w, err := c.results.Watch(p.life, p.watched, jetstream.UpdatesOnly(), jetstream.IgnoreDeletes())
 	if err != nil {
 		p.end()
 		return nil, fmt.Errorf("queue: watch results: %w", err)
@@ -130,6 +140,7 @@ func (p *Producer) watch(w jetstream.KeyWatcher) {
 				}
 				var r Result
 				if json.Unmarshal(e.Value(), &r) == nil {
+					p.seen(r)
 					p.deliver(e.Key(), r)
 				}
 			}
@@ -140,7 +151,7 @@ func (p *Producer) watch(w jetstream.KeyWatcher) {
 				return
 			case <-time.After(wait):
 			}
-			nw, err := p.c.results.Watch(p.life, p.prefix+".*", jetstream.UpdatesOnly(), jetstream.IgnoreDeletes())
+			nw, err := p.c.results.Watch(p.life, p.watched, jetstream.UpdatesOnly(), jetstream.IgnoreDeletes())
 			if err == nil {
 				w = nw
 				break
@@ -177,9 +188,26 @@ func (p *Producer) deliver(id string, r Result) {
 		return
 	}
 	delete(p.waiters, id)
+	if !p.fleet {
+		p.count(r)
+	}
+	ch <- r
+}
+
+// seen counts a result of any producer in fleet mode.
+func (p *Producer) seen(r Result) {
+	if !p.fleet {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.count(r)
+}
+
+// count adds r to the stats; p.mu is held.
+func (p *Producer) count(r Result) {
 	p.done[r.Worker]++
 	p.redeliv += max(r.Deliveries-1, 0)
-	ch <- r
 }
 
 // Submitted is a published job whose result can be awaited.
@@ -347,7 +375,8 @@ func (p *Producer) Restarts() int { return p.c.Reconnects() }
 
 // Stats are a producer's counts of results seen.
 type Stats struct {
-	// ByWorker counts results per worker name.
+	// ByWorker counts results per worker name: of this producer's jobs, or
+	// of every job with ProducerConfig.WatchAll.
 	ByWorker map[string]int
 	// Redeliveries sums deliveries beyond the first over those results.
 	Redeliveries int

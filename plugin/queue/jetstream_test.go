@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -104,7 +105,7 @@ func newProducer(t *testing.T, c *Client, name string) *Producer {
 // stop returns its stats after it drained.
 func runWorker(t *testing.T, c *Client, name string, sc Scorer, batch int) func() WorkerStats {
 	t.Helper()
-	w, err := NewWorker(context.Background(), c, WorkerConfig{Name: name, Scorer: sc, BatchSize: batch, FetchWait: 100 * time.Millisecond,
+	w, err := NewWorker(context.Background(), c, WorkerConfig{Name: name, Scorer: sc, BatchSize: batch, FetchWait: 100 * time.Millisecond, Logger: testLogger(t),
 		Defaults: schemas.ScoreOptions{Aspects: []string{"quality"}}})
 	if err != nil {
 		t.Fatal(err)
@@ -471,4 +472,83 @@ func BenchmarkOverhead(b *testing.B) {
 			b.ReportMetric(float64(time.Since(start).Microseconds())/1000/float64(b.N), "ms/job")
 		})
 	}
+}
+
+// TestWatchAllCountsFleet: a producer watching the whole queue (the
+// daemon's, for /metrics) counts the results of another producer's jobs
+// per worker.
+func TestWatchAllCountsFleet(t *testing.T) {
+	e := startServer(t, t.TempDir())
+	set := fastSettings()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	fleet, err := NewProducer(ctx, connect(t, e.URL(), set), ProducerConfig{Name: "daemon", WatchAll: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fleet.Close()
+	own := newProducer(t, connect(t, e.URL(), set), "run")
+	runWorker(t, connect(t, e.URL(), set), "w", &hashScorer{}, 2)
+	for i := range 3 {
+		s, err := own.Submit(ctx, Job{Prompt: "x"}, []byte(fmt.Sprint("img", i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := own.Wait(ctx, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for fleet.Stats().ByWorker["w"] < 3 {
+		if ctx.Err() != nil {
+			t.Fatalf("fleet producer counted %v, want w: 3", fleet.Stats().ByWorker)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := own.Stats().ByWorker["w"]; got != 3 {
+		t.Errorf("own producer counted %d, want 3", got)
+	}
+}
+
+// TestWorkerRecreatesLostQueue: a server that comes back without its store
+// (a new, empty one on the same address) gets the queue back from the
+// worker, which goes on scoring.
+func TestWorkerRecreatesLostQueue(t *testing.T) {
+	e, err := StartEmbedded(EmbeddedConfig{Dir: t.TempDir(), Listen: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := e.URL()
+	set := fastSettings()
+	stop := runWorker(t, connect(t, url, set), "w", &hashScorer{}, 2)
+	e.Shutdown()
+	e2 := startServer(t, t.TempDir()) // on a new port first: the worker must not see it yet
+	e2.Shutdown()
+	e3, err := StartEmbedded(EmbeddedConfig{Dir: t.TempDir(), Listen: strings.TrimPrefix(url, "nats://")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e3.Shutdown()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	p := newProducer(t, connect(t, url, set), "p")
+	s, err := p.Submit(ctx, Job{Prompt: "x"}, []byte("img"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, err := p.Wait(ctx, s); err != nil || r.Worker != "w" {
+		t.Fatalf("result %+v, %v", r, err)
+	}
+	stop()
+}
+
+// testLogger logs to the test's log.
+func testLogger(t *testing.T) hclog.Logger {
+	return hclog.New(&hclog.LoggerOptions{Level: hclog.Warn, Output: testWriter{t}})
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
 }

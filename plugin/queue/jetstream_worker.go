@@ -65,7 +65,38 @@ func NewWorker(ctx context.Context, c *Client, cfg WorkerConfig) (*Worker, error
 		cfg.Logger = hclog.NewNullLogger()
 	}
 	s := c.set
-	cons, err := c.stream.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+	cons, err := c.stream.CreateOrUpdateConsumer(ctx, consumerConfig(s))
+	if err != nil {
+		return nil, fmt.Errorf("queue worker: consumer %s: %w", s.Consumer, err)
+	}
+	return &Worker{c: c, cfg: cfg, cons: cons, log: cfg.Logger}, nil
+}
+
+// lost reports whether the servers answer that the job stream or the
+// workers' consumer does not exist (a pull on a missing consumer gets no
+// responders).
+func (w *Worker) lost(ctx context.Context) bool {
+	ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	_, err := w.c.js.Consumer(ictx, w.c.set.Stream, w.c.set.Consumer)
+	return errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrStreamNotFound)
+}
+
+// recreate creates the stream, buckets and the consumer again.
+func (w *Worker) recreate(ctx context.Context) error {
+	if err := w.c.ensure(ctx); err != nil {
+		return err
+	}
+	cons, err := w.c.stream.CreateOrUpdateConsumer(ctx, consumerConfig(w.c.set))
+	if err != nil {
+		return err
+	}
+	w.cons = cons
+	return nil
+}
+
+func consumerConfig(s Settings) jetstream.ConsumerConfig {
+	return jetstream.ConsumerConfig{
 		Durable:       s.Consumer,
 		Description:   "m3gate workers",
 		AckPolicy:     jetstream.AckExplicitPolicy,
@@ -74,11 +105,7 @@ func NewWorker(ctx context.Context, c *Client, cfg WorkerConfig) (*Worker, error
 		MaxAckPending: s.MaxAckPending,
 		FilterSubject: s.Subject(),
 		Replicas:      s.Replicas,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("queue worker: consumer %s: %w", s.Consumer, err)
 	}
-	return &Worker{c: c, cfg: cfg, cons: cons, log: cfg.Logger}, nil
 }
 
 // WorkerStats are a worker's counts since it started.
@@ -107,6 +134,15 @@ func (w *Worker) Run(ctx context.Context) error {
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
 		msgs, err := w.fetch()
+		if err != nil && w.lost(ctx) {
+			// The servers lost the queue (restarted without their store):
+			// create it again.
+			if rerr := w.recreate(ctx); rerr != nil {
+				err = fmt.Errorf("%w; recreate: %v", err, rerr)
+			} else {
+				continue
+			}
+		}
 		if err != nil {
 			w.log.Warn("fetch jobs", "error", err)
 			select {

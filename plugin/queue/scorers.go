@@ -45,8 +45,9 @@ func (s *PipelineScorer) Score(ctx context.Context, images []pipeline.Image, pro
 
 // Collector exports the queue's state to Prometheus: jobs pending and in
 // flight, held jobs that were redelivered, idle workers (from the
-// servers, read at most once a second), and the producer's results per
-// worker and redeliveries.
+// servers, read at most once a second), and results per worker and
+// redeliveries as the producer counts them (the whole fleet's with
+// ProducerConfig.WatchAll).
 type Collector struct {
 	p *Producer
 
@@ -68,8 +69,8 @@ func NewCollector(p *Producer) *Collector {
 		redelivered:  prometheus.NewDesc("m3gate_queue_redelivered", "Held score jobs that had been delivered before.", nil, nil),
 		waiting:      prometheus.NewDesc("m3gate_queue_idle_pulls", "Open pull requests of idle workers.", nil, nil),
 		up:           prometheus.NewDesc("m3gate_queue_up", "1 when the queue's servers answered the last info request.", nil, nil),
-		results:      prometheus.NewDesc("m3gate_queue_results_total", "Results of this producer's jobs, by the worker that recorded them (rate = per-worker throughput).", []string{"worker"}, nil),
-		redeliveries: prometheus.NewDesc("m3gate_queue_redeliveries_total", "Deliveries beyond the first of this producer's finished jobs.", nil, nil),
+		results:      prometheus.NewDesc("m3gate_queue_results_total", "Results recorded since this process started, by the worker that recorded them (rate = per-worker throughput).", []string{"worker"}, nil),
+		redeliveries: prometheus.NewDesc("m3gate_queue_redeliveries_total", "Deliveries beyond the first of the finished jobs counted in m3gate_queue_results_total.", nil, nil),
 		jobsWaiting:  prometheus.NewDesc("m3gate_queue_producer_waiting", "Jobs this producer published and awaits.", nil, nil),
 	}
 }
