@@ -846,6 +846,9 @@ type loadProgress struct {
 	stage   string
 	tenth   int64
 	printed bool
+	// last is the last progress with a byte count, shown at 100% when
+	// the model is ready (the poll may miss the final update).
+	last schemas.LoadProgress
 }
 
 func newLoadProgress(w io.Writer, dir string) *loadProgress {
@@ -865,6 +868,14 @@ func (p *loadProgress) update(lp schemas.LoadProgress) {
 		return
 	}
 	p.stage, p.tenth, p.printed = lp.Stage, tenth, true
+	if lp.TotalBytes > 0 {
+		p.last = lp
+	}
+	p.print(lp)
+}
+
+// print writes one progress line.
+func (p *loadProgress) print(lp schemas.LoadProgress) {
 	line := "  " + lp.Stage
 	if lp.TotalBytes > 0 {
 		line += fmt.Sprintf(" %3d%% (%.1f of %.1f MB)", 100*lp.DoneBytes/lp.TotalBytes, float64(lp.DoneBytes)/1e6, float64(lp.TotalBytes)/1e6)
@@ -876,6 +887,11 @@ func (p *loadProgress) update(lp schemas.LoadProgress) {
 }
 
 func (p *loadProgress) finish(ok bool) {
+	if ok && p.last.TotalBytes > 0 && p.last.DoneBytes < p.last.TotalBytes {
+		lp := p.last
+		lp.DoneBytes, lp.Message = lp.TotalBytes, ""
+		p.print(lp)
+	}
 	if ok {
 		fmt.Fprintf(p.w, "model ready in %.1fs\n", time.Since(p.start).Seconds())
 	}

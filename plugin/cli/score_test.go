@@ -1026,3 +1026,35 @@ func TestScoreBarRateAndETA(t *testing.T) {
 		t.Errorf("got %q, want %q", got, want)
 	}
 }
+
+// TestLoadProgressEndsAtFull: the progress is polled, so the last update
+// seen may be short of 100%; a model that is ready shows its bytes at 100%.
+func TestLoadProgressEndsAtFull(t *testing.T) {
+	tests := []struct {
+		name    string
+		updates []schemas.LoadProgress
+		ok      bool
+		want    string
+		notWant string
+	}{
+		{"poll missed the end", []schemas.LoadProgress{{Stage: "model", TotalBytes: 900_000, Message: "loading …"}}, true,
+			"  model 100% (0.9 of 0.9 MB)\nmodel ready in", ""},
+		{"already full", []schemas.LoadProgress{{Stage: "model", DoneBytes: 900_000, TotalBytes: 900_000}}, true,
+			"  model 100% (0.9 of 0.9 MB)\nmodel ready in", "100% (0.9 of 0.9 MB)\n  model 100%"},
+		{"failed load stays where it was", []schemas.LoadProgress{{Stage: "model", DoneBytes: 450_000, TotalBytes: 900_000}}, false,
+			"  model  50% (0.5 of 0.9 MB)\n", "100%"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var buf bytes.Buffer
+			p := newLoadProgress(&buf, "m")
+			for _, u := range tt.updates {
+				p.update(u)
+			}
+			p.finish(tt.ok)
+			if !strings.Contains(buf.String(), tt.want) || tt.notWant != "" && strings.Contains(buf.String(), tt.notWant) {
+				t.Errorf("output:\n%s\nwant %q, not %q", buf.String(), tt.want, tt.notWant)
+			}
+		})
+	}
+}
