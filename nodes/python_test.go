@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -105,6 +106,12 @@ func (f *fakeDaemon) score(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
 	f.scores = append(f.scores, req)
 	f.mu.Unlock()
+	// The daemon refuses correspondence without a prompt (400 naming the
+	// field, plugin/server checkPrompts); the pack must show that answer.
+	if slices.Contains(req.Aspects, "correspondence") && strings.TrimSpace(req.Prompt) == "" {
+		writeJSON(w, http.StatusBadRequest, ErrorResponse{Error: `prompt is empty: correspondence needs the generation prompt of the image (set "prompt", or score other aspects)`})
+		return
+	}
 	if req.Prompt == "daemon-error" {
 		writeJSON(w, http.StatusServiceUnavailable, ErrorResponse{Error: "sidecar is not ready"})
 		return

@@ -221,6 +221,12 @@ class ScoreTests(Base):
         self.assertIn("start the daemon with: m3gate serve", msg)
         self.assertIn(os.environ["M3GATE_DOWN_URL"], msg)
 
+    def test_blank_prompt_refusal_names_the_field(self):
+        # A linked STRING of spaces passes the pack's own check; the daemon
+        # refuses it with 400 and the node shows the daemon's words.
+        with self.assertRaisesRegex(RuntimeError, "answered 400 .*prompt is empty: correspondence needs"):
+            pack.M3Score().score(batch(0.5), prompt="   ", quality=True, correspondence=True)
+
     def test_daemon_refusal_carries_its_error(self):
         with self.assertRaisesRegex(RuntimeError, "answered 503 .*sidecar is not ready"):
             pack.M3Score().score(batch(0.5), prompt="daemon-error")

@@ -246,6 +246,12 @@ func TestConfigFlag(t *testing.T) {
 		{"bad config fails every command", []string{"--config", bad, "serve"}, nil, "", ExitError, "", "daemon.queue_size"},
 		{"missing file", []string{"--config", filepath.Join(dir, "nope.yaml"), "config", "print"}, nil, "", ExitError, "", "no such file"},
 		{"bad env", []string{"config", "print"}, []string{"M3GATE_MODEL_THREADS=x"}, "", ExitError, "", "$M3GATE_MODEL_THREADS"},
+		{"M3GATE_CONFIG", []string{"config", "print"}, []string{"M3GATE_CONFIG=" + good}, "log:\n  level: debug\n", 0, "listen: 127.0.0.1:9100", ""},
+		{"flag beats M3GATE_CONFIG", []string{"--config", good, "config", "print"}, []string{"M3GATE_CONFIG=" + bad}, "", 0, "listen: 127.0.0.1:9100", ""},
+		{"M3GATE_CONFIG missing file", []string{"config", "print"}, []string{"M3GATE_CONFIG=" + filepath.Join(dir, "nope.yaml")}, "", ExitError, "", "(from $M3GATE_CONFIG): stat"},
+		{"M3GATE_CONFIG empty", []string{"config", "print"}, []string{"M3GATE_CONFIG="}, "", ExitError, "", "$M3GATE_CONFIG is set but empty"},
+		{"env list over file list", []string{"config", "print"}, []string{"M3GATE_SCORING_ASPECTS=quality,sharpness"}, "scoring:\n  aspects:\n    - quality\n    - correspondence\n", ExitError, "",
+			`$M3GATE_SCORING_ASPECTS: scoring.aspects[1]: unknown aspect "sharpness"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

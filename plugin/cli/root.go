@@ -16,6 +16,9 @@ import (
 	"github.com/m3gate/m3gate/plugin/config"
 )
 
+// ConfigEnv names the config file when --config is not given.
+const ConfigEnv = "M3GATE_CONFIG"
+
 // DefaultConfigFile is the config file read when --config is not given and
 // it exists in the working directory.
 const DefaultConfigFile = "config.yaml"
@@ -73,9 +76,14 @@ const ProfileFile = "models/m3-agiqa/config.yaml"
 // loadConfig resolves --config (default: the M3-AGIQA profile when fetched,
 // else ./config.yaml when present) and loads it.
 func (a *App) loadConfig() error {
-	path := a.ConfigFlag
+	path, from := a.ConfigFlag, "--config"
 	if path == "" {
-		if _, set := lookupEnv(a.Env, "M3GATE_CONFIG"); !set {
+		if p, set := lookupEnv(a.Env, ConfigEnv); set {
+			if p == "" {
+				return fmt.Errorf("$%s is set but empty: name a config file or unset it", ConfigEnv)
+			}
+			path, from = p, "$"+ConfigEnv
+		} else {
 			if st, err := os.Stat(ProfileFile); err == nil && !st.IsDir() {
 				path = ProfileFile
 				fmt.Fprintf(a.Stderr, "m3gate: using the M3-AGIQA profile %s (--config config.yaml for the default settings)\n", ProfileFile)
@@ -85,6 +93,11 @@ func (a *App) loadConfig() error {
 	if path == "" {
 		if st, err := os.Stat(DefaultConfigFile); err == nil && !st.IsDir() {
 			path = DefaultConfigFile
+		}
+	}
+	if path != "" && path != DefaultConfigFile && path != ProfileFile {
+		if _, err := os.Stat(path); err != nil {
+			return fmt.Errorf("config file %s (from %s): %w", path, from, err)
 		}
 	}
 	c, err := config.Load(path, a.Env)
@@ -106,8 +119,9 @@ func NewRootCmd(app *App) *cobra.Command {
 multi-aspect quality assessment) and gates ComfyUI generations: images that
 score below a threshold are filtered out or re-generated with a new seed.
 
-Configuration comes from --config (default ./config.yaml when present, else
-built-in defaults), overridden by M3GATE_<SECTION>_<KEY> environment variables.`,
+Configuration comes from --config, else $M3GATE_CONFIG, else ./config.yaml
+when present, else built-in defaults; M3GATE_<SECTION>_<KEY> environment
+variables override it.`,
 		SilenceUsage:      true,
 		CompletionOptions: cobra.CompletionOptions{HiddenDefaultCmd: true},
 		SilenceErrors:     true,
@@ -119,7 +133,7 @@ built-in defaults), overridden by M3GATE_<SECTION>_<KEY> environment variables.`
 	root.SetOut(app.Stdout)
 	root.SetErr(app.Stderr)
 	root.PersistentFlags().StringVar(&app.ConfigFlag, "config", "",
-		"config file (default ./config.yaml if present, else built-in defaults)")
+		"config file (default $M3GATE_CONFIG, else ./config.yaml if present, else built-in defaults)")
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
 		return &UsageError{Err: err}
 	})

@@ -12,7 +12,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"text/tabwriter"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -35,6 +34,8 @@ type scoreFlags struct {
 	promptStyle  string
 	aspects      []string
 	json         bool
+	output       string
+	resume       bool
 	maxNewTokens int
 	model        string
 	device       string
@@ -101,10 +102,16 @@ else from --prompt. Without IMAGE arguments every image of the prompts file is
 scored.
 
 Output: a table (image, aspect, MOS, rating word, score source, start of the
-description), or with --json one JSON object per image per line. The exit
-status is 1 when any image failed; each failure is reported with its file.`,
+description), or with --json one JSON object per image per line, on stdout
+or in --output FILE. Each image's result is written as soon as it is scored
+(in batches of scoring.batch_size); on a terminal stderr shows a progress
+bar with rate and time left. Ctrl-C (or SIGTERM) keeps what was written and
+says how many images are left; --resume continues a cut --json --output run.
+The exit status is 1 when any image failed; each failure is reported with
+its file.`,
 		Example: `  m3gate score photo.png --prompt "a red fox in the snow"
   m3gate score --prompts-file examples/prompts.jsonl --aspects quality --json
+  m3gate score data/test/ --prompts-file data/test.jsonl --json -o scores.jsonl --resume
   m3gate score out/*.png --prompt "statue of a man" --model models/smolvlm-256m \
       --adapter quality=adapters/agiqa3k-quality --predictor quality=predictors/q.safetensors`,
 		Args: cobra.ArbitraryArgs,
@@ -124,6 +131,8 @@ status is 1 when any image failed; each failure is reported with its file.`,
 	fl.StringVar(&f.promptStyle, "prompt-style", "", "dataset style of the conversation prompts (default "+dataset.DefaultPromptStyle()+"; have "+strings.Join(dataset.PromptStyles(), ", ")+")")
 	fl.StringSliceVar(&f.aspects, "aspects", nil, "aspects to score, comma-separated: quality, correspondence, authenticity (default scoring.aspects)")
 	fl.BoolVar(&f.json, "json", false, "print one JSON object per image per line instead of a table")
+	fl.StringVarP(&f.output, "output", "o", "", "write the results to FILE instead of stdout (each image as soon as it is scored)")
+	fl.BoolVar(&f.resume, "resume", false, "continue a cut run: skip the images already scored in --output FILE (needs --json) and append the rest")
 	fl.IntVar(&f.maxNewTokens, "max-new-tokens", 0, "longest generated description in tokens (default model.max_new_tokens)")
 	fl.StringVar(&f.model, "model", "", "model directory (default model.dir)")
 	fl.StringVar(&f.device, "device", "", "cpu, cuda or cuda:N (default model.device)")
@@ -141,6 +150,9 @@ func buildScoreJob(app *App, f *scoreFlags, args []string) (*scoreJob, error) {
 	aspects := cfg.Scoring.Aspects
 	if f.set["aspects"] {
 		aspects = f.aspects
+	}
+	if f.resume && (f.output == "" || !f.json) {
+		return nil, &UsageError{Err: errors.New("score: --resume needs --json --output FILE (it skips the images already in FILE)")}
 	}
 	aspects, err := checkAspects(aspects)
 	if err != nil {
@@ -533,61 +545,122 @@ func promptFor(p string, entries []promptEntry, def string) string {
 	return def
 }
 
-// runScore starts the sidecar, loads the model, scores the job and prints
-// the results. The sidecar is stopped before it returns, also when ctx is
-// cancelled.
+// runScore starts the sidecar, loads the model and scores the job in
+// batches, writing each image's result as soon as its batch is scored, so
+// an interrupted run keeps what it finished. The sidecar is stopped before
+// it returns, also when ctx is cancelled.
 func runScore(ctx context.Context, app *App, f *scoreFlags, job *scoreJob) (err error) {
-	var results []schemas.ItemResult
-	if len(job.Request.Items) > 0 {
-		results, err = scoreWithSidecar(ctx, app, job)
+	status := newStatusLine(app.Stderr)
+	defer status.Clear()
+	app.Stderr = status // log lines and messages above the progress bar
+
+	out, err := openScoreOutput(app, f, job)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := out.Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("score: write results: %w", cerr)
+		}
+	}()
+	todo := out.todo
+	var sup scorer
+	if slices.ContainsFunc(todo, func(i int) bool { return job.Images[i].Err == nil }) {
+		var stop func()
+		sup, stop, err = startScorer(ctx, app, job)
 		if err != nil {
 			return err
 		}
+		defer stop()
 	}
-	rows := collectResults(job, results)
-	if f.json {
-		err = writeScoreJSON(app.Stdout, rows, job.Request.Options.Aspects)
-	} else {
-		err = writeScoreTable(app.Stdout, rows, job.Request.Options.Aspects)
+	st := &scoreStream{
+		job:   job,
+		todo:  todo,
+		batch: max(1, app.Config.Scoring.BatchSize),
+		write: out.write,
+		bar:   &scoreBar{line: status, total: len(todo), now: time.Now},
 	}
+	if sup != nil {
+		fmt.Fprintf(app.Stderr, "scoring %d image(s) on %s ...\n", st.sendable(), strings.Join(job.Request.Options.Aspects, ", "))
+	}
+	start := time.Now()
+	err = st.run(ctx, sup)
+	status.Clear()
 	if err != nil {
-		return fmt.Errorf("score: write results: %w", err)
-	}
-	failed := 0
-	for _, r := range rows {
-		if r.Err != "" {
-			failed++
-			fmt.Fprintf(app.Stderr, "m3gate: score %s: %s\n", r.Image, r.Err)
+		if ctx.Err() != nil {
+			return fmt.Errorf("score: interrupted: %d of %d images done%s, %d left%s: %w",
+				st.written, len(todo), out.where(), len(todo)-st.written, out.resumeHint(), ctx.Err())
 		}
+		return err
 	}
-	if failed > 0 {
-		return &ExitCodeError{Code: ExitError, Err: fmt.Errorf("score: %d of %d images failed", failed, len(rows))}
+	if sup != nil {
+		fmt.Fprintf(app.Stderr, "scored in %.1fs\n", time.Since(start).Seconds())
+	}
+	return reportFailures(app.Stderr, st.failed, len(todo))
+}
+
+// reportFailures reports each failed image on stderr and turns failures
+// into exit status 1.
+func reportFailures(w io.Writer, failed []scoreRow, total int) error {
+	for _, r := range failed {
+		fmt.Fprintf(w, "m3gate: score %s: %s\n", r.Image, r.Err)
+	}
+	if len(failed) > 0 {
+		return &ExitCodeError{Code: ExitError, Err: fmt.Errorf("score: %d of %d images failed", len(failed), total)}
 	}
 	return nil
 }
 
-// scoreWithSidecar runs the request through a supervised m3gate-sidecar.
-func scoreWithSidecar(ctx context.Context, app *App, job *scoreJob) ([]schemas.ItemResult, error) {
+// scorer scores one request; *supervisor.Supervisor is one.
+type scorer interface {
+	Score(ctx context.Context, req schemas.ScoreRequest) ([]schemas.ItemResult, error)
+}
+
+// supervisedScorer is the supervisor of a one-shot command: an error of a
+// request whose context was cancelled because the model process died
+// reports that death instead of "context canceled".
+type supervisedScorer struct {
+	sup  *supervisor.Supervisor
+	died context.Context // cancelled, with the cause, when the process dies
+}
+
+// Score implements scorer.
+func (s supervisedScorer) Score(ctx context.Context, req schemas.ScoreRequest) ([]schemas.ItemResult, error) {
+	ctx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
+	unwatch := context.AfterFunc(s.died, func() { stop(context.Cause(s.died)) })
+	defer unwatch()
+	res, err := s.sup.Score(ctx, req)
+	if err != nil && s.died.Err() != nil {
+		err = context.Cause(s.died)
+	}
+	return res, err
+}
+
+// startScorer starts a supervised m3gate-sidecar, waits until it has loaded
+// the model (showing the load progress) and returns it with the function
+// that stops it.
+func startScorer(ctx context.Context, app *App, job *scoreJob) (scorer, func(), error) {
 	bin, err := LocateSidecar(app.Env, app.Config.Sidecar.Path)
 	if err != nil {
-		return nil, fmt.Errorf("score: %w", err)
+		return nil, nil, fmt.Errorf("score: %w", err)
 	}
 	sc := app.Config.Sidecar
 	logLevel := sidecarLogLevel(app.Config.Log.Level)
 	// A restart means the sidecar crashed or could not start: a one-shot
 	// command reports that instead of waiting through the backoff.
-	wctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
+	died, cancel := context.WithCancelCause(context.Background())
 	prog := newLoadProgress(app.Stderr, job.Load.ModelDir)
+	batch := max(1, app.Config.Scoring.BatchSize)
 	sup, err := supervisor.Start(supervisor.Config{
 		Path:             bin,
-		Args:             []string{"--max-batch", strconv.Itoa(max(1, app.Config.Scoring.BatchSize)), "--log-level", logLevel.String()},
+		Args:             []string{"--max-batch", strconv.Itoa(batch), "--log-level", logLevel.String()},
 		Load:             job.Load,
 		StartTimeout:     sc.StartTimeout,
 		LoadStallTimeout: sc.LoadStallTimeout,
 		// sidecar.busy_timeout is a budget per request of the daemon, which
-		// holds one image; this one request holds them all.
-		BusyTimeout: sc.BusyTimeout * time.Duration(len(job.Request.Items)),
+		// holds one image; a request here holds one batch.
+		BusyTimeout: sc.BusyTimeout * time.Duration(batch),
 		BackoffMax:  sc.RestartBackoffMax,
 		Logger: hclog.New(&hclog.LoggerOptions{
 			Name:   "m3gate",
@@ -601,42 +674,130 @@ func scoreWithSidecar(ctx context.Context, app *App, job *scoreJob) ([]schemas.I
 		},
 	})
 	if err != nil {
-		return nil, fmt.Errorf("score: %w", err)
+		cancel(nil)
+		return nil, nil, fmt.Errorf("score: %w", err)
 	}
-	defer func() {
+	stop := func() {
+		cancel(nil)
 		cctx, ccancel := context.WithTimeout(context.Background(), 15*time.Second)
 		defer ccancel()
 		if err := sup.Close(cctx); err != nil {
 			fmt.Fprintf(app.Stderr, "m3gate: stop %s: %v\n", filepath.Base(bin), err)
 		}
-	}()
-
-	if err := waitReady(wctx, sup, prog); err != nil {
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("score: load model: %w", ctx.Err())
-		}
-		if cause := context.Cause(wctx); cause != nil && wctx.Err() != nil {
-			err = cause
-		}
-		return nil, fmt.Errorf("score: load model %s: %w", job.Load.ModelDir, err)
 	}
-	fmt.Fprintf(app.Stderr, "scoring %d image(s) on %s ...\n", len(job.Request.Items), strings.Join(job.Request.Options.Aspects, ", "))
-	start := time.Now()
-	results, err := sup.Score(wctx, job.Request)
+	wctx, wstop := context.WithCancelCause(ctx)
+	defer wstop(nil)
+	unwatch := context.AfterFunc(died, func() { wstop(context.Cause(died)) })
+	defer unwatch()
+	if err := waitReady(wctx, sup, prog); err != nil {
+		if died.Err() != nil {
+			err = context.Cause(died)
+		}
+		stop()
+		if ctx.Err() != nil {
+			return nil, nil, fmt.Errorf("score: load model: %w", ctx.Err())
+		}
+		return nil, nil, fmt.Errorf("score: load model %s: %w", job.Load.ModelDir, err)
+	}
+	return supervisedScorer{sup: sup, died: died}, stop, nil
+}
+
+// scoreStream sends the images of a job to the model process in batches
+// and writes the row of every image, in the job's order, as soon as it and
+// the images before it are done.
+type scoreStream struct {
+	job   *scoreJob
+	todo  []int // indices into job.Images, in order
+	batch int   // images per request
+	write func(scoreRow) error
+	bar   *scoreBar
+
+	results map[int]schemas.ItemResult // by index into job.Images
+	written int                        // rows of todo written so far
+	failed  []scoreRow
+}
+
+// sendable counts the images of todo that go to the model process.
+func (s *scoreStream) sendable() int {
+	n := 0
+	for _, i := range s.todo {
+		if s.job.Images[i].Err == nil {
+			n++
+		}
+	}
+	return n
+}
+
+// run scores and writes every image of todo; sup may be nil when no image
+// is sendable.
+func (s *scoreStream) run(ctx context.Context, sup scorer) error {
+	s.results = map[int]schemas.ItemResult{}
+	s.bar.start = s.bar.now()
+	s.bar.update(0)
+	var batch []int // positions in todo
+	for pos, i := range s.todo {
+		if s.job.Images[i].Err != nil {
+			if len(batch) == 0 {
+				if err := s.flush(pos); err != nil {
+					return err
+				}
+			}
+			continue
+		}
+		batch = append(batch, pos)
+		if len(batch) == s.batch {
+			if err := s.scoreBatch(ctx, sup, batch); err != nil {
+				return err
+			}
+			batch = batch[:0]
+		}
+	}
+	if len(batch) > 0 {
+		if err := s.scoreBatch(ctx, sup, batch); err != nil {
+			return err
+		}
+	}
+	return s.flush(len(s.todo) - 1)
+}
+
+// scoreBatch scores the images at positions batch of todo and writes the
+// rows up to the last of them.
+func (s *scoreStream) scoreBatch(ctx context.Context, sup scorer, batch []int) error {
+	req := s.job.Request
+	req.Items = make([]schemas.ScoreItem, len(batch))
+	for k, pos := range batch {
+		req.Items[k] = s.job.Request.Items[s.job.Images[s.todo[pos]].req]
+	}
+	res, err := sup.Score(ctx, req)
 	if err != nil {
 		if ctx.Err() != nil {
-			return nil, fmt.Errorf("score: %w", ctx.Err())
+			return ctx.Err()
 		}
-		if cause := context.Cause(wctx); cause != nil && wctx.Err() != nil {
-			err = cause
+		return fmt.Errorf("score: %w", err)
+	}
+	if len(res) != len(batch) {
+		return fmt.Errorf("score: model process answered %d results for %d images", len(res), len(batch))
+	}
+	for k, pos := range batch {
+		s.results[s.todo[pos]] = res[k]
+	}
+	return s.flush(batch[len(batch)-1])
+}
+
+// flush writes the rows of todo up to position last.
+func (s *scoreStream) flush(last int) error {
+	for ; s.written <= last; s.written++ {
+		i := s.todo[s.written]
+		r := rowFor(s.job, i, s.results)
+		if err := s.write(r); err != nil {
+			return fmt.Errorf("score: write results: %w", err)
 		}
-		return nil, fmt.Errorf("score: %w", err)
+		if r.Err != "" {
+			s.failed = append(s.failed, r)
+		}
+		s.bar.update(s.written + 1)
 	}
-	if len(results) != len(job.Request.Items) {
-		return nil, fmt.Errorf("score: model process answered %d results for %d images", len(results), len(job.Request.Items))
-	}
-	fmt.Fprintf(app.Stderr, "scored in %.1fs\n", time.Since(start).Seconds())
-	return results, nil
+	return nil
 }
 
 // sidecarLogLevel maps log.level to the level of the supervisor's and the
@@ -685,6 +846,9 @@ type loadProgress struct {
 	stage   string
 	tenth   int64
 	printed bool
+	// last is the last progress with a byte count, shown at 100% when
+	// the model is ready (the poll may miss the final update).
+	last schemas.LoadProgress
 }
 
 func newLoadProgress(w io.Writer, dir string) *loadProgress {
@@ -704,6 +868,14 @@ func (p *loadProgress) update(lp schemas.LoadProgress) {
 		return
 	}
 	p.stage, p.tenth, p.printed = lp.Stage, tenth, true
+	if lp.TotalBytes > 0 {
+		p.last = lp
+	}
+	p.print(lp)
+}
+
+// print writes one progress line.
+func (p *loadProgress) print(lp schemas.LoadProgress) {
 	line := "  " + lp.Stage
 	if lp.TotalBytes > 0 {
 		line += fmt.Sprintf(" %3d%% (%.1f of %.1f MB)", 100*lp.DoneBytes/lp.TotalBytes, float64(lp.DoneBytes)/1e6, float64(lp.TotalBytes)/1e6)
@@ -715,6 +887,11 @@ func (p *loadProgress) update(lp schemas.LoadProgress) {
 }
 
 func (p *loadProgress) finish(ok bool) {
+	if ok && p.last.TotalBytes > 0 && p.last.DoneBytes < p.last.TotalBytes {
+		lp := p.last
+		lp.DoneBytes, lp.Message = lp.TotalBytes, ""
+		p.print(lp)
+	}
 	if ok {
 		fmt.Fprintf(p.w, "model ready in %.1fs\n", time.Since(p.start).Seconds())
 	}
@@ -729,32 +906,27 @@ type scoreRow struct {
 	Aspects map[string]schemas.AspectResult `json:"-"`
 }
 
-// collectResults pairs every image with its result or error.
-func collectResults(job *scoreJob, results []schemas.ItemResult) []scoreRow {
-	rows := make([]scoreRow, len(job.Images))
-	for i, im := range job.Images {
-		r := scoreRow{Image: im.Name, Path: im.Path, Prompt: im.Prompt}
-		switch {
-		case im.Err != nil:
-			r.Err = im.Err.Error()
-		case im.req >= len(results):
-			r.Err = "no result from the model process"
-		default:
-			res := results[im.req]
-			if res.Error != "" {
-				r.Err = res.Error
-			} else {
-				r.Aspects = res.Aspects
-				for _, a := range job.Request.Options.Aspects {
-					if _, ok := res.Aspects[a]; !ok {
-						r.Err = fmt.Sprintf("the model process returned no %s score", a)
-					}
-				}
+// rowFor pairs image i of the job with its result or error.
+func rowFor(job *scoreJob, i int, results map[int]schemas.ItemResult) scoreRow {
+	im := job.Images[i]
+	r := scoreRow{Image: im.Name, Path: im.Path, Prompt: im.Prompt}
+	res, ok := results[i]
+	switch {
+	case im.Err != nil:
+		r.Err = im.Err.Error()
+	case !ok:
+		r.Err = "no result from the model process"
+	case res.Error != "":
+		r.Err = res.Error
+	default:
+		r.Aspects = res.Aspects
+		for _, a := range job.Request.Options.Aspects {
+			if _, ok := res.Aspects[a]; !ok {
+				r.Err = fmt.Sprintf("the model process returned no %s score", a)
 			}
 		}
-		rows[i] = r
 	}
-	return rows
+	return r
 }
 
 // The table shows at most descriptionWords words and descriptionRunes
@@ -795,24 +967,6 @@ func shortDescription(s string) string {
 	return out
 }
 
-// writeScoreTable prints one row per image and aspect; a failed image gets
-// one FAILED row (its error is also reported on stderr).
-func writeScoreTable(w io.Writer, rows []scoreRow, aspects []string) error {
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "IMAGE\tASPECT\tMOS\tRATING\tSOURCE\tDESCRIPTION")
-	for _, r := range rows {
-		if r.Err != "" {
-			fmt.Fprintf(tw, "%s\t-\t-\t-\t-\tFAILED: %s\n", r.Image, oneLine(r.Err))
-			continue
-		}
-		for _, a := range aspects {
-			ar := r.Aspects[a]
-			fmt.Fprintf(tw, "%s\t%s\t%.2f\t%s\t%s\t%s\n", r.Image, a, ar.MOS, ar.Rating, sourceName(ar.Source), shortDescription(ar.Description))
-		}
-	}
-	return tw.Flush()
-}
-
 // sourceName shows where a MOS came from.
 func sourceName(s string) string {
 	if s == "" {
@@ -841,32 +995,4 @@ type jsonRow struct {
 	Prompt  string                `json:"prompt,omitempty"`
 	Error   string                `json:"error,omitempty"`
 	Aspects map[string]jsonAspect `json:"aspects,omitempty"`
-}
-
-// writeScoreJSON prints one JSON object per image per line, failed images
-// included (with "error").
-func writeScoreJSON(w io.Writer, rows []scoreRow, aspects []string) error {
-	enc := json.NewEncoder(w)
-	enc.SetEscapeHTML(false)
-	for _, r := range rows {
-		jr := jsonRow{Image: r.Image, Path: r.Path, Prompt: r.Prompt, Error: r.Err}
-		if r.Err == "" {
-			jr.Aspects = make(map[string]jsonAspect, len(aspects))
-			for _, a := range aspects {
-				ar := r.Aspects[a]
-				ja := jsonAspect{MOS: ar.MOS, Rating: ar.Rating, Source: ar.Source, WordProbs: ar.WordProbs, Description: ar.Description}
-				if len(ar.Timings) > 0 {
-					ja.TimingsMs = make(map[string]float64, len(ar.Timings))
-					for k, d := range ar.Timings {
-						ja.TimingsMs[k] = float64(d.Microseconds()) / 1000
-					}
-				}
-				jr.Aspects[a] = ja
-			}
-		}
-		if err := enc.Encode(jr); err != nil {
-			return err
-		}
-	}
-	return nil
 }

@@ -7,9 +7,11 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"math"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"reflect"
 	"runtime"
@@ -35,11 +37,28 @@ var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
 // m3gate-sidecar instead.
 const (
 	scoreTestPluginEnv = "M3GATE_SCORE_TEST_PLUGIN"
-	scoreTestModeEnv   = "M3GATE_SCORE_TEST_MODE"    // fake behaviour: "", "block-load", "fail-load", "crash-load"
+	scoreTestModeEnv   = "M3GATE_SCORE_TEST_MODE"    // fake behaviour: "", "block-load", "fail-load", "crash-load", "slow-score"
 	scoreTestPidEnv    = "M3GATE_SCORE_TEST_PIDFILE" // the fake writes its pid here
+	// With scoreTestCLIEnv=1 the test binary is the m3gate command (the
+	// arguments are the JSON array in scoreTestArgsEnv), with the signal
+	// handling of plugin/cmd/m3gate, so tests can interrupt it for real.
+	scoreTestCLIEnv  = "M3GATE_SCORE_TEST_CLI"
+	scoreTestArgsEnv = "M3GATE_SCORE_TEST_ARGS"
 )
 
 func TestMain(m *testing.M) {
+	if os.Getenv(scoreTestCLIEnv) == "1" {
+		var args []string
+		if err := json.Unmarshal([]byte(os.Getenv(scoreTestArgsEnv)), &args); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(2)
+		}
+		os.Unsetenv(scoreTestCLIEnv) // the model process it starts is the fake
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		code := Execute(ctx, args, os.Stdin, os.Stdout, os.Stderr, os.Environ())
+		stop()
+		os.Exit(code)
+	}
 	if os.Getenv(scoreTestPluginEnv) == "1" {
 		if p := os.Getenv(scoreTestPidEnv); p != "" {
 			os.WriteFile(p, []byte(strconv.Itoa(os.Getpid())), 0o644)
@@ -84,9 +103,16 @@ func (fakeScorer) Status(ctx context.Context) (schemas.Status, error) {
 	return schemas.Status{State: schemas.StateReady}, nil
 }
 
-func (fakeScorer) Score(ctx context.Context, req schemas.ScoreRequest) ([]schemas.ItemResult, error) {
+func (f fakeScorer) Score(ctx context.Context, req schemas.ScoreRequest) ([]schemas.ItemResult, error) {
 	out := make([]schemas.ItemResult, len(req.Items))
 	for i, it := range req.Items {
+		if f.mode == "slow-score" {
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-time.After(150 * time.Millisecond):
+			}
+		}
 		out[i].Index = i
 		b := it.Data
 		if it.Path != "" {
@@ -619,8 +645,8 @@ func TestScoreThroughModelProcess(t *testing.T) {
 	if code != ExitOK {
 		t.Fatalf("code = %d; stderr:\n%s", code, errOut)
 	}
-	want := "IMAGE" + strings.Repeat(" ", len(good)-3) + "ASPECT   MOS   RATING  SOURCE      DESCRIPTION\n" +
-		good + "  quality  2.34  fair    word_probs  " + shortDescription(dataset.FillRound1(q.Round1, "a red fox")) + "\n"
+	want := "IMAGE" + strings.Repeat(" ", len(good)-3) + "ASPECT   MOS   RATING     SOURCE      DESCRIPTION\n" +
+		good + "  quality  2.34  fair       word_probs  " + shortDescription(dataset.FillRound1(q.Round1, "a red fox")) + "\n"
 	if out != want {
 		t.Errorf("table\n got %q\nwant %q", out, want)
 	}
@@ -829,5 +855,206 @@ func TestScoreEndToEnd(t *testing.T) {
 				t.Errorf("%s %s: word_probs %v: want the 5 rating words' probabilities", r.Image, a, ar.WordProbs)
 			}
 		}
+	}
+}
+
+// readJSONRows reads the JSON lines of a --json --output file.
+func readJSONRows(t *testing.T, path string) []jsonRow {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rows []jsonRow
+	for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		if l == "" {
+			continue
+		}
+		var r jsonRow
+		if err := json.Unmarshal([]byte(l), &r); err != nil {
+			t.Fatalf("%s: %v: %q", path, err, l)
+		}
+		rows = append(rows, r)
+	}
+	return rows
+}
+
+// TestScoreInterruptKeepsResults runs `m3gate score` on 20 images as its
+// own process, sends it SIGINT once the first results are in the output
+// file, and checks that they stay there, that the command says how many
+// are left, and that --resume scores only the rest.
+func TestScoreInterruptKeepsResults(t *testing.T) {
+	env, pidFile := fakeSidecarEnv(t, "slow-score") // 150 ms per image
+	dir := t.TempDir()
+	var imgs []string
+	for i := range 20 {
+		imgs = append(imgs, writeFile(t, dir, fmt.Sprintf("img%02d.png", i), strings.Repeat("p", 100+i)))
+	}
+	out := filepath.Join(dir, "scores.jsonl")
+	args := append([]string{"score", "--aspects", "quality", "--json", "--output", out}, imgs...)
+	argsJSON, _ := json.Marshal(args)
+	exe, _ := os.Executable()
+	cmd := exec.Command(exe)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), scoreTestCLIEnv+"=1", scoreTestArgsEnv+"="+string(argsJSON),
+		env[0], "M3GATE_MODEL_DIR="+fakeModelDir(t))
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		b, _ := os.ReadFile(out)
+		if bytes.Count(b, []byte("\n")) >= 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			cmd.Wait()
+			t.Fatalf("no results in %s after 30 s; stderr:\n%s", out, stderr.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := cmd.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	err := cmd.Wait()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != ExitInterrupted {
+		t.Fatalf("exit = %v, want %d; stderr:\n%s", err, ExitInterrupted, stderr.String())
+	}
+	waitGone(t, pidFile)
+	rows := readJSONRows(t, out)
+	if len(rows) < 2 || len(rows) >= 20 {
+		t.Fatalf("%d rows in %s after the interrupt, want the first ones (2..19)", len(rows), out)
+	}
+	for i, r := range rows {
+		if r.Path != imgs[i] || r.Error != "" || r.Aspects["quality"].MOS != float64(100+i)/100 {
+			t.Errorf("row %d = %+v, want %s scored %.2f", i, r, imgs[i], float64(100+i)/100)
+		}
+	}
+	want := fmt.Sprintf("m3gate: score: interrupted: %d of 20 images done (in %s), %d left; rerun with --resume to score only those", len(rows), out, 20-len(rows))
+	if !strings.Contains(stderr.String(), want) {
+		t.Errorf("stderr lacks %q:\n%s", want, stderr.String())
+	}
+
+	// --resume scores only the images not in the file yet.
+	env, pidFile = fakeSidecarEnv(t, "")
+	env = append(env, "M3GATE_MODEL_DIR="+fakeModelDir(t))
+	code, stdout, errOut := run(t, env, "", append(args, "--resume")...)
+	if code != ExitOK || stdout != "" {
+		t.Fatalf("resume: code %d, stdout %q; stderr:\n%s", code, stdout, errOut)
+	}
+	waitGone(t, pidFile)
+	if w := fmt.Sprintf("resuming: %d of 20 images already scored in %s, %d left", len(rows), out, 20-len(rows)); !strings.Contains(errOut, w) {
+		t.Errorf("stderr lacks %q:\n%s", w, errOut)
+	}
+	if w := fmt.Sprintf("scoring %d image(s) on quality", 20-len(rows)); !strings.Contains(errOut, w) {
+		t.Errorf("stderr lacks %q:\n%s", w, errOut)
+	}
+	all := readJSONRows(t, out)
+	if len(all) != 20 {
+		t.Fatalf("%d rows after --resume, want 20", len(all))
+	}
+	for i, r := range all {
+		if r.Path != imgs[i] || r.Error != "" {
+			t.Errorf("row %d = %+v, want %s", i, r, imgs[i])
+		}
+	}
+}
+
+// TestReadScoredImagesCutLine: a line cut by a killed run is dropped so
+// the resumed run appends whole lines; failed images are scored again.
+func TestReadScoredImagesCutLine(t *testing.T) {
+	p := writeFile(t, t.TempDir(), "s.jsonl", `{"image":"a.png","path":"/x/a.png","aspects":{}}`+"\n"+
+		`{"image":"b.png","path":"/x/b.png","error":"decode image"}`+"\n"+`{"image":"c.png","pa`)
+	got, err := readScoredImages(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := map[string]bool{"/x/a.png": true}; !reflect.DeepEqual(got, want) {
+		t.Errorf("got %v, want %v", got, want)
+	}
+	b, _ := os.ReadFile(p)
+	if !bytes.HasSuffix(b, []byte("decode image\"}\n")) {
+		t.Errorf("cut line not removed: %q", b)
+	}
+	bad := writeFile(t, t.TempDir(), "t.txt", "IMAGE ASPECT\n")
+	if _, err := readScoredImages(bad); err == nil || !strings.Contains(err.Error(), "t.txt:1: not a line of `m3gate score --json`") {
+		t.Errorf("table file: err = %v", err)
+	}
+}
+
+// TestStatusLineKeepsLogsOffTheBar: on a terminal, text written while the
+// progress bar shows goes on its own line above the bar; elsewhere no bar.
+func TestStatusLineKeepsLogsOffTheBar(t *testing.T) {
+	defer func(f func(io.Writer) bool) { isTerminal = f }(isTerminal)
+	isTerminal = func(io.Writer) bool { return true }
+	var buf bytes.Buffer
+	s := newStatusLine(&buf)
+	s.Set("scored 1/4")
+	fmt.Fprintf(s, "warn: slow\n")
+	s.Set("scored 2/4")
+	s.Clear()
+	want := eraseSeq + "scored 1/4" + eraseSeq + "warn: slow\n" + "scored 1/4" + eraseSeq + "scored 2/4" + eraseSeq
+	if buf.String() != want {
+		t.Errorf("terminal output\n got %q\nwant %q", buf.String(), want)
+	}
+
+	isTerminal = func(io.Writer) bool { return false }
+	buf.Reset()
+	s = newStatusLine(&buf)
+	(&scoreBar{line: s, total: 4, start: time.Now(), now: time.Now}).update(1)
+	fmt.Fprintf(s, "warn: slow\n")
+	s.Clear()
+	if buf.String() != "warn: slow\n" {
+		t.Errorf("non-terminal output %q, want the log line only", buf.String())
+	}
+}
+
+func TestScoreBarRateAndETA(t *testing.T) {
+	start := time.Unix(1000, 0)
+	now := start
+	b := &scoreBar{total: 20, start: start, now: func() time.Time { return now }}
+	now = start.Add(10 * time.Second)
+	if got, want := b.render(5), "scored 5/20 [======                  ] 2.0 s/img ETA 30s"; got != want {
+		t.Errorf("got %q, want %q", got, want)
+	}
+	now = start.Add(2 * time.Second)
+	if got, want := b.render(10), "scored 10/20 [============            ] 5.0 img/s ETA 2s"; got != want {
+		t.Errorf("got %q, want %q", got, want)
+	}
+}
+
+// TestLoadProgressEndsAtFull: the progress is polled, so the last update
+// seen may be short of 100%; a model that is ready shows its bytes at 100%.
+func TestLoadProgressEndsAtFull(t *testing.T) {
+	tests := []struct {
+		name    string
+		updates []schemas.LoadProgress
+		ok      bool
+		want    string
+		notWant string
+	}{
+		{"poll missed the end", []schemas.LoadProgress{{Stage: "model", TotalBytes: 900_000, Message: "loading …"}}, true,
+			"  model 100% (0.9 of 0.9 MB)\nmodel ready in", ""},
+		{"already full", []schemas.LoadProgress{{Stage: "model", DoneBytes: 900_000, TotalBytes: 900_000}}, true,
+			"  model 100% (0.9 of 0.9 MB)\nmodel ready in", "100% (0.9 of 0.9 MB)\n  model 100%"},
+		{"failed load stays where it was", []schemas.LoadProgress{{Stage: "model", DoneBytes: 450_000, TotalBytes: 900_000}}, false,
+			"  model  50% (0.5 of 0.9 MB)\n", "100%"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var buf bytes.Buffer
+			p := newLoadProgress(&buf, "m")
+			for _, u := range tt.updates {
+				p.update(u)
+			}
+			p.finish(tt.ok)
+			if !strings.Contains(buf.String(), tt.want) || tt.notWant != "" && strings.Contains(buf.String(), tt.notWant) {
+				t.Errorf("output:\n%s\nwant %q, not %q", buf.String(), tt.want, tt.notWant)
+			}
+		})
 	}
 }

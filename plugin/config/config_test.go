@@ -242,3 +242,25 @@ func TestFormatDuration(t *testing.T) {
 		}
 	}
 }
+
+// TestLoadEnvErrorNamesVariableOverFile: a variable that replaces a list
+// of the file is blamed for a bad element, not the file's line of the
+// element it replaced.
+func TestLoadEnvErrorNamesVariableOverFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "config.yaml")
+	if err := writeFile(path, []byte("scoring:\n  aspects:\n    - quality\n    - correspondence\n")); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Load(path, []string{"M3GATE_SCORING_ASPECTS=quality,sharpness"})
+	want := `invalid config: $M3GATE_SCORING_ASPECTS: scoring.aspects[1]: unknown aspect "sharpness" (known: quality, correspondence, authenticity)`
+	if err == nil || err.Error() != want {
+		t.Errorf("got  %v\nwant %s", err, want)
+	}
+	// The file's own bad element is still blamed on its line.
+	if err := writeFile(path, []byte("scoring:\n  aspects:\n    - quality\n    - sharpness\n")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Load(path, nil); err == nil || !strings.Contains(err.Error(), path+":4: scoring.aspects[1]") {
+		t.Errorf("file error = %v, want %s:4", err, path)
+	}
+}

@@ -90,12 +90,17 @@ type sources struct {
 // locate fills e.Source and e.Line from the most specific key (or parent
 // key) that the environment or the file set.
 func (s *sources) locate(e *FieldError) {
+	// A variable that set the key or a key above it replaced what the
+	// file says there, so it is the source even when the file has a line
+	// for the key itself (a list element of a list the variable set).
 	for key := e.Key; key != ""; key = parentKey(key) {
 		if name, ok := s.env[key]; ok {
 			e.Source = "$" + name
 			e.Line = 0
 			return
 		}
+	}
+	for key := e.Key; key != ""; key = parentKey(key) {
 		if line, ok := s.lines[key]; ok {
 			e.Source = s.file
 			e.Line = line

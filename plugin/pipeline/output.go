@@ -2,12 +2,15 @@ package pipeline
 
 import (
 	"bytes"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"image"
 	_ "image/jpeg" // decode JPEG outputs before re-encoding them as PNG
 	"image/png"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sync"
@@ -121,7 +124,7 @@ func newWriter(dir string, keepRejected bool) (*writer, error) {
 		}
 	}
 	path := filepath.Join(dir, ResultsFile)
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR|os.O_APPEND, 0o644)
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR|os.O_APPEND, 0o666) // less the umask
 	if err != nil {
 		return nil, fmt.Errorf("run: results file: %w", err)
 	}
@@ -187,7 +190,7 @@ func (w *writer) image(rejected bool, a *attempt, img *Image, md Metadata) (stri
 	}
 	name := fmt.Sprintf("m3gate_j%04d_t%02d_s%d_n%s_%d.png", a.job, a.try, a.seeds[0], img.Node, img.Index)
 	path := filepath.Join(dir, name)
-	tmp, err := os.CreateTemp(dir, ".m3gate-*.tmp")
+	tmp, err := createTemp(dir)
 	if err != nil {
 		return "", fmt.Errorf("run: write image: %w", err)
 	}
@@ -207,6 +210,23 @@ func (w *writer) image(rejected bool, a *attempt, img *Image, md Metadata) (stri
 		d.Close()
 	}
 	return path, nil
+}
+
+// createTemp creates a new hidden temporary file in dir with mode 0666
+// less the umask, like any file a tool writes (os.CreateTemp's 0600 would
+// make the accepted images private while results.jsonl is not).
+func createTemp(dir string) (*os.File, error) {
+	for range 100 {
+		var b [8]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return nil, err
+		}
+		f, err := os.OpenFile(filepath.Join(dir, ".m3gate-"+hex.EncodeToString(b[:])+".tmp"), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o666)
+		if !errors.Is(err, fs.ErrExist) {
+			return f, err
+		}
+	}
+	return nil, fmt.Errorf("create a temporary file in %s: too many name collisions", dir)
 }
 
 func firstErr(errs ...error) error {

@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/m3gate/m3gate/plugin/config"
 	"github.com/m3gate/m3gate/schemas"
 )
 
@@ -175,6 +176,24 @@ func (s *Server) resultJSON(res schemas.ItemResult) ResultJSON {
 	return out
 }
 
+// checkPrompts refuses a request that scores correspondence on an image
+// without a generation prompt, naming the field to set (as `m3gate score`
+// refuses it): the model would rate the match with an empty prompt.
+func checkPrompts(req schemas.ScoreRequest) error {
+	if !slices.Contains(req.Options.Aspects, config.AspectCorrespondence) || strings.TrimSpace(req.Prompt) != "" {
+		return nil
+	}
+	for i, it := range req.Items {
+		if strings.TrimSpace(it.Prompt) == "" {
+			if len(req.Items) == 1 {
+				return badf("prompt is empty: correspondence needs the generation prompt of the image (set \"prompt\", or score other aspects)")
+			}
+			return badf("prompt is empty and images[%d].prompt too: correspondence needs the generation prompt of every image (set \"prompt\" or each image's \"prompt\", or score other aspects)", i)
+		}
+	}
+	return nil
+}
+
 // parseScore reads a multipart or JSON score request.
 func (s *Server) parseScore(r *http.Request) (schemas.ScoreRequest, error) {
 	ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
@@ -212,6 +231,9 @@ func (s *Server) parseScore(r *http.Request) (schemas.ScoreRequest, error) {
 				return req, badf("unknown aspect %q (have %s)", a, strings.Join(slices.Sorted(maps.Keys(d.Prompts)), ", "))
 			}
 		}
+	}
+	if err := checkPrompts(req); err != nil {
+		return req, err
 	}
 	req.Options.Prompts = d.Prompts
 	req.Options.SkipDescription = d.SkipDescription

@@ -190,7 +190,7 @@ func TestScoreBadRequests(t *testing.T) {
 	_, ts := newTestServer(t, f, func(c *Config) {
 		c.MaxImages = 2
 		c.MaxBodyBytes = 1 << 10
-		c.Defaults.Prompts = map[string]schemas.AspectPrompt{"quality": {Round1: "a", Round2: "b"}, "q": {Round1: "c", Round2: "d"}}
+		c.Defaults.Prompts = map[string]schemas.AspectPrompt{"quality": {Round1: "a", Round2: "b"}, "q": {Round1: "c", Round2: "d"}, "correspondence": {Round1: "e", Round2: "f"}}
 	})
 	tests := []struct {
 		name, ctype, body string
@@ -204,8 +204,12 @@ func TestScoreBadRequests(t *testing.T) {
 		{"unknown field", "application/json", `{"imgs":[]}`, 400, "unknown field"},
 		{"too many", "application/json", `{"images":[{"path":"/a"},{"path":"/b"},{"path":"/c"}]}`, 400, "at most 2"},
 		{"repeated aspect", "application/json", `{"images":[{"path":"/a"}],"aspects":["q","q"]}`, 400, "repeated"},
-		{"unknown aspect", "application/json", `{"images":[{"path":"/a"}],"aspects":["beauty"]}`, 400, `unknown aspect \"beauty\" (have q, quality)`},
+		{"unknown aspect", "application/json", `{"images":[{"path":"/a"}],"aspects":["beauty"]}`, 400, `unknown aspect \"beauty\" (have correspondence, q, quality)`},
 		{"content type", "text/plain", `hello`, 400, "unsupported content type"},
+		{"correspondence without prompt", "application/json", `{"images":[{"path":"/a"}],"aspects":["correspondence"]}`, 400, `prompt is empty: correspondence needs the generation prompt`},
+		{"correspondence with blank prompt", "application/json", `{"images":[{"path":"/a"}],"prompt":"  ","aspects":["quality","correspondence"]}`, 400, `set \"prompt\"`},
+		{"one image without prompt", "application/json", `{"images":[{"path":"/a","prompt":"a cat"},{"path":"/b"}],"aspects":["correspondence"]}`, 400, "images[1].prompt"},
+		{"multipart without prompt", "multipart/form-data; boundary=XX", "--XX\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n\r\npng\r\n--XX\r\nContent-Disposition: form-data; name=\"aspects\"\r\n\r\ncorrespondence\r\n--XX--\r\n", 400, "prompt is empty"},
 		{"too big", "application/json", `{"images":[{"data":"` + strings.Repeat("A", 2000) + `"}]}`, 413, "over 1024 bytes"},
 	}
 	for _, tt := range tests {

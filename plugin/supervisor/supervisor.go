@@ -54,6 +54,10 @@ type Config struct {
 	Env []string
 	// Load is the model the sidecar loads after every start.
 	Load schemas.LoadRequest
+	// SocketDir is the folder below which each sidecar process gets a
+	// folder for its go-plugin socket; stale ones are removed at each
+	// start. Default $TMPDIR/m3gate-sockets-<uid>.
+	SocketDir string
 	// StartTimeout bounds the go-plugin handshake. Default 1 minute.
 	StartTimeout time.Duration
 	// LoadStallTimeout is how long Load may go without a progress message
@@ -131,6 +135,7 @@ type generation struct {
 	scorer     schemas.Scorer
 	pid        int
 	dead       chan struct{} // closed when the process has exited
+	sockDir    string        // the process's go-plugin socket folder ("" when none)
 	killedBusy atomic.Bool
 	killing    atomic.Bool // set when kill starts
 
@@ -592,6 +597,13 @@ func (s *Supervisor) start() (*generation, error) {
 	cmd := exec.Command(s.cfg.Path, s.cfg.Args...)
 	cmd.Env = append([]string(nil), s.cfg.Env...)
 	cmd.Env = append(cmd.Env, fmt.Sprintf("%s=%d", schemas.ParentPIDEnv, os.Getpid()))
+	sockDir, err := newSocketDir(s.socketBase())
+	if err != nil {
+		s.log.Warn("no private socket folder; the sidecar uses the temp folder", "error", err)
+		sockDir = ""
+	} else {
+		cmd.Env = append(cmd.Env, socketEnv(sockDir))
+	}
 	client := plugin.NewClient(&plugin.ClientConfig{
 		HandshakeConfig:  schemas.Handshake,
 		Plugins:          schemas.PluginMap(nil),
@@ -602,10 +614,11 @@ func (s *Supervisor) start() (*generation, error) {
 		Logger:           s.log.Named("sidecar"),
 		GRPCDialOptions:  schemas.DialOptions(),
 	})
-	gen := &generation{client: client, dead: make(chan struct{})}
+	gen := &generation{client: client, dead: make(chan struct{}), sockDir: sockDir}
 	rpc, err := client.Client()
 	if err != nil {
 		client.Kill()
+		gen.removeSocketDir()
 		return nil, fmt.Errorf("start sidecar %s: %w", s.cfg.Path, err)
 	}
 	if cmd.Process != nil {
@@ -667,10 +680,27 @@ func (g *generation) watch() {
 	defer t.Stop()
 	for range t.C {
 		if g.client.Exited() {
+			g.removeSocketDir()
 			close(g.dead)
 			return
 		}
 	}
+}
+
+// removeSocketDir removes the socket folder of an exited process (its
+// socket stays behind when it was killed).
+func (g *generation) removeSocketDir() {
+	if g.sockDir != "" {
+		os.RemoveAll(g.sockDir)
+	}
+}
+
+// socketBase is the folder of the sidecars' socket folders.
+func (s *Supervisor) socketBase() string {
+	if s.cfg.SocketDir != "" {
+		return s.cfg.SocketDir
+	}
+	return socketBase()
 }
 
 // kill ends the process at once (SIGKILL) and releases the client.
