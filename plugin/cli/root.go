@@ -131,6 +131,7 @@ built-in defaults), overridden by M3GATE_<SECTION>_<KEY> environment variables.`
 		newFinetuneCmd(app),
 		newTrainPredictorCmd(app),
 		newEvalCmd(app),
+		newReportCmd(app),
 		newModelCmd(app),
 		newDataCmd(app),
 		newConfigCmd(app),
