@@ -145,6 +145,7 @@ var reportTemplate = template.Must(template.New("report").Parse(strings.TrimSpac
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="referrer" content="no-referrer">
 <title>{{.Title}}</title>
+<link rel="icon" href="data:,">
 <style>{{.CSS}}</style>
 </head>
 <body data-mode="report">
