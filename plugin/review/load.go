@@ -70,24 +70,21 @@ func Load(path string, opt LoadOptions) (*Loaded, error) {
 	out := &Loaded{}
 	r := bufio.NewReaderSize(f, 64<<10)
 	for n := 1; ; n++ {
-		line, err := readLine(r)
-		if err == io.EOF && len(line) == 0 {
-			break
-		}
-		last := err == io.EOF
-		if err != nil && !last {
+		line, terminated, err := readLine(r)
+		if err != nil {
 			return nil, fmt.Errorf("load results: %s line %d: %w", path, n, err)
 		}
+		if line == nil {
+			break
+		}
 		if len(bytes.TrimSpace(line)) == 0 {
-			if last {
-				break
-			}
 			continue
 		}
 		it, file, perr := parseLine(line)
 		if perr != nil {
-			if last {
-				break // a write cut short
+			var syn *json.SyntaxError
+			if !terminated && errors.As(perr, &syn) {
+				break // the last line, cut short by a crash mid-write
 			}
 			return nil, fmt.Errorf("load results: %s line %d: %w", path, n, perr)
 		}
@@ -121,27 +118,31 @@ func Load(path string, opt LoadOptions) (*Loaded, error) {
 			}
 		}
 		out.Items = append(out.Items, it)
-		if last {
-			break
-		}
 	}
 	return out, nil
 }
 
-// readLine reads one line of at most maxLine bytes, without its newline.
-func readLine(r *bufio.Reader) ([]byte, error) {
-	var line []byte
+// readLine reads one line of at most maxLine bytes, without its newline,
+// and says whether it ended with one; nil at the end of the file.
+func readLine(r *bufio.Reader) (line []byte, terminated bool, err error) {
 	for {
-		chunk, isPrefix, err := r.ReadLine()
+		chunk, err := r.ReadSlice('\n')
 		line = append(line, chunk...)
 		if len(line) > maxLine {
-			return nil, fmt.Errorf("line longer than %d bytes", maxLine)
+			return nil, false, fmt.Errorf("line longer than %d bytes", maxLine)
 		}
-		if err != nil {
-			return line, err
-		}
-		if !isPrefix {
-			return line, nil
+		switch {
+		case err == nil:
+			return line[:len(line)-1], true, nil
+		case errors.Is(err, bufio.ErrBufferFull):
+			continue
+		case errors.Is(err, io.EOF):
+			if len(line) == 0 {
+				return nil, false, nil
+			}
+			return line, false, nil
+		default:
+			return nil, false, err
 		}
 	}
 }
