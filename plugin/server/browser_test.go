@@ -374,6 +374,24 @@ func TestBrowserReviewPageAndReport(t *testing.T) {
 	}
 	b.do(t, chromedp.KeyEvent(strings.Repeat(kb.Backspace, len("fox in"))))
 	waitFor(t, b, `document.querySelectorAll('#cards li.card').length === 3`, 5*time.Second)
+	// Sorting by an aspect orders the cards by its score.
+	for _, dir := range []string{"asc", "desc"} {
+		b.do(t, chromedp.SetValue(`#sort`, dir+":quality"))
+		eval[bool](t, b, `document.getElementById('sort').dispatchEvent(new Event('change')) || true`)
+		got := eval[[]string](t, b, `Array.from(document.querySelectorAll('#cards .mos')).map(function (e) { return e.getAttribute('data-mos'); })`)
+		var vals []float64
+		for _, g := range got {
+			v, _ := strconv.ParseFloat(g, 64)
+			vals = append(vals, v)
+		}
+		want := slices.Clone(mos)
+		if dir == "desc" {
+			slices.Reverse(want)
+		}
+		if !slices.Equal(vals, want) {
+			t.Errorf("sorted %s by quality: %v, want %v", dir, vals, want)
+		}
+	}
 	if h := eval[string](t, b, `document.querySelector('.hist[data-aspect="quality"] figcaption').textContent`); !strings.HasPrefix(h, "quality: 3 images") {
 		t.Errorf("histogram caption %q", h)
 	}
