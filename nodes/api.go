@@ -36,6 +36,11 @@ type ScoreRequest struct {
 	Images  []ScoreImage `json:"images"`
 	Prompt  string       `json:"prompt"`
 	Aspects []string     `json:"aspects"`
+	// Attempt (1 for the first) and Seed (the first sampler's) say how the
+	// images were made; the daemon's review page shows them. The pack sends
+	// them when it has the graph.
+	Attempt int     `json:"attempt,omitempty"`
+	Seed    *uint64 `json:"seed,omitempty"`
 }
 
 // AspectScore is one image's score on one aspect.

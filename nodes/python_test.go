@@ -266,6 +266,9 @@ func TestPythonPack(t *testing.T) {
 		}
 		if s.Prompt == "a red fox" {
 			sawPrompt = true
+			if s.Attempt != 2 || s.Seed == nil || *s.Seed != 18446744073709551615 {
+				t.Errorf("score request says attempt %d seed %v, want the graph's 2 and 18446744073709551615", s.Attempt, s.Seed)
+			}
 			if strings.Join(s.Aspects, ",") != "quality,correspondence" || len(s.Images) != 2 {
 				t.Errorf("score request %+v, want 2 images and quality,correspondence", s.Aspects)
 			}

@@ -4,7 +4,8 @@
 #
 #   - installs Debian's libtorch-dev (CPU libtorch 1.13) when missing, plus the
 #     python3 torch/numpy/scipy used only by reference tests and protoc for
-#     regenerating the gRPC code;
+#     regenerating the gRPC code, and chromium for the review page's browser
+#     test (plugin/server TestBrowserReviewPageAndReport);
 #   - writes the empty CUDA link stubs gotch's cgo directives ask for and the
 #     compat header into a per-user toolchain folder whose path does not
 #     depend on the checkout (scripts/env.sh does it; see there why).
@@ -25,7 +26,7 @@ fi
 
 need=()
 dpkg -s libtorch-dev >/dev/null 2>&1 || need+=(libtorch-dev)
-for p in python3-torch python3-numpy python3-scipy python3-pil protobuf-compiler; do
+for p in python3-torch python3-numpy python3-scipy python3-pil protobuf-compiler chromium; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if ((${#need[@]})); then

@@ -32,7 +32,7 @@ func TestHelpListsSubcommands(t *testing.T) {
 	if code != ExitOK {
 		t.Fatalf("code = %d, want 0", code)
 	}
-	for _, sub := range []string{"score", "serve", "worker", "run", "distill", "finetune", "train-predictor", "eval", "model", "data", "config"} {
+	for _, sub := range []string{"score", "serve", "worker", "run", "distill", "finetune", "train-predictor", "eval", "report", "model", "data", "config"} {
 		if !strings.Contains(out, "\n  "+sub+" ") {
 			t.Errorf("--help does not list %q:\n%s", sub, out)
 		}

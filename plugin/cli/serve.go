@@ -21,6 +21,7 @@ import (
 	"github.com/m3gate/m3gate/plugin/comfyui"
 	"github.com/m3gate/m3gate/plugin/config"
 	"github.com/m3gate/m3gate/plugin/dataset"
+	"github.com/m3gate/m3gate/plugin/review"
 	"github.com/m3gate/m3gate/plugin/server"
 	"github.com/m3gate/m3gate/plugin/supervisor"
 	"github.com/m3gate/m3gate/schemas"
@@ -39,6 +40,7 @@ daemon.listen:
   POST /v1/score    images (multipart "image" fields or JSON base64/paths) → scores
   POST /v1/reroll   re-queue a ComfyUI prompt with new seeds
   GET  /healthz, /readyz, /v1/status, /metrics (Prometheus), websocket /v1/events
+  GET  /            the review page: scored images, what-if thresholds, status
 
 A crashed model process is restarted automatically. SIGINT or SIGTERM stops
 the daemon and the model process.`,
@@ -130,6 +132,7 @@ func runServe(ctx context.Context, app *App, listen, model, queueURL string) err
 		QueueSize:      cfg.Daemon.QueueSize,
 		RequestTimeout: cfg.Daemon.RequestTimeout,
 		Defaults:       defaults,
+		Gate:           review.Gate{Thresholds: cfg.Scoring.Thresholds, Mode: cfg.Scoring.Gate},
 		Logger:         logger.Named("http"),
 	})
 	if err != nil {

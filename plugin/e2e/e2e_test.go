@@ -24,6 +24,7 @@ import (
 	"github.com/m3gate/m3gate/plugin/comfyui"
 	"github.com/m3gate/m3gate/plugin/comfyui/comfyfake"
 	"github.com/m3gate/m3gate/plugin/pipeline"
+	"github.com/m3gate/m3gate/plugin/review"
 )
 
 // workflowSeed is the KSampler seed written in testdata/txt2img-api.json.
@@ -241,6 +242,37 @@ func TestRunEndToEnd(t *testing.T) {
 			r, ok := byFile[path]
 			if !ok || r.Seed != md.Seed || r.Attempt != md.Attempt || r.PromptID != md.PromptID || r.Scores["quality"].MOS != q.MOS {
 				t.Errorf("%s: results.jsonl %+v disagrees with the PNG's metadata %+v", path, r, md)
+			}
+		}
+
+		// m3gate report makes the review page of this run: one card per
+		// image with the run's numbers, seeds and gate, thumbnails inline.
+		m3gate, _, _ := binaries(t)
+		report := filepath.Join(out, "report.html")
+		rp := startProc(t, "m3gate report", d.dir, m3gate, "report", out, "--out", report)
+		if code := rp.wait(t, 30*time.Second); code != 0 {
+			t.Fatalf("m3gate report: exit %d\n%s", code, rp.stderr.String())
+		}
+		html, err := os.ReadFile(report)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := regexp.MustCompile(`(?s)<script type="application/json" id="m3gate-data">(.*?)</script>`).FindSubmatch(html)
+		if m == nil {
+			t.Fatalf("report has no data element")
+		}
+		var view review.View
+		if err := json.Unmarshal(m[1], &view); err != nil {
+			t.Fatal(err)
+		}
+		if len(view.Items) != len(results) || view.Gate.Thresholds["quality"] != 0 || view.Gate.Mode != "all" {
+			t.Fatalf("report: %d items, gate %+v; want %d and the run's quality=0", len(view.Items), view.Gate, len(results))
+		}
+		for i, it := range view.Items {
+			r := results[i]
+			if it.Prompt != "a red fox in the snow" || r.Prompt != it.Prompt || it.Seed != strconv.FormatUint(r.Seed, 10) || it.Attempt != r.Attempt ||
+				it.Recorded != "passed" || it.Aspects["quality"].MOS != r.Scores["quality"].MOS || !strings.HasPrefix(it.Thumb, "data:image/jpeg;base64,") {
+				t.Errorf("report item %d %+v disagrees with results.jsonl %+v", i, it, r)
 			}
 		}
 	})

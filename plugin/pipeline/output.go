@@ -71,6 +71,7 @@ type Result struct {
 	Server   string                 `json:"server"`
 	PromptID string                 `json:"prompt_id"`
 	Node     string                 `json:"node,omitempty"`
+	Prompt   string                 `json:"prompt,omitempty"`
 	Index    int                    `json:"index"`
 	Source   comfyui.ImageRef       `json:"source"`
 	Seed     uint64                 `json:"seed"`

@@ -600,7 +600,7 @@ func (r *runner) seedMap(seeds []uint64) map[string]uint64 {
 
 func (r *runner) resultFor(a *attempt, img *Image, s *Scores, err error) Result {
 	res := Result{Time: time.Now().UTC(), Job: a.job, Attempt: a.try, Server: a.server, PromptID: a.promptID,
-		Seed: a.seeds[0], Seeds: r.seedMap(a.seeds)}
+		Prompt: r.prompt, Seed: a.seeds[0], Seeds: r.seedMap(a.seeds)}
 	if img != nil {
 		res.Node, res.Index, res.Source = img.Node, img.Index, img.Ref
 	}

@@ -26,6 +26,10 @@ type ScoreJSON struct {
 	Prompt       string      `json:"prompt"`
 	Aspects      []string    `json:"aspects,omitempty"`
 	MaxNewTokens int         `json:"max_new_tokens,omitempty"`
+	// Attempt and Seed say how the images were made (the generation
+	// attempt, 1 for the first, and the sampler seed), for the review page.
+	Attempt int     `json:"attempt,omitempty"`
+	Seed    *uint64 `json:"seed,omitempty"`
 }
 
 // ImageJSON is one image of a JSON score request: base64 data or an
@@ -77,6 +81,24 @@ type ScoreEvent struct {
 	RequestID string       `json:"request_id"`
 	Prompt    string       `json:"prompt"`
 	Results   []ResultJSON `json:"results"`
+	// Time is when the request was answered.
+	Time time.Time `json:"time,omitzero"`
+	// Prompts are the images' own prompts by index, when any image had one.
+	Prompts []string `json:"prompts,omitempty"`
+	// Attempt and Seed are what the request said about how its images were
+	// made; Seed in decimal, as a 64-bit seed does not fit a JavaScript
+	// number.
+	Attempt int    `json:"attempt,omitempty"`
+	Seed    string `json:"seed,omitempty"`
+	// Thumbs are the thumbnail URLs (GET /v1/thumbs/{id}) by result, ""
+	// for an image that has none.
+	Thumbs []string `json:"thumbs,omitempty"`
+}
+
+// provenance is what a score request says about how its images were made.
+type provenance struct {
+	Attempt int
+	Seed    *uint64
 }
 
 // badRequest marks an error in the request itself (400).
@@ -113,7 +135,7 @@ func (s *Server) score(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("X-Request-Id", id)
 
 	r.Body = http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes)
-	req, err := s.parseScore(r)
+	req, prov, err := s.parseScore(r)
 	s.metrics.stages.WithLabelValues("parse").Observe(time.Since(start).Seconds())
 	if err != nil {
 		var tooBig *http.MaxBytesError
@@ -153,7 +175,9 @@ func (s *Server) score(w http.ResponseWriter, r *http.Request) {
 	s.observeLatency(total)
 	s.metrics.stages.WithLabelValues("total").Observe(total.Seconds())
 	writeJSON(w, http.StatusOK, resp)
-	s.hub.publish(Event{Type: "score", Data: ScoreEvent{RequestID: id, Prompt: req.Prompt, Results: resp.Results}})
+	// The client has its answer; thumbnails for the review page come after.
+	_ = http.NewResponseController(w).Flush()
+	s.hub.publish(Event{Type: "score", Data: s.reviewEvent(id, req, prov, resp.Results)})
 }
 
 func (s *Server) resultJSON(res schemas.ItemResult) ResultJSON {
@@ -195,28 +219,32 @@ func checkPrompts(req schemas.ScoreRequest) error {
 }
 
 // parseScore reads a multipart or JSON score request.
-func (s *Server) parseScore(r *http.Request) (schemas.ScoreRequest, error) {
+func (s *Server) parseScore(r *http.Request) (schemas.ScoreRequest, provenance, error) {
 	ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	var (
-		req schemas.ScoreRequest
-		err error
+		req  schemas.ScoreRequest
+		prov provenance
+		err  error
 	)
 	switch ct {
 	case "multipart/form-data":
-		req, err = s.parseMultipart(r)
+		req, prov, err = s.parseMultipart(r)
 	case "application/json", "":
-		req, err = s.parseJSON(r.Body)
+		req, prov, err = s.parseJSON(r.Body)
 	default:
-		return req, badf("unsupported content type %q: use multipart/form-data or application/json", ct)
+		return req, prov, badf("unsupported content type %q: use multipart/form-data or application/json", ct)
 	}
 	if err != nil {
-		return req, err
+		return req, prov, err
+	}
+	if prov.Attempt < 0 {
+		return req, prov, badf("attempt %d: want 1 or more (0: unknown)", prov.Attempt)
 	}
 	if len(req.Items) == 0 {
-		return req, badf("no images")
+		return req, prov, badf("no images")
 	}
 	if len(req.Items) > s.cfg.MaxImages {
-		return req, badf("%d images: at most %d per request", len(req.Items), s.cfg.MaxImages)
+		return req, prov, badf("%d images: at most %d per request", len(req.Items), s.cfg.MaxImages)
 	}
 	d := s.cfg.Defaults
 	if len(req.Options.Aspects) == 0 {
@@ -228,7 +256,7 @@ func (s *Server) parseScore(r *http.Request) (schemas.ScoreRequest, error) {
 	if len(d.Prompts) > 0 {
 		for _, a := range req.Options.Aspects {
 			if _, ok := d.Prompts[a]; !ok {
-				return req, badf("unknown aspect %q (have %s)", a, strings.Join(slices.Sorted(maps.Keys(d.Prompts)), ", "))
+				return req, prov, badf("unknown aspect %q (have %s)", a, strings.Join(slices.Sorted(maps.Keys(d.Prompts)), ", "))
 			}
 		}
 	}
@@ -238,53 +266,57 @@ func (s *Server) parseScore(r *http.Request) (schemas.ScoreRequest, error) {
 	req.Options.Prompts = d.Prompts
 	req.Options.SkipDescription = d.SkipDescription
 	req.Options.Extra = d.Extra
-	return req, nil
+	return req, prov, nil
 }
 
-func (s *Server) parseJSON(body io.Reader) (schemas.ScoreRequest, error) {
+func (s *Server) parseJSON(body io.Reader) (schemas.ScoreRequest, provenance, error) {
 	var in ScoreJSON
 	dec := json.NewDecoder(body)
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&in); err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
-			return schemas.ScoreRequest{}, err
+			return schemas.ScoreRequest{}, provenance{}, err
 		}
-		return schemas.ScoreRequest{}, badf("decode JSON body: %v", err)
+		return schemas.ScoreRequest{}, provenance{}, badf("decode JSON body: %v", err)
 	}
 	if len(in.Images) > s.cfg.MaxImages {
-		return schemas.ScoreRequest{}, badf("%d images: at most %d per request", len(in.Images), s.cfg.MaxImages)
+		return schemas.ScoreRequest{}, provenance{}, badf("%d images: at most %d per request", len(in.Images), s.cfg.MaxImages)
 	}
 	req := schemas.ScoreRequest{Prompt: in.Prompt, Options: schemas.ScoreOptions{Aspects: in.Aspects, MaxNewTokens: in.MaxNewTokens}}
+	prov := provenance{Attempt: in.Attempt, Seed: in.Seed}
 	for i, im := range in.Images {
 		it := schemas.ScoreItem{Prompt: im.Prompt}
 		switch {
 		case im.Data != "" && im.Path != "":
-			return req, badf("image %d: give data or path, not both", i)
+			return req, prov, badf("image %d: give data or path, not both", i)
 		case im.Data != "":
 			b, err := base64.StdEncoding.DecodeString(im.Data)
 			if err != nil {
-				return req, badf("image %d: data is not base64: %v", i, err)
+				return req, prov, badf("image %d: data is not base64: %v", i, err)
 			}
 			it.Data = b
 		case im.Path != "":
 			if !filepath.IsAbs(im.Path) {
-				return req, badf("image %d: path %q is not absolute", i, im.Path)
+				return req, prov, badf("image %d: path %q is not absolute", i, im.Path)
 			}
 			it.Path = im.Path
 		default:
-			return req, badf("image %d: no data or path", i)
+			return req, prov, badf("image %d: no data or path", i)
 		}
 		req.Items = append(req.Items, it)
 	}
-	return req, nil
+	return req, prov, nil
 }
 
-func (s *Server) parseMultipart(r *http.Request) (schemas.ScoreRequest, error) {
-	var req schemas.ScoreRequest
+func (s *Server) parseMultipart(r *http.Request) (schemas.ScoreRequest, provenance, error) {
+	var (
+		req  schemas.ScoreRequest
+		prov provenance
+	)
 	mr, err := r.MultipartReader()
 	if err != nil {
-		return req, badf("multipart body: %v", err)
+		return req, prov, badf("multipart body: %v", err)
 	}
 	for {
 		part, err := mr.NextPart()
@@ -294,26 +326,26 @@ func (s *Server) parseMultipart(r *http.Request) (schemas.ScoreRequest, error) {
 		if err != nil {
 			var tooBig *http.MaxBytesError
 			if errors.As(err, &tooBig) {
-				return req, err
+				return req, prov, err
 			}
-			return req, badf("multipart body: %v", err)
+			return req, prov, badf("multipart body: %v", err)
 		}
 		b, err := io.ReadAll(part)
 		part.Close()
 		if err != nil {
 			var tooBig *http.MaxBytesError
 			if errors.As(err, &tooBig) {
-				return req, err
+				return req, prov, err
 			}
-			return req, badf("multipart field %s: %v", part.FormName(), err)
+			return req, prov, badf("multipart field %s: %v", part.FormName(), err)
 		}
 		switch name := part.FormName(); name {
 		case "image":
 			if len(req.Items) == s.cfg.MaxImages {
-				return req, badf("more than %d images: at most %d per request", s.cfg.MaxImages, s.cfg.MaxImages)
+				return req, prov, badf("more than %d images: at most %d per request", s.cfg.MaxImages, s.cfg.MaxImages)
 			}
 			if len(b) == 0 {
-				return req, badf("image %d (%s) is empty", len(req.Items), part.FileName())
+				return req, prov, badf("image %d (%s) is empty", len(req.Items), part.FileName())
 			}
 			req.Items = append(req.Items, schemas.ScoreItem{Data: b})
 		case "prompt":
@@ -327,12 +359,24 @@ func (s *Server) parseMultipart(r *http.Request) (schemas.ScoreRequest, error) {
 		case "max_new_tokens":
 			n, err := strconv.Atoi(strings.TrimSpace(string(b)))
 			if err != nil {
-				return req, badf("max_new_tokens %q is not an integer", b)
+				return req, prov, badf("max_new_tokens %q is not an integer", b)
 			}
 			req.Options.MaxNewTokens = n
+		case "attempt":
+			n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+			if err != nil {
+				return req, prov, badf("attempt %q is not an integer", b)
+			}
+			prov.Attempt = n
+		case "seed":
+			n, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+			if err != nil {
+				return req, prov, badf("seed %q is not an integer in 0..2^64-1", b)
+			}
+			prov.Seed = &n
 		default:
-			return req, badf("unknown multipart field %q (want image, prompt, aspects, max_new_tokens)", name)
+			return req, prov, badf("unknown multipart field %q (want image, prompt, aspects, max_new_tokens, attempt, seed)", name)
 		}
 	}
-	return req, nil
+	return req, prov, nil
 }

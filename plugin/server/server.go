@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/m3gate/m3gate/nodes"
+	"github.com/m3gate/m3gate/plugin/review"
 	"github.com/m3gate/m3gate/plugin/supervisor"
 	"github.com/m3gate/m3gate/schemas"
 )
@@ -68,6 +69,12 @@ type Config struct {
 	Defaults schemas.ScoreOptions
 	// Registry receives the metrics; nil creates a private one.
 	Registry *prometheus.Registry
+	// Gate is the configured gate the review page starts its what-if
+	// sliders from (scoring.thresholds, scoring.gate).
+	Gate review.Gate
+	// RecentImages is how many recently scored images (scores and a
+	// thumbnail each) the daemon keeps for the review page. Default 256.
+	RecentImages int
 	// SeedFunc picks rerolled seeds; nil is nodes.DeriveSeed.
 	SeedFunc nodes.SeedFunc
 	// Logger; nil discards.
@@ -82,6 +89,7 @@ type Server struct {
 	hub     *hub
 	metrics *metrics
 	mux     *http.ServeMux
+	feed    *feed        // recent score events for the review page
 	latency atomic.Int64 // moving average of score latency, ns
 	nextID  atomic.Uint64
 }
@@ -109,7 +117,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, slots: make(chan struct{}, cfg.QueueSize), hub: newHub()}
+	s := &Server{cfg: cfg, log: cfg.Logger, slots: make(chan struct{}, cfg.QueueSize), hub: newHub(), feed: newFeed(cfg.RecentImages)}
 	m, err := newMetrics(cfg.Registry, s)
 	if err != nil {
 		return nil, err
@@ -122,6 +130,7 @@ func New(cfg Config) (*Server, error) {
 	s.handle("GET /readyz", "readyz", s.readyz)
 	s.handle("GET /v1/events", "events", s.events)
 	s.handle("GET /v1/status", "status", s.status)
+	s.registerPage()
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{}))
 	return s, nil
 }

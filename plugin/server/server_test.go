@@ -665,6 +665,7 @@ func TestPackContract(t *testing.T) {
 	_, ts := newTestServer(t, &fakeScorer{}, nil)
 	resp, raw := postJSON(t, ts.URL+nodes.PathScore, nodes.ScoreRequest{
 		Images: []nodes.ScoreImage{{Data: []byte("img-12")}, {Data: []byte("img-40")}}, Prompt: "p", Aspects: []string{"quality"},
+		Attempt: 2, Seed: new(uint64),
 	})
 	if resp.StatusCode != 200 {
 		t.Fatalf("%d %s", resp.StatusCode, raw)

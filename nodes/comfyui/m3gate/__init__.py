@@ -126,8 +126,10 @@ def image_to_png(image):
     return buf.getvalue()
 
 
-def score_images(images, prompt, aspects, node="M3 Score"):
-    """Ask the daemon to score every image; returns one result dict per image."""
+def score_images(images, prompt, aspects, node="M3 Score", api_prompt=None):
+    """Ask the daemon to score every image; returns one result dict per image.
+    With the graph (api_prompt), the request also says the attempt and the
+    sampler seed, which the daemon's review page shows."""
     _check_images(images, node)
     if "correspondence" in aspects and not prompt:
         raise ValueError("%s: correspondence is judged against the text prompt; link a STRING to prompt "
@@ -137,6 +139,11 @@ def score_images(images, prompt, aspects, node="M3 Score"):
         "prompt": prompt or "",
         "aspects": list(aspects),
     }
+    if isinstance(api_prompt, dict):
+        body["attempt"] = attempt_from_prompt(api_prompt)
+        seed = seed_from_graph(api_prompt)
+        if seed is not None:
+            body["seed"] = seed
     answer = call_daemon("/v1/score", body)
     results = answer.get("results") if isinstance(answer, dict) else None
     if not isinstance(results, list) or len(results) != images.shape[0]:
@@ -192,6 +199,24 @@ def attempt_from_prompt(api_prompt):
                 if isinstance(v, int) and not isinstance(v, bool) and v > best:
                     best = v
     return best
+
+
+def seed_from_graph(api_prompt):
+    """The literal seed (or noise_seed) of the graph's first sampler by node
+    id; None when no node has one."""
+    if not isinstance(api_prompt, dict):
+        return None
+
+    def key(i):
+        return (0, int(i), "") if str(i).isdigit() else (1, 0, str(i))
+
+    for nid in sorted(api_prompt, key=key):
+        node = api_prompt[nid]
+        if isinstance(node, dict) and isinstance(node.get("inputs"), dict):
+            seed = _literal_seed(node["inputs"], SEED_INPUTS)
+            if seed is not None and seed < 2 ** 64:
+                return seed
+    return None
 
 
 def prompt_from_graph(api_prompt):
@@ -353,7 +378,7 @@ class M3Score(_Node):
             raise ValueError("M3 Score: correspondence is judged against the text prompt, but none was linked "
                              "and no sampler's positive input leads to a text; link a STRING to prompt "
                              "or turn correspondence off")
-        results = score_images(images, prompt, aspects)
+        results = score_images(images, prompt, aspects, api_prompt=api_prompt)
         attempt = attempt_from_prompt(api_prompt)
         means = {}
         for a in ASPECTS:
@@ -585,7 +610,7 @@ class M3SaveImage(_Node):
             results = parse_scores(scores, batch, "M3 Save Image")
         else:
             aspects = ["quality"] + (["correspondence"] if prompt else [])
-            results = score_images(images, prompt, aspects, node="M3 Save Image")
+            results = score_images(images, prompt, aspects, node="M3 Save Image", api_prompt=api_prompt)
         # The attempt and the seeds are read from the prompt that runs now:
         # this node runs whenever its images change, which a reroll's new
         # seeds always do.

@@ -1,0 +1,229 @@
+package server
+
+import (
+	"bytes"
+	"fmt"
+	"mime"
+	"net/http"
+	"path"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/m3gate/m3gate/plugin/review"
+	"github.com/m3gate/m3gate/schemas"
+)
+
+// The review page: GET / (the page), GET /ui/{file} (its script and
+// style), GET /v1/recent (the gate and the latest score events) and GET
+// /v1/thumbs/{id} (thumbnails of recently scored images). The page is
+// read-only: it shows what POST /v1/score answered and never scores.
+
+// pageCSP lets the page load only its own script, style, thumbnails and
+// API; nothing else, and no framing.
+const pageCSP = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+
+// RecentImages is the default number of recently scored images the daemon
+// keeps for the review page (scores and a thumbnail each).
+const RecentImages = 256
+
+// thumbURL is where the thumbnail of image index of request id is served.
+func thumbURL(id string) string { return "/v1/thumbs/" + id }
+
+// RecentJSON is the answer of GET /v1/recent.
+type RecentJSON struct {
+	// Gate is the daemon's configured gate (scoring.thresholds, scoring.gate).
+	Gate review.Gate `json:"gate"`
+	// Events are the latest score events, oldest first.
+	Events []ScoreEvent `json:"events"`
+}
+
+// feed remembers the latest score events and their thumbnails, bounded by
+// a number of images.
+type feed struct {
+	mu     sync.Mutex
+	limit  int
+	images int
+	events []ScoreEvent
+	thumbs map[string][]byte
+	// work serialises thumbnail decoding, so that concurrent requests
+	// never decode more than one large image at once.
+	work sync.Mutex
+}
+
+func newFeed(limit int) *feed {
+	if limit <= 0 {
+		limit = RecentImages
+	}
+	return &feed{limit: limit, thumbs: map[string][]byte{}}
+}
+
+// add remembers ev and the thumbnails of its images (keyed like thumbURL),
+// forgetting the oldest events beyond the limit.
+func (f *feed) add(ev ScoreEvent, thumbs map[string][]byte) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.events = append(f.events, ev)
+	f.images += len(ev.Results)
+	for k, v := range thumbs {
+		f.thumbs[k] = v
+	}
+	for f.images > f.limit && len(f.events) > 1 {
+		old := f.events[0]
+		f.events[0] = ScoreEvent{}
+		f.events = f.events[1:]
+		f.images -= len(old.Results)
+		for _, r := range old.Results {
+			delete(f.thumbs, old.RequestID+"-"+strconv.Itoa(r.Index))
+		}
+	}
+}
+
+func (f *feed) recent() []ScoreEvent {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]ScoreEvent(nil), f.events...)
+}
+
+func (f *feed) thumb(id string) ([]byte, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	b, ok := f.thumbs[id]
+	return b, ok
+}
+
+// reviewEvent builds the score event of an answered request with
+// thumbnails of the images sent as bytes (an image given by path is not
+// read by the daemon and gets none) and remembers it for the page.
+func (s *Server) reviewEvent(id string, req schemas.ScoreRequest, prov provenance, results []ResultJSON) ScoreEvent {
+	ev := ScoreEvent{RequestID: id, Prompt: req.Prompt, Results: results, Time: time.Now().UTC(), Attempt: prov.Attempt}
+	if prov.Seed != nil {
+		ev.Seed = strconv.FormatUint(*prov.Seed, 10)
+	}
+	for _, it := range req.Items {
+		if it.Prompt != "" && it.Prompt != req.Prompt {
+			ev.Prompts = make([]string, len(req.Items))
+			for i, it := range req.Items {
+				ev.Prompts[i] = it.Prompt
+				if it.Prompt == "" {
+					ev.Prompts[i] = req.Prompt
+				}
+			}
+			break
+		}
+	}
+	thumbs := map[string][]byte{}
+	ev.Thumbs = make([]string, len(results))
+	s.feed.work.Lock()
+	for i, r := range results {
+		if r.Index < 0 || r.Index >= len(req.Items) || len(req.Items[r.Index].Data) == 0 {
+			continue
+		}
+		th, err := review.Thumbnail(req.Items[r.Index].Data, review.ThumbSide)
+		if err != nil {
+			s.log.Debug("no thumbnail", "request_id", id, "index", r.Index, "error", err)
+			continue
+		}
+		key := id + "-" + strconv.Itoa(r.Index)
+		thumbs[key] = th
+		ev.Thumbs[i] = thumbURL(key)
+	}
+	s.feed.work.Unlock()
+	s.feed.add(ev, thumbs)
+	return ev
+}
+
+// sameOrigin refuses requests that a browser made for another site (an
+// <img> or fetch from a page that is not the daemon's own): browsers send
+// Sec-Fetch-Site on every request; other clients send none.
+func sameOrigin(w http.ResponseWriter, r *http.Request) bool {
+	switch r.Header.Get("Sec-Fetch-Site") {
+	case "", "same-origin", "none":
+		return true
+	}
+	writeError(w, http.StatusForbidden, fmt.Errorf("%s is only for the daemon's own page (Sec-Fetch-Site: %s)", r.URL.Path, r.Header.Get("Sec-Fetch-Site")))
+	return false
+}
+
+// registerPage adds the review page's routes.
+func (s *Server) registerPage() {
+	s.handle("GET /{$}", "page", s.page)
+	s.handle("GET /ui/{file}", "page", s.pageAsset)
+	s.handle("GET /v1/recent", "recent", s.recentEvents)
+	s.handle("GET /v1/thumbs/{id}", "thumbs", s.thumbnail)
+}
+
+func pageHeaders(w http.ResponseWriter) {
+	h := w.Header()
+	h.Set("Content-Security-Policy", pageCSP)
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("X-Frame-Options", "DENY")
+	h.Set("Referrer-Policy", "no-referrer")
+	h.Set("Cache-Control", "no-cache")
+}
+
+func (s *Server) page(w http.ResponseWriter, r *http.Request) {
+	b, err := review.Asset("index.html")
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, err)
+		return
+	}
+	pageHeaders(w)
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	http.ServeContent(w, r, "index.html", time.Time{}, bytes.NewReader(b))
+}
+
+// pageAssets are the files under /ui/.
+var pageAssets = map[string]bool{"app.js": true, "style.css": true}
+
+func (s *Server) pageAsset(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("file")
+	if !pageAssets[name] {
+		writeError(w, http.StatusNotFound, fmt.Errorf("no page file %q", name))
+		return
+	}
+	b, err := review.Asset(name)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, err)
+		return
+	}
+	pageHeaders(w)
+	ct := mime.TypeByExtension(path.Ext(name))
+	if strings.HasSuffix(name, ".js") {
+		ct = "text/javascript; charset=utf-8"
+	}
+	w.Header().Set("Content-Type", ct)
+	http.ServeContent(w, r, name, time.Time{}, bytes.NewReader(b))
+}
+
+func (s *Server) recentEvents(w http.ResponseWriter, r *http.Request) {
+	if !sameOrigin(w, r) {
+		return
+	}
+	g := s.cfg.Gate
+	if g.Thresholds == nil {
+		g.Thresholds = map[string]float64{}
+	}
+	if g.Mode == "" {
+		g.Mode = "all"
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	writeJSON(w, http.StatusOK, RecentJSON{Gate: g, Events: s.feed.recent()})
+}
+
+func (s *Server) thumbnail(w http.ResponseWriter, r *http.Request) {
+	if !sameOrigin(w, r) {
+		return
+	}
+	id := r.PathValue("id")
+	b, ok := s.feed.thumb(id)
+	if !ok {
+		writeError(w, http.StatusNotFound, fmt.Errorf("no thumbnail %q (the daemon keeps those of the last %d images)", id, s.feed.limit))
+		return
+	}
+	w.Header().Set("Content-Type", "image/jpeg")
+	w.Header().Set("Cache-Control", "private, no-cache") // request ids restart with the daemon
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.Write(b)
+}
