@@ -261,7 +261,7 @@ func (s *Server) parseScore(r *http.Request) (schemas.ScoreRequest, provenance, 
 		}
 	}
 	if err := checkPrompts(req); err != nil {
-		return req, err
+		return req, prov, err
 	}
 	req.Options.Prompts = d.Prompts
 	req.Options.SkipDescription = d.SkipDescription
