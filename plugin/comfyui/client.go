@@ -349,16 +349,21 @@ func (c *Client) serve(ctx context.Context, conn *websocket.Conn, redials int, m
 	go func() { defer close(writerDone); c.writeLoop(conn, out, stopWriter) }()
 
 	var err error
+	readDone := false
 	select {
 	case err = <-readErr:
+		readDone = true
 	case <-ctx.Done():
 		err = ctx.Err()
 	}
 	close(stopWriter)
 	<-writerDone
 	conn.Close()
-	if ctx.Err() != nil {
-		<-readErr // the closed connection ends the reader
+	if !readDone {
+		// The closed connection ends the reader. (Waiting only when ctx
+		// ended would hang when the reader failed first and ctx ended
+		// afterwards: its error was already taken.)
+		<-readErr
 	}
 	c.mu.Lock()
 	if c.out == out {
