@@ -161,10 +161,13 @@ func Finetune(ctx context.Context, opts FinetuneOptions, stderr io.Writer) (*Fin
 	return f.run(ctx, start, stderr)
 }
 
-// close detaches the adapter and closes the metrics log.
+// close detaches the adapter, frees the model and closes the metrics log.
 func (f *finetuner) close() {
 	if f.lora != nil {
 		f.lora.set.Detach()
+	}
+	if f.m != nil {
+		f.m.Close()
 	}
 	if f.log != nil {
 		f.log.Close()
@@ -174,7 +177,7 @@ func (f *finetuner) close() {
 // newFinetuner loads the model and data, builds the examples and the
 // adapter (fresh, from --adapter or from the latest checkpoint) and returns
 // the step to start at.
-func newFinetuner(opts FinetuneOptions, stderr io.Writer) (*finetuner, int, error) {
+func newFinetuner(opts FinetuneOptions, stderr io.Writer) (_ *finetuner, _ int, err error) {
 	if err := opts.validate(); err != nil {
 		return nil, 0, err
 	}
@@ -195,6 +198,11 @@ func newFinetuner(opts FinetuneOptions, stderr io.Writer) (*finetuner, int, erro
 	if err != nil {
 		return nil, 0, fmt.Errorf("finetune: %w", err)
 	}
+	defer func() {
+		if err != nil { // a failed start frees the model now
+			m.Close()
+		}
+	}()
 	if m.Tokenizer == nil {
 		return nil, 0, fmt.Errorf("finetune: model %s has no tokenizer.json", opts.Model)
 	}
