@@ -12,6 +12,7 @@ import (
 
 	"github.com/m3gate/m3gate/sidecar/mllm"
 	"github.com/m3gate/m3gate/sidecar/tensorio"
+	"github.com/m3gate/m3gate/sidecar/torch"
 	"github.com/sugarme/gotch"
 	ts "github.com/sugarme/gotch/ts"
 )
@@ -569,12 +570,12 @@ func TestGradModeRestored(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = s.Activate("g")
-	setGrad(true)
+	torch.SetGradEnabled(true)
 	if err := s.Merge(); err != nil {
 		t.Fatal(err)
 	}
 	s.Unmerge()
-	if !setGrad(true) {
+	if !torch.SetGradEnabled(true) {
 		t.Error("grad mode left disabled after Merge/Unmerge")
 	}
 }

@@ -1,8 +1,8 @@
 package lora
 
 import (
+	"errors"
 	"fmt"
-	"runtime"
 	"slices"
 	"sort"
 	"sync"
@@ -82,13 +82,12 @@ func (h *hook) Forward(x *ts.Tensor) *ts.Tensor {
 	d := ts.MustLinear(ax, B, ts.None)
 	scale := ts.FloatScalar(l.Scale)
 	out := d.MustMulScalar(scale, false)
-	runtime.KeepAlive(x)
-	runtime.KeepAlive(in)
-	runtime.KeepAlive(A)
-	runtime.KeepAlive(B)
-	runtime.KeepAlive(ax)
-	runtime.KeepAlive(d)
-	runtime.KeepAlive(scale)
+	torch.KeepScalars(scale)
+	if in != x {
+		torch.Drop(in)
+	}
+	torch.Drop(ax, d)
+	torch.Keep(x, A, B)
 	return out
 }
 
@@ -173,22 +172,26 @@ func (s *Set) Remove(name string) error {
 		return fmt.Errorf("remove adapter %s: not loaded", name)
 	}
 	if s.merged == name {
-		s.unmergeLocked()
+		if err := s.unmergeLocked(); err != nil {
+			return fmt.Errorf("remove adapter %s: %w", name, err)
+		}
 	}
 	delete(s.adapters, name)
 	if s.active == name {
-		s.restoreLocked()
 		s.active = ""
+		if err := s.restoreLocked(); err != nil {
+			return fmt.Errorf("remove adapter %s: %w", name, err)
+		}
 	}
 	return nil
 }
 
-// Detach unmerges, removes every hook and forgets all adapters.
-func (s *Set) Detach() {
+// Detach unmerges, removes every hook and forgets all adapters. An error
+// says the base weights could not be restored.
+func (s *Set) Detach() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.unmergeLocked()
-	s.restoreLocked()
+	err := errors.Join(s.unmergeLocked(), s.restoreLocked())
 	for m, h := range s.hooked {
 		if lin := s.linears[m]; lin != nil && lin.Delta == h {
 			lin.Delta = nil
@@ -197,6 +200,10 @@ func (s *Set) Detach() {
 	s.hooked = map[string]*hook{}
 	s.adapters = map[string]*Adapter{}
 	s.active = ""
+	if err != nil {
+		return fmt.Errorf("detach adapters: %w", err)
+	}
+	return nil
 }
 
 // Names returns the attached adapters' names, sorted.
@@ -230,12 +237,19 @@ func (s *Set) Activate(name string) error {
 		}
 	}
 	if s.merged != "" && s.merged != name {
-		s.unmergeLocked()
+		if err := s.unmergeLocked(); err != nil {
+			return fmt.Errorf("activate adapter %s: %w", name, err)
+		}
 	}
 	if name != s.active {
-		s.restoreLocked()
+		s.active = ""
+		if err := s.restoreLocked(); err != nil {
+			return fmt.Errorf("activate adapter %s: %w", name, err)
+		}
 		if a := s.adapters[name]; a != nil && s.opts.Params != nil && len(a.Saved) > 0 {
-			s.swapInLocked(a)
+			if err := s.swapInLocked(a); err != nil {
+				return fmt.Errorf("activate adapter %s: %w", name, err)
+			}
 		}
 	}
 	s.active = name
@@ -244,37 +258,36 @@ func (s *Set) Activate(name string) error {
 
 // swapInLocked copies a's saved modules into the base parameters, keeping
 // the originals.
-func (s *Set) swapInLocked(a *Adapter) {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	prev := setGrad(false)
-	defer setGrad(prev)
+func (s *Set) swapInLocked(a *Adapter) error {
 	s.swapped = map[string]*ts.Tensor{}
-	for k, v := range a.Saved {
-		p := s.opts.Params[k]
-		orig := p.MustDetach(false).MustZerosLike(true)
-		orig.Copy_(p)
-		s.swapped[k] = orig
-		src := v.MustTo(p.MustDevice(), false).MustTotype(p.DType(), true)
-		p.Copy_(src)
-		runtime.KeepAlive(src)
-	}
+	return torch.Run("swap in adapter "+a.Name, false, func() error {
+		for k, v := range a.Saved {
+			p := s.opts.Params[k]
+			orig := p.MustDetach(false).MustZerosLike(true)
+			orig.Copy_(p)
+			s.swapped[k] = orig
+			src := v.MustTo(p.MustDevice(), false).MustTotype(p.DType(), true)
+			p.Copy_(src)
+			torch.Drop(src)
+		}
+		return nil
+	})
 }
 
 // restoreLocked puts back the parameters replaced by swapInLocked.
-func (s *Set) restoreLocked() {
+func (s *Set) restoreLocked() error {
 	if len(s.swapped) == 0 {
-		return
+		return nil
 	}
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	prev := setGrad(false)
-	defer setGrad(prev)
-	for k, orig := range s.swapped {
-		s.opts.Params[k].Copy_(orig)
-		runtime.KeepAlive(orig)
-	}
+	err := torch.Run("restore parameters", false, func() error {
+		for k, orig := range s.swapped {
+			s.opts.Params[k].Copy_(orig)
+			torch.Drop(orig)
+		}
+		return nil
+	})
 	s.swapped = nil
+	return err
 }
 
 // Active returns the active adapter's name ("" for the base model).
@@ -310,17 +323,21 @@ func (s *Set) Merge() error {
 	if s.merged == s.active {
 		return nil
 	}
-	s.unmergeLocked()
-	s.apply(s.adapters[s.active], 1)
+	if err := s.unmergeLocked(); err != nil {
+		return fmt.Errorf("merge: %w", err)
+	}
+	if err := s.apply(s.adapters[s.active], 1); err != nil {
+		return fmt.Errorf("merge: %w", err)
+	}
 	s.merged = s.active
 	return nil
 }
 
 // Unmerge restores the base weights if an adapter is merged.
-func (s *Set) Unmerge() {
+func (s *Set) Unmerge() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.unmergeLocked()
+	return s.unmergeLocked()
 }
 
 // Merged returns the merged adapter's name, "" when none.
@@ -330,46 +347,43 @@ func (s *Set) Merged() string {
 	return s.merged
 }
 
-func (s *Set) unmergeLocked() {
+func (s *Set) unmergeLocked() error {
 	if s.merged == "" {
-		return
+		return nil
 	}
+	var err error
 	if a := s.adapters[s.merged]; a != nil {
-		s.apply(a, -1)
+		err = s.apply(a, -1)
 	}
 	s.merged = ""
+	return err
 }
 
 // apply adds sign·Scale·B·A to every adapted weight in place, without
 // autograd, computing the product in float32.
-func (s *Set) apply(a *Adapter, sign float64) {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	prev := setGrad(false)
-	defer setGrad(prev)
-	for _, m := range a.Modules() {
-		l := a.Layers[m]
-		w := s.linears[m].W
-		b := l.B.MustDetach(false).MustTotype(gotch.Float, true)
-		af := l.A.MustDetach(false).MustTotype(gotch.Float, true)
-		scale := ts.FloatScalar(sign * l.Scale)
-		delta := b.MustMatmul(af, false).MustMulScalar(scale, true)
-		if w.DType() == gotch.Float {
-			w.MustAdd_(delta)
-		} else {
-			wf := w.MustTotype(gotch.Float, false)
-			sum := wf.MustAdd(delta, false)
-			nw := sum.MustTotype(w.DType(), false)
-			w.Copy_(nw)
-			runtime.KeepAlive(wf)
-			runtime.KeepAlive(sum)
-			runtime.KeepAlive(nw)
+func (s *Set) apply(a *Adapter, sign float64) error {
+	return torch.Run("merge adapter "+a.Name, false, func() error {
+		for _, m := range a.Modules() {
+			l := a.Layers[m]
+			w := s.linears[m].W
+			b := l.B.MustDetach(false).MustTotype(gotch.Float, true)
+			af := l.A.MustDetach(false).MustTotype(gotch.Float, true)
+			scale := ts.FloatScalar(sign * l.Scale)
+			delta := b.MustMatmul(af, false).MustMulScalar(scale, true)
+			torch.KeepScalars(scale)
+			if w.DType() == gotch.Float {
+				w.MustAdd_(delta)
+			} else {
+				wf := w.MustTotype(gotch.Float, false)
+				sum := wf.MustAdd(delta, false)
+				nw := sum.MustTotype(w.DType(), false)
+				w.Copy_(nw)
+				torch.Drop(wf, sum, nw)
+			}
+			torch.Drop(b, af, delta)
 		}
-		runtime.KeepAlive(b)
-		runtime.KeepAlive(af)
-		runtime.KeepAlive(scale)
-		runtime.KeepAlive(delta)
-	}
+		return nil
+	})
 }
 
 func (s *Set) namesLocked() []string {
@@ -380,6 +394,3 @@ func (s *Set) namesLocked() []string {
 	sort.Strings(out)
 	return out
 }
-
-// setGrad sets the calling thread's grad mode and returns the previous one.
-func setGrad(on bool) bool { return torch.SetGradEnabled(on) }

@@ -37,11 +37,14 @@ func engineFixture(t *testing.T) (modelDir, adapterDir, predPath string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	torch.WithGrad(false, func() {
+	if err := torch.Run("init adapter", false, func() error {
 		for _, l := range a.Layers {
 			l.B.MustUniform_(-0.5, 0.5)
 		}
-	})
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
 	adapterDir = filepath.Join(root, "adapter")
 	if err := a.Save(adapterDir); err != nil {
 		t.Fatal(err)

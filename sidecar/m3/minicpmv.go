@@ -17,7 +17,6 @@ import (
 	"github.com/m3gate/m3gate/schemas"
 	"github.com/m3gate/m3gate/sidecar/imageproc"
 	"github.com/m3gate/m3gate/sidecar/lora"
-	"github.com/m3gate/m3gate/sidecar/mllm"
 	"github.com/m3gate/m3gate/sidecar/mllm/minicpmv"
 	"github.com/m3gate/m3gate/sidecar/service"
 	"github.com/m3gate/m3gate/sidecar/torch"
@@ -351,6 +350,7 @@ func (e *miniCPMEngine) scoreAspect(ctx context.Context, img image.Image, genPro
 		}
 		toks, err := m.Describe(ctx, cache, out.Last, minicpmv.DecodeOptions{MaxTokens: maxNew, NumBeams: e.opts.numBeams, RepetitionPenalty: e.opts.penalty})
 		out.Drop()
+		cache.Free()
 		if err != nil {
 			return res, err
 		}
@@ -375,17 +375,22 @@ func (e *miniCPMEngine) scoreAspect(ctx context.Context, img image.Image, genPro
 	defer out.Drop()
 	// the rating word: the answer's first token after the assistant header
 	var pv []float64
-	err = mllm.WithGradMode(false, func() error {
+	err = torch.Run("rating words", false, func() error {
 		logits, next := m.Text.Step(cache, e.header[:1])
 		for _, t := range e.header[1:] {
 			logits.MustDrop()
+			prev := next
 			logits, next = m.Text.Step(next, []int64{t})
+			prev.Free()
 		}
+		next.Free()
 		probs := logits.MustSoftmax(-1, gotch.Float, true)
 		ids := torch.ToDevice(ts.MustOfSlice(e.wordIDs[:]), torch.TensorDevice(probs), true)
-		pv = torch.ToCPU(probs.MustIndexSelect(1, ids, true), true).Float64Values()
+		pv = torch.Float64s(probs.MustIndexSelect(1, ids, true), true)
+		torch.Drop(ids)
 		return nil
 	})
+	cache.Free()
 	if err != nil {
 		return res, err
 	}
@@ -415,16 +420,19 @@ func (e *miniCPMEngine) scoreAspect(ctx context.Context, img image.Image, genPro
 			maxLen = cl
 		}
 		var mos float64
-		err := mllm.WithGradMode(false, func() error {
+		err := torch.Run("predict", false, func() error {
 			h := out.Hidden
 			if n := h.MustSize()[0]; n > int64(maxLen) {
 				h = h.MustNarrow(0, 0, int64(maxLen), false)
+				defer torch.Drop(h)
 			}
-			y, err := pr.ForwardHidden(h.MustUnsqueeze(0, false), m.Text.Head.W, nil)
+			h1 := h.MustUnsqueeze(0, false)
+			defer torch.Drop(h1)
+			y, err := pr.ForwardHidden(h1, m.Text.Head.W, nil)
 			if err != nil {
 				return err
 			}
-			mos = torch.ToCPU(y, false).Float64Values()[0]
+			mos = torch.Float64s(y, true)[0]
 			return nil
 		})
 		if err != nil {

@@ -157,6 +157,11 @@ func (s *Scorer) Score(ctx context.Context, items []Item, aspects []Aspect, opts
 	if err != nil {
 		return nil, fmt.Errorf("score: %w", err)
 	}
+	defer func() {
+		for _, f := range feats {
+			torch.Drop(f.Tokens)
+		}
+	}()
 	encode := time.Since(t0) / time.Duration(len(items))
 	out := make([][]Result, len(items))
 	for i := range out {
@@ -240,136 +245,203 @@ func (s *Scorer) scoreGroup(ctx context.Context, items []Item, feats []*mllm.Ima
 			return nil, err
 		}
 	}
-	m := len(group)
-	n := len(items) * m
-	item := func(k int) int { return k / m }
-	aspect := func(k int) Aspect { return group[k%m] }
-	// Round 1: the image and the question; the assistant describes.
+	g := &groupRun{s: s, items: items, feats: feats, group: group, opts: opts, n: len(items) * len(group)}
+	defer g.free()
+	if err := g.describe(ctx); err != nil {
+		return nil, err
+	}
+	if err := g.continueWithRating(ctx); err != nil {
+		return nil, err
+	}
+	if err := g.rate(); err != nil {
+		return nil, err
+	}
+	return g.results()
+}
+
+// groupRun is one scoreGroup call's batch and what its steps produce.
+// Sequence k is item k/m, aspect k%m for m aspects.
+type groupRun struct {
+	s     *Scorer
+	items []Item
+	feats []*mllm.ImageFeatures
+	group []Aspect
+	opts  Options
+	n     int // sequences: items × aspects
+
+	prefix []mllm.Sequence // round 1: image and question
+	round1 *mllm.Output    // its last logits and hidden states
+	cache  *mllm.KVCache   // holding the round-1 prefix
+	desc   []string        // the assistant's round-1 answers
+	last   *ts.Tensor      // round 2's last logits [n, V]
+	hidden []*ts.Tensor    // per sequence, the whole conversation's hidden states [1, S, H]
+	probs  []float64       // [n, 5] rating-word probabilities
+
+	describeTime, rateTime time.Duration // per sequence
+
+	owned  []*ts.Tensor    // freed by free
+	caches []*mllm.KVCache // freed by free
+}
+
+func (g *groupRun) item(k int) int      { return k / len(g.group) }
+func (g *groupRun) aspect(k int) Aspect { return g.group[k%len(g.group)] }
+
+// free releases every tensor the run made, now: KV caches, hidden states
+// and logits would otherwise wait for the collector.
+func (g *groupRun) free() {
+	for _, c := range g.caches {
+		c.Free()
+	}
+	torch.Drop(g.owned...)
+	torch.Drop(g.hidden...)
+}
+
+// keep records tensors and caches for free.
+func (g *groupRun) keep(c *mllm.KVCache, ts ...*ts.Tensor) {
+	if c != nil {
+		g.caches = append(g.caches, c)
+	}
+	g.owned = append(g.owned, ts...)
+}
+
+// describe runs round 1: the image and the question, then (unless
+// SkipDescription) the assistant's description, generated.
+func (g *groupRun) describe(ctx context.Context) error {
 	t0 := time.Now()
-	prefix := make([]mllm.Sequence, n)
-	for k := range prefix {
-		i := item(k)
-		seq, err := s.model.EncodeChat(RoundOne(aspect(k).Prompts, items[i].Prompt), true, feats[i:i+1])
+	m := g.s.model
+	g.prefix = make([]mllm.Sequence, g.n)
+	for k := range g.prefix {
+		i := g.item(k)
+		seq, err := m.EncodeChat(RoundOne(g.aspect(k).Prompts, g.items[i].Prompt), true, g.feats[i:i+1])
 		if err != nil {
-			return nil, err
+			return err
 		}
-		prefix[k] = seq
+		g.prefix[k] = seq
 	}
-	pout, cache, err := s.model.Prefill(prefix, mllm.ForwardOptions{Logits: mllm.LogitsLast, Hidden: true})
+	out, cache, err := m.Prefill(g.prefix, mllm.ForwardOptions{Logits: mllm.LogitsLast, Hidden: true})
 	if err != nil {
-		return nil, err
+		return err
 	}
-	desc := make([]string, n)
+	g.round1, g.cache = out, cache
+	g.keep(cache, out.Logits, out.Hidden)
+	g.desc = make([]string, g.n)
 	if err := ctx.Err(); err != nil {
-		return nil, err
+		return err
 	}
-	if !opts.SkipDescription {
-		gen, err := s.model.Generate(ctx, cache, pout.Logits, mllm.GenerateOptions{MaxTokens: opts.MaxNewTokens, StopTokens: s.stops})
+	if !g.opts.SkipDescription {
+		gen, err := m.Generate(ctx, cache, out.Logits, mllm.GenerateOptions{MaxTokens: g.opts.MaxNewTokens, StopTokens: g.s.stops})
 		if err != nil {
-			return nil, err
+			return err
 		}
-		for i, toks := range gen.Tokens {
-			if gen.Stopped[i] && len(toks) > 0 {
+		if gen.Cache != cache {
+			g.keep(gen.Cache)
+		}
+		for k, toks := range gen.Tokens {
+			if gen.Stopped[k] && len(toks) > 0 {
 				toks = toks[:len(toks)-1]
 			}
-			text, err := s.model.Tokenizer.Decode(toks, true)
+			text, err := m.Tokenizer.Decode(toks, true)
 			if err != nil {
-				return nil, err
+				return err
 			}
 			// A description cut at the token limit can end inside a
 			// multi-byte character; replace it as Hugging Face's decode does.
-			desc[i] = strings.TrimSpace(strings.ToValidUTF8(text, "\uFFFD"))
+			g.desc[k] = strings.TrimSpace(strings.ToValidUTF8(text, "\uFFFD"))
 		}
 	}
-	describe := time.Since(t0) / time.Duration(n)
+	g.describeTime = time.Since(t0) / time.Duration(g.n)
+	return nil
+}
 
-	// Round 2: description and rating question, extending the cached prefix.
+// continueWithRating runs round 2's prompt: the description and the rating
+// question after the round-1 prefix (extending its cache, or from scratch
+// with Uncached), keeping the last logits and each conversation's hidden
+// states.
+func (g *groupRun) continueWithRating(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
-		return nil, err
+		return err
 	}
 	t1 := time.Now()
-	full := make([]mllm.Sequence, n)
-	cont := make([]mllm.Sequence, n)
+	defer func() { g.rateTime = time.Since(t1) / time.Duration(g.n) }()
+	m := g.s.model
+	full := make([]mllm.Sequence, g.n)
+	cont := make([]mllm.Sequence, g.n)
 	for k := range full {
-		i := item(k)
-		seq, err := s.model.EncodeChat(ThreeMessages(aspect(k).Prompts, items[i].Prompt, desc[k]), true, feats[i:i+1])
+		i := g.item(k)
+		seq, err := m.EncodeChat(ThreeMessages(g.aspect(k).Prompts, g.items[i].Prompt, g.desc[k]), true, g.feats[i:i+1])
 		if err != nil {
-			return nil, err
+			return err
 		}
-		p := prefix[k].Tokens
+		p := g.prefix[k].Tokens
 		if len(seq.Tokens) <= len(p) || !slices.Equal(seq.Tokens[:len(p)], p) {
-			return nil, fmt.Errorf("item %d: the three-message prompt does not start with the round-1 prompt's tokens", i)
+			return fmt.Errorf("item %d: the three-message prompt does not start with the round-1 prompt's tokens", i)
 		}
 		full[k] = seq
 		cont[k] = mllm.Sequence{Tokens: seq.Tokens[len(p):]}
 	}
-	var hidden []*ts.Tensor // per sequence [1, S, H]
-	var last *ts.Tensor     // [B, V]
-	if opts.Uncached {
-		o, _, err := s.model.Prefill(full, mllm.ForwardOptions{Logits: mllm.LogitsLast, Hidden: true})
+	if g.opts.Uncached {
+		o, c, err := m.Prefill(full, mllm.ForwardOptions{Logits: mllm.LogitsLast, Hidden: true})
 		if err != nil {
-			return nil, err
+			return err
 		}
-		last = o.Logits
-		for k := range full {
-			hidden = append(hidden, unpad(o.Hidden, k, o.Pad[k]))
-		}
-	} else {
-		o, _, err := s.model.Extend(cache, cont, mllm.ForwardOptions{Logits: mllm.LogitsLast, Hidden: true})
-		if err != nil {
-			return nil, err
-		}
-		last = o.Logits
-		// gotch frees a tensor from its finalizer, possibly while an op
-		// still runs on it: hold the collector, as model passes do.
-		err = mllm.WithGradMode(false, func() error {
-			for k := range cont {
-				h := ts.MustCat([]*ts.Tensor{unpad(pout.Hidden, k, pout.Pad[k]), unpad(o.Hidden, k, o.Pad[k])}, 1)
-				hidden = append(hidden, h)
+		g.keep(c, o.Logits, o.Hidden)
+		g.last = o.Logits
+		return torch.Run("hidden states", false, func() error {
+			for k := range full {
+				g.hidden = append(g.hidden, unpad(o.Hidden, k, o.Pad[k]))
 			}
 			return nil
 		})
-		if err != nil {
-			return nil, err
-		}
 	}
-	var pv []float64 // [B, 5]
-	err = mllm.WithGradMode(false, func() error {
-		probs := last.MustSoftmax(-1, gotch.Float, false)
-		ids := torch.ToDevice(ts.MustOfSlice(s.wordIDs[:]), torch.TensorDevice(probs), true)
-		pv = torch.ToCPU(probs.MustIndexSelect(1, ids, true), true).Float64Values()
+	o, c, err := m.Extend(g.cache, cont, mllm.ForwardOptions{Logits: mllm.LogitsLast, Hidden: true})
+	if err != nil {
+		return err
+	}
+	g.keep(c, o.Logits, o.Hidden)
+	g.last = o.Logits
+	r1 := g.round1
+	return torch.Run("hidden states", false, func() error {
+		for k := range cont {
+			a, b := unpad(r1.Hidden, k, r1.Pad[k]), unpad(o.Hidden, k, o.Pad[k])
+			g.hidden = append(g.hidden, ts.MustCat([]*ts.Tensor{a, b}, 1))
+			torch.Drop(a, b)
+		}
 		return nil
 	})
-	if err != nil {
-		return nil, err
-	}
-	rate := time.Since(t1) / time.Duration(n)
+}
 
-	res := make([][]Result, len(items))
+// rate reads the probabilities of the five rating words from round 2's
+// last logits.
+func (g *groupRun) rate() error {
+	t := time.Now()
+	defer func() { g.rateTime += time.Since(t) / time.Duration(g.n) }()
+	return torch.Run("rating words", false, func() error {
+		probs := g.last.MustSoftmax(-1, gotch.Float, false)
+		ids := torch.ToDevice(ts.MustOfSlice(g.s.wordIDs[:]), torch.TensorDevice(probs), true)
+		words := probs.MustIndexSelect(1, ids, true)
+		torch.Drop(ids)
+		g.probs = torch.Float64s(words, true)
+		return nil
+	})
+}
+
+// results assembles each sequence's Result: the rating word and MOS from
+// the word probabilities, or the MOS of the aspect's predictor.
+func (g *groupRun) results() ([][]Result, error) {
+	m := len(g.group)
+	res := make([][]Result, len(g.items))
 	for i := range res {
 		res[i] = make([]Result, m)
 	}
-	for k := 0; k < n; k++ {
-		i, a := item(k), aspect(k)
-		wp := map[string]float64{}
-		best, sum, expect := 0, 0.0, 0.0
-		for w, word := range RatingWords {
-			p := pv[k*len(RatingWords)+w]
-			wp[word] = p
-			sum += p
-			expect += p * float64(w+1)
-			if p > pv[k*len(RatingWords)+best] {
-				best = w
-			}
-		}
-		r := Result{Aspect: a.Name, Rating: RatingWords[best], WordProbs: wp, Description: desc[k], Source: SourceWordProbs}
-		r.Timings.Describe, r.Timings.Rate = describe, rate
-		if sum > 0 {
-			r.MOS = (expect/sum - 1) * 5 / 4
-		}
+	nw := len(RatingWords)
+	for k := 0; k < g.n; k++ {
+		i, a := g.item(k), g.aspect(k)
+		r := ratingResult(a.Name, g.probs[k*nw:(k+1)*nw])
+		r.Description = g.desc[k]
+		r.Timings.Describe, r.Timings.Rate = g.describeTime, g.rateTime
 		if a.Predictor != nil {
 			t2 := time.Now()
-			mos, err := s.predict(a.Predictor, hidden[k], opts)
+			mos, err := g.s.predict(a.Predictor, g.hidden[k], g.opts)
 			if err != nil {
 				return nil, fmt.Errorf("item %d: predictor: %w", i, err)
 			}
@@ -382,6 +454,27 @@ func (s *Scorer) scoreGroup(ctx context.Context, items []Item, feats []*mllm.Ima
 		res[i][k%m] = r
 	}
 	return res, nil
+}
+
+// ratingResult is the result the rating-word probabilities p (in
+// RatingWords order) give: the most probable word and the expected
+// rating mapped onto 0–5.
+func ratingResult(aspect string, p []float64) Result {
+	wp := map[string]float64{}
+	best, sum, expect := 0, 0.0, 0.0
+	for w, word := range RatingWords {
+		wp[word] = p[w]
+		sum += p[w]
+		expect += p[w] * float64(w+1)
+		if p[w] > p[best] {
+			best = w
+		}
+	}
+	r := Result{Aspect: aspect, Rating: RatingWords[best], WordProbs: wp, Source: SourceWordProbs}
+	if sum > 0 {
+		r.MOS = (expect/sum - 1) * 5 / 4
+	}
+	return r
 }
 
 // truncate cuts hidden states [1, S, H] to at most maxLen positions (the
@@ -405,22 +498,26 @@ func (s *Scorer) predict(p *xlstm.Predictor, hidden *ts.Tensor, opts Options) (f
 	if lm == nil {
 		return 0, fmt.Errorf("the model has no lm_head")
 	}
-	// No autograd, and the collector held while the predictor's ops run
-	// (see scoreAspect).
+	if h != hidden {
+		defer torch.Drop(h)
+	}
 	var mos float64
-	err := mllm.WithGradMode(false, func() error {
+	err := torch.Run("predict", false, func() error {
 		var y *ts.Tensor
 		var err error
 		if opts.Literal {
-			logits := h.MustTotype(gotch.Float, false).MustMatmul(lm.W.MustTotype(gotch.Float, false).MustT(true), true)
+			w := lm.W.MustTotype(gotch.Float, false).MustT(true)
+			logits := h.MustTotype(gotch.Float, false).MustMatmul(w, true)
+			torch.Drop(w)
 			y, err = p.ForwardLogits(logits, nil)
+			torch.Drop(logits)
 		} else {
 			y, err = p.ForwardHidden(h, lm.W, nil)
 		}
 		if err != nil {
 			return err
 		}
-		mos = torch.ToCPU(y, false).Float64Values()[0]
+		mos = torch.Float64s(y, true)[0]
 		return nil
 	})
 	return mos, err
@@ -428,6 +525,7 @@ func (s *Scorer) predict(p *xlstm.Predictor, hidden *ts.Tensor, opts Options) (f
 
 // unpad returns item i of a left-padded [B, T, H] batch as [1, T-pad, H].
 func unpad(h *ts.Tensor, i, pad int) *ts.Tensor {
+	defer torch.Keep(h)
 	t := h.MustSize()[1]
 	return h.MustNarrow(0, int64(i), 1, false).MustNarrow(1, int64(pad), t-int64(pad), true)
 }

@@ -48,7 +48,7 @@
 // Inference runs with autograd off; ForwardOptions.Grad keeps it on for
 // LoRA training, where adapters hook into Linear.Delta (Model.Linears maps
 // Hugging Face module names to layers). libtorch's grad mode is
-// thread-local: build losses and call Backward inside WithGradMode(true, …).
+// thread-local: build losses and call Backward inside torch.Run(…, true, …).
 //
 // WriteTiny writes random-weight model directories of the real layout
 // ("tiny" for tests, "256m" with SmolVLM-256M's shapes for benchmarks);

@@ -2,9 +2,6 @@ package mllm
 
 import (
 	"fmt"
-	"runtime"
-	"runtime/debug"
-	"sync"
 
 	"github.com/sugarme/gotch/ts"
 
@@ -164,7 +161,7 @@ func (m *Model) forward(cache *KVCache, seqs []Sequence, opts ForwardOptions) (o
 	}
 	bt := m.leftPad(seqs)
 	out = &Output{Pad: bt.pad}
-	err = withGrad(opts.Grad, "forward", func() error {
+	err = torch.Run("forward", opts.Grad, func() error {
 		var h *ts.Tensor
 		h, next = m.text.Forward(m.embed(seqs, bt), bt.valid, cache)
 		if h.Dim() == 1 { // single-token mode
@@ -172,12 +169,16 @@ func (m *Model) forward(cache *KVCache, seqs []Sequence, opts ForwardOptions) (o
 		}
 		switch opts.Logits {
 		case LogitsLast:
-			out.Logits = m.text.Logits(h.MustSelect(1, int64(bt.t-1), false))
+			last := h.MustSelect(1, int64(bt.t-1), false)
+			out.Logits = m.text.Logits(last)
+			torch.Drop(last)
 		case LogitsAll:
 			out.Logits = m.text.Logits(h)
 		}
 		if opts.Hidden {
 			out.Hidden = h
+		} else {
+			torch.Drop(h)
 		}
 		return nil
 	})
@@ -185,56 +186,4 @@ func (m *Model) forward(cache *KVCache, seqs []Sequence, opts ForwardOptions) (o
 		return nil, nil, err
 	}
 	return out, next, nil
-}
-
-// WithGradMode runs fn on a locked OS thread with libtorch's autograd
-// explicitly on or off, turning gotch panics into errors. Grad mode is
-// thread-local in libtorch and a goroutine moves between OS threads, and
-// threads libtorch did not start can begin with grad off: code that builds
-// a loss and calls Backward (LoRA training) must run inside
-// WithGradMode(true, ...).
-func WithGradMode(grad bool, fn func() error) error { return withGrad(grad, "run", fn) }
-
-func withGrad(grad bool, what string, fn func() error) (err error) {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	holdGC()
-	defer releaseGC()
-	defer torch.Recover(&err, what)
-	// torch.SetGradEnabled, not ts.MustGradSetEnabled: gotch misreads the
-	// previous mode and would leave autograd off on this thread.
-	prev := torch.SetGradEnabled(grad)
-	defer torch.SetGradEnabled(prev)
-	return fn()
-}
-
-// gotch v0.9.1 frees a tensor's C memory from a Go finalizer. A *Tensor
-// whose last use is as an argument of a gotch call is unreachable while
-// the C++ op still runs on it, so a garbage collection in that window can
-// free it under the op (use after free). Model passes therefore run with
-// the collector paused (reference-counted across concurrent passes); the
-// Go heap grows by about 100 KB per tensor created until the pass ends,
-// and the big intermediates are dropped explicitly.
-var (
-	gcMu    sync.Mutex
-	gcHolds int
-	gcPrev  int
-)
-
-func holdGC() {
-	gcMu.Lock()
-	defer gcMu.Unlock()
-	if gcHolds == 0 {
-		gcPrev = debug.SetGCPercent(-1)
-	}
-	gcHolds++
-}
-
-func releaseGC() {
-	gcMu.Lock()
-	defer gcMu.Unlock()
-	gcHolds--
-	if gcHolds == 0 {
-		debug.SetGCPercent(gcPrev)
-	}
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/m3gate/m3gate/sidecar/mllm/generate"
 	"github.com/m3gate/m3gate/sidecar/mllm/llama"
+	"github.com/m3gate/m3gate/sidecar/torch"
 )
 
 // GenerateOptions configures Generate; see generate.Options.
@@ -40,12 +41,12 @@ func (m *Model) Generate(ctx context.Context, cache *KVCache, last *ts.Tensor, o
 }
 
 // textDecoder is a Llama text model as generate.Run drives it: each decode
-// step runs under withGrad (inference mode, panics as errors).
+// step is one torch.Run (inference mode, panics as errors).
 type textDecoder struct{ text *llama.Model }
 
 // DecodeStep implements generate.Decoder.
 func (d textDecoder) DecodeStep(cache *KVCache, tokens []int64) (logits *ts.Tensor, next *KVCache, err error) {
-	err = withGrad(false, "decode step", func() error {
+	err = torch.Run("decode step", false, func() error {
 		logits, next = d.text.Step(cache, tokens)
 		return nil
 	})

@@ -194,7 +194,7 @@ func LoadWeights(cfg Config, path string, opts LoadOptions) (*Model, error) {
 		}
 		*s.Dst = t
 	}
-	if err := withGrad(false, "load weights", func() error {
+	if err := torch.Run("load weights", false, func() error {
 		m.text.Bind(kind, dev)
 		return nil
 	}); err != nil {

@@ -61,9 +61,10 @@ func (m *Model) EncodeImages(ps []Pixels, grad bool) (out []*ImageFeatures, err 
 		counts = append(counts, len(p.Tiles))
 	}
 	n := len(flat) / (v.NumChannels * s * s)
-	err = withGrad(grad, "encode image", func() error {
+	err = torch.Run("encode image", grad, func() error {
 		px := torch.ToDevice(ts.MustOfSlice(flat).MustView([]int64{int64(n), int64(v.NumChannels), int64(s), int64(s)}, true), m.Device, true)
 		feats := m.encodeTiles(px) // [n, seq, D]
+		torch.Drop(px)
 		d := feats.MustSize()[2]
 		start := int64(0)
 		seq := int64(m.Config.ImageSeqLen())
@@ -72,6 +73,7 @@ func (m *Model) EncodeImages(ps []Pixels, grad bool) (out []*ImageFeatures, err 
 			out = append(out, &ImageFeatures{Tokens: t, Rows: ps[i].Rows, Cols: ps[i].Cols})
 			start += int64(c)
 		}
+		torch.Drop(feats)
 		return nil
 	})
 	return out, err
@@ -113,12 +115,17 @@ func (m *Model) encodeTiles(px *ts.Tensor) *ts.Tensor {
 	var parts []*ts.Tensor
 	for start := int64(0); start < n; start += visionChunk {
 		c := min(visionChunk, n-start)
-		parts = append(parts, m.connector.Forward(m.vision.Forward(px.MustNarrow(0, start, c, false))))
+		chunk := px.MustNarrow(0, start, c, false)
+		v := m.vision.Forward(chunk)
+		parts = append(parts, m.connector.Forward(v))
+		torch.Drop(chunk, v)
 	}
 	if len(parts) == 1 {
 		return parts[0]
 	}
-	return ts.MustCat(parts, 0)
+	out := ts.MustCat(parts, 0)
+	torch.Drop(parts...)
+	return out
 }
 
 // Connector is Idefics3's modality projection: pixel shuffle (Scale×Scale
@@ -135,7 +142,10 @@ func newConnector(p *layers.Params, name string, c Config) *Connector {
 
 // Forward maps vision features [N, P, Dv] to text-space rows [N, P/s², D].
 func (c *Connector) Forward(x *ts.Tensor) *ts.Tensor {
-	return c.Proj.Forward(pixelShuffle(x, c.Scale))
+	s := pixelShuffle(x, c.Scale)
+	out := c.Proj.Forward(s)
+	torch.Drop(s)
+	return out
 }
 
 // pixelShuffle merges s×s neighbouring patches into one token:
@@ -145,6 +155,7 @@ func pixelShuffle(x *ts.Tensor, s int64) *ts.Tensor {
 	b, seq, d := sz[0], sz[1], sz[2]
 	h := int64(math.Round(math.Sqrt(float64(seq))))
 	w := h
+	defer torch.Keep(x)
 	x = x.MustView([]int64{b, h, w / s, d * s}, false)
 	x = x.MustPermute([]int64{0, 2, 1, 3}, true)
 	x = x.MustReshape([]int64{b, w / s, h / s, d * s * s}, true)

@@ -46,7 +46,7 @@ func Threads() int {
 // SetGradEnabled turns libtorch's autograd on or off for the calling OS
 // thread and returns the previous mode. (gotch v0.9.1's GradSetEnabled reads
 // the C int result as a 64-bit value and so misreports the previous mode;
-// this reads it correctly.) Grad mode is thread-local: use WithGrad, which
+// this reads it correctly.) Grad mode is thread-local: use Run, which
 // pins the goroutine to its thread, unless the caller already did.
 func SetGradEnabled(on bool) (prev bool) {
 	b := C.int(0)
@@ -54,24 +54,6 @@ func SetGradEnabled(on bool) (prev bool) {
 		b = 1
 	}
 	return C.at_grad_set_enabled(b) != 0
-}
-
-// WithGrad runs fn with autograd on or off, on one locked OS thread, and
-// restores the previous mode afterwards (also when fn panics).
-func WithGrad(on bool, fn func()) {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	prev := SetGradEnabled(on)
-	defer SetGradEnabled(prev)
-	fn()
-}
-
-// Recover turns a panic from gotch's Must* calls into an error wrapped
-// with what; use it deferred: defer torch.Recover(&err, "select cache").
-func Recover(err *error, what string) {
-	if r := recover(); r != nil {
-		*err = fmt.Errorf("%s: %v", what, r)
-	}
 }
 
 // ManualSeed seeds libtorch's global random generator (dropout masks,

@@ -1,6 +1,8 @@
 package torch
 
 import (
+	"errors"
+	"fmt"
 	"math"
 	"testing"
 
@@ -49,28 +51,68 @@ func TestSetThreads(t *testing.T) {
 	}
 }
 
-func TestGradMode(t *testing.T) {
+func TestRunGradMode(t *testing.T) {
 	w := ts.MustOfSlice([]float32{1, 2}).MustSetRequiresGrad(true, false)
+	two := ts.FloatScalar(2)
+	defer KeepScalars(two)
 	var inside, after bool
-	WithGrad(false, func() {
-		inside = w.MustMulScalar(ts.FloatScalar(2), false).MustRequiresGrad()
-		WithGrad(true, func() {
-			after = w.MustMulScalar(ts.FloatScalar(2), false).MustRequiresGrad()
+	Run("outer", false, func() error {
+		inside = w.MustMulScalar(two, false).MustRequiresGrad()
+		Run("inner", true, func() error {
+			after = w.MustMulScalar(two, false).MustRequiresGrad()
+			return nil
 		})
 		// The inner call restored "off".
-		if w.MustMulScalar(ts.FloatScalar(2), false).MustRequiresGrad() {
-			t.Error("grad mode not restored to off after a nested WithGrad(true)")
+		if w.MustMulScalar(two, false).MustRequiresGrad() {
+			t.Error("grad mode not restored to off after a nested Run(true)")
 		}
+		return nil
 	})
 	if inside {
-		t.Error("WithGrad(false): result requires grad")
+		t.Error("Run(false): result requires grad")
 	}
 	if !after {
-		t.Error("WithGrad(true) nested: result does not require grad")
+		t.Error("Run(true) nested: result does not require grad")
 	}
-	WithGrad(true, func() {
-		if !w.MustMulScalar(ts.FloatScalar(2), false).MustRequiresGrad() {
-			t.Error("grad mode not on inside WithGrad(true)")
+	Run("on", true, func() error {
+		if !w.MustMulScalar(two, false).MustRequiresGrad() {
+			t.Error("grad mode not on inside Run(true)")
 		}
+		return nil
 	})
+}
+
+// TestRunErrors: fn's error comes back as it is; a panic comes back as an
+// error naming the pass, and the thread's grad mode is restored after it.
+// (gotch's Must* calls end the process on a libtorch error rather than
+// panic, so callers check shapes first.)
+func TestRunErrors(t *testing.T) {
+	want := errors.New("boom")
+	if err := Run("pass", false, func() error { return want }); err != want {
+		t.Errorf("Run returned %v, want fn's error", err)
+	}
+	a := ts.MustOnes([]int64{2, 3}, gotch.Float, gotch.CPU)
+	b := ts.MustOnes([]int64{4, 5}, gotch.Float, gotch.CPU)
+	var prev bool
+	err := Run("outer", true, func() error {
+		err := Run("matmul", false, func() error {
+			if a.MustSize()[1] != b.MustSize()[0] {
+				panic(fmt.Sprintf("shapes %v and %v", a.MustSize(), b.MustSize()))
+			}
+			return nil
+		})
+		prev = SetGradEnabled(true) // what the inner Run restored
+		return err
+	})
+	if err == nil || err.Error() != "matmul: shapes [2 3] and [4 5]" {
+		t.Errorf("shape mismatch: error %v, want one starting with the pass name", err)
+	}
+	if !prev {
+		t.Error("grad mode not restored after a panic")
+	}
+	Drop(a, b, nil, ts.None)
+	if a.Ctensor() != nil || b.Ctensor() != nil {
+		t.Error("Drop left a tensor allocated")
+	}
+	Drop(a) // a second Drop is a no-op
 }

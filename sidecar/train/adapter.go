@@ -9,9 +9,9 @@ import (
 	"github.com/m3gate/m3gate/sidecar/mllm"
 )
 
-// textAttention is the PEFT target_modules regex of the reference: the
+// TextAttention is the PEFT target_modules regex of the reference: the
 // language model's self-attention projections only (not the vision tower's).
-func textAttention(mods []string) lora.Targets {
+func TextAttention(mods []string) lora.Targets {
 	return lora.Targets{IsRegex: true, Regex: `model\.text_model\.layers\.\d+\.self_attn\.(` + strings.Join(mods, "|") + `)`}
 }
 

@@ -12,9 +12,7 @@ import (
 	"math/rand"
 	"os"
 	"path/filepath"
-	"runtime"
 	"sort"
-	"strings"
 	"time"
 
 	"github.com/sugarme/gotch"
@@ -104,7 +102,7 @@ func (o FinetuneOptions) validate() error {
 // text model's q/k/v/o projections.
 func defaultLoRA() lora.Config {
 	c := lora.DefaultConfig()
-	c.TargetModules = textAttention([]string{"q_proj", "k_proj", "v_proj", "o_proj"})
+	c.TargetModules = TextAttention([]string{"q_proj", "k_proj", "v_proj", "o_proj"})
 	return c
 }
 
@@ -163,10 +161,13 @@ func Finetune(ctx context.Context, opts FinetuneOptions, stderr io.Writer) (*Fin
 	return f.run(ctx, start, stderr)
 }
 
-// close detaches the adapter and closes the metrics log.
+// close detaches the adapter, frees the model and closes the metrics log.
 func (f *finetuner) close() {
 	if f.lora != nil {
 		f.lora.set.Detach()
+	}
+	if f.m != nil {
+		f.m.Close()
 	}
 	if f.log != nil {
 		f.log.Close()
@@ -176,7 +177,7 @@ func (f *finetuner) close() {
 // newFinetuner loads the model and data, builds the examples and the
 // adapter (fresh, from --adapter or from the latest checkpoint) and returns
 // the step to start at.
-func newFinetuner(opts FinetuneOptions, stderr io.Writer) (*finetuner, int, error) {
+func newFinetuner(opts FinetuneOptions, stderr io.Writer) (_ *finetuner, _ int, err error) {
 	if err := opts.validate(); err != nil {
 		return nil, 0, err
 	}
@@ -197,6 +198,11 @@ func newFinetuner(opts FinetuneOptions, stderr io.Writer) (*finetuner, int, erro
 	if err != nil {
 		return nil, 0, fmt.Errorf("finetune: %w", err)
 	}
+	defer func() {
+		if err != nil { // a failed start frees the model now
+			m.Close()
+		}
+	}()
 	if m.Tokenizer == nil {
 		return nil, 0, fmt.Errorf("finetune: model %s has no tokenizer.json", opts.Model)
 	}
@@ -359,9 +365,9 @@ func (f *finetuner) forward(exs []*example, grad bool) (*ts.Tensor, int, int, er
 	// a tensor in its finalizer, which may otherwise run mid-call.
 	idx := torch.ToDevice(ts.MustOfSlice(rows), f.m.Device, true)
 	h := out.Hidden.MustView([]int64{B * T, D}, false).MustIndexSelect(0, idx, true)
-	runtime.KeepAlive(idx)
+	torch.Drop(idx)
 	logits := f.lmHead.Forward(h).MustTotype(gotch.Float, true) // [N, V]
-	vals := torch.ToCPU(logits.MustIndexSelect(1, f.ratingIDs, false).MustDetach(true), true).Float64Values(true)
+	vals := torch.Float64s(logits.MustIndexSelect(1, f.ratingIDs, false), true)
 	correct := 0
 	for b, ex := range exs {
 		r := vals[answer[b]*5 : answer[b]*5+5]
@@ -377,7 +383,7 @@ func (f *finetuner) forward(exs []*example, grad bool) (*ts.Tensor, int, int, er
 	}
 	tt := torch.ToDevice(ts.MustOfSlice(targets), f.m.Device, true)
 	loss := logits.MustCrossEntropyLoss(tt, ts.None, 2, ignoreLabel, 0, true)
-	runtime.KeepAlive(tt)
+	torch.Drop(tt)
 	return loss, len(rows), correct, nil
 }
 
@@ -398,7 +404,7 @@ func (f *finetuner) evaluate(ctx context.Context) (float64, float64, error) {
 			exs = append(exs, &f.val[i])
 		}
 		var n, c int
-		err := withGrad(false, func() error {
+		err := torch.Run("evaluate", false, func() error {
 			loss, nn, cc, err := f.forward(exs, false)
 			if err != nil {
 				return err
@@ -477,7 +483,7 @@ func (f *finetuner) step(step int) (stepLoss float64, items int, norm, lr float6
 		k := step*accum + a
 		manualSeed(f.opts.Seed*1_000_003 + int64(k))
 		exs := f.microBatch(k)
-		err := withGrad(true, func() error {
+		err := torch.Run("finetune step", true, func() error {
 			loss, ntok, _, err := f.forward(exs, true)
 			if err != nil {
 				return err
@@ -494,9 +500,13 @@ func (f *finetuner) step(step int) (stepLoss float64, items int, norm, lr float6
 		}
 		items += len(exs)
 	}
-	norm = f.opt.clipGradNorm(f.opts.MaxGradNorm)
+	if norm, err = f.opt.clipGradNorm(f.opts.MaxGradNorm); err != nil {
+		return 0, 0, 0, 0, fmt.Errorf("finetune step %d: %w", step+1, err)
+	}
 	lr = cosineLR(f.opts.LR, step, f.warmup, f.total)
-	f.opt.stepLR(lr)
+	if err := f.opt.stepLR(lr); err != nil {
+		return 0, 0, 0, 0, fmt.Errorf("finetune step %d: %w", step+1, err)
+	}
 	return stepLoss, items, norm, lr, nil
 }
 
@@ -587,15 +597,4 @@ func latestCheckpoint(out string) (string, trainerState, error) {
 		return "", trainerState{}, nil
 	}
 	return best, bestSt, nil
-}
-
-// trimFlagList splits a comma-separated flag value.
-func trimFlagList(s string) []string {
-	var out []string
-	for _, p := range strings.Split(s, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			out = append(out, p)
-		}
-	}
-	return out
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/m3gate/m3gate/sidecar/lora"
 	"github.com/m3gate/m3gate/sidecar/mllm"
 	"github.com/m3gate/m3gate/sidecar/tensorio"
+	"github.com/m3gate/m3gate/sidecar/torch"
 )
 
 // tinyFinetune returns options for a short run on the tiny model and a
@@ -237,7 +238,7 @@ func TestLossMatchesFullLogits(t *testing.T) {
 	}
 	var got float64
 	var n int
-	err = withGrad(false, func() error {
+	err = torch.Run("test", false, func() error {
 		loss, nn, _, err := f.forward(exs, false)
 		if err != nil {
 			return err

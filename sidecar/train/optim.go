@@ -3,7 +3,6 @@ package train
 import (
 	"fmt"
 	"math"
-	"runtime"
 	"slices"
 
 	"github.com/sugarme/gotch"
@@ -50,15 +49,15 @@ func (o *adamW) zeroGrad() {
 // clipGradNorm scales the gradients so that their global L2 norm is at most
 // maxNorm (torch.nn.utils.clip_grad_norm_), returning the norm before
 // clipping. maxNorm <= 0 only measures.
-func (o *adamW) clipGradNorm(maxNorm float64) float64 {
-	var total float64
-	withGrad(false, func() error {
+func (o *adamW) clipGradNorm(maxNorm float64) (total float64, err error) {
+	err = torch.Run("clip gradients", false, func() error {
 		var grads []*ts.Tensor
 		for _, p := range o.params {
 			if g := p.t.MustGrad(false); g.MustDefined() {
 				grads = append(grads, g)
 			}
 		}
+		defer torch.Drop(grads...)
 		sq := 0.0
 		for _, g := range grads {
 			n := scalar(g.MustNorm(false))
@@ -66,49 +65,49 @@ func (o *adamW) clipGradNorm(maxNorm float64) float64 {
 		}
 		total = math.Sqrt(sq)
 		if maxNorm > 0 {
-			coef := maxNorm / (total + 1e-6)
-			if coef < 1 {
+			if coef := maxNorm / (total + 1e-6); coef < 1 {
+				c := ts.FloatScalar(coef)
 				for _, g := range grads {
-					g.MustMulScalar_(ts.FloatScalar(coef))
+					g.MustMulScalar_(c)
 				}
+				torch.KeepScalars(c)
 			}
 		}
 		return nil
 	})
-	return total
+	return total, err
 }
 
 // stepLR applies one AdamW update with learning rate lr.
-func (o *adamW) stepLR(lr float64) {
+func (o *adamW) stepLR(lr float64) error {
 	o.step++
 	bc1 := 1 - math.Pow(o.beta1, float64(o.step))
 	bc2 := 1 - math.Pow(o.beta2, float64(o.step))
-	withGrad(false, func() error {
+	f := ts.FloatScalar
+	decay, b1, nb1, b2, nb2 := f(1-lr*o.wd), f(o.beta1), f(1-o.beta1), f(o.beta2), f(1-o.beta2)
+	sbc2, eps, rate := f(math.Sqrt(bc2)), f(o.eps), f(lr/bc1)
+	defer torch.KeepScalars(decay, b1, nb1, b2, nb2, sbc2, eps, rate)
+	return torch.Run("optimiser step", false, func() error {
 		for i, p := range o.params {
 			g := p.t.MustGrad(false)
 			if !g.MustDefined() {
+				torch.Drop(g)
 				continue
 			}
 			if o.wd != 0 {
-				p.t.MustMulScalar_(ts.FloatScalar(1 - lr*o.wd))
+				p.t.MustMulScalar_(decay)
 			}
 			m, v := o.m[i], o.v[i]
-			m.MustMulScalar_(ts.FloatScalar(o.beta1))
-			gm := g.MustMulScalar(ts.FloatScalar(1-o.beta1), false)
+			m.MustMulScalar_(b1)
+			gm := g.MustMulScalar(nb1, false)
 			m.MustAdd_(gm)
-			v.MustMulScalar_(ts.FloatScalar(o.beta2))
-			gv := g.MustSquare(false).MustMulScalar(ts.FloatScalar(1-o.beta2), true)
+			v.MustMulScalar_(b2)
+			gv := g.MustSquare(false).MustMulScalar(nb2, true)
 			v.MustAdd_(gv)
-			denom := v.MustSqrt(false).MustDivScalar(ts.FloatScalar(math.Sqrt(bc2)), true).MustAddScalar(ts.FloatScalar(o.eps), true)
-			upd := m.MustDiv(denom, false).MustMulScalar(ts.FloatScalar(lr/bc1), true)
+			denom := v.MustSqrt(false).MustDivScalar(sbc2, true).MustAddScalar(eps, true)
+			upd := m.MustDiv(denom, false).MustMulScalar(rate, true)
 			p.t.MustSub_(upd)
-			// gotch frees tensors in finalizers: keep the arguments alive
-			// until the in-place calls have returned.
-			runtime.KeepAlive(gm)
-			runtime.KeepAlive(gv)
-			runtime.KeepAlive(denom)
-			runtime.KeepAlive(upd)
-			runtime.KeepAlive(g)
+			torch.Drop(gm, gv, denom, upd, g)
 		}
 		return nil
 	})
@@ -184,8 +183,11 @@ func copyParamsFrom(params []namedParam, path string) error {
 		if !slices.Equal(t.MustSize(), p.t.MustSize()) {
 			return fmt.Errorf("restore %s: shape %v, want %v", p.name, t.MustSize(), p.t.MustSize())
 		}
-		withGrad(false, func() error { p.t.Copy_(t); return nil })
-		runtime.KeepAlive(t)
+		err = torch.Run("restore "+p.name, false, func() error { p.t.Copy_(t); return nil })
+		torch.Drop(t)
+		if err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -193,5 +195,5 @@ func copyParamsFrom(params []namedParam, path string) error {
 // scalar reads a one-element tensor's value, copying it to the CPU first
 // when it lives on a GPU, and frees the tensor.
 func scalar(t *ts.Tensor) float64 {
-	return torch.ToCPU(t, true).Float64Values(true)[0]
+	return torch.Float64s(t, true)[0]
 }

@@ -131,69 +131,15 @@ func TrainPredictor(ctx context.Context, opts PredictorOptions, stderr io.Writer
 	if opts.Cache == "" {
 		opts.Cache = filepath.Join(opts.Out, "features")
 	}
-	recs, err := ReadConversations(opts.Data)
+	train, val, err := predictorRecords(opts)
 	if err != nil {
 		return nil, fmt.Errorf("train-predictor: %w", err)
 	}
-	train := Select(recs, opts.Aspect, opts.TrainSplit, opts.MaxTrain)
-	var val []Record
-	if opts.ValSplit != "" {
-		val = Select(recs, opts.Aspect, opts.ValSplit, opts.MaxVal)
-	}
-	if len(train) == 0 {
-		return nil, fmt.Errorf("train-predictor: no training records of aspect %q and split %q in %s", opts.Aspect, opts.TrainSplit, opts.Data)
-	}
-	if opts.Labels != "" {
-		t, err := ReadMOS(opts.Labels)
-		if err != nil {
-			return nil, fmt.Errorf("train-predictor: %w", err)
-		}
-		if err := JoinMOS(train, t); err != nil {
-			return nil, fmt.Errorf("train-predictor: training records: %w", err)
-		}
-		if err := JoinMOS(val, t); err != nil {
-			return nil, fmt.Errorf("train-predictor: validation records: %w", err)
-		}
-	}
-	for _, r := range append(append([]Record(nil), train...), val...) {
-		if !r.HasMOS {
-			return nil, fmt.Errorf("train-predictor: %s line %d (%s): %w", opts.Data, r.Line, r.Image, errNoMOS)
-		}
-	}
-	kind := gotch.Float
-	if opts.DType == "bf16" {
-		kind = gotch.BFloat16
-	}
-	dev, _ := torch.ParseDevice(opts.Device) // checked by validate
-	m, err := mllm.Load(opts.Model, mllm.LoadOptions{DType: kind, Device: dev})
+	b, closeModel, err := newPredictorFeatures(opts)
 	if err != nil {
 		return nil, fmt.Errorf("train-predictor: %w", err)
 	}
-	if m.Tokenizer == nil {
-		return nil, fmt.Errorf("train-predictor: model %s has no tokenizer.json", opts.Model)
-	}
-	b := &featureBuilder{m: m, images: opts.Images, cacheDir: opts.Cache, maxLen: opts.MaxLen, genTokens: opts.GenMaxTokens}
-	if b.modelHash, err = dirHash(opts.Model); err != nil {
-		return nil, fmt.Errorf("train-predictor: %w", err)
-	}
-	if id, ok := m.Tokenizer.TokenID("<end_of_utterance>"); ok {
-		b.stops = append(b.stops, id)
-	}
-	b.stops = append(b.stops, m.Generation.EOSTokenIDs...)
-	if opts.Adapter != "" {
-		if b.adaptHash, err = dirHash(opts.Adapter); err != nil {
-			return nil, fmt.Errorf("train-predictor: %w", err)
-		}
-		ad, err := attachAdapter(m, opts.Adapter, defaultLoRA(), 0)
-		if err != nil {
-			return nil, fmt.Errorf("train-predictor: %w", err)
-		}
-		defer ad.set.Detach()
-		ad.set.SetTraining(false)
-		for _, p := range ad.a.Parameters() {
-			p.MustRequiresGrad_(false)
-		}
-	}
+	defer closeModel()
 	if err := os.MkdirAll(opts.Out, 0o755); err != nil {
 		return nil, fmt.Errorf("train-predictor: %w", err)
 	}
@@ -209,7 +155,119 @@ func TrainPredictor(ctx context.Context, opts PredictorOptions, stderr io.Writer
 	}
 	res.Computed = n1 + n2
 
-	cfg := xlstm.DefaultConfig(m.Config.Text.VocabSize)
+	r, err := newPredictorRun(opts, b.m, trainItems, valItems, res)
+	if err != nil {
+		return res, fmt.Errorf("train-predictor: %w", err)
+	}
+	defer r.log.Close()
+	prog := newProgress(stderr, "train-predictor epoch", r.st.Epoch, opts.Epochs)
+	for epoch := r.st.Epoch; epoch < opts.Epochs; epoch++ {
+		t0 := time.Now()
+		trainLoss, err := r.trainEpoch(ctx, epoch)
+		if err != nil {
+			return res, fmt.Errorf("train-predictor: %w", err)
+		}
+		vloss, srcc, err := r.endEpoch(ctx, epoch, trainLoss, t0)
+		if err != nil {
+			return res, fmt.Errorf("train-predictor: %w", err)
+		}
+		prog.update(epoch+1, len(trainItems), true, fmt.Sprintf("train mse %.4f val mse %.4f srcc %.4f (best %.4f @%d)", trainLoss, vloss, srcc, reportSRCC(r.st.BestSRCC), r.st.BestEpoch))
+		if opts.onEpoch != nil {
+			opts.onEpoch(epoch + 1)
+		}
+	}
+	return res, nil
+}
+
+// predictorRecords reads the training and validation records of opts,
+// joins the MOS labels and checks that every record has a MOS.
+func predictorRecords(opts PredictorOptions) (train, val []Record, err error) {
+	recs, err := ReadConversations(opts.Data)
+	if err != nil {
+		return nil, nil, err
+	}
+	train = Select(recs, opts.Aspect, opts.TrainSplit, opts.MaxTrain)
+	if opts.ValSplit != "" {
+		val = Select(recs, opts.Aspect, opts.ValSplit, opts.MaxVal)
+	}
+	if len(train) == 0 {
+		return nil, nil, fmt.Errorf("no training records of aspect %q and split %q in %s", opts.Aspect, opts.TrainSplit, opts.Data)
+	}
+	if opts.Labels != "" {
+		t, err := ReadMOS(opts.Labels)
+		if err != nil {
+			return nil, nil, err
+		}
+		if err := JoinMOS(train, t); err != nil {
+			return nil, nil, fmt.Errorf("training records: %w", err)
+		}
+		if err := JoinMOS(val, t); err != nil {
+			return nil, nil, fmt.Errorf("validation records: %w", err)
+		}
+	}
+	for _, r := range append(append([]Record(nil), train...), val...) {
+		if !r.HasMOS {
+			return nil, nil, fmt.Errorf("%s line %d (%s): %w", opts.Data, r.Line, r.Image, errNoMOS)
+		}
+	}
+	return train, val, nil
+}
+
+// newPredictorFeatures loads the MLLM (with the aspect's adapter, frozen)
+// into a feature builder; closeModel detaches the adapter and frees the
+// model.
+func newPredictorFeatures(opts PredictorOptions) (b *featureBuilder, closeModel func(), err error) {
+	kind := gotch.Float
+	if opts.DType == "bf16" {
+		kind = gotch.BFloat16
+	}
+	dev, _ := torch.ParseDevice(opts.Device) // checked by validate
+	m, err := mllm.Load(opts.Model, mllm.LoadOptions{DType: kind, Device: dev})
+	if err != nil {
+		return nil, nil, err
+	}
+	closers := []func(){m.Close}
+	closeModel = func() {
+		for i := len(closers) - 1; i >= 0; i-- {
+			closers[i]()
+		}
+	}
+	defer func() {
+		if err != nil {
+			closeModel()
+		}
+	}()
+	if m.Tokenizer == nil {
+		return nil, nil, fmt.Errorf("model %s has no tokenizer.json", opts.Model)
+	}
+	b = &featureBuilder{m: m, images: opts.Images, cacheDir: opts.Cache, maxLen: opts.MaxLen, genTokens: opts.GenMaxTokens}
+	if b.modelHash, err = dirHash(opts.Model); err != nil {
+		return nil, nil, err
+	}
+	if id, ok := m.Tokenizer.TokenID("<end_of_utterance>"); ok {
+		b.stops = append(b.stops, id)
+	}
+	b.stops = append(b.stops, m.Generation.EOSTokenIDs...)
+	if opts.Adapter != "" {
+		if b.adaptHash, err = dirHash(opts.Adapter); err != nil {
+			return nil, nil, err
+		}
+		ad, err := attachAdapter(m, opts.Adapter, defaultLoRA(), 0)
+		if err != nil {
+			return nil, nil, err
+		}
+		closers = append(closers, func() { ad.set.Detach() })
+		ad.set.SetTraining(false)
+		for _, p := range ad.a.Parameters() {
+			p.MustRequiresGrad_(false)
+		}
+	}
+	return b, closeModel, nil
+}
+
+// predictorConfig is the xLSTM config of opts for a vocabulary of vocab.
+func predictorConfig(opts PredictorOptions, vocab int) xlstm.Config {
+	cfg := xlstm.DefaultConfig(vocab)
 	cfg.ContextLength = opts.MaxLen
 	if opts.EmbeddingDim > 0 {
 		cfg.EmbeddingDim = opts.EmbeddingDim
@@ -226,114 +284,149 @@ func TrainPredictor(ctx context.Context, opts PredictorOptions, stderr io.Writer
 	if opts.HeadHidden > 0 {
 		cfg.HeadHidden = opts.HeadHidden
 	}
+	return cfg
+}
+
+// predictorRun is one TrainPredictor run's predictor, optimiser, state
+// and log.
+type predictorRun struct {
+	opts       PredictorOptions
+	p          *xlstm.Predictor
+	params     []namedParam
+	opt        *adamW
+	st         predictorState
+	statePath  string
+	lmW        *ts.Tensor // the MLLM's lm_head, fused into the predictor's input
+	train, val []featureItem
+	log        *jsonlLog
+	res        *PredictorResult
+}
+
+// newPredictorRun builds the predictor and its optimiser, resumes their
+// state when asked and opens the metrics log.
+func newPredictorRun(opts PredictorOptions, m *mllm.Model, trainItems, valItems []featureItem, res *PredictorResult) (*predictorRun, error) {
+	cfg := predictorConfig(opts, m.Config.Text.VocabSize)
 	p, err := xlstm.New(cfg, opts.Seed, m.Device)
 	if err != nil {
-		return res, fmt.Errorf("train-predictor: %w", err)
+		return nil, err
 	}
-	var params []namedParam
+	r := &predictorRun{opts: opts, p: p, lmW: m.Linears()["lm_head"].W, train: trainItems, val: valItems, res: res,
+		statePath: filepath.Join(opts.Out, "train_state.safetensors")}
 	for _, q := range p.Parameters() {
-		params = append(params, namedParam{q.Name, q.Tensor})
+		r.params = append(r.params, namedParam{q.Name, q.Tensor})
 	}
-	opt := newAdamW(params, opts.WeightDecay)
+	r.opt = newAdamW(r.params, opts.WeightDecay)
 	fp := predictorFingerprint(opts, cfg, trainItems, valItems)
-	st := predictorState{BestSRCC: noSRCC, Fingerprint: fp}
-	statePath := filepath.Join(opts.Out, "train_state.safetensors")
+	r.st = predictorState{BestSRCC: noSRCC, Fingerprint: fp}
 	if opts.Resume {
-		if _, err := os.Stat(statePath); err == nil {
-			prev, err := loadPredictorState(statePath, params, opt)
+		if _, err := os.Stat(r.statePath); err == nil {
+			prev, err := loadPredictorState(r.statePath, r.params, r.opt)
 			if err != nil {
-				return res, fmt.Errorf("train-predictor: resume: %w", err)
+				return nil, fmt.Errorf("resume: %w", err)
 			}
 			if prev.Fingerprint != fp {
-				return res, fmt.Errorf("train-predictor: resume: %s was made with other data or settings; start a new --out", statePath)
+				return nil, fmt.Errorf("resume: %s was made with other data or settings; start a new --out", r.statePath)
 			}
-			st = prev
+			r.st = prev
 		}
 	}
-	res.Epochs, res.BestSRCC, res.BestEpoch = st.Epoch, reportSRCC(st.BestSRCC), st.BestEpoch
-	log, err := openJSONL(filepath.Join(opts.Out, "metrics.jsonl"))
-	if err != nil {
-		return res, fmt.Errorf("train-predictor: %w", err)
+	res.Epochs, res.BestSRCC, res.BestEpoch = r.st.Epoch, reportSRCC(r.st.BestSRCC), r.st.BestEpoch
+	if r.log, err = openJSONL(filepath.Join(opts.Out, "metrics.jsonl")); err != nil {
+		return nil, err
 	}
-	defer log.Close()
-	lmW := m.Linears()["lm_head"].W
-	prog := newProgress(stderr, "train-predictor epoch", st.Epoch, opts.Epochs)
-	for epoch := st.Epoch; epoch < opts.Epochs; epoch++ {
-		t0 := time.Now()
-		p.SetTraining(true)
-		perm := rand.New(rand.NewSource(opts.Seed + int64(epoch)*104729 + 7)).Perm(len(trainItems))
-		sum := 0.0
-		for _, i := range perm {
-			if err := ctx.Err(); err != nil {
-				return res, fmt.Errorf("train-predictor: stopped in epoch %d (resume with --resume continues after epoch %d): %w", epoch+1, epoch, err)
-			}
-			it := trainItems[i]
-			h, err := loadHidden(it.path, p.Device())
-			if err != nil {
-				return res, fmt.Errorf("train-predictor: %w", err)
-			}
-			opt.zeroGrad()
-			err = withGrad(true, func() error {
-				y, err := p.ForwardHidden(h, lmW, nil)
-				if err != nil {
-					return err
-				}
-				setGradEnabled(true) // see finetuner.forward
-				loss := y.MustSubScalar(ts.FloatScalar(it.rec.MOS), true).MustSquare(true).MustMean(gotch.Float, true)
-				if err := loss.Backward(); err != nil {
-					return fmt.Errorf("backward: %w", err)
-				}
-				sum += scalar(loss)
-				return nil
-			})
-			if err != nil {
-				return res, fmt.Errorf("train-predictor: %s: %w", it.rec.Image, err)
-			}
-			opt.stepLR(opts.LR)
+	return r, nil
+}
+
+// trainEpoch runs one epoch of single-item AdamW steps in the epoch's
+// seeded order and returns the mean training MSE.
+func (r *predictorRun) trainEpoch(ctx context.Context, epoch int) (float64, error) {
+	r.p.SetTraining(true)
+	perm := rand.New(rand.NewSource(r.opts.Seed + int64(epoch)*104729 + 7)).Perm(len(r.train))
+	sum := 0.0
+	for _, i := range perm {
+		if err := ctx.Err(); err != nil {
+			return 0, fmt.Errorf("stopped in epoch %d (resume with --resume continues after epoch %d): %w", epoch+1, epoch, err)
 		}
-		trainLoss := sum / float64(len(trainItems))
-		p.SetTraining(false)
-		preds, mos, err := predictItems(ctx, p, lmW, valItems)
+		it := r.train[i]
+		loss, err := r.step(it)
 		if err != nil {
-			return res, fmt.Errorf("train-predictor: validation: %w", err)
+			return 0, fmt.Errorf("%s: %w", it.rec.Image, err)
 		}
-		srcc, vloss := math.NaN(), math.NaN()
-		if len(preds) > 0 {
-			srcc, vloss = SRCC(preds, mos), mse(preds, mos)
+		sum += loss
+	}
+	return sum / float64(len(r.train)), nil
+}
+
+// step is one optimiser step on one item; it returns the item's MSE.
+func (r *predictorRun) step(it featureItem) (loss float64, err error) {
+	h, err := loadHidden(it.path, r.p.Device())
+	if err != nil {
+		return 0, err
+	}
+	defer torch.Drop(h)
+	r.opt.zeroGrad()
+	err = torch.Run("train predictor", true, func() error {
+		y, err := r.p.ForwardHidden(h, r.lmW, nil)
+		if err != nil {
+			return err
 		}
-		st.Epoch, st.Steps = epoch+1, opt.step
-		better := !math.IsNaN(srcc) && srcc > st.BestSRCC
-		if len(valItems) == 0 || (math.IsNaN(srcc) && st.BestEpoch == 0) {
-			better = true // no usable validation (yet): keep the last
+		setGradEnabled(true) // see finetuner.forward
+		mos := ts.FloatScalar(it.rec.MOS)
+		l := y.MustSubScalar(mos, true).MustSquare(true).MustMean(gotch.Float, true)
+		torch.KeepScalars(mos)
+		if err := l.Backward(); err != nil {
+			return fmt.Errorf("backward: %w", err)
 		}
-		if better {
-			st.BestEpoch = epoch + 1
-			if !math.IsNaN(srcc) {
-				st.BestSRCC = srcc
-			}
-			if err := savePredictor(p, res.Best); err != nil {
-				return res, fmt.Errorf("train-predictor: %w", err)
-			}
+		loss = scalar(l)
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	return loss, r.opt.stepLR(r.opts.LR)
+}
+
+// endEpoch validates after an epoch, keeps the best and the last
+// predictor, saves the resumable state, and logs the epoch; it returns
+// the validation MSE and SRCC (NaN without validation items).
+func (r *predictorRun) endEpoch(ctx context.Context, epoch int, trainLoss float64, t0 time.Time) (vloss, srcc float64, err error) {
+	r.p.SetTraining(false)
+	preds, mos, err := predictItems(ctx, r.p, r.lmW, r.val)
+	if err != nil {
+		return 0, 0, fmt.Errorf("validation: %w", err)
+	}
+	srcc, vloss = math.NaN(), math.NaN()
+	if len(preds) > 0 {
+		srcc, vloss = SRCC(preds, mos), mse(preds, mos)
+	}
+	st := &r.st
+	st.Epoch, st.Steps = epoch+1, r.opt.step
+	better := !math.IsNaN(srcc) && srcc > st.BestSRCC
+	if len(r.val) == 0 || (math.IsNaN(srcc) && st.BestEpoch == 0) {
+		better = true // no usable validation (yet): keep the last
+	}
+	if better {
+		st.BestEpoch = epoch + 1
+		if !math.IsNaN(srcc) {
+			st.BestSRCC = srcc
 		}
-		if err := savePredictor(p, filepath.Join(opts.Out, "last.safetensors")); err != nil {
-			return res, fmt.Errorf("train-predictor: %w", err)
-		}
-		if err := savePredictorState(statePath, params, opt, st); err != nil {
-			return res, fmt.Errorf("train-predictor: %w", err)
-		}
-		res.Epochs, res.BestSRCC, res.BestEpoch = st.Epoch, reportSRCC(st.BestSRCC), st.BestEpoch
-		res.TrainLoss = append(res.TrainLoss, trainLoss)
-		res.ValSRCC = append(res.ValSRCC, srcc)
-		if err := log.write(map[string]any{"epoch": epoch + 1, "train_loss": trainLoss, "val_loss": jsonNum(vloss), "val_srcc": jsonNum(srcc),
-			"best_srcc": jsonNum(reportSRCC(st.BestSRCC)), "best_epoch": st.BestEpoch, "seconds": time.Since(t0).Seconds()}); err != nil {
-			return res, err
-		}
-		prog.update(epoch+1, len(trainItems), true, fmt.Sprintf("train mse %.4f val mse %.4f srcc %.4f (best %.4f @%d)", trainLoss, vloss, srcc, reportSRCC(st.BestSRCC), st.BestEpoch))
-		if opts.onEpoch != nil {
-			opts.onEpoch(epoch + 1)
+		if err := savePredictor(r.p, r.res.Best); err != nil {
+			return 0, 0, err
 		}
 	}
-	return res, nil
+	if err := savePredictor(r.p, filepath.Join(r.opts.Out, "last.safetensors")); err != nil {
+		return 0, 0, err
+	}
+	if err := savePredictorState(r.statePath, r.params, r.opt, *st); err != nil {
+		return 0, 0, err
+	}
+	res := r.res
+	res.Epochs, res.BestSRCC, res.BestEpoch = st.Epoch, reportSRCC(st.BestSRCC), st.BestEpoch
+	res.TrainLoss = append(res.TrainLoss, trainLoss)
+	res.ValSRCC = append(res.ValSRCC, srcc)
+	err = r.log.write(map[string]any{"epoch": epoch + 1, "train_loss": trainLoss, "val_loss": jsonNum(vloss), "val_srcc": jsonNum(srcc),
+		"best_srcc": jsonNum(reportSRCC(st.BestSRCC)), "best_epoch": st.BestEpoch, "seconds": time.Since(t0).Seconds()})
+	return vloss, srcc, err
 }
 
 // savePredictor writes p in the reference layout through a temporary file.

@@ -15,22 +15,22 @@ func (s *scope) mlstmParallel(q, k, v, ig, fg *ts.Tensor) *ts.Tensor {
 	sz := q.MustSize()
 	S, DH := sz[2], sz[3]
 	dev := q.MustDevice()
-	lf := s.k(s.k(fg.MustLogSigmoid(false)).MustUnsqueeze(-1, false))    // [B,NH,S,1]
-	cs := s.k(lf.MustCumsum(2, q.DType(), false))                        // [B,NH,S,1]
-	fmat := s.k(cs.MustSub(s.k(cs.MustTranspose(-2, -1, false)), false)) // [B,NH,S,S]: F_t − F_s
-	fmat = s.k(fmat.MustWhereScalarother(s.onesBool(S, dev), s.f(negInf), false))
-	logD := s.k(fmat.MustAdd(s.k(ig.MustUnsqueeze(-2, false)), false)) // + ig_s
-	m, idx := logD.MustMaxDim(-1, true, false)                         // [B,NH,S,1]
-	s.k(m)
-	s.k(idx)
-	D := s.k(s.k(logD.MustSub(m, false)).MustExp(false))
-	ks := s.k(k.MustDivScalar(s.f(math.Sqrt(float64(DH))), false))
-	qk := s.k(q.MustMatmul(s.k(ks.MustTranspose(-2, -1, false)), false))
-	C := s.k(qk.MustMul(D, false))
-	sum := s.k(s.k(C.MustSumDimIntlist([]int64{-1}, true, C.DType(), false)).MustAbs(false))
-	norm := s.k(sum.MustMaximum(s.k(s.k(m.MustNeg(false)).MustExp(false)), false))
-	Cn := s.k(C.MustDiv(s.k(norm.MustAddScalar(s.f(cellEps), false)), false))
-	return s.k(Cn.MustMatmul(v, false))
+	lf := s.Hold(s.Hold(fg.MustLogSigmoid(false)).MustUnsqueeze(-1, false))    // [B,NH,S,1]
+	cs := s.Hold(lf.MustCumsum(2, q.DType(), false))                           // [B,NH,S,1]
+	fmat := s.Hold(cs.MustSub(s.Hold(cs.MustTranspose(-2, -1, false)), false)) // [B,NH,S,S]: F_t − F_s
+	fmat = s.Hold(fmat.MustWhereScalarother(s.onesBool(S, dev), s.Float(negInf), false))
+	logD := s.Hold(fmat.MustAdd(s.Hold(ig.MustUnsqueeze(-2, false)), false)) // + ig_s
+	m, idx := logD.MustMaxDim(-1, true, false)                               // [B,NH,S,1]
+	s.Hold(m)
+	s.Hold(idx)
+	D := s.Hold(s.Hold(logD.MustSub(m, false)).MustExp(false))
+	ks := s.Hold(k.MustDivScalar(s.Float(math.Sqrt(float64(DH))), false))
+	qk := s.Hold(q.MustMatmul(s.Hold(ks.MustTranspose(-2, -1, false)), false))
+	C := s.Hold(qk.MustMul(D, false))
+	sum := s.Hold(s.Hold(C.MustSumDimIntlist([]int64{-1}, true, C.DType(), false)).MustAbs(false))
+	norm := s.Hold(sum.MustMaximum(s.Hold(s.Hold(m.MustNeg(false)).MustExp(false)), false))
+	Cn := s.Hold(C.MustDiv(s.Hold(norm.MustAddScalar(s.Float(cellEps), false)), false))
+	return s.Hold(Cn.MustMatmul(v, false))
 }
 
 // slstmCell runs the sLSTM recurrence (xlstm 1.0.6, cuda backend layout).
@@ -45,7 +45,7 @@ func (s *scope) slstmCell(wx, r *ts.Tensor) *ts.Tensor {
 	sz := wx.MustSize()
 	S, DH := sz[0], sz[3]/4
 	steps := wx.MustUnbind(0, false) // S × [NH, B, 4DH], reachable through steps
-	one := s.f(1)
+	one := s.Float(1)
 	var y, c, n, m *ts.Tensor
 	ys := make([]*ts.Tensor, 0, S)
 	// Each step's tensors live in their own scope, freed once the next step
@@ -53,37 +53,37 @@ func (s *scope) slstmCell(wx, r *ts.Tensor) *ts.Tensor {
 	var prev *scope
 	for t := int64(0); t < S; t++ {
 		st := &scope{}
-		raw := st.k(steps[t])
+		raw := st.Hold(steps[t])
 		if t > 0 {
-			raw = st.k(raw.MustBaddbmm(y, r, one, one, false)) // + y·R per head
+			raw = st.Hold(raw.MustBaddbmm(y, r, one, one, false)) // + y·R per head
 		}
-		g := st.ks(raw.MustSplit(DH, -1, false))
+		g := st.HoldAll(raw.MustSplit(DH, -1, false))
 		ir, fr, zr, or := g[0], g[1], g[2], g[3]
-		zt := st.k(zr.MustTanh(false))
-		so := st.k(or.MustSigmoid(false))
+		zt := st.Hold(zr.MustTanh(false))
+		so := st.Hold(or.MustSigmoid(false))
 		if t == 0 {
 			// Zero state: m = ĩ, so i = 1 and the forget term multiplies zeros.
 			m = ir
 			c = zt
-			n = st.k(zt.MustOnesLike(false))
-			y = s.k(so.MustMul(c, false))
+			n = st.Hold(zt.MustOnesLike(false))
+			y = s.Hold(so.MustMul(c, false))
 		} else {
-			lfm := st.k(st.k(fr.MustLogSigmoid(false)).MustAdd(m, false))
-			mNew := st.k(ir.MustMaximum(lfm, false))
-			ig := st.k(st.k(ir.MustSub(mNew, false)).MustExp(false))
-			fg := st.k(st.k(lfm.MustSub(mNew, false)).MustExp(false))
-			c = st.k(st.k(fg.MustMul(c, false)).MustAddcmul(ig, zt, false))
-			n = st.k(ig.MustAddcmul(fg, n, false))
+			lfm := st.Hold(st.Hold(fr.MustLogSigmoid(false)).MustAdd(m, false))
+			mNew := st.Hold(ir.MustMaximum(lfm, false))
+			ig := st.Hold(st.Hold(ir.MustSub(mNew, false)).MustExp(false))
+			fg := st.Hold(st.Hold(lfm.MustSub(mNew, false)).MustExp(false))
+			c = st.Hold(st.Hold(fg.MustMul(c, false)).MustAddcmul(ig, zt, false))
+			n = st.Hold(ig.MustAddcmul(fg, n, false))
 			m = mNew
-			y = s.k(st.k(so.MustMul(c, false)).MustDiv(n, false))
+			y = s.Hold(st.Hold(so.MustMul(c, false)).MustDiv(n, false))
 		}
 		ys = append(ys, y)
 		if prev != nil {
-			prev.end()
+			prev.End()
 		}
 		prev = st
 	}
-	out := s.k(ts.MustStack(ys, 2)) // [NH,B,S,DH]
-	prev.end()
+	out := s.Hold(ts.MustStack(ys, 2)) // [NH,B,S,DH]
+	prev.End()
 	return out
 }

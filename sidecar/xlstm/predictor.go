@@ -8,7 +8,6 @@ package xlstm
 import (
 	"fmt"
 	"math/rand"
-	"runtime"
 	"strings"
 	"sync"
 
@@ -175,11 +174,11 @@ func (p *Predictor) Forward(x *ts.Tensor, lengths []int) (*ts.Tensor, error) {
 		return nil, err
 	}
 	s := &scope{}
-	xf := s.k(x.MustTotype(gotch.Float, false))
+	xf := s.Hold(x.MustTotype(gotch.Float, false))
 	e := s.linear(xf, p.w(keyW+"weight"), p.w(keyW+"bias"))
 	out := p.fromEmbedded(s, e, lengths)
-	s.end(out)
-	runtime.KeepAlive(x)
+	s.End(out)
+	torch.Keep(x)
 	return out, nil
 }
 
@@ -196,25 +195,25 @@ func (p *Predictor) Stack(e *ts.Tensor) (*ts.Tensor, error) {
 		return nil, err
 	}
 	s := &scope{}
-	out := p.stack(s, s.k(e.MustTotype(gotch.Float, false)))
-	s.end(out)
-	runtime.KeepAlive(e)
+	out := p.stack(s, s.Hold(e.MustTotype(gotch.Float, false)))
+	s.End(out)
+	torch.Keep(e)
 	return out, nil
 }
 
 func (p *Predictor) fromEmbedded(s *scope, e *ts.Tensor, lengths []int) *ts.Tensor {
 	h := p.stack(s, e)
 	pooled := s.meanPool(h, lengths)
-	y := s.k(s.linear(pooled, p.w(keyFC+"0.weight"), p.w(keyFC+"0.bias")).MustRelu(false))
+	y := s.Hold(s.linear(pooled, p.w(keyFC+"0.weight"), p.w(keyFC+"0.bias")).MustRelu(false))
 	y = s.linear(y, p.w(keyFC+"2.weight"), p.w(keyFC+"2.bias"))
-	return s.k(y.MustSqueezeDim(1, false))
+	return s.Hold(y.MustSqueezeDim(1, false))
 }
 
 // meanPool averages h [B, S, E] over positions (the first lengths[b] of
 // item b when lengths is set).
 func (s *scope) meanPool(h *ts.Tensor, lengths []int) *ts.Tensor {
 	if lengths == nil {
-		return s.k(h.MustMeanDim([]int64{1}, false, gotch.Float, false))
+		return s.Hold(h.MustMeanDim([]int64{1}, false, gotch.Float, false))
 	}
 	sz := h.MustSize()
 	B, S := sz[0], sz[1]
@@ -225,8 +224,8 @@ func (s *scope) meanPool(h *ts.Tensor, lengths []int) *ts.Tensor {
 			w[b*S+int64(i)] = 1 / float32(l)
 		}
 	}
-	wt := s.k(s.k(s.k(ts.MustOfSlice(w)).MustView([]int64{B, S, 1}, false)).MustTo(h.MustDevice(), false))
-	return s.k(s.k(h.MustMul(wt, false)).MustSumDimIntlist([]int64{1}, false, gotch.Float, false))
+	wt := s.Hold(s.Hold(s.Hold(ts.MustOfSlice(w)).MustView([]int64{B, S, 1}, false)).MustTo(h.MustDevice(), false))
+	return s.Hold(s.Hold(h.MustMul(wt, false)).MustSumDimIntlist([]int64{1}, false, gotch.Float, false))
 }
 
 // stack runs the blocks, each in its own scope (its intermediates are
@@ -240,8 +239,8 @@ func (p *Predictor) stack(s *scope, x *ts.Tensor) *ts.Tensor {
 		} else {
 			y = p.mlstmBlock(bs, i, x)
 		}
-		bs.end(y)
-		x = s.k(y)
+		bs.End(y)
+		x = s.Hold(y)
 	}
 	return s.residualNorm(x, p.w(keyStack+"post_blocks_norm.weight"))
 }
@@ -257,24 +256,24 @@ func (p *Predictor) mlstmBlock(s *scope, i int, x *ts.Tensor) *ts.Tensor {
 	DH := I / NH
 	xn := s.residualNorm(x, p.bw(i, "xlstm_norm.weight"))
 	up := s.linear(xn, p.bw(i, "xlstm.proj_up.weight"), nil)
-	xm := s.k(up.MustNarrow(2, 0, I, false))
-	z := s.k(up.MustNarrow(2, I, I, false))
-	xc := s.k(s.causalConv(xm, p.bw(i, "xlstm.conv1d.conv.weight"), p.bw(i, "xlstm.conv1d.conv.bias")).MustSilu(false))
+	xm := s.Hold(up.MustNarrow(2, 0, I, false))
+	z := s.Hold(up.MustNarrow(2, I, I, false))
+	xc := s.Hold(s.causalConv(xm, p.bw(i, "xlstm.conv1d.conv.weight"), p.bw(i, "xlstm.conv1d.conv.bias")).MustSilu(false))
 	q := s.headwise(xc, p.bw(i, "xlstm.q_proj.weight"))
 	k := s.headwise(xc, p.bw(i, "xlstm.k_proj.weight"))
 	v := s.headwise(xm, p.bw(i, "xlstm.v_proj.weight"))
-	gin := s.k(ts.MustCat([]*ts.Tensor{q, k, v}, -1))
-	ig := s.k(s.linear(gin, p.bw(i, "xlstm.mlstm_cell.igate.weight"), p.bw(i, "xlstm.mlstm_cell.igate.bias")).MustTranspose(1, 2, false)) // [B,NH,S]
-	fg := s.k(s.linear(gin, p.bw(i, "xlstm.mlstm_cell.fgate.weight"), p.bw(i, "xlstm.mlstm_cell.fgate.bias")).MustTranspose(1, 2, false))
+	gin := s.Hold(ts.MustCat([]*ts.Tensor{q, k, v}, -1))
+	ig := s.Hold(s.linear(gin, p.bw(i, "xlstm.mlstm_cell.igate.weight"), p.bw(i, "xlstm.mlstm_cell.igate.bias")).MustTranspose(1, 2, false)) // [B,NH,S]
+	fg := s.Hold(s.linear(gin, p.bw(i, "xlstm.mlstm_cell.fgate.weight"), p.bw(i, "xlstm.mlstm_cell.fgate.bias")).MustTranspose(1, 2, false))
 	heads := func(t *ts.Tensor) *ts.Tensor {
-		return s.k(s.k(t.MustView([]int64{B, S, NH, DH}, false)).MustTranspose(1, 2, false))
+		return s.Hold(s.Hold(t.MustView([]int64{B, S, NH, DH}, false)).MustTranspose(1, 2, false))
 	}
 	h := s.mlstmParallel(heads(q), heads(k), heads(v), ig, fg) // [B,NH,S,DH]
-	hn := s.headNorm(s.k(h.MustTranspose(1, 2, false)), p.bw(i, "xlstm.mlstm_cell.outnorm.weight"), NH)
-	hs := s.k(hn.MustAdd(s.k(xc.MustMul(p.bw(i, "xlstm.learnable_skip"), false)), false))
-	hs = s.k(hs.MustMul(s.k(z.MustSilu(false)), false))
+	hn := s.headNorm(s.Hold(h.MustTranspose(1, 2, false)), p.bw(i, "xlstm.mlstm_cell.outnorm.weight"), NH)
+	hs := s.Hold(hn.MustAdd(s.Hold(xc.MustMul(p.bw(i, "xlstm.learnable_skip"), false)), false))
+	hs = s.Hold(hs.MustMul(s.Hold(z.MustSilu(false)), false))
 	out := s.linear(hs, p.bw(i, "xlstm.proj_down.weight"), nil)
-	return s.k(x.MustAdd(out, false))
+	return s.Hold(x.MustAdd(out, false))
 }
 
 // slstmBlock is x + sLSTMLayer(LayerNorm(x)), then x + GatedFFN(LayerNorm(x)).
@@ -284,7 +283,7 @@ func (p *Predictor) slstmBlock(s *scope, i int, x *ts.Tensor) *ts.Tensor {
 	NH := int64(p.cfg.SLSTMHeads)
 	DH := E / NH
 	xn := s.residualNorm(x, p.bw(i, "xlstm_norm.weight"))
-	xc := s.k(s.causalConv(xn, p.bw(i, "xlstm.conv1d.conv.weight"), p.bw(i, "xlstm.conv1d.conv.bias")).MustSilu(false))
+	xc := s.Hold(s.causalConv(xn, p.bw(i, "xlstm.conv1d.conv.weight"), p.bw(i, "xlstm.conv1d.conv.bias")).MustSilu(false))
 	// xlstm 1.0.6: i, f, z, o = fgate(xc), igate(xc), zgate(x), ogate(x).
 	gi := s.headwise(xc, p.bw(i, "xlstm.fgate.weight"))
 	gf := s.headwise(xc, p.bw(i, "xlstm.igate.weight"))
@@ -292,12 +291,12 @@ func (p *Predictor) slstmBlock(s *scope, i int, x *ts.Tensor) *ts.Tensor {
 	gog := s.headwise(xn, p.bw(i, "xlstm.ogate.weight"))
 	// [B,S,4,NH,DH] → [S,NH,B,4,DH] → [S,NH,B,4·DH], plus the bias (cuda
 	// layout [NH,4,DH] flat).
-	wx := s.k(ts.MustStack([]*ts.Tensor{gi, gf, gz, gog}, 2))
-	wx = s.k(wx.MustView([]int64{B, S, 4, NH, DH}, false))
-	wx = s.k(wx.MustPermute([]int64{1, 3, 0, 2, 4}, false))
-	wx = s.k(wx.MustReshape([]int64{S, NH, B, 4 * DH}, false))
-	bias := s.k(p.bw(i, "xlstm.slstm_cell._bias_").MustView([]int64{NH, 1, 4 * DH}, false))
-	wx = s.k(s.k(wx.MustAdd(bias, false)).MustContiguous(false))
+	wx := s.Hold(ts.MustStack([]*ts.Tensor{gi, gf, gz, gog}, 2))
+	wx = s.Hold(wx.MustView([]int64{B, S, 4, NH, DH}, false))
+	wx = s.Hold(wx.MustPermute([]int64{1, 3, 0, 2, 4}, false))
+	wx = s.Hold(wx.MustReshape([]int64{S, NH, B, 4 * DH}, false))
+	bias := s.Hold(p.bw(i, "xlstm.slstm_cell._bias_").MustView([]int64{NH, 1, 4 * DH}, false))
+	wx = s.Hold(s.Hold(wx.MustAdd(bias, false)).MustContiguous(false))
 	rk := p.bw(i, "xlstm.slstm_cell._recurrent_kernel_")
 	var y *ts.Tensor // [NH,B,S,DH]
 	if useNativeSLSTM(wx, rk) {
@@ -305,14 +304,14 @@ func (p *Predictor) slstmBlock(s *scope, i int, x *ts.Tensor) *ts.Tensor {
 	} else {
 		y = s.slstmCell(wx, rk)
 	}
-	yn := s.headNorm(s.k(y.MustPermute([]int64{1, 2, 0, 3}, false)), p.bw(i, "xlstm.group_norm.weight"), NH)
-	x = s.k(x.MustAdd(yn, false))
+	yn := s.headNorm(s.Hold(y.MustPermute([]int64{1, 2, 0, 3}, false)), p.bw(i, "xlstm.group_norm.weight"), NH)
+	x = s.Hold(x.MustAdd(yn, false))
 	// Gated feed-forward: GELU(first half, exact erf) ⊙ second half.
 	F := int64(p.cfg.FFNDim())
 	fn := s.residualNorm(x, p.bw(i, "ffn_norm.weight"))
 	up := s.linear(fn, p.bw(i, "ffn.proj_up.weight"), nil)
-	g := s.k(s.k(up.MustNarrow(2, 0, F, false)).MustGelu("none", false))
-	u := s.k(up.MustNarrow(2, F, F, false))
-	out := s.linear(s.k(g.MustMul(u, false)), p.bw(i, "ffn.proj_down.weight"), nil)
-	return s.k(x.MustAdd(out, false))
+	g := s.Hold(s.Hold(up.MustNarrow(2, 0, F, false)).MustGelu("none", false))
+	u := s.Hold(up.MustNarrow(2, F, F, false))
+	out := s.linear(s.Hold(g.MustMul(u, false)), p.bw(i, "ffn.proj_down.weight"), nil)
+	return s.Hold(x.MustAdd(out, false))
 }

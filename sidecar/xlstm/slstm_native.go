@@ -7,6 +7,8 @@ import (
 
 	"github.com/sugarme/gotch"
 	ts "github.com/sugarme/gotch/ts"
+
+	"github.com/m3gate/m3gate/sidecar/torch"
 )
 
 // useNativeSLSTM reports whether the sLSTM recurrence can run in plain Go:
@@ -26,8 +28,8 @@ func float32sOf(t *ts.Tensor) []float32 {
 	if len(out) > 0 {
 		c.MustCopyData(out, c.Numel())
 	}
-	runtime.KeepAlive(c)
-	runtime.KeepAlive(t)
+	torch.Drop(c)
+	torch.Keep(t)
 	return out
 }
 
@@ -106,6 +108,6 @@ func (s *scope) slstmNative(wx, r *ts.Tensor) *ts.Tensor {
 	}
 	close(jobs)
 	wg.Wait()
-	t := s.k(s.k(ts.MustOfSlice(out)).MustView([]int64{int64(NH), int64(B), int64(S), int64(DH)}, false))
+	t := s.Hold(s.Hold(ts.MustOfSlice(out)).MustView([]int64{int64(NH), int64(B), int64(S), int64(DH)}, false))
 	return t
 }

@@ -2,10 +2,11 @@ package xlstm
 
 import (
 	"fmt"
-	"runtime"
 
 	"github.com/sugarme/gotch"
 	ts "github.com/sugarme/gotch/ts"
+
+	"github.com/m3gate/m3gate/sidecar/torch"
 )
 
 // WLMHead is model.W folded into the MLLM's bias-free LM head:
@@ -40,16 +41,16 @@ func (p *Predictor) FuseLMHead(lmHead *ts.Tensor) (*WLMHead, error) {
 	for start := int64(0); start < sz[0]; start += chunk {
 		n := min(chunk, sz[0]-start)
 		s := &scope{}
-		lm := s.k(s.k(s.k(lmHead.MustNarrow(0, start, n, false)).MustTo(p.device, false)).MustTotype(gotch.Float, false))
-		part := s.k(s.k(w.MustNarrow(1, start, n, false)).MustMatmul(lm, false))
+		lm := s.Hold(s.Hold(s.Hold(lmHead.MustNarrow(0, start, n, false)).MustTo(p.device, false)).MustTotype(gotch.Float, false))
+		part := s.Hold(s.Hold(w.MustNarrow(1, start, n, false)).MustMatmul(lm, false))
 		if m != nil {
-			s.k(m)
-			part = s.k(m.MustAdd(part, false))
+			s.Hold(m)
+			part = s.Hold(m.MustAdd(part, false))
 		}
-		s.end(part)
+		s.End(part)
 		m = part
 	}
-	runtime.KeepAlive(lmHead)
+	torch.Keep(lmHead)
 	return &WLMHead{M: m, Bias: p.w(keyW + "bias"), Vocab: int(sz[0]), Hidden: int(sz[1])}, nil
 }
 
@@ -63,12 +64,11 @@ func (p *Predictor) ForwardFused(hidden *ts.Tensor, f *WLMHead, lengths []int) (
 		return nil, err
 	}
 	s := &scope{}
-	h := s.k(hidden.MustTotype(gotch.Float, false))
+	h := s.Hold(hidden.MustTotype(gotch.Float, false))
 	e := s.linear(h, f.M, f.Bias)
 	out := p.fromEmbedded(s, e, lengths)
-	s.end(out)
-	runtime.KeepAlive(hidden)
-	runtime.KeepAlive(f)
+	s.End(out)
+	torch.Keep(hidden, f.M, f.Bias)
 	return out, nil
 }
 
@@ -89,7 +89,9 @@ func (p *Predictor) ForwardHidden(hidden, lmHead *ts.Tensor, lengths []int) (*ts
 		if training {
 			f, err = p.FuseLMHead(lmHead)
 		} else {
-			gradMode(false, func() { f, err = p.FuseLMHead(lmHead) })
+			if rerr := torch.Run("fuse lm head", false, func() error { f, err = p.FuseLMHead(lmHead); return nil }); rerr != nil {
+				return nil, rerr
+			}
 		}
 		if err != nil {
 			return nil, err
@@ -107,7 +109,9 @@ func (p *Predictor) ForwardHidden(hidden, lmHead *ts.Tensor, lengths []int) (*ts
 func (p *Predictor) Predict(x *ts.Tensor, lengths []int) ([]float64, error) {
 	var out *ts.Tensor
 	var err error
-	gradMode(false, func() { out, err = p.Forward(x, lengths) })
+	if rerr := torch.Run("predict", false, func() error { out, err = p.Forward(x, lengths); return nil }); rerr != nil {
+		return nil, rerr
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -118,22 +122,14 @@ func (p *Predictor) Predict(x *ts.Tensor, lengths []int) ([]float64, error) {
 func (p *Predictor) PredictHidden(hidden, lmHead *ts.Tensor, lengths []int) ([]float64, error) {
 	var out *ts.Tensor
 	var err error
-	gradMode(false, func() { out, err = p.ForwardHidden(hidden, lmHead, lengths) })
+	if rerr := torch.Run("predict", false, func() error { out, err = p.ForwardHidden(hidden, lmHead, lengths); return nil }); rerr != nil {
+		return nil, rerr
+	}
 	if err != nil {
 		return nil, err
 	}
 	return float64s(out), nil
 }
 
-// float64s copies a tensor's values out (gotch's Float64Values can free its
-// temporary copy while the copy is running).
-func float64s(t *ts.Tensor) []float64 {
-	c := t.MustDetach(false).MustTo(gotch.CPU, true).MustTotype(gotch.Double, true).MustContiguous(true)
-	out := make([]float64, c.Numel())
-	if len(out) > 0 {
-		c.MustCopyData(out, c.Numel())
-	}
-	runtime.KeepAlive(c)
-	runtime.KeepAlive(t)
-	return out
-}
+// float64s copies a tensor's values out; see torch.Float64s.
+func float64s(t *ts.Tensor) []float64 { return torch.Float64s(t, false) }

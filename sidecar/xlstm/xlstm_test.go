@@ -12,6 +12,8 @@ import (
 	"github.com/sugarme/gotch"
 	"github.com/sugarme/gotch/nn"
 	ts "github.com/sugarme/gotch/ts"
+
+	"github.com/m3gate/m3gate/sidecar/torch"
 )
 
 const refPath = "testdata/ref_small.safetensors"
@@ -602,5 +604,12 @@ func TestReferenceGradients(t *testing.T) {
 		if d := maxDiff(t, got, want); d > 1e-4*math.Max(1, scale) {
 			t.Errorf("%s: gradient differs by %g (scale %g)", prm.Name, d, scale)
 		}
+	}
+}
+
+// gradMode runs fn as one torch.Run pass with autograd on or off.
+func gradMode(on bool, fn func()) {
+	if err := torch.Run("test", on, func() error { fn(); return nil }); err != nil {
+		panic(err)
 	}
 }

@@ -6,7 +6,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -26,14 +25,15 @@ import (
 	"github.com/m3gate/m3gate/sidecar/service"
 )
 
-// errNotBuiltIn marks an offline job whose implementation is not wired yet.
-var errNotBuiltIn = errors.New("not built into this m3gate-sidecar")
+// subcommand is one offline job: it gets the arguments after its command
+// words; its result goes to stdout, progress to stderr.
+type subcommand func(ctx context.Context, args []string, stdout, stderr io.Writer) error
 
-// subcommands are the offline jobs, by their command words. LEAD: add
-// "finetune", "train-predictor", ... here; each gets the arguments after its
-// command words.
-var subcommands = map[string]func(ctx context.Context, args []string, stdout io.Writer) error{
-	"model tiny": modelTiny,
+// subcommands are the offline jobs, by their command words.
+var subcommands = map[string]subcommand{
+	"model tiny":      modelTiny,
+	"finetune":        finetune,
+	"train-predictor": trainPredictor,
 }
 
 func main() {
@@ -42,7 +42,7 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := runOffline(ctx, os.Args[1:], os.Stdout); err != nil {
+	if err := runOffline(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
 		fmt.Fprintln(os.Stderr, "m3gate-sidecar:", err)
 		os.Exit(1)
 	}
@@ -50,10 +50,10 @@ func main() {
 
 // runOffline dispatches an offline subcommand by its longest matching
 // command words.
-func runOffline(ctx context.Context, args []string, stdout io.Writer) error {
+func runOffline(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	for n := min(2, len(args)); n >= 1; n-- {
 		if f, ok := subcommands[strings.Join(args[:n], " ")]; ok {
-			return f(ctx, args[n:], stdout)
+			return f(ctx, args[n:], stdout, stderr)
 		}
 	}
 	names := make([]string, 0, len(subcommands))

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"os"
 	"os/exec"
 	"strings"
@@ -100,9 +101,25 @@ func TestRunOffline(t *testing.T) {
 		{[]string{"model", "tiny", "--bogus"}, "flag provided but not defined"},
 	}
 	for _, tt := range tests {
-		err := runOffline(context.Background(), tt.args, &bytes.Buffer{})
+		err := runOffline(context.Background(), tt.args, &bytes.Buffer{}, &bytes.Buffer{})
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("runOffline(%q): got %v, want an error containing %q", tt.args, err, tt.want)
+		}
+	}
+}
+
+// TestDeviceFlagParsing: a device name that is not cpu, cuda or cuda:N
+// stops both commands before anything is loaded.
+func TestDeviceFlagParsing(t *testing.T) {
+	for _, dev := range []string{"gpu", "cuda:x"} {
+		args := []string{"--model", "m", "--data", "d.jsonl", "--out", t.TempDir(), "--device", dev}
+		for name, run := range map[string]func(context.Context, []string, io.Writer, io.Writer) error{
+			"finetune": finetune, "train-predictor": trainPredictor,
+		} {
+			err := run(context.Background(), args, io.Discard, io.Discard)
+			if err == nil || !strings.Contains(err.Error(), "--device") || !strings.Contains(err.Error(), "want cpu, cuda or cuda:N") {
+				t.Errorf("%s --device %s: %v, want an error naming --device and the accepted forms", name, dev, err)
+			}
 		}
 	}
 }

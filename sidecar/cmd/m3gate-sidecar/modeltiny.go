@@ -17,7 +17,7 @@ import (
 // --size tiny|256m`: it writes a randomly initialised model of the family's
 // architecture (safetensors + config.json + tokenizer.json) for tests and
 // demos.
-func modelTiny(ctx context.Context, args []string, stdout io.Writer) error {
+func modelTiny(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("model tiny", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	family := fs.String("family", "idefics3", "model family")

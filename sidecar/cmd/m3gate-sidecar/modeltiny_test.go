@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
 	"path/filepath"
 	"testing"
 
@@ -22,7 +23,7 @@ import (
 func TestModelTinyMiniCPMBundle(t *testing.T) {
 	dir := t.TempDir()
 	var out bytes.Buffer
-	if err := modelTiny(context.Background(), []string{"--family", "minicpmv25", "--out", dir}, &out); err != nil {
+	if err := modelTiny(context.Background(), []string{"--family", "minicpmv25", "--out", dir}, &out, io.Discard); err != nil {
 		t.Fatal(err)
 	}
 	base, _, _ := minicpmv.BundleLayout(dir, "")

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"math"
 	"math/rand"
-	"runtime"
 	"sort"
 
 	"github.com/sugarme/gotch/ts"
@@ -82,8 +81,10 @@ func Run(ctx context.Context, dec Decoder, cache *kvcache.Cache, last *ts.Tensor
 		// (no copy when the model runs there).
 		host := torch.ToCPU(logits, false)
 		err := host.CopyData(buf, uint(b*vocab))
-		runtime.KeepAlive(logits)
-		runtime.KeepAlive(host)
+		torch.Keep(logits, host)
+		if host != logits {
+			torch.Drop(host)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("generate: %w", err)
 		}
@@ -105,11 +106,22 @@ func Run(ctx context.Context, dec Decoder, cache *kvcache.Cache, last *ts.Tensor
 			}
 		}
 		if !active {
+			if logits != last && !opts.KeepLogits {
+				torch.Drop(logits)
+			}
 			return g, nil
 		}
 		out, next, err := dec.DecodeStep(g.Cache, feed)
 		if err != nil {
 			return nil, err
+		}
+		// The caches and logits of earlier steps are this loop's own:
+		// free them now (the caller's cache and logits are left alone).
+		if g.Cache != cache {
+			g.Cache.Free()
+		}
+		if logits != last && !opts.KeepLogits {
+			torch.Drop(logits)
 		}
 		g.Cache, logits = next, out
 	}

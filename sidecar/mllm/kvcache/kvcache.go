@@ -91,6 +91,17 @@ func (c *Cache) HasPadding() bool {
 	return false
 }
 
+// Free frees the cache's keys and values now. Caches that share them (a
+// Clone) become unusable too; caches made from it by a forward pass,
+// Select or Join do not share them.
+func (c *Cache) Free() {
+	if c == nil {
+		return
+	}
+	torch.Drop(c.K...)
+	torch.Drop(c.V...)
+}
+
 // Clone returns an independent copy of the cache's bookkeeping; the tensors
 // are shared, which is safe because no forward pass writes into them.
 func (c *Cache) Clone() *Cache {
@@ -123,6 +134,7 @@ func (c *Cache) Select(idx ...int) (out *Cache, err error) {
 		out.K = append(out.K, c.K[l].MustIndexSelect(0, it, false))
 		out.V = append(out.V, c.V[l].MustIndexSelect(0, it, false))
 	}
+	torch.Drop(it)
 	for _, i := range idx {
 		out.Valid = append(out.Valid, append([]bool(nil), c.Valid[i]...))
 		out.NextPos = append(out.NextPos, c.NextPos[i])
@@ -146,7 +158,7 @@ func Join(caches ...*Cache) (out *Cache, err error) {
 	}
 	out = &Cache{}
 	for l := range caches[0].K {
-		var ks, vs []*ts.Tensor
+		var ks, vs, padded []*ts.Tensor
 		for _, c := range caches {
 			pad := int64(maxT - c.Len())
 			k, v := c.K[l], c.V[l]
@@ -155,11 +167,16 @@ func Join(caches ...*Cache) (out *Cache, err error) {
 				z := ts.MustZeros([]int64{sz[0], sz[1], pad, sz[3]}, k.DType(), torch.TensorDevice(k))
 				k = ts.MustCat([]*ts.Tensor{z, k}, 2)
 				v = ts.MustCat([]*ts.Tensor{z, v}, 2)
+				torch.Drop(z)
+				padded = append(padded, k, v)
 			}
 			ks, vs = append(ks, k), append(vs, v)
 		}
 		out.K = append(out.K, ts.MustCat(ks, 0))
 		out.V = append(out.V, ts.MustCat(vs, 0))
+		torch.Drop(padded...)
+		torch.Keep(ks...)
+		torch.Keep(vs...)
 	}
 	for _, c := range caches {
 		pad := maxT - c.Len()

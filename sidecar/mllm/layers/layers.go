@@ -4,19 +4,23 @@
 // checkpoint tensors a model's modules declare when they are built.
 //
 // Every function here calls gotch's Must* operations and so panics on a
-// libtorch error; callers run them under mllm.WithGradMode, which turns
-// the panic into an error.
+// libtorch error; callers run them under torch.Run, which turns the panic
+// into an error. Functions keep their tensor arguments reachable until
+// they return and free their temporaries (see torch.Run on gotch's
+// finalizers); they never free an argument unless their doc says so.
 package layers
 
 import (
 	"github.com/sugarme/gotch"
 	"github.com/sugarme/gotch/ts"
+
+	"github.com/m3gate/m3gate/sidecar/torch"
 )
 
 // LinearDelta is an adapter added to a Linear layer's output (LoRA).
 type LinearDelta interface {
-	// Forward returns a tensor shaped like the layer's output, or nil for
-	// "no change".
+	// Forward returns a new tensor shaped like the layer's output (the
+	// Linear frees it once added), or nil for "no change".
 	Forward(x *ts.Tensor) *ts.Tensor
 }
 
@@ -33,6 +37,7 @@ type Linear struct {
 // product: BLAS gemm with one row packs the whole weight matrix first and
 // runs about 1.7× slower here than gemv.
 func (l *Linear) Forward(x *ts.Tensor) *ts.Tensor {
+	defer torch.Keep(x)
 	var y *ts.Tensor
 	sz := x.MustSize()
 	if len(sz) == 1 { // a vector: one gemv
@@ -42,7 +47,9 @@ func (l *Linear) Forward(x *ts.Tensor) *ts.Tensor {
 		}
 	} else if in := sz[len(sz)-1]; int64(x.Numel()) == in {
 		out := append(append([]int64(nil), sz[:len(sz)-1]...), l.W.MustSize()[0])
-		y = l.W.MustMv(x.MustReshape([]int64{in}, false), false)
+		row := x.MustReshape([]int64{in}, false)
+		y = l.W.MustMv(row, false)
+		Drop(row)
 		if l.B != nil {
 			y = y.MustAdd(l.B, true)
 		}
@@ -57,6 +64,7 @@ func (l *Linear) Forward(x *ts.Tensor) *ts.Tensor {
 	if l.Delta != nil {
 		if d := l.Delta.Forward(x); d != nil {
 			y = y.MustAdd(d, true)
+			Drop(d)
 		}
 	}
 	return y
@@ -70,6 +78,7 @@ type LayerNorm struct {
 
 // Forward normalises x over its last dimension.
 func (n *LayerNorm) Forward(x *ts.Tensor) *ts.Tensor {
+	defer torch.Keep(x)
 	d := n.W.MustSize()
 	return ts.MustLayerNorm(x, d, n.W, n.B, n.Eps, false)
 }
@@ -82,13 +91,17 @@ type RMSNorm struct {
 
 // Forward normalises x over its last dimension.
 func (n *RMSNorm) Forward(x *ts.Tensor) *ts.Tensor {
+	defer torch.Keep(x)
 	h := x
 	kind := x.DType()
 	if kind != gotch.Float {
 		h = x.MustTotype(gotch.Float, false)
 	}
-	v := h.MustSquare(false).MustMeanDim([]int64{-1}, true, gotch.Float, true).MustAddScalar(ts.FloatScalar(n.Eps), true).MustRsqrt(true)
+	eps := ts.FloatScalar(n.Eps)
+	v := h.MustSquare(false).MustMeanDim([]int64{-1}, true, gotch.Float, true).MustAddScalar(eps, true).MustRsqrt(true)
+	torch.KeepScalars(eps)
 	h = h.MustMul(v, kind != gotch.Float)
+	Drop(v)
 	if kind != gotch.Float {
 		h = h.MustTotype(kind, true)
 	}
@@ -105,18 +118,17 @@ const MaskedScore = -1e9
 // (as Hugging Face's eager attention) whatever the model dtype; mask is
 // f32 or ts.None.
 func SDPA(q, k, v, mask *ts.Tensor, scale []float64) *ts.Tensor {
+	defer torch.Keep(q, k, v, mask)
 	kind := q.DType()
 	if kind == gotch.Float {
 		return ts.MustScaledDotProductAttention(q, k, v, mask, 0, false, scale)
 	}
-	o := ts.MustScaledDotProductAttention(q.MustTotype(gotch.Float, false), k.MustTotype(gotch.Float, false),
-		v.MustTotype(gotch.Float, false), mask, 0, false, scale)
+	qf, kf, vf := q.MustTotype(gotch.Float, false), k.MustTotype(gotch.Float, false), v.MustTotype(gotch.Float, false)
+	o := ts.MustScaledDotProductAttention(qf, kf, vf, mask, 0, false, scale)
+	Drop(qf, kf, vf)
 	return o.MustTotype(kind, true)
 }
 
-// Drop frees intermediates now (and keeps them alive until here).
-func Drop(ts ...*ts.Tensor) {
-	for _, t := range ts {
-		t.MustDrop()
-	}
-}
+// Drop frees intermediates now (and keeps them alive until here); see
+// torch.Drop.
+func Drop(ts ...*ts.Tensor) { torch.Drop(ts...) }

@@ -59,20 +59,24 @@ func (a *Attention) Forward(h *ts.Tensor, rot *Rotation, mask, pastK, pastV *ts.
 // or ts.None. Returns [B, Tq, H·hd].
 func gqaAttention(q, k, v, mask *ts.Tensor, nkv, nrep, hd int, scale []float64) *ts.Tensor {
 	if q.Dim() == 1 { // single-token mode: q [H·hd] → [1, nKV, nrep, hd] and back
-		o := layers.SDPA(q.MustView([]int64{1, int64(nkv), int64(nrep), int64(hd)}, false), k, v, mask, scale)
+		qv := q.MustView([]int64{1, int64(nkv), int64(nrep), int64(hd)}, false)
+		o := layers.SDPA(qv, k, v, mask, scale)
+		layers.Drop(qv)
 		return o.MustView([]int64{int64(nkv * nrep * hd)}, true)
 	}
 	sz := q.MustSize()
 	B, Tq := sz[0], sz[1]
 	if Tq == 1 { // one query: the regrouping is a view
-		q = q.MustView([]int64{B, int64(nkv), int64(nrep), int64(hd)}, false)
-		o := layers.SDPA(q, k, v, mask, scale)
+		qv := q.MustView([]int64{B, int64(nkv), int64(nrep), int64(hd)}, false)
+		o := layers.SDPA(qv, k, v, mask, scale)
+		layers.Drop(qv)
 		return o.MustView([]int64{B, 1, int64(nkv * nrep * hd)}, true)
 	}
-	q = q.MustView([]int64{B, Tq, int64(nkv), int64(nrep), int64(hd)}, false).
+	qg := q.MustView([]int64{B, Tq, int64(nkv), int64(nrep), int64(hd)}, false).
 		MustPermute([]int64{0, 2, 3, 1, 4}, true).
 		MustReshape([]int64{B, int64(nkv), int64(nrep) * Tq, int64(hd)}, true)
-	o := layers.SDPA(q, k, v, mask, scale)
+	o := layers.SDPA(qg, k, v, mask, scale)
+	layers.Drop(qg)
 	return o.MustView([]int64{B, int64(nkv), int64(nrep), Tq, int64(hd)}, true).
 		MustPermute([]int64{0, 3, 1, 2, 4}, true).
 		MustReshape([]int64{B, Tq, int64(nkv * nrep * hd)}, true)

@@ -9,7 +9,7 @@
 // Forward; Step is one decode step for sidecar/mllm/generate.
 //
 // Functions here panic on a libtorch error (gotch's Must* calls); callers
-// run them under mllm.WithGradMode, which turns the panic into an error.
+// run them under torch.Run, which turns the panic into an error.
 package llama
 
 import "encoding/json"

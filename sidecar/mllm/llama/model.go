@@ -86,7 +86,9 @@ func (m *Model) Close() {
 // Embed looks up ids, b rows of t tokens, and returns [b, t, D].
 func (m *Model) Embed(ids []int64, b, t int) *ts.Tensor {
 	it := torch.ToDevice(ts.MustOfSlice(ids).MustView([]int64{int64(b), int64(t)}, true), m.Device, true)
-	return ts.MustEmbedding(m.EmbedTokens, it, -1, false, false)
+	x := ts.MustEmbedding(m.EmbedTokens, it, -1, false, false)
+	torch.Drop(it)
+	return x
 }
 
 // Splice returns embeddings x [B, T, D] (which it consumes) with the
@@ -94,23 +96,32 @@ func (m *Model) Embed(ids []int64, b, t int) *ts.Tensor {
 // (each [n, D], converted to the model's dtype and device): the way a
 // family puts its image embeddings at its image tokens.
 func (m *Model) Splice(x *ts.Tensor, at []bool, rows []*ts.Tensor) *ts.Tensor {
-	var src []*ts.Tensor
+	defer torch.Keep(rows...)
+	var src, made []*ts.Tensor
 	for _, r := range rows {
 		t := r
 		if t.DType() != m.DType {
 			t = t.MustTotype(m.DType, false)
 		}
-		src = append(src, torch.ToDevice(t, m.Device, t != r))
+		t = torch.ToDevice(t, m.Device, t != r)
+		if t != r {
+			made = append(made, t)
+		}
+		src = append(src, t)
 	}
 	all := ts.MustCat(src, 0)
+	torch.Drop(made...)
 	sz := x.MustSize()
 	mk := torch.ToDevice(ts.MustOfSlice(at).MustView([]int64{sz[0], sz[1], 1}, true), m.Device, true)
-	return x.MustMaskedScatter(mk, all, true)
+	out := x.MustMaskedScatter(mk, all, true)
+	torch.Drop(mk, all)
+	return out
 }
 
 // Forward runs the decoder layers on embeddings x [B, Tq, D] whose tokens
 // are marked valid (false = padding), after cache (nil for a fresh
-// prefill). It returns the final normed hidden states and the new cache.
+// prefill); it frees x. It returns the final normed hidden states and the
+// new cache.
 // For one token of one sequence (a decode step at batch 1) the hidden
 // state is a vector [D]: the residual stream stays a vector, so every
 // Linear is one gemv op and no op is spent on reshapes (gotch charges
@@ -121,7 +132,9 @@ func (m *Model) Forward(x *ts.Tensor, valid [][]bool, cache *kvcache.Cache) (*ts
 	pos, next := cache.Append(valid)
 	mask := m.mask(next, cache.Len(), tq)
 	if b*tq == 1 {
-		x = x.MustView([]int64{int64(c.HiddenSize)}, false)
+		xv := x.MustView([]int64{int64(c.HiddenSize)}, false)
+		torch.Drop(x)
+		x = xv
 	}
 	rot := m.rope.At(pos)
 	for li := range m.Layers {
@@ -135,10 +148,10 @@ func (m *Model) Forward(x *ts.Tensor, valid [][]bool, cache *kvcache.Cache) (*ts
 		next.V = append(next.V, v)
 	}
 	rot.Drop()
-	if mask != ts.None {
-		mask.MustDrop()
-	}
-	return m.Norm.Forward(x), next
+	torch.Drop(mask)
+	h := m.Norm.Forward(x)
+	torch.Drop(x)
+	return h, next
 }
 
 // mask is the additive attention mask [B, 1, nrep·Tq, past+Tq] of the
@@ -190,8 +203,11 @@ func (m *Model) Step(cache *kvcache.Cache, tokens []int64) (logits *ts.Tensor, n
 	h, next := m.Forward(m.Embed(ids, b, 1), valid, cache)
 	if h.Dim() == 1 { // single-token mode
 		logits = m.Head.Forward(h).MustView([]int64{1, -1}, true)
+		torch.Drop(h)
 	} else {
-		logits = m.Head.Forward(h.MustSelect(1, 0, true))
+		last := h.MustSelect(1, 0, true)
+		logits = m.Head.Forward(last)
+		torch.Drop(last)
 	}
 	if logits.DType() != gotch.Float {
 		logits = logits.MustTotype(gotch.Float, true)

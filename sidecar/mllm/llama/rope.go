@@ -149,5 +149,8 @@ func ApplyRope(x, cos, sin, rot, rotHead *ts.Tensor) *ts.Tensor {
 		r = x.MustMatmul(rot, false)
 	}
 	r = r.MustMul(sin, true)
-	return x.MustMul(cos, false).MustAdd(r, true)
+	out := x.MustMul(cos, false).MustAdd(r, true)
+	torch.Drop(r)
+	torch.Keep(x, cos, sin, rot, rotHead)
+	return out
 }

@@ -10,9 +10,9 @@ import (
 	"github.com/sugarme/gotch"
 	"github.com/sugarme/gotch/ts"
 
-	"github.com/m3gate/m3gate/sidecar/mllm"
 	"github.com/m3gate/m3gate/sidecar/mllm/layers"
 	"github.com/m3gate/m3gate/sidecar/tensorio"
+	"github.com/m3gate/m3gate/sidecar/torch"
 )
 
 // AdapterTargets is the target_modules regex of MiniCPM-V's LoRA
@@ -46,7 +46,7 @@ func WriteTinyAdapter(dir, modelDir string, seed int64) error {
 	const r = 8
 	m := &Model{Config: cfg}
 	var out []tensorio.Named
-	err = mllm.WithGradMode(false, func() error {
+	err = torch.Run("minicpmv", false, func() error {
 		params := m.build()
 		for name := range m.params.Linears {
 			if !strings.HasPrefix(name, "llm.") || !strings.Contains(name, ".self_attn.") {
@@ -59,7 +59,9 @@ func WriteTinyAdapter(dir, modelDir string, seed int64) error {
 				}
 			}
 			a := randomTensor(pseudo(name+".lora_A", layers2D(r, in)), seed)
-			b := randomTensor(pseudo(name+".lora_B", layers2D(o, r)), seed).MustMulScalar(ts.FloatScalar(0.5), true)
+			half := ts.FloatScalar(0.5)
+			b := randomTensor(pseudo(name+".lora_B", layers2D(o, r)), seed).MustMulScalar(half, true)
+			torch.KeepScalars(half)
 			out = append(out, tensorio.Named{Name: "base_model.model." + name + ".lora_A.weight", Tensor: a},
 				tensorio.Named{Name: "base_model.model." + name + ".lora_B.weight", Tensor: b})
 		}

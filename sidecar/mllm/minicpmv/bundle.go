@@ -7,8 +7,8 @@ import (
 
 	"github.com/sugarme/gotch"
 
-	"github.com/m3gate/m3gate/sidecar/mllm"
 	"github.com/m3gate/m3gate/sidecar/tensorio"
+	"github.com/m3gate/m3gate/sidecar/torch"
 	"github.com/m3gate/m3gate/sidecar/xlstm"
 )
 
@@ -58,7 +58,7 @@ func WriteTinyBundle(dir string, o TinyOptions) error {
 		}
 		// the frozen MLLM's tensors a Lightning checkpoint of the reference
 		// also holds are not written: the loader ignores them anyway
-		if err := mllm.WithGradMode(false, func() error { return tensorio.WriteCheckpoint(pred, sd, 11, 1234) }); err != nil {
+		if err := torch.Run("minicpmv", false, func() error { return tensorio.WriteCheckpoint(pred, sd, 11, 1234) }); err != nil {
 			return fmt.Errorf("write tiny bundle: %w", err)
 		}
 	}

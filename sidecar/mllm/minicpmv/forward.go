@@ -6,7 +6,6 @@ import (
 
 	"github.com/sugarme/gotch/ts"
 
-	"github.com/m3gate/m3gate/sidecar/mllm"
 	"github.com/m3gate/m3gate/sidecar/mllm/beam"
 	"github.com/m3gate/m3gate/sidecar/mllm/generate"
 	"github.com/m3gate/m3gate/sidecar/mllm/kvcache"
@@ -97,7 +96,7 @@ func (m *Model) Prefill(ids []int64, f *ImageFeatures) (*Output, *kvcache.Cache,
 	}
 	var out Output
 	var cache *kvcache.Cache
-	err = mllm.WithGradMode(false, func() error {
+	err = torch.Run("minicpmv", false, func() error {
 		t := len(ids)
 		x := m.Text.Embed(ids, 1, t)
 		if f != nil && len(f.Rows) > 0 {
@@ -127,7 +126,7 @@ func (m *Model) Prefill(ids []int64, f *ImageFeatures) (*Output, *kvcache.Cache,
 
 // Logits applies the LM head to hidden states (f32 result).
 func (m *Model) Logits(h *ts.Tensor) (out *ts.Tensor, err error) {
-	err = mllm.WithGradMode(false, func() error {
+	err = torch.Run("minicpmv", false, func() error {
 		out = m.Text.Logits(h)
 		return nil
 	})
@@ -139,7 +138,7 @@ type decoder struct{ m *Model }
 
 // DecodeStep implements generate.Decoder.
 func (d decoder) DecodeStep(cache *kvcache.Cache, tokens []int64) (logits *ts.Tensor, next *kvcache.Cache, err error) {
-	err = mllm.WithGradMode(false, func() error {
+	err = torch.Run("minicpmv", false, func() error {
 		logits, next = d.m.Text.Step(cache, tokens)
 		return nil
 	})
@@ -188,8 +187,12 @@ func (m *Model) Describe(ctx context.Context, cache *kvcache.Cache, last *ts.Ten
 			return nil, err
 		}
 		logits, next, err := decoder{m}.DecodeStep(sel, tokens)
+		sel.Free()
 		if err != nil {
 			return nil, err
+		}
+		if state != cache { // the caches of earlier steps are this loop's own
+			state.Free()
 		}
 		state = next
 		rows := make([][]float32, len(tokens))
@@ -206,6 +209,9 @@ func (m *Model) Describe(ctx context.Context, cache *kvcache.Cache, last *ts.Ten
 		pen = 1
 	}
 	res, err := beam.Search(ctx, first, step, beam.Options{NumBeams: o.NumBeams, MaxTokens: o.MaxTokens, RepetitionPenalty: pen, EOS: m.ids.terminators})
+	if state != cache {
+		state.Free()
+	}
 	if err != nil {
 		return nil, fmt.Errorf("describe: %w", err)
 	}
@@ -215,11 +221,8 @@ func (m *Model) Describe(ctx context.Context, cache *kvcache.Cache, last *ts.Ten
 // rowOf reads row i of f32 logits [B, V] into Go (via the CPU).
 func rowOf(logits *ts.Tensor, i int) ([]float32, error) {
 	var out []float32
-	err := mllm.WithGradMode(false, func() error {
-		r := logits.MustSelect(0, int64(i), false)
-		c := torch.ToCPU(r, true)
-		vals := c.Float64Values()
-		c.MustDrop()
+	err := torch.Run("minicpmv", false, func() error {
+		vals := torch.Float64s(logits.MustSelect(0, int64(i), false), true)
 		out = make([]float32, len(vals))
 		for j, v := range vals {
 			out[j] = float32(v)

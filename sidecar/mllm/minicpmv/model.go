@@ -12,7 +12,6 @@ import (
 	"github.com/sugarme/gotch/ts"
 
 	"github.com/m3gate/m3gate/sidecar/bpe"
-	"github.com/m3gate/m3gate/sidecar/mllm"
 	"github.com/m3gate/m3gate/sidecar/mllm/layers"
 	"github.com/m3gate/m3gate/sidecar/mllm/llama"
 	"github.com/m3gate/m3gate/sidecar/mllm/siglip"
@@ -200,7 +199,7 @@ func LoadWeights(cfg Config, path string, opts LoadOptions) (*Model, error) {
 		}
 		*s.Dst = t
 	}
-	if err := mllm.WithGradMode(false, func() error {
+	if err := torch.Run("minicpmv", false, func() error {
 		m.Text.Bind(kind, dev)
 		return nil
 	}); err != nil {

@@ -16,7 +16,6 @@ import (
 
 	"github.com/sugarme/gotch"
 
-	"github.com/m3gate/m3gate/sidecar/mllm"
 	"github.com/m3gate/m3gate/sidecar/torch"
 )
 
@@ -96,7 +95,7 @@ func maxDiff(a []float64, b []float64) float64 {
 func values(t *testing.T, run func() []float64) []float64 {
 	t.Helper()
 	var out []float64
-	if err := mllm.WithGradMode(false, func() error { out = run(); return nil }); err != nil {
+	if err := torch.Run("minicpmv", false, func() error { out = run(); return nil }); err != nil {
 		t.Fatal(err)
 	}
 	return out

@@ -12,9 +12,9 @@ import (
 	"github.com/sugarme/gotch"
 	"github.com/sugarme/gotch/ts"
 
-	"github.com/m3gate/m3gate/sidecar/mllm"
 	"github.com/m3gate/m3gate/sidecar/mllm/layers"
 	"github.com/m3gate/m3gate/sidecar/tensorio"
+	"github.com/m3gate/m3gate/sidecar/torch"
 )
 
 // TinyOptions configures WriteTiny.
@@ -65,7 +65,7 @@ func WriteTiny(dir string, o TinyOptions) (err error) {
 	}
 	m := &Model{Config: cfg}
 	var tensors []tensorio.Named
-	err = mllm.WithGradMode(false, func() error {
+	err = torch.Run("minicpmv", false, func() error {
 		for _, s := range m.build() {
 			t := randomTensor(s, o.Seed)
 			if o.DType == gotch.BFloat16 {

@@ -9,7 +9,6 @@ import (
 	"github.com/sugarme/gotch/ts"
 
 	"github.com/m3gate/m3gate/sidecar/imageproc"
-	"github.com/m3gate/m3gate/sidecar/mllm"
 	"github.com/m3gate/m3gate/sidecar/mllm/layers"
 	"github.com/m3gate/m3gate/sidecar/torch"
 )
@@ -177,7 +176,7 @@ func (m *Model) EncodeImage(img image.Image, maxSlices int) (*ImageFeatures, err
 	}
 	pos := PositionIDs(np, v.ImageSize/p)
 	f := &ImageFeatures{Cols: sl.Cols, RowsGrid: sl.Rows, Sizes: sizes, PositionIDs: pos}
-	err = mllm.WithGradMode(false, func() error {
+	err = torch.Run("minicpmv", false, func() error {
 		b := int64(len(imgs))
 		patches := torch.ToDevice(ts.MustOfSlice(buf).MustView([]int64{b, int64(np), int64(pp)}, true), m.Device, true)
 		if m.DType != gotch.Float {

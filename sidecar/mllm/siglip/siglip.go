@@ -4,7 +4,7 @@
 // LayerNorm.
 //
 // Functions here panic on a libtorch error (gotch's Must* calls); callers
-// run them under mllm.WithGradMode, which turns the panic into an error.
+// run them under torch.Run, which turns the panic into an error.
 package siglip
 
 import (
@@ -14,6 +14,7 @@ import (
 	"github.com/sugarme/gotch/ts"
 
 	"github.com/m3gate/m3gate/sidecar/mllm/layers"
+	"github.com/m3gate/m3gate/sidecar/torch"
 )
 
 // Config is a SigLIP vision tower's config (Idefics3's vision_config).
@@ -138,11 +139,16 @@ func New(p *layers.Params, c Config, prefix string) *Encoder {
 // Embed is the patch embedding of pixels [N, C, S, S] in the weights'
 // dtype: [N, P, D] row-major patches plus their position embeddings.
 func (e *Encoder) Embed(px *ts.Tensor) *ts.Tensor {
+	defer torch.Keep(px)
 	p := int64(e.Config.PatchSize)
+	in := px
 	if kind := e.PatchW.DType(); px.DType() != kind {
-		px = px.MustTotype(kind, false)
+		in = px.MustTotype(kind, false)
 	}
-	x := ts.MustConv2d(px, e.PatchW, e.PatchB, []int64{p, p}, []int64{0, 0}, []int64{1, 1}, 1)
+	x := ts.MustConv2d(in, e.PatchW, e.PatchB, []int64{p, p}, []int64{0, 0}, []int64{1, 1}, 1)
+	if in != px {
+		torch.Drop(in)
+	}
 	x = x.MustFlatten(2, -1, true).MustTranspose(1, 2, true)
 	// Position ids of a full tile are row·n+col. (Hugging Face derives
 	// them by bucketizing f32 aranges; for n = 27, SmolVLM-Instruct's
@@ -159,5 +165,7 @@ func (e *Encoder) Forward(px *ts.Tensor) *ts.Tensor {
 	for i := range e.Layers {
 		x = e.Layers[i].Forward(x)
 	}
-	return e.PostLN.Forward(x)
+	out := e.PostLN.Forward(x)
+	torch.Drop(x)
+	return out
 }
