@@ -344,7 +344,8 @@ func TestScoreBuildsRequest(t *testing.T) {
 			if err := job.Request.Validate(); err != nil {
 				t.Errorf("request does not validate: %v", err)
 			}
-			wantLoad := schemas.LoadRequest{ModelDir: model, Family: "idefics3", Device: "cpu", DType: "f32"}
+			wantLoad := schemas.LoadRequest{ModelDir: model, Family: "idefics3", Device: "cpu", DType: "f32",
+				Options: map[string]string{"image_splitting": "false"}} // model.image_splitting overrides the model's do_image_splitting
 			if strings.Contains(strings.Join(tt.env, " "), "THREADS=3") {
 				wantLoad.Threads = 3
 			}

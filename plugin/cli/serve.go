@@ -280,8 +280,10 @@ func loadOptions(m config.Model) map[string]string {
 	for k, v := range m.Options {
 		out[k] = v
 	}
-	if m.ImageSplitting {
-		out["image_splitting"] = "true"
+	// model.image_splitting overrides the model's own do_image_splitting
+	// (SmolVLM's says true: up to 17 tiles, far slower than one image).
+	if _, set := out["image_splitting"]; !set && (m.Family == "" || m.Family == "idefics3") {
+		out["image_splitting"] = strconv.FormatBool(m.ImageSplitting)
 	}
 	// The prompt limit, when it is not the default the model process
 	// applies by itself (idefics3; minicpmv25 bounds its own max_length).
