@@ -42,6 +42,7 @@ const (
 	// With scoreTestCLIEnv=1 the test binary is the m3gate command (the
 	// arguments are the JSON array in scoreTestArgsEnv), with the signal
 	// handling of plugin/cmd/m3gate, so tests can interrupt it for real.
+	scoreTestLoadEnv = "M3GATE_SCORE_TEST_LOADFILE" // the fake writes the LoadRequest here
 	scoreTestCLIEnv  = "M3GATE_SCORE_TEST_CLI"
 	scoreTestArgsEnv = "M3GATE_SCORE_TEST_ARGS"
 )
@@ -81,6 +82,10 @@ func TestMain(m *testing.M) {
 type fakeScorer struct{ mode string }
 
 func (f fakeScorer) Load(ctx context.Context, req schemas.LoadRequest, progress func(schemas.LoadProgress)) error {
+	if p := os.Getenv(scoreTestLoadEnv); p != "" {
+		b, _ := json.Marshal(req)
+		os.WriteFile(p, b, 0o644)
+	}
 	switch f.mode {
 	case "block-load":
 		progress(schemas.LoadProgress{Stage: "weights", DoneBytes: 1, TotalBytes: 10})
