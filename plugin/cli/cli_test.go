@@ -321,3 +321,32 @@ func TestInterruptExitCode(t *testing.T) {
 		t.Errorf("code = %d, want %d (stderr %q)", code, ExitInterrupted, errb.String())
 	}
 }
+
+// TestKnownListsOneWording: every "unknown X" error lists the valid values
+// the same way, "(known: ...)", aspects in their usual order; the help of
+// --prompt-style does not repeat the default as a list.
+func TestKnownListsOneWording(t *testing.T) {
+	const aspects = "(known: quality, correspondence, authenticity)"
+	tests := []struct {
+		args []string
+		env  []string
+		want string
+	}{
+		{[]string{"score", "a.png", "--aspects", "beauty"}, nil, `unknown aspect "beauty" ` + aspects},
+		{[]string{"score", "a.png", "--aspects", ","}, nil, "no aspect " + aspects},
+		{[]string{"score", "a.png", "--adapter", "beauty=x"}, nil, `unknown aspect "beauty" ` + aspects},
+		{[]string{"score", "a.png", "--aspects", "quality", "--prompt-style", "nope"}, nil, `unknown prompt style "nope" (known: `},
+		{[]string{"distill", "--manifest", "m", "--model", "x", "--out", "o", "--aspects", "beauty"}, nil, `unknown aspect "beauty" ` + aspects},
+		{[]string{"config", "print"}, []string{"M3GATE_SCORING_ASPECTS=beauty"}, `unknown aspect "beauty" ` + aspects},
+	}
+	for _, tt := range tests {
+		_, _, errOut := run(t, tt.env, "", tt.args...)
+		if !strings.Contains(errOut, tt.want) {
+			t.Errorf("%v: stderr lacks %q:\n%s", tt.args, tt.want, errOut)
+		}
+	}
+	_, out, _ := run(t, nil, "", "score", "--help")
+	if strings.Contains(out, "; have ") || !strings.Contains(out, "dataset style of the conversation prompts (") {
+		t.Errorf("--prompt-style help:\n%s", out)
+	}
+}
