@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -349,4 +350,31 @@ func TestKnownListsOneWording(t *testing.T) {
 	if strings.Contains(out, "; have ") || !strings.Contains(out, "dataset style of the conversation prompts (") {
 		t.Errorf("--prompt-style help:\n%s", out)
 	}
+}
+
+// TestReadmeListsEveryCommand: the README's command table has a row for
+// every command a user can run (subcommands of groups included).
+func TestReadmeListsEveryCommand(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme := string(b)
+	var walk func(c *cobra.Command, path string)
+	walk = func(c *cobra.Command, path string) {
+		for _, sub := range c.Commands() {
+			if sub.Hidden || sub.Name() == "help" || sub.Name() == "completion" {
+				continue
+			}
+			p := path + " " + sub.Name()
+			if sub.HasAvailableSubCommands() {
+				walk(sub, p)
+				continue
+			}
+			if !strings.Contains(readme, "| `"+p) {
+				t.Errorf("README.md's command table has no row for %q", p)
+			}
+		}
+	}
+	walk(NewRootCmd(&App{Stdin: strings.NewReader(""), Stdout: io.Discard, Stderr: io.Discard}), "m3gate")
 }
