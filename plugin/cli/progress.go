@@ -129,3 +129,20 @@ func (b *scoreBar) render(done int) string {
 	}
 	return sb.String()
 }
+
+// barWriter takes the output of a progress bar that redraws its line with
+// "\r" (schollz/progressbar) and shows its latest state as the status line.
+type barWriter struct{ s *statusLine }
+
+// Write implements io.Writer.
+func (b barWriter) Write(p []byte) (int, error) {
+	text := string(p)
+	if i := strings.LastIndexByte(text, '\r'); i >= 0 {
+		text = text[i+1:]
+	}
+	text = strings.TrimRight(text, "\n")
+	if strings.TrimSpace(text) != "" {
+		b.s.Set(text)
+	}
+	return len(p), nil
+}
