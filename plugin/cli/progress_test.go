@@ -28,7 +28,10 @@ func TestRunBarAndLogLinesApart(t *testing.T) {
 	status.Clear()
 
 	out := term.String()
-	i := strings.Index(out, "time=")
+	i := strings.Index(out, "[WARN]")
+	if i >= 0 {
+		i = strings.LastIndex(out[:i], eraseSeq) + len(eraseSeq)
+	}
 	if i < 0 {
 		t.Fatalf("no log line in %q", out)
 	}
@@ -52,7 +55,7 @@ func TestRunBarAndLogLinesApart(t *testing.T) {
 	bar = progressbar.NewOptions(3, progressbar.OptionSetWriter(barWriter{status}), progressbar.OptionSetRenderBlankState(true), progressbar.OptionThrottle(0))
 	bar.Add(1)
 	logger.Warn("x")
-	if out := term.String(); strings.Contains(out, "\r") || !strings.HasPrefix(out, "time=") {
+	if out := term.String(); strings.Contains(out, "\r") || !strings.Contains(out, "[WARN]  m3gate: x\n") {
 		t.Errorf("non-terminal output %q, want the log line only", out)
 	}
 }
