@@ -563,7 +563,7 @@ func runScore(ctx context.Context, app *App, f *scoreFlags, job *scoreJob) (err 
 	defer status.Clear()
 	app.Stderr = status // log lines and messages above the progress bar
 
-	out, err := openScoreOutput(app, f, job)
+	out, err := openScoreOutput(app, f, job, status)
 	if err != nil {
 		return err
 	}

@@ -1008,6 +1008,16 @@ func TestStatusLineKeepsLogsOffTheBar(t *testing.T) {
 		t.Errorf("terminal output\n got %q\nwant %q", buf.String(), want)
 	}
 
+	// Rows on stdout, another terminal stream, also go above the bar.
+	buf.Reset()
+	var stdout bytes.Buffer
+	s = newStatusLine(&buf)
+	s.Set("scored 1/4")
+	fmt.Fprintf(s.Above(&stdout), "row 1\n")
+	if got, want := buf.String(), eraseSeq+"scored 1/4"+eraseSeq+"scored 1/4"; got != want || stdout.String() != "row 1\n" {
+		t.Errorf("stdout row: stderr %q (want %q), stdout %q", got, want, stdout.String())
+	}
+
 	isTerminal = func(io.Writer) bool { return false }
 	buf.Reset()
 	s = newStatusLine(&buf)
