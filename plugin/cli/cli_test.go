@@ -4,9 +4,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"log/slog"
+	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strings"
 	"testing"
@@ -275,33 +276,27 @@ func TestConfigFlag(t *testing.T) {
 }
 
 func TestNewLogger(t *testing.T) {
+	// hclog's layout, as the supervisor and the model process log: one
+	// format in one terminal.
+	stamp := regexp.MustCompile(`(?m)^\S+ |"@timestamp":"[^"]*",?`)
 	tests := []struct {
 		level, format string
-		want          string // what an Info and a Warn line produce
+		want          string // what an Info and a Warn line produce, time removed
 	}{
-		{"info", "text", "level=INFO msg=i\nlevel=WARN msg=w\n"},
-		{"warn", "text", "level=WARN msg=w\n"},
+		{"info", "text", "[INFO]  m3gate: i: n=1\n[WARN]  m3gate: w: g.k=v\n"},
+		{"warn", "text", "[WARN]  m3gate: w: g.k=v\n"},
 		{"error", "json", ""},
-		{"debug", "json", `{"level":"INFO","msg":"i"}` + "\n" + `{"level":"WARN","msg":"w"}` + "\n"},
+		{"debug", "json", `{"@level":"info","@message":"i","@module":"m3gate","n":1}` + "\n" + `{"@level":"warn","@message":"w","@module":"m3gate","g.k":"v"}` + "\n"},
 	}
 	for _, tt := range tests {
 		var buf bytes.Buffer
 		l := NewLogger(config.Log{Level: tt.level, Format: tt.format}, &buf)
-		l = slog.New(dropTime{l.Handler()})
-		l.Info("i")
-		l.Warn("w")
-		if got := buf.String(); got != tt.want {
+		l.Info("i", "n", 1)
+		l.WithGroup("g").Warn("w", "k", "v")
+		if got := stamp.ReplaceAllString(buf.String(), ""); got != tt.want {
 			t.Errorf("%s/%s: got %q, want %q", tt.level, tt.format, got, tt.want)
 		}
 	}
-}
-
-// dropTime removes the time attribute so log lines compare exactly.
-type dropTime struct{ slog.Handler }
-
-func (d dropTime) Handle(ctx context.Context, r slog.Record) error {
-	r.Time = time.Time{}
-	return d.Handler.Handle(ctx, r)
 }
 
 func TestInterruptExitCode(t *testing.T) {
@@ -320,4 +315,60 @@ func TestInterruptExitCode(t *testing.T) {
 	if code != ExitInterrupted {
 		t.Errorf("code = %d, want %d (stderr %q)", code, ExitInterrupted, errb.String())
 	}
+}
+
+// TestKnownListsOneWording: every "unknown X" error lists the valid values
+// the same way, "(known: ...)", aspects in their usual order; the help of
+// --prompt-style does not repeat the default as a list.
+func TestKnownListsOneWording(t *testing.T) {
+	const aspects = "(known: quality, correspondence, authenticity)"
+	tests := []struct {
+		args []string
+		env  []string
+		want string
+	}{
+		{[]string{"score", "a.png", "--aspects", "beauty"}, nil, `unknown aspect "beauty" ` + aspects},
+		{[]string{"score", "a.png", "--aspects", ","}, nil, "no aspect " + aspects},
+		{[]string{"score", "a.png", "--adapter", "beauty=x"}, nil, `unknown aspect "beauty" ` + aspects},
+		{[]string{"score", "a.png", "--aspects", "quality", "--prompt-style", "nope"}, nil, `unknown prompt style "nope" (known: `},
+		{[]string{"distill", "--manifest", "m", "--model", "x", "--out", "o", "--aspects", "beauty"}, nil, `unknown aspect "beauty" ` + aspects},
+		{[]string{"config", "print"}, []string{"M3GATE_SCORING_ASPECTS=beauty"}, `unknown aspect "beauty" ` + aspects},
+	}
+	for _, tt := range tests {
+		_, _, errOut := run(t, tt.env, "", tt.args...)
+		if !strings.Contains(errOut, tt.want) {
+			t.Errorf("%v: stderr lacks %q:\n%s", tt.args, tt.want, errOut)
+		}
+	}
+	_, out, _ := run(t, nil, "", "score", "--help")
+	if strings.Contains(out, "; have ") || !strings.Contains(out, "dataset style of the conversation prompts (") {
+		t.Errorf("--prompt-style help:\n%s", out)
+	}
+}
+
+// TestReadmeListsEveryCommand: the README's command table has a row for
+// every command a user can run (subcommands of groups included).
+func TestReadmeListsEveryCommand(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme := string(b)
+	var walk func(c *cobra.Command, path string)
+	walk = func(c *cobra.Command, path string) {
+		for _, sub := range c.Commands() {
+			if sub.Hidden || sub.Name() == "help" || sub.Name() == "completion" {
+				continue
+			}
+			p := path + " " + sub.Name()
+			if sub.HasAvailableSubCommands() {
+				walk(sub, p)
+				continue
+			}
+			if !strings.Contains(readme, "| `"+p) {
+				t.Errorf("README.md's command table has no row for %q", p)
+			}
+		}
+	}
+	walk(NewRootCmd(&App{Stdin: strings.NewReader(""), Stdout: io.Discard, Stderr: io.Discard}), "m3gate")
 }

@@ -165,7 +165,7 @@ func TestDataConvertSplitsAndEvalWithManifest(t *testing.T) {
 		t.Errorf("sources not filled from the manifest:\n%s", b)
 	}
 	code, _, errOut = run(t, nil, "", "eval", "--predictions", preds, "--out", filepath.Join(work, "ev2"))
-	if code != ExitError || !strings.Contains(errOut, "lacks column mos") {
+	if code != ExitError || !strings.Contains(errOut, "no mos column (looked for mos, gt, gt_mos, mos_gt, label, target; name it with --mos-col NAME); the header has: image, aspect, predicted") {
 		t.Errorf("eval without manifest: %d %s", code, errOut)
 	}
 }

@@ -60,7 +60,7 @@ JSON is retried, then recorded as failed.`,
 			}
 			for _, a := range aspects {
 				if !dataset.IsAspect(a) {
-					return &UsageError{Err: fmt.Errorf("distill: unknown aspect %q (want %v)", a, dataset.Aspects)}
+					return &UsageError{Err: fmt.Errorf("distill: unknown aspect %q (known: %s)", a, strings.Join(dataset.Aspects, ", "))}
 				}
 			}
 			if keyEnv == "" && !noKey {

@@ -17,6 +17,7 @@ import (
 func newEvalCmd(app *App) *cobra.Command {
 	var (
 		predictions, out, manifest string
+		predCol, mosCol            string
 		bootstrap                  int
 		seed                       uint64
 		level                      float64
@@ -29,7 +30,8 @@ func newEvalCmd(app *App) *cobra.Command {
 seeded percentile-bootstrap confidence intervals.
 
 The predictions file is JSONL (objects with image, aspect, predicted, mos and
-optionally source) or CSV (.csv, header naming those columns). With
+optionally source) or CSV (.csv, header naming those columns; common other
+names such as pred or gt are accepted, --pred-col and --mos-col name others). With
 --manifest, lines without mos (or source) take them from the manifest, and
 the JSON lines of 'm3gate score --json' are read as they are (one
 prediction per scored aspect), so scores can be evaluated directly. The output
@@ -54,7 +56,7 @@ source).`,
 					return fmt.Errorf("eval: %w", err)
 				}
 			}
-			preds, err := metrics.ReadPredictionsWith(predictions, lookup)
+			preds, err := metrics.ReadPredictionsColumns(predictions, lookup, metrics.Columns{Predicted: predCol, MOS: mosCol})
 			if err != nil {
 				return fmt.Errorf("eval: %w", err)
 			}
@@ -74,6 +76,11 @@ source).`,
 					withCI(r.KRCC, r.CI, "krcc"), withCI(r.RMSE, r.CI, "rmse"))
 			}
 			tw.Flush()
+			for _, r := range rep.Results {
+				if r.FitError != "" {
+					fmt.Fprintf(app.Stderr, "m3gate: eval: %s: PLCC(fit) is NaN: %s (the 5-parameter logistic needs at least 5 images)\n", r.Aspect, r.FitError)
+				}
+			}
 			for _, f := range files {
 				fmt.Fprintf(app.Stdout, "wrote %s\n", f)
 			}
@@ -83,6 +90,8 @@ source).`,
 	fl := cmd.Flags()
 	fl.StringVar(&predictions, "predictions", "", "predictions file (JSONL or .csv)")
 	fl.StringVar(&out, "out", "eval", "output folder")
+	fl.StringVar(&predCol, "pred-col", "", "CSV column of the predicted score (default predicted, or pred, prediction, score, predicted_mos, pred_mos)")
+	fl.StringVar(&mosCol, "mos-col", "", "CSV column of the ground-truth MOS (default mos, or gt, gt_mos, mos_gt, label, target)")
 	fl.StringVar(&manifest, "manifest", "", "manifest supplying mos and source for predictions that lack them (matched by image name or path)")
 	fl.IntVar(&bootstrap, "bootstrap", 1000, "bootstrap resamples for confidence intervals (0: none)")
 	fl.Uint64Var(&seed, "seed", 1, "bootstrap seed")

@@ -65,6 +65,38 @@ func (s *statusLine) Write(p []byte) (int, error) {
 	return n, err
 }
 
+// Above returns a writer for w that keeps w's lines off the status line
+// when both go to terminals (the table of `score` on stdout while stderr
+// shows the bar); otherwise w itself.
+func (s *statusLine) Above(w io.Writer) io.Writer {
+	if !s.tty || !isTerminal(w) {
+		return w
+	}
+	return aboveWriter{s: s, w: w}
+}
+
+// aboveWriter writes to another terminal stream above the status line.
+type aboveWriter struct {
+	s *statusLine
+	w io.Writer
+}
+
+// Write implements io.Writer.
+func (a aboveWriter) Write(p []byte) (int, error) {
+	s := a.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	shown := s.line != "" && !s.pending
+	if shown {
+		io.WriteString(s.w, eraseSeq)
+	}
+	n, err := a.w.Write(p)
+	if shown && len(p) > 0 && p[len(p)-1] == '\n' {
+		io.WriteString(s.w, s.line)
+	}
+	return n, err
+}
+
 // Set draws line as the status line (terminals only).
 func (s *statusLine) Set(line string) {
 	s.mu.Lock()
@@ -128,4 +160,21 @@ func (b *scoreBar) render(done int) string {
 		fmt.Fprintf(&sb, " ETA %s", left.Round(time.Second))
 	}
 	return sb.String()
+}
+
+// barWriter takes the output of a progress bar that redraws its line with
+// "\r" (schollz/progressbar) and shows its latest state as the status line.
+type barWriter struct{ s *statusLine }
+
+// Write implements io.Writer.
+func (b barWriter) Write(p []byte) (int, error) {
+	text := string(p)
+	if i := strings.LastIndexByte(text, '\r'); i >= 0 {
+		text = text[i+1:]
+	}
+	text = strings.TrimRight(text, "\n")
+	if strings.TrimSpace(text) != "" {
+		b.s.Set(text)
+	}
+	return len(p), nil
 }

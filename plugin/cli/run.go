@@ -95,9 +95,12 @@ the others. With --resume, a run into the same --out continues an earlier one.`,
 			if lo, hi := app.Config.ComfyUI.ReconnectMin, app.Config.ComfyUI.ReconnectMax; lo > 0 && hi >= lo {
 				copts = append(copts, comfyui.WithBackoff(lo, hi))
 			}
-			if app.Logger != nil {
-				copts = append(copts, comfyui.WithLogger(app.Logger))
-			}
+			// The progress bar and the log lines share stderr: log lines go
+			// above the bar, never onto its line; no bar off a terminal.
+			status := newStatusLine(app.Stderr)
+			defer status.Clear()
+			logger := NewLogger(app.Config.Log, status)
+			copts = append(copts, comfyui.WithLogger(logger))
 			var scorer pipeline.Scorer
 			if queueURL != "" || app.Config.Queue.URL != "" {
 				qs, err := newRunQueueScorer(cmd.Context(), app, queueURL, pipeline.Gate{Thresholds: th, Mode: m})
@@ -120,11 +123,12 @@ the others. With --resume, a run into the same --out continues an earlier one.`,
 				Gate:    pipeline.Gate{Thresholds: th, Mode: m},
 				Aspects: aspects, SeedNodes: seedNodes, Prompt: prompt, OutDir: out, KeepRejected: keepRejected, Resume: resume,
 				Scorer:   scorer,
-				Progress: app.Stderr, Parallel: parallel, RandSeed: randSeed,
-				ClientOptions: copts, Log: app.Logger,
+				Progress: barWriter{status}, Parallel: parallel, RandSeed: randSeed,
+				ClientOptions: copts, Log: logger,
 			}
 			start := time.Now()
 			sum, err := pipeline.Run(cmd.Context(), cfg)
+			status.Clear()
 			if sum != nil {
 				fmt.Fprintf(app.Stdout, "accepted %d/%d images in %s (%d prompts, %d rejected, %d failed, %d resubmitted after a server restart, %d resumed)\n",
 					len(sum.Accepted), count, time.Since(start).Round(time.Second), sum.Prompts, sum.Rejected, sum.Failed, sum.Resubmitted, sum.Resumed)

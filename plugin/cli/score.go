@@ -128,7 +128,7 @@ its file.`,
 	fl := cmd.Flags()
 	fl.StringVar(&f.prompt, "prompt", "", "generation prompt of the images (for images without one in --prompts-file)")
 	fl.StringVar(&f.promptsFile, "prompts-file", "", `JSONL file of {"image": PATH, "prompt": TEXT} lines`)
-	fl.StringVar(&f.promptStyle, "prompt-style", "", "dataset style of the conversation prompts (default "+dataset.DefaultPromptStyle()+"; have "+strings.Join(dataset.PromptStyles(), ", ")+")")
+	fl.StringVar(&f.promptStyle, "prompt-style", "", promptStyleHelp())
 	fl.StringSliceVar(&f.aspects, "aspects", nil, "aspects to score, comma-separated: quality, correspondence, authenticity (default scoring.aspects)")
 	fl.BoolVar(&f.json, "json", false, "print one JSON object per image per line instead of a table")
 	fl.StringVarP(&f.output, "output", "o", "", "write the results to FILE instead of stdout (each image as soon as it is scored)")
@@ -232,6 +232,15 @@ func buildScoreJob(app *App, f *scoreFlags, args []string) (*scoreJob, error) {
 	return job, nil
 }
 
+// promptStyleHelp describes --prompt-style with the known styles.
+func promptStyleHelp() string {
+	styles := dataset.PromptStyles()
+	if len(styles) == 1 {
+		return "dataset style of the conversation prompts (only " + styles[0] + " so far)"
+	}
+	return "dataset style of the conversation prompts (known: " + strings.Join(styles, ", ") + "; default " + dataset.DefaultPromptStyle() + ")"
+}
+
 // checkAspects validates aspect names (known, not repeated, at least one).
 func checkAspects(in []string) ([]string, error) {
 	var out []string
@@ -241,7 +250,7 @@ func checkAspects(in []string) ([]string, error) {
 			continue
 		}
 		if !slices.Contains(config.Aspects, a) {
-			return nil, fmt.Errorf("unknown aspect %q (want %s)", a, strings.Join(config.Aspects, ", "))
+			return nil, fmt.Errorf("unknown aspect %q (known: %s)", a, strings.Join(config.Aspects, ", "))
 		}
 		if slices.Contains(out, a) {
 			return nil, fmt.Errorf("aspect %q given twice", a)
@@ -249,7 +258,7 @@ func checkAspects(in []string) ([]string, error) {
 		out = append(out, a)
 	}
 	if len(out) == 0 {
-		return nil, fmt.Errorf("no aspect (want some of %s)", strings.Join(config.Aspects, ", "))
+		return nil, fmt.Errorf("no aspect (known: %s)", strings.Join(config.Aspects, ", "))
 	}
 	return out, nil
 }
@@ -268,7 +277,7 @@ func overridePaths(configured map[string]string, flags []string, flag string) (m
 			return nil, &UsageError{Err: fmt.Errorf("score: %s %q: want aspect=PATH", flag, kv)}
 		}
 		if !slices.Contains(config.Aspects, aspect) {
-			return nil, &UsageError{Err: fmt.Errorf("score: %s %q: unknown aspect %q (want %s)", flag, kv, aspect, strings.Join(config.Aspects, ", "))}
+			return nil, &UsageError{Err: fmt.Errorf("score: %s %q: unknown aspect %q (known: %s)", flag, kv, aspect, strings.Join(config.Aspects, ", "))}
 		}
 		if path == "" {
 			delete(out, aspect)
@@ -554,7 +563,7 @@ func runScore(ctx context.Context, app *App, f *scoreFlags, job *scoreJob) (err 
 	defer status.Clear()
 	app.Stderr = status // log lines and messages above the progress bar
 
-	out, err := openScoreOutput(app, f, job)
+	out, err := openScoreOutput(app, f, job, status)
 	if err != nil {
 		return err
 	}

@@ -42,6 +42,7 @@ const (
 	// With scoreTestCLIEnv=1 the test binary is the m3gate command (the
 	// arguments are the JSON array in scoreTestArgsEnv), with the signal
 	// handling of plugin/cmd/m3gate, so tests can interrupt it for real.
+	scoreTestLoadEnv = "M3GATE_SCORE_TEST_LOADFILE" // the fake writes the LoadRequest here
 	scoreTestCLIEnv  = "M3GATE_SCORE_TEST_CLI"
 	scoreTestArgsEnv = "M3GATE_SCORE_TEST_ARGS"
 )
@@ -81,6 +82,10 @@ func TestMain(m *testing.M) {
 type fakeScorer struct{ mode string }
 
 func (f fakeScorer) Load(ctx context.Context, req schemas.LoadRequest, progress func(schemas.LoadProgress)) error {
+	if p := os.Getenv(scoreTestLoadEnv); p != "" {
+		b, _ := json.Marshal(req)
+		os.WriteFile(p, b, 0o644)
+	}
 	switch f.mode {
 	case "block-load":
 		progress(schemas.LoadProgress{Stage: "weights", DoneBytes: 1, TotalBytes: 10})
@@ -344,7 +349,8 @@ func TestScoreBuildsRequest(t *testing.T) {
 			if err := job.Request.Validate(); err != nil {
 				t.Errorf("request does not validate: %v", err)
 			}
-			wantLoad := schemas.LoadRequest{ModelDir: model, Family: "idefics3", Device: "cpu", DType: "f32"}
+			wantLoad := schemas.LoadRequest{ModelDir: model, Family: "idefics3", Device: "cpu", DType: "f32",
+				Options: map[string]string{"image_splitting": "false"}} // model.image_splitting overrides the model's do_image_splitting
 			if strings.Contains(strings.Join(tt.env, " "), "THREADS=3") {
 				wantLoad.Threads = 3
 			}
@@ -1000,6 +1006,16 @@ func TestStatusLineKeepsLogsOffTheBar(t *testing.T) {
 	want := eraseSeq + "scored 1/4" + eraseSeq + "warn: slow\n" + "scored 1/4" + eraseSeq + "scored 2/4" + eraseSeq
 	if buf.String() != want {
 		t.Errorf("terminal output\n got %q\nwant %q", buf.String(), want)
+	}
+
+	// Rows on stdout, another terminal stream, also go above the bar.
+	buf.Reset()
+	var stdout bytes.Buffer
+	s = newStatusLine(&buf)
+	s.Set("scored 1/4")
+	fmt.Fprintf(s.Above(&stdout), "row 1\n")
+	if got, want := buf.String(), eraseSeq+"scored 1/4"+eraseSeq+"scored 1/4"; got != want || stdout.String() != "row 1\n" {
+		t.Errorf("stdout row: stderr %q (want %q), stdout %q", got, want, stdout.String())
 	}
 
 	isTerminal = func(io.Writer) bool { return false }

@@ -186,7 +186,7 @@ func (o *scoreOutput) resumeHint() string {
 // openScoreOutput opens stdout or the --output file. With --resume the
 // file's JSON lines name the images already scored (lines with an error
 // do not count: those images are scored again) and new rows are appended.
-func openScoreOutput(app *App, f *scoreFlags, job *scoreJob) (*scoreOutput, error) {
+func openScoreOutput(app *App, f *scoreFlags, job *scoreJob, status *statusLine) (*scoreOutput, error) {
 	o := &scoreOutput{path: f.output}
 	done := map[string]bool{}
 	if f.output != "" {
@@ -215,7 +215,7 @@ func openScoreOutput(app *App, f *scoreFlags, job *scoreJob) (*scoreOutput, erro
 	if f.resume && len(o.todo) < len(job.Images) {
 		fmt.Fprintf(app.Stderr, "resuming: %d of %d images already scored in %s, %d left\n", len(job.Images)-len(o.todo), len(job.Images), f.output, len(o.todo))
 	}
-	var w io.Writer = app.Stdout
+	w := status.Above(app.Stdout)
 	if o.file != nil {
 		w = o.file
 	}

@@ -29,7 +29,8 @@ import (
 
 // newServeCmd builds `m3gate serve`: the daemon with its HTTP/WS API.
 func newServeCmd(app *App) *cobra.Command {
-	var listen, model, queueURL string
+	var listen, model, queueURL, device string
+	var threads int
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the m3gate daemon (HTTP/WS API for the ComfyUI node pack)",
@@ -46,9 +47,20 @@ A crashed model process is restarted automatically. SIGINT or SIGTERM stops
 the daemon and the model process.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if cmd.Flags().Changed("device") {
+				app.Config.Model.Device = device
+			}
+			if cmd.Flags().Changed("threads") {
+				if threads < 0 {
+					return &UsageError{Err: fmt.Errorf("serve: --threads %d: want 0 (one per core) or more", threads)}
+				}
+				app.Config.Model.Threads = threads
+			}
 			return runServe(cmd.Context(), app, listen, model, queueURL)
 		},
 	}
+	cmd.Flags().StringVar(&device, "device", "", "cpu, cuda or cuda:N (default model.device)")
+	cmd.Flags().IntVar(&threads, "threads", 0, "libtorch intra-op threads, 0 = one per core (default model.threads)")
 	cmd.Flags().StringVar(&queueURL, "queue", "", "score through a NATS JetStream queue: embedded or nats://URL (default queue.url; see m3gate worker)")
 	cmd.Flags().StringVar(&listen, "listen", "", "host:port to listen on (default daemon.listen)")
 	cmd.Flags().StringVar(&model, "model", "", "model directory (default model.dir)")
@@ -80,6 +92,14 @@ func runServe(ctx context.Context, app *App, listen, model, queueURL string) err
 		JSONFormat: cfg.Log.Format == "json",
 		Output:     app.Stderr,
 	})
+
+	// Bind first: a busy port fails at once, before the model process
+	// starts and loads.
+	lis, err := net.Listen("tcp", listen)
+	if err != nil {
+		return fmt.Errorf("serve: listen on %s: %w", listen, err)
+	}
+	defer lis.Close()
 
 	// The server publishes the supervisor's state changes; the supervisor
 	// starts first, so the callback finds the server through a pointer.
@@ -141,10 +161,6 @@ func runServe(ctx context.Context, app *App, listen, model, queueURL string) err
 	srvPtr.Store(srv)
 	defer srv.Close()
 
-	lis, err := net.Listen("tcp", listen)
-	if err != nil {
-		return fmt.Errorf("serve: listen on %s: %w", listen, err)
-	}
 	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 30 * time.Second}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- hs.Serve(lis) }()
@@ -280,8 +296,10 @@ func loadOptions(m config.Model) map[string]string {
 	for k, v := range m.Options {
 		out[k] = v
 	}
-	if m.ImageSplitting {
-		out["image_splitting"] = "true"
+	// model.image_splitting overrides the model's own do_image_splitting
+	// (SmolVLM's says true: up to 17 tiles, far slower than one image).
+	if _, set := out["image_splitting"]; !set && (m.Family == "" || m.Family == "idefics3") {
+		out["image_splitting"] = strconv.FormatBool(m.ImageSplitting)
 	}
 	// The prompt limit, when it is not the default the model process
 	// applies by itself (idefics3; minicpmv25 bounds its own max_length).

@@ -98,7 +98,7 @@ func LookupPrompts(aspect, style string) (PromptPair, error) {
 	}
 	aspects, ok := p.Styles[style]
 	if !ok {
-		return PromptPair{}, fmt.Errorf("unknown prompt style %q (have %v)", style, PromptStyles())
+		return PromptPair{}, fmt.Errorf("unknown prompt style %q (known: %s)", style, strings.Join(PromptStyles(), ", "))
 	}
 	pp, ok := aspects[aspect]
 	if !ok {

@@ -42,6 +42,28 @@ func ReadPredictions(path string) ([]Prediction, error) {
 // ReadPredictionsWith is ReadPredictions where lines without mos (or with
 // an empty mos or source) are completed by lookup, e.g. from a manifest.
 func ReadPredictionsWith(path string, lookup Lookup) ([]Prediction, error) {
+	return ReadPredictionsColumns(path, lookup, Columns{})
+}
+
+// Columns names the columns of a CSV predictions file. An empty field
+// means the standard name or one of its common aliases (csvAliases).
+type Columns struct {
+	Predicted, MOS string
+}
+
+// csvAliases are the header names accepted for a column, standard name
+// first.
+var csvAliases = map[string][]string{
+	"image":     {"image", "name", "file", "filename", "path", "image_name"},
+	"aspect":    {"aspect"},
+	"source":    {"source"},
+	"predicted": {"predicted", "pred", "prediction", "score", "predicted_mos", "pred_mos"},
+	"mos":       {"mos", "gt", "gt_mos", "mos_gt", "label", "target"},
+}
+
+// ReadPredictionsColumns is ReadPredictionsWith with the CSV columns of
+// the predicted score and the MOS named by cols.
+func ReadPredictionsColumns(path string, lookup Lookup, cols Columns) ([]Prediction, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("read predictions: %w", err)
@@ -49,7 +71,7 @@ func ReadPredictionsWith(path string, lookup Lookup) ([]Prediction, error) {
 	var preds []Prediction
 	var probs []string
 	if strings.EqualFold(filepath.Ext(path), ".csv") {
-		preds, probs, err = readPredictionsCSV(path, b, lookup)
+		preds, probs, err = readPredictionsCSV(path, b, lookup, cols)
 		if err != nil {
 			return nil, err
 		}
@@ -196,25 +218,53 @@ func expandScoreLine(image string, aspects map[string]struct {
 	return preds, probs
 }
 
-func readPredictionsCSV(path string, b []byte, lookup Lookup) ([]Prediction, []string, error) {
+func readPredictionsCSV(path string, b []byte, lookup Lookup, cols Columns) ([]Prediction, []string, error) {
 	r := csv.NewReader(bytes.NewReader(b))
 	r.FieldsPerRecord = -1
 	hdr, err := r.Read()
 	if err != nil {
 		return nil, nil, fmt.Errorf("read predictions %s: header: %w", path, err)
 	}
-	col := map[string]int{}
+	found := map[string]int{}
+	var names []string
 	for i, h := range hdr {
-		col[strings.ToLower(strings.TrimSpace(strings.TrimPrefix(h, "\ufeff")))] = i
+		h = strings.ToLower(strings.TrimSpace(strings.TrimPrefix(h, "\ufeff")))
+		if _, dup := found[h]; !dup {
+			found[h] = i
+		}
+		names = append(names, h)
+	}
+	given := map[string]string{"predicted": cols.Predicted, "mos": cols.MOS}
+	flags := map[string]string{"predicted": "--pred-col", "mos": "--mos-col"}
+	col := map[string]int{}
+	for _, c := range []string{"image", "aspect", "source", "predicted", "mos"} {
+		want := csvAliases[c]
+		if g := strings.ToLower(strings.TrimSpace(given[c])); g != "" {
+			want = []string{g}
+		}
+		for _, name := range want {
+			if i, ok := found[name]; ok {
+				col[c] = i
+				break
+			}
+		}
 	}
 	required := []string{"image", "predicted", "mos"}
 	if lookup != nil {
 		required = required[:2]
 	}
 	for _, c := range required {
-		if _, ok := col[c]; !ok {
-			return nil, nil, fmt.Errorf("read predictions %s: header %q lacks column %s", path, hdr, c)
+		if _, ok := col[c]; ok {
+			continue
 		}
+		hint := "looked for " + strings.Join(csvAliases[c], ", ")
+		if g := given[c]; g != "" {
+			hint = "looked for " + g
+		}
+		if f := flags[c]; f != "" {
+			hint += "; name it with " + f + " NAME"
+		}
+		return nil, nil, fmt.Errorf("read predictions %s: no %s column (%s); the header has: %s", path, c, hint, strings.Join(names, ", "))
 	}
 	get := func(row []string, name string) string {
 		i, ok := col[name]

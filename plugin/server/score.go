@@ -200,6 +200,23 @@ func (s *Server) resultJSON(res schemas.ItemResult) ResultJSON {
 	return out
 }
 
+// knownAspects lists the aspects that have prompts: the standard ones in
+// their usual order, then any others sorted.
+func knownAspects(prompts map[string]schemas.AspectPrompt) []string {
+	var out []string
+	for _, a := range config.Aspects {
+		if _, ok := prompts[a]; ok {
+			out = append(out, a)
+		}
+	}
+	for _, a := range slices.Sorted(maps.Keys(prompts)) {
+		if !slices.Contains(config.Aspects, a) {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
 // checkPrompts refuses a request that scores correspondence on an image
 // without a generation prompt, naming the field to set (as `m3gate score`
 // refuses it): the model would rate the match with an empty prompt.
@@ -256,7 +273,7 @@ func (s *Server) parseScore(r *http.Request) (schemas.ScoreRequest, provenance, 
 	if len(d.Prompts) > 0 {
 		for _, a := range req.Options.Aspects {
 			if _, ok := d.Prompts[a]; !ok {
-				return req, prov, badf("unknown aspect %q (have %s)", a, strings.Join(slices.Sorted(maps.Keys(d.Prompts)), ", "))
+				return req, prov, badf("unknown aspect %q (known: %s)", a, strings.Join(knownAspects(d.Prompts), ", "))
 			}
 		}
 	}

@@ -204,7 +204,7 @@ func TestScoreBadRequests(t *testing.T) {
 		{"unknown field", "application/json", `{"imgs":[]}`, 400, "unknown field"},
 		{"too many", "application/json", `{"images":[{"path":"/a"},{"path":"/b"},{"path":"/c"}]}`, 400, "at most 2"},
 		{"repeated aspect", "application/json", `{"images":[{"path":"/a"}],"aspects":["q","q"]}`, 400, "repeated"},
-		{"unknown aspect", "application/json", `{"images":[{"path":"/a"}],"aspects":["beauty"]}`, 400, `unknown aspect \"beauty\" (have correspondence, q, quality)`},
+		{"unknown aspect", "application/json", `{"images":[{"path":"/a"}],"aspects":["beauty"]}`, 400, `unknown aspect \"beauty\" (known: quality, correspondence, q)`},
 		{"content type", "text/plain", `hello`, 400, "unsupported content type"},
 		{"correspondence without prompt", "application/json", `{"images":[{"path":"/a"}],"aspects":["correspondence"]}`, 400, `prompt is empty: correspondence needs the generation prompt`},
 		{"correspondence with blank prompt", "application/json", `{"images":[{"path":"/a"}],"prompt":"  ","aspects":["quality","correspondence"]}`, 400, `set \"prompt\"`},

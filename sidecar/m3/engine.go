@@ -35,7 +35,7 @@ type Engine struct {
 	info       schemas.ModelInfo
 	maxPixels  int64
 	maxPrompt  int
-	split      bool
+	image      imageproc.Options // preprocessing of every image
 	// other serves a family other than idefics3 (minicpmv25) when loaded.
 	other service.Engine
 }
@@ -50,7 +50,9 @@ const (
 	// OptionMaxPixels bounds the decoded size of an image (decompression
 	// bombs); default imageproc.DefaultMaxPixels.
 	OptionMaxPixels = "max_pixels"
-	// OptionImageSplitting turns on the tiled mode ("true"/"false").
+	// OptionImageSplitting turns the tiled mode on or off ("true"/"false");
+	// without it the model's preprocessor_config.json decides
+	// (do_image_splitting).
 	OptionImageSplitting = "image_splitting"
 	// OptionMaxPromptTokens bounds the conversation of every aspect in
 	// tokens; default DefaultMaxPromptTokens (see Engine.CheckPrompts).
@@ -62,6 +64,17 @@ const (
 // would hold the model for minutes (prefill cost grows faster than
 // linearly with length).
 const DefaultMaxPromptTokens = 1024
+
+// imageOptions is the preprocessing the model's processor config asks for
+// (tile side, do_image_splitting, size.longest_edge), with split, when set,
+// overriding do_image_splitting.
+func imageOptions(p mllm.ProcessorConfig, split *bool) imageproc.Options {
+	o := imageproc.Options{Size: p.Size, Split: p.Split, LongestEdge: p.LongestEdge}
+	if split != nil {
+		o.Split = *split
+	}
+	return o
+}
 
 // Load reads the model directory, the adapters and the predictors of req.
 // A failed Load leaves no model loaded.
@@ -101,7 +114,7 @@ func (e *Engine) Load(ctx context.Context, req schemas.LoadRequest, progress fun
 		return fmt.Errorf("load: dtype %q: want f32 or bf16", req.DType)
 	}
 	maxPixels := int64(imageproc.DefaultMaxPixels)
-	split := false
+	var split *bool // nil: the model's processor config decides
 	maxPrompt := DefaultMaxPromptTokens
 	for k, v := range req.Options {
 		switch k {
@@ -116,7 +129,7 @@ func (e *Engine) Load(ctx context.Context, req schemas.LoadRequest, progress fun
 			if err != nil {
 				return fmt.Errorf("load: option %s=%q: want true or false", k, v)
 			}
-			split = b
+			split = &b
 		case OptionMaxPromptTokens:
 			n, err := strconv.Atoi(v)
 			if err != nil || n <= 0 {
@@ -192,7 +205,8 @@ func (e *Engine) Load(ctx context.Context, req schemas.LoadRequest, progress fun
 		return fmt.Errorf("load: %w", err)
 	}
 	e.model, e.scorer, e.adapters, e.predictors = model, scorer, set, preds
-	e.maxPixels, e.split, e.maxPrompt = maxPixels, split, maxPrompt
+	e.maxPixels, e.maxPrompt = maxPixels, maxPrompt
+	e.image = imageOptions(model.Processor, split)
 	dtype := "f32"
 	if opts.DType == gotch.BFloat16 {
 		dtype = "bf16"
@@ -337,7 +351,7 @@ func (e *Engine) pixels(it schemas.ScoreItem) (mllm.Pixels, error) {
 	if err != nil {
 		return mllm.Pixels{}, fmt.Errorf("%s: %w", name, err)
 	}
-	p, err := imageproc.Preprocess(img, imageproc.Options{Size: e.model.Config.Vision.ImageSize, Split: e.split})
+	p, err := imageproc.Preprocess(img, e.image)
 	if b := img.Bounds(); b.Dx()*b.Dy() > bigImagePixels {
 		// Hand a large decoded image's memory back to the system now,
 		// rather than holding it through the model pass (which pauses the

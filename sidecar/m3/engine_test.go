@@ -3,6 +3,7 @@ package m3
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"image"
 	"image/color"
 	"image/png"
@@ -13,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/m3gate/m3gate/schemas"
+	"github.com/m3gate/m3gate/sidecar/imageproc"
 	"github.com/m3gate/m3gate/sidecar/lora"
 	"github.com/m3gate/m3gate/sidecar/mllm"
 	"github.com/m3gate/m3gate/sidecar/torch"
@@ -297,5 +299,68 @@ func TestEngineDeviceCUDA(t *testing.T) {
 		if d := math.Abs(pc - got[1].WordProbs[w]); d > 1e-4 {
 			t.Errorf("P(%s) on the CPU %v, on cuda:0 %v", w, pc, got[1].WordProbs[w])
 		}
+	}
+}
+
+// TestEngineImageSplittingFromProcessorConfig: without the image_splitting
+// option the model's preprocessor_config.json decides (do_image_splitting),
+// and split mode resizes to its size.longest_edge, not 4 tiles; the option
+// overrides do_image_splitting either way.
+func TestEngineImageSplittingFromProcessorConfig(t *testing.T) {
+	modelDir := filepath.Join(t.TempDir(), "model")
+	if err := mllm.WriteTiny(modelDir, "tiny", 7); err != nil {
+		t.Fatal(err)
+	}
+	m, err := mllm.Load(modelDir, mllm.LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	S := m.Config.Vision.ImageSize
+	m.Close()
+	cfgPath := filepath.Join(modelDir, "preprocessor_config.json")
+	raw, err := os.ReadFile(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc map[string]any
+	if err := json.Unmarshal(raw, &doc); err != nil {
+		t.Fatal(err)
+	}
+	doc["do_image_splitting"] = true
+	doc["size"] = map[string]int{"longest_edge": 3 * S}
+	raw, _ = json.Marshal(doc)
+	if err := os.WriteFile(cfgPath, raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// A 6S×S image: resized to 3S wide, so 3 tiles (4S would give 4).
+	img := image.NewRGBA(image.Rect(0, 0, 6*S, S))
+	tests := []struct {
+		name      string
+		options   map[string]string
+		wantSplit bool
+		wantTiles int
+	}{
+		{"processor config", nil, true, 3 + 1},
+		{"option off", map[string]string{OptionImageSplitting: "false"}, false, 1},
+		{"option on", map[string]string{OptionImageSplitting: "true"}, true, 3 + 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := NewEngine()
+			if err := e.Load(context.Background(), schemas.LoadRequest{ModelDir: modelDir, Threads: 1, Options: tt.options}, nil); err != nil {
+				t.Fatal(err)
+			}
+			defer e.Unload(context.Background())
+			if e.image.Split != tt.wantSplit || e.image.LongestEdge != 3*S || e.image.Size != S {
+				t.Errorf("image options %+v, want split %v, longest edge %d, size %d", e.image, tt.wantSplit, 3*S, S)
+			}
+			p, err := imageproc.Preprocess(img, e.image)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := len(p.Tiles); got != tt.wantTiles {
+				t.Errorf("%d tiles, want %d", got, tt.wantTiles)
+			}
+		})
 	}
 }
