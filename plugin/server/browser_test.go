@@ -395,9 +395,8 @@ func TestBrowserReviewPageAndReport(t *testing.T) {
 	if h := eval[string](t, b, `document.querySelector('.hist[data-aspect="quality"] figcaption').textContent`); !strings.HasPrefix(h, "quality: 3 images") {
 		t.Errorf("histogram caption %q", h)
 	}
-	if st := eval[string](t, b, `document.getElementById('status').textContent`); !strings.Contains(st, "state ready") || !strings.Contains(st, "device cpu") || !strings.Contains(st, "restarts 0") {
-		t.Errorf("status header %q", st)
-	}
+	// The header polls /v1/status: model, device, state, queue, restarts.
+	waitFor(t, b, `(function (s) { return s.indexOf('state ready') >= 0 && s.indexOf('device cpu') >= 0 && s.indexOf('queue 0') >= 0 && s.indexOf('restarts 0') >= 0; })(document.getElementById('status').textContent)`, 15*time.Second)
 
 	png1, err := chromedp.Run(b.ctx, chromedp.CaptureScreenshot())
 	if err != nil {

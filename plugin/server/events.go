@@ -10,6 +10,10 @@ import (
 var upgrader = websocket.Upgrader{
 	ReadBufferSize:  1024,
 	WriteBufferSize: 16 << 10,
+	// The review page asks for wsProtocol (and may offer its token as
+	// another subprotocol, see subprotocolToken); the answer names only
+	// wsProtocol, never the token.
+	Subprotocols: []string{wsProtocol},
 	// The daemon listens locally for the node pack and pipelines; browsers
 	// of other origins are refused unless the origin is the daemon itself.
 	CheckOrigin: func(r *http.Request) bool {

@@ -2,6 +2,7 @@ package server
 
 import (
 	"bytes"
+	"encoding/base64"
 	"fmt"
 	"mime"
 	"net/http"
@@ -10,6 +11,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/gorilla/websocket"
 
 	"github.com/m3gate/m3gate/plugin/review"
 	"github.com/m3gate/m3gate/schemas"
@@ -144,6 +147,30 @@ func sameOrigin(w http.ResponseWriter, r *http.Request) bool {
 	}
 	writeError(w, http.StatusForbidden, fmt.Errorf("%s is only for the daemon's own page (Sec-Fetch-Site: %s)", r.URL.Path, r.Header.Get("Sec-Fetch-Site")))
 	return false
+}
+
+// pagePublic reports whether path is the page's shell: / and /ui/… hold
+// no data, so they are served without the daemon's token (a browser sends
+// none when it opens a page); the page then asks its user for the token
+// and sends it on every data request.
+func pagePublic(path string) bool { return path == "/" || strings.HasPrefix(path, "/ui/") }
+
+// wsProtocol is the websocket subprotocol the page asks for. A browser
+// cannot set Authorization on a websocket, so with a token the page also
+// offers the subprotocol "bearer.<base64url of the token>".
+const wsProtocol = "m3gate"
+
+// subprotocolToken returns the token a browser's websocket handshake
+// offers as a subprotocol.
+func subprotocolToken(r *http.Request) (string, bool) {
+	for _, p := range websocket.Subprotocols(r) {
+		if enc, ok := strings.CutPrefix(p, "bearer."); ok {
+			if b, err := base64.RawURLEncoding.DecodeString(enc); err == nil {
+				return string(b), true
+			}
+		}
+	}
+	return "", false
 }
 
 // registerPage adds the review page's routes.

@@ -384,6 +384,12 @@
     });
   }
 
+  function b64url(text) {
+    var bytes = new TextEncoder().encode(text), bin = '';
+    for (var i = 0; i < bytes.length; i++) { bin += String.fromCharCode(bytes[i]); }
+    return btoa(bin).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
+  }
+
   function authHeaders() {
     return state.token ? { 'Authorization': 'Bearer ' + state.token } : {};
   }
@@ -435,7 +441,9 @@
   function connect() {
     var proto = window.location.protocol === 'https:' ? 'wss://' : 'ws://';
     var url = proto + window.location.host + '/v1/events';
-    var ws = state.token ? new WebSocket(url, ['m3gate', 'bearer.' + state.token]) : new WebSocket(url);
+    // A browser cannot set Authorization on a websocket: the token travels
+    // as the subprotocol "bearer.<base64url of the token>".
+    var ws = state.token ? new WebSocket(url, ['m3gate', 'bearer.' + b64url(state.token)]) : new WebSocket(url);
     live.ws = ws;
     ws.onopen = function () { live.backoff = 500; live.conn = 'live'; renderStatus(); };
     ws.onmessage = function (m) {
