@@ -24,16 +24,12 @@ func TestServeBusyPortFailsBeforeLoading(t *testing.T) {
 	}
 	defer busy.Close()
 	env = append(env, "M3GATE_MODEL_DIR="+fakeModelDir(t))
-	start := time.Now()
 	code, _, errOut := run(t, env, "", "serve", "--listen", busy.Addr().String(), "--device", "cpu", "--threads", "2")
 	if code != ExitError || !strings.Contains(errOut, "serve: listen on "+busy.Addr().String()) || !strings.Contains(errOut, "address already in use") {
 		t.Fatalf("code %d, stderr:\n%s", code, errOut)
 	}
 	if _, err := os.Stat(pidFile); err == nil {
 		t.Errorf("the model process was started before the bind failed")
-	}
-	if d := time.Since(start); d > 2*time.Second {
-		t.Errorf("took %v", d)
 	}
 }
 
