@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -51,15 +52,23 @@ type feed struct {
 	events []ScoreEvent
 	thumbs map[string][]byte
 	// work serialises thumbnail decoding, so that concurrent requests
-	// never decode more than one large image at once.
+	// never decode more than one image at once.
 	work sync.Mutex
+	// pending counts the image bytes held for thumbnails not made yet;
+	// beyond maxPending an event goes out without thumbnails.
+	pending    atomic.Int64
+	maxPending int64
 }
+
+// maxPendingThumbBytes bounds the image bytes the daemon keeps after
+// answering, for thumbnails still to be made.
+const maxPendingThumbBytes = 64 << 20
 
 func newFeed(limit int) *feed {
 	if limit <= 0 {
 		limit = RecentImages
 	}
-	return &feed{limit: limit, thumbs: map[string][]byte{}}
+	return &feed{limit: limit, thumbs: map[string][]byte{}, maxPending: maxPendingThumbBytes}
 }
 
 // add remembers ev and the thumbnails of its images (keyed like thumbURL),
@@ -96,10 +105,34 @@ func (f *feed) thumb(id string) ([]byte, bool) {
 	return b, ok
 }
 
-// reviewEvent builds the score event of an answered request with
-// thumbnails of the images sent as bytes (an image given by path is not
-// read by the daemon and gets none) and remembers it for the page.
-func (s *Server) reviewEvent(id string, req schemas.ScoreRequest, prov provenance, results []ResultJSON) ScoreEvent {
+// publishScore publishes the score event of an answered request on
+// /v1/events and remembers it for GET /v1/recent. The thumbnails are made
+// after the answer, off the request's goroutine, one image at a time; while
+// more than maxPendingThumbBytes of images wait for theirs, an event goes
+// out without thumbnails, so a burst of requests costs bounded memory.
+func (s *Server) publishScore(id string, req schemas.ScoreRequest, prov provenance, results []ResultJSON) {
+	var size int64
+	for _, it := range req.Items {
+		size += int64(len(it.Data))
+	}
+	if size == 0 || s.feed.pending.Add(size) > s.feed.maxPending {
+		if size > 0 {
+			s.feed.pending.Add(-size)
+		}
+		s.hub.publish(Event{Type: "score", Data: s.reviewEvent(id, req, prov, results, false)})
+		return
+	}
+	go func() {
+		defer s.feed.pending.Add(-size)
+		s.hub.publish(Event{Type: "score", Data: s.reviewEvent(id, req, prov, results, true)})
+	}()
+}
+
+// reviewEvent builds the score event of an answered request, with
+// thumbnails of the images sent as bytes when thumbs is set (an image given
+// by path is not read by the daemon and gets none), and remembers it for
+// the page.
+func (s *Server) reviewEvent(id string, req schemas.ScoreRequest, prov provenance, results []ResultJSON, thumbs bool) ScoreEvent {
 	ev := ScoreEvent{RequestID: id, Prompt: req.Prompt, Results: results, Time: time.Now().UTC(), Attempt: prov.Attempt}
 	if prov.Seed != nil {
 		ev.Seed = strconv.FormatUint(*prov.Seed, 10)
@@ -116,11 +149,14 @@ func (s *Server) reviewEvent(id string, req schemas.ScoreRequest, prov provenanc
 			break
 		}
 	}
-	thumbs := map[string][]byte{}
+	made := map[string][]byte{}
 	ev.Thumbs = make([]string, len(results))
-	s.feed.work.Lock()
+	if thumbs {
+		s.feed.work.Lock()
+		defer s.feed.work.Unlock()
+	}
 	for i, r := range results {
-		if r.Index < 0 || r.Index >= len(req.Items) || len(req.Items[r.Index].Data) == 0 {
+		if !thumbs || r.Index < 0 || r.Index >= len(req.Items) || len(req.Items[r.Index].Data) == 0 {
 			continue
 		}
 		th, err := review.Thumbnail(req.Items[r.Index].Data, review.ThumbSide)
@@ -129,11 +165,10 @@ func (s *Server) reviewEvent(id string, req schemas.ScoreRequest, prov provenanc
 			continue
 		}
 		key := id + "-" + strconv.Itoa(r.Index)
-		thumbs[key] = th
+		made[key] = th
 		ev.Thumbs[i] = thumbURL(key)
 	}
-	s.feed.work.Unlock()
-	s.feed.add(ev, thumbs)
+	s.feed.add(ev, made)
 	return ev
 }
 

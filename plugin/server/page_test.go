@@ -12,8 +12,10 @@ import (
 	"io/fs"
 	"mime/multipart"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/m3gate/m3gate/plugin/review"
 	"github.com/m3gate/m3gate/schemas"
@@ -69,6 +71,25 @@ func get(t *testing.T, url string, hdr map[string]string) (*http.Response, []byt
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return resp, b
+}
+
+// recentUntil polls GET /v1/recent until its last event is request id
+// (events follow the answer: thumbnails are made after it) and returns the
+// raw answer.
+func recentUntil(t *testing.T, base, id string) []byte {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, raw := get(t, base+"/v1/recent", nil)
+		var r RecentJSON
+		if resp.StatusCode == 200 && json.Unmarshal(raw, &r) == nil && len(r.Events) > 0 && r.Events[len(r.Events)-1].RequestID == id {
+			return raw
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("request %s never reached /v1/recent: %d %s", id, resp.StatusCode, raw)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 // TestPageServesEmbeddedAssets: / and /ui/ serve the embedded page with a
@@ -129,10 +150,7 @@ func TestRecentEventsAndThumbnails(t *testing.T) {
 	if resp, b := postJSON(t, ts.URL+"/v1/score", body); resp.StatusCode != 200 {
 		t.Fatalf("score: %d %s", resp.StatusCode, b)
 	}
-	resp, raw := get(t, ts.URL+"/v1/recent", nil)
-	if resp.StatusCode != 200 {
-		t.Fatalf("recent: %d %s", resp.StatusCode, raw)
-	}
+	raw := recentUntil(t, ts.URL, "1")
 	root := loadSchema(t)
 	if err := validate(root, root["$defs"].(map[string]any)["recent_response"].(map[string]any), decodeNumbers(t, raw), "recent"); err != nil {
 		t.Errorf("recent answer breaks the schema: %v\n%s", err, raw)
@@ -184,14 +202,14 @@ func TestFeedIsBounded(t *testing.T) {
 		if resp, b := postJSON(t, ts.URL+"/v1/score", body); resp.StatusCode != 200 {
 			t.Fatalf("score: %d %s", resp.StatusCode, b)
 		}
+		raw := recentUntil(t, ts.URL, strconv.Itoa(i+1))
 		if i == 0 {
-			_, raw := get(t, ts.URL+"/v1/recent", nil)
 			var r RecentJSON
 			json.Unmarshal(raw, &r)
 			first = r.Events[0]
 		}
 	}
-	_, raw := get(t, ts.URL+"/v1/recent", nil)
+	raw := recentUntil(t, ts.URL, "5")
 	var r RecentJSON
 	if err := json.Unmarshal(raw, &r); err != nil {
 		t.Fatal(err)
@@ -228,7 +246,7 @@ func TestScoreProvenanceFields(t *testing.T) {
 	if resp.StatusCode != 200 {
 		t.Fatalf("multipart: %d", resp.StatusCode)
 	}
-	_, raw := get(t, ts.URL+"/v1/recent", nil)
+	raw := recentUntil(t, ts.URL, "1")
 	var r RecentJSON
 	json.Unmarshal(raw, &r)
 	if len(r.Events) != 1 || r.Events[0].Attempt != 3 || r.Events[0].Seed != "42" {
@@ -248,5 +266,34 @@ func TestScoreProvenanceFields(t *testing.T) {
 	}
 	if resp, b := postJSON(t, ts.URL+"/v1/score", map[string]any{"images": []map[string]any{{"data": solidPNG(t, 4, 4, 1)}}, "seed": -5}); resp.StatusCode != 400 {
 		t.Errorf("negative JSON seed: %d %s", resp.StatusCode, b)
+	}
+}
+
+// TestThumbnailsWaitWithBoundedMemory: thumbnails are made after the
+// answer; while the images waiting for theirs exceed the bound, a further
+// request's event goes out at once without thumbnails.
+func TestThumbnailsWaitWithBoundedMemory(t *testing.T) {
+	s, ts := newTestServer(t, &fakeScorer{}, func(c *Config) { c.Scorer = &pngScorer{} })
+	img := solidPNG(t, 32, 32, 200)
+	s.feed.maxPending = int64(len(img)) // room for one image
+	s.feed.work.Lock()                  // the thumbnail maker is busy
+	body := map[string]any{"images": []map[string]any{{"data": img}}, "aspects": []string{"quality"}}
+	for range 2 {
+		if resp, b := postJSON(t, ts.URL+"/v1/score", body); resp.StatusCode != 200 {
+			t.Fatalf("score: %d %s (an answer must not wait for thumbnails)", resp.StatusCode, b)
+		}
+	}
+	var r RecentJSON
+	json.Unmarshal(recentUntil(t, ts.URL, "2"), &r)
+	if len(r.Events) != 1 || r.Events[0].Thumbs[0] != "" {
+		t.Fatalf("over the bound: events %+v, want request 2 alone, without a thumbnail", r.Events)
+	}
+	s.feed.work.Unlock()
+	json.Unmarshal(recentUntil(t, ts.URL, "1"), &r)
+	if len(r.Events) != 2 || r.Events[1].Thumbs[0] != "/v1/thumbs/1-0" {
+		t.Fatalf("events %+v, want request 1 with its thumbnail after request 2", r.Events)
+	}
+	if s.feed.pending.Load() != 0 {
+		t.Errorf("%d bytes still pending", s.feed.pending.Load())
 	}
 }

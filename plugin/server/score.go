@@ -175,9 +175,7 @@ func (s *Server) score(w http.ResponseWriter, r *http.Request) {
 	s.observeLatency(total)
 	s.metrics.stages.WithLabelValues("total").Observe(total.Seconds())
 	writeJSON(w, http.StatusOK, resp)
-	// The client has its answer; thumbnails for the review page come after.
-	_ = http.NewResponseController(w).Flush()
-	s.hub.publish(Event{Type: "score", Data: s.reviewEvent(id, req, prov, resp.Results)})
+	s.publishScore(id, req, prov, resp.Results)
 }
 
 func (s *Server) resultJSON(res schemas.ItemResult) ResultJSON {
