@@ -444,7 +444,7 @@ func TestBrowserReviewPageAndReport(t *testing.T) {
 	}
 	rb := newBrowser(t, bin)
 	rb.do(t, chromedp.EmulateViewport(1280, 800), chromedp.Navigate("file://"+report))
-	waitFor(t, rb, `document.querySelectorAll('#cards li.card').length === 3`, 10*time.Second)
+	waitFor(t, rb, `document.querySelectorAll('#cards li.card').length === 3 && Array.from(document.querySelectorAll('#cards img.thumb')).every(function (i) { return i.complete && i.naturalWidth > 0; })`, 10*time.Second)
 	rcards := eval[[]shownCard](t, rb, readCards)
 	// Report cards are numbered by line; map them onto the API's ids.
 	for i := range rcards {
