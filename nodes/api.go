@@ -6,109 +6,19 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
+
+	"github.com/m3gate/m3gate/schemas/api"
 )
 
-// The HTTP API of the m3gate daemon that the Python pack calls. Every call is
-// POST with a JSON body; a refusal is a non-2xx status with ErrorResponse.
+// The node pack speaks the daemon's HTTP API defined in package
+// schemas/api; these are the pack's own names.
 const (
-	// EnvDaemonURL names the environment variable the pack reads the
-	// daemon's base URL from; DefaultDaemonURL applies when it is unset.
-	EnvDaemonURL     = "M3GATE_URL"
-	DefaultDaemonURL = "http://127.0.0.1:8190"
-	// PathScore takes a ScoreRequest and answers a ScoreResponse.
-	PathScore = "/v1/score"
-	// PathReroll takes a RerollRequest and answers a RerollResponse.
-	PathReroll = "/v1/reroll"
 	// PNGInfoKey is the PNG text chunk M3 Save Image writes (iTXt, an
 	// ImageMetadata) and the extra_pnginfo key M3 Score fills for a plain
 	// SaveImage; PNGInfoRerollKey the extra_pnginfo key M3 Reroll fills.
 	PNGInfoKey       = "m3gate"
 	PNGInfoRerollKey = "m3gate_reroll"
 )
-
-// ScoreImage is one image of a ScoreRequest: PNG bytes, base64 in JSON.
-type ScoreImage struct {
-	Data []byte `json:"data"`
-}
-
-// ScoreRequest is the body of POST /v1/score.
-type ScoreRequest struct {
-	Images  []ScoreImage `json:"images"`
-	Prompt  string       `json:"prompt"`
-	Aspects []string     `json:"aspects"`
-	// Attempt (1 for the first) and Seed (the first sampler's) say how the
-	// images were made; the daemon's review page shows them. The pack sends
-	// them when it has the graph.
-	Attempt int     `json:"attempt,omitempty"`
-	Seed    *uint64 `json:"seed,omitempty"`
-}
-
-// AspectScore is one image's score on one aspect.
-type AspectScore struct {
-	MOS         float64            `json:"mos"`
-	Rating      string             `json:"rating"`
-	WordProbs   map[string]float64 `json:"word_probs,omitempty"`
-	Description string             `json:"description,omitempty"`
-	Source      string             `json:"source,omitempty"`
-}
-
-// ScoreResult is the outcome for the image at Index: Aspects, or Error when
-// this image failed.
-type ScoreResult struct {
-	Index   int                    `json:"index"`
-	Error   string                 `json:"error"`
-	Aspects map[string]AspectScore `json:"aspects"`
-}
-
-// ScoreResponse answers POST /v1/score with one result per image.
-type ScoreResponse struct {
-	Results []ScoreResult `json:"results"`
-}
-
-// ErrorResponse is the body of a refusal; the pack shows Error to the user.
-type ErrorResponse struct {
-	Error string `json:"error"`
-}
-
-// RerollRequest is the body of POST /v1/reroll: M3 Reroll asks the daemon to
-// queue Prompt (the API-format prompt that just ran) again on the ComfyUI
-// server with new seeds, as attempt Attempt+1.
-type RerollRequest struct {
-	// Prompt is the API-format prompt {id: {class_type, inputs}} that ran.
-	Prompt json.RawMessage `json:"prompt"`
-	// NodeID is the id of the M3 Reroll node in Prompt.
-	NodeID string `json:"node_id"`
-	// SeedNodes names the nodes whose seeds change; empty: every node with a
-	// seed or noise_seed input.
-	SeedNodes []string `json:"seed_nodes"`
-	// Attempt is the attempt that just ran (1 for the first run).
-	Attempt  int `json:"attempt"`
-	MaxTries int `json:"max_tries"`
-	Passed   int `json:"passed"`
-	Wanted   int `json:"wanted"`
-	// ClientID is the websocket client that queued the prompt; the re-queued
-	// prompt is sent with it so that client sees its progress.
-	ClientID string `json:"client_id"`
-	// ComfyUIURL is the base URL of the ComfyUI server that ran the prompt
-	// (the pack reads its own address); the daemon queues the next attempt
-	// there. Empty: the daemon's first comfyui.servers entry.
-	ComfyUIURL string `json:"comfyui_url,omitempty"`
-	// ExtraPNGInfo is the prompt's extra_pnginfo (the UI workflow, m3gate's
-	// keys), or null when the prompt was queued without one.
-	ExtraPNGInfo json.RawMessage `json:"extra_pnginfo"`
-}
-
-// RerollResponse answers POST /v1/reroll.
-type RerollResponse struct {
-	Queued   bool   `json:"queued"`
-	PromptID string `json:"prompt_id"`
-	// Attempt is the number of the attempt that was queued.
-	Attempt int `json:"attempt"`
-	// Seeds maps "node_id.input" to the new seed.
-	Seeds map[string]uint64 `json:"seeds,omitempty"`
-	// Server is the base URL of the ComfyUI server the attempt was queued on.
-	Server string `json:"server,omitempty"`
-}
 
 // RerollPlan is what the daemon queues for a RerollRequest: POST /prompt
 // {"prompt": Prompt, "client_id": req.ClientID,
@@ -147,7 +57,7 @@ func DeriveSeed(nodeID, input string, old uint64, attempt int) uint64 {
 // Reroll node's attempt input set to Attempt+1, and m3gate's keys dropped
 // from extra_pnginfo. Seeds keep their exact 64-bit values; everything else
 // in the prompt is copied unchanged. newSeed nil means DeriveSeed.
-func PlanReroll(req RerollRequest, newSeed SeedFunc) (RerollPlan, error) {
+func PlanReroll(req api.RerollRequest, newSeed SeedFunc) (RerollPlan, error) {
 	if newSeed == nil {
 		newSeed = DeriveSeed
 	}

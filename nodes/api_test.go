@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+
+	"github.com/m3gate/m3gate/schemas/api"
 )
 
 const rerollPrompt = `{
@@ -16,8 +18,8 @@ const rerollPrompt = `{
  "12": {"class_type": "M3Reroll", "inputs": {"passed_count": ["11", 2], "attempt": 1, "max_tries": 3}, "_meta": {"title": "Reroll"}}
 }`
 
-func rerollReq() RerollRequest {
-	return RerollRequest{Prompt: json.RawMessage(rerollPrompt), NodeID: "12", Attempt: 1, MaxTries: 3,
+func rerollReq() api.RerollRequest {
+	return api.RerollRequest{Prompt: json.RawMessage(rerollPrompt), NodeID: "12", Attempt: 1, MaxTries: 3,
 		ExtraPNGInfo: json.RawMessage(`{"workflow": {"nodes": []}, "m3gate": {"attempt": 1}, "m3gate_reroll": {}}`)}
 }
 
@@ -111,22 +113,22 @@ func TestPlanRerollNamedNodesOnly(t *testing.T) {
 func TestPlanRerollErrors(t *testing.T) {
 	tests := []struct {
 		name   string
-		mutate func(*RerollRequest)
+		mutate func(*api.RerollRequest)
 		want   string
 	}{
-		{"max tries reached", func(r *RerollRequest) { r.Attempt = 3 }, "already reached max_tries"},
-		{"zero attempt", func(r *RerollRequest) { r.Attempt = 0 }, "at least 1"},
-		{"not an object", func(r *RerollRequest) { r.Prompt = json.RawMessage(`[1]`) }, "not an API-format prompt"},
-		{"unknown reroll node", func(r *RerollRequest) { r.NodeID = "99" }, `node_id "99"`},
-		{"unknown seed node", func(r *RerollRequest) { r.SeedNodes = []string{"3", "98"} }, "seed node 98 is not in the prompt"},
-		{"seed node without seed", func(r *RerollRequest) { r.SeedNodes = []string{"4"} }, "seed node 4 has no seed"},
-		{"no seeds at all", func(r *RerollRequest) {
+		{"max tries reached", func(r *api.RerollRequest) { r.Attempt = 3 }, "already reached max_tries"},
+		{"zero attempt", func(r *api.RerollRequest) { r.Attempt = 0 }, "at least 1"},
+		{"not an object", func(r *api.RerollRequest) { r.Prompt = json.RawMessage(`[1]`) }, "not an API-format prompt"},
+		{"unknown reroll node", func(r *api.RerollRequest) { r.NodeID = "99" }, `node_id "99"`},
+		{"unknown seed node", func(r *api.RerollRequest) { r.SeedNodes = []string{"3", "98"} }, "seed node 98 is not in the prompt"},
+		{"seed node without seed", func(r *api.RerollRequest) { r.SeedNodes = []string{"4"} }, "seed node 4 has no seed"},
+		{"no seeds at all", func(r *api.RerollRequest) {
 			r.Prompt = json.RawMessage(`{"1": {"class_type": "LoadImage", "inputs": {"image": "a.png"}}, "12": {"class_type": "M3Reroll", "inputs": {}}}`)
 		}, "no seed or noise_seed input"},
-		{"seed not an integer", func(r *RerollRequest) {
+		{"seed not an integer", func(r *api.RerollRequest) {
 			r.Prompt = json.RawMessage(`{"3": {"class_type": "KSampler", "inputs": {"seed": -1}}, "12": {"class_type": "M3Reroll", "inputs": {}}}`)
 		}, "not a seed"},
-		{"bad extra_pnginfo", func(r *RerollRequest) { r.ExtraPNGInfo = json.RawMessage(`"x"`) }, "extra_pnginfo is not an object"},
+		{"bad extra_pnginfo", func(r *api.RerollRequest) { r.ExtraPNGInfo = json.RawMessage(`"x"`) }, "extra_pnginfo is not an object"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

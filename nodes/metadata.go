@@ -1,12 +1,14 @@
 package nodes
 
+import "github.com/m3gate/m3gate/schemas/api"
+
 // ImageMetadata is the JSON that M3 Save Image writes into each PNG, in an
 // iTXt (UTF-8) chunk named PNGInfoKey: the scores of that very image and
 // how it was made. Its field names match the metadata `m3gate run` writes
 // (pipeline.Metadata), so one reader serves both.
 type ImageMetadata struct {
 	// Scores maps aspect to the image's score; empty when scoring failed.
-	Scores map[string]AspectScore `json:"scores"`
+	Scores map[string]api.AspectScore `json:"scores"`
 	// Error is the daemon's error for this image, if any.
 	Error string `json:"error,omitempty"`
 	// Passed is the gate result; nil when no M3 Gate judged the image.

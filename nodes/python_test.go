@@ -21,6 +21,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/m3gate/m3gate/schemas/api"
 )
 
 const debianPython = "/usr/bin/python3"
@@ -30,11 +32,12 @@ const debianPython = "/usr/bin/python3"
 // /v1/reroll by acknowledging a new prompt id. It records what it got.
 type fakeDaemon struct {
 	mu      sync.Mutex
-	scores  []ScoreRequest
-	rerolls []RerollRequest
+	scores  []api.ScoreRequest
+	rerolls []api.RerollRequest
 	plans   []RerollPlan
 	sizes   [][2]int // width, height of every decoded image
 	errs    []string
+	token   string // the bearer token every request must carry, when set
 }
 
 func (f *fakeDaemon) fail(format string, args ...any) {
@@ -64,19 +67,24 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 }
 
 func (f *fakeDaemon) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if f.token != "" && r.Header.Get("Authorization") != "Bearer "+f.token {
+		f.fail("%s %s without the bearer token", r.Method, r.URL.Path)
+		writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "missing or wrong bearer token"})
+		return
+	}
 	if r.Method != http.MethodPost || r.Header.Get("Content-Type") != "application/json" {
 		f.fail("%s %s with content type %q", r.Method, r.URL.Path, r.Header.Get("Content-Type"))
 		writeJSON(w, http.StatusMethodNotAllowed, map[string]string{"error": "POST application/json only"})
 		return
 	}
 	switch r.URL.Path {
-	case PathScore:
+	case api.PathScore:
 		f.score(w, r)
-	case PathReroll:
-		var req RerollRequest
+	case api.PathReroll:
+		var req api.RerollRequest
 		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
 			f.fail("reroll body: %v", err)
-			writeJSON(w, http.StatusBadRequest, ErrorResponse{Error: err.Error()})
+			writeJSON(w, http.StatusBadRequest, api.ErrorResponse{Error: err.Error()})
 			return
 		}
 		plan, err := PlanReroll(req, nil)
@@ -85,10 +93,10 @@ func (f *fakeDaemon) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		f.plans = append(f.plans, plan)
 		f.mu.Unlock()
 		if err != nil {
-			writeJSON(w, http.StatusBadRequest, ErrorResponse{Error: err.Error()})
+			writeJSON(w, http.StatusBadRequest, api.ErrorResponse{Error: err.Error()})
 			return
 		}
-		writeJSON(w, http.StatusOK, RerollResponse{Queued: true,
+		writeJSON(w, http.StatusOK, api.RerollResponse{Queued: true,
 			PromptID: fmt.Sprintf("rerolled-%d", plan.Attempt), Attempt: plan.Attempt, Seeds: plan.Seeds, Server: req.ComfyUIURL})
 	default:
 		f.fail("unexpected path %s", r.URL.Path)
@@ -97,10 +105,10 @@ func (f *fakeDaemon) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func (f *fakeDaemon) score(w http.ResponseWriter, r *http.Request) {
-	var req ScoreRequest
+	var req api.ScoreRequest
 	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
 		f.fail("score body: %v", err)
-		writeJSON(w, http.StatusBadRequest, ErrorResponse{Error: err.Error()})
+		writeJSON(w, http.StatusBadRequest, api.ErrorResponse{Error: err.Error()})
 		return
 	}
 	f.mu.Lock()
@@ -109,14 +117,14 @@ func (f *fakeDaemon) score(w http.ResponseWriter, r *http.Request) {
 	// The daemon refuses correspondence without a prompt (400 naming the
 	// field, plugin/server checkPrompts); the pack must show that answer.
 	if slices.Contains(req.Aspects, "correspondence") && strings.TrimSpace(req.Prompt) == "" {
-		writeJSON(w, http.StatusBadRequest, ErrorResponse{Error: `prompt is empty: correspondence needs the generation prompt of the image (set "prompt", or score other aspects)`})
+		writeJSON(w, http.StatusBadRequest, api.ErrorResponse{Error: `prompt is empty: correspondence needs the generation prompt of the image (set "prompt", or score other aspects)`})
 		return
 	}
 	if req.Prompt == "daemon-error" {
-		writeJSON(w, http.StatusServiceUnavailable, ErrorResponse{Error: "sidecar is not ready"})
+		writeJSON(w, http.StatusServiceUnavailable, api.ErrorResponse{Error: "sidecar is not ready"})
 		return
 	}
-	results := []ScoreResult{}
+	results := []api.Result{}
 	for i, im := range req.Images {
 		img, err := png.Decode(bytes.NewReader(im.Data))
 		if err != nil {
@@ -128,7 +136,7 @@ func (f *fakeDaemon) score(w http.ResponseWriter, r *http.Request) {
 		f.sizes = append(f.sizes, [2]int{b.Dx(), b.Dy()})
 		f.mu.Unlock()
 		bright := meanBrightness(img)
-		res := ScoreResult{Index: i, Aspects: map[string]AspectScore{}}
+		res := api.Result{Index: i, Aspects: map[string]api.AspectScore{}}
 		if req.Prompt == "image-error" && i == len(req.Images)-1 {
 			res.Error = fmt.Sprintf("model failed on image %d", i)
 			res.Aspects = nil
@@ -145,7 +153,7 @@ func (f *fakeDaemon) score(w http.ResponseWriter, r *http.Request) {
 			default:
 				mos = 2.5
 			}
-			res.Aspects[a] = AspectScore{MOS: mos, Rating: rating(mos), Description: "fake " + a,
+			res.Aspects[a] = api.AspectScore{MOS: mos, Rating: rating(mos), Description: "fake " + a,
 				Source: "predictor", WordProbs: map[string]float64{rating(mos): 1}}
 		}
 		results = append(results, res)
@@ -154,7 +162,7 @@ func (f *fakeDaemon) score(w http.ResponseWriter, r *http.Request) {
 	for i, j := 0, len(results)-1; i < j; i, j = i+1, j-1 {
 		results[i], results[j] = results[j], results[i]
 	}
-	writeJSON(w, http.StatusOK, ScoreResponse{Results: results})
+	writeJSON(w, http.StatusOK, api.ScoreResponse{Results: results})
 }
 
 func meanBrightness(img image.Image) float64 {
@@ -202,7 +210,7 @@ func TestPythonPack(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	fake := &fakeDaemon{}
+	fake := &fakeDaemon{token: "pack-token"}
 	srv := httptest.NewServer(fake)
 	defer srv.Close()
 
@@ -228,6 +236,7 @@ func TestPythonPack(t *testing.T) {
 		"OMP_NUM_THREADS=1",
 		"M3GATE_PACK="+filepath.Join(root, "nodes", "comfyui", "m3gate"),
 		"M3GATE_URL="+srv.URL,
+		"M3GATE_DAEMON_TOKEN=pack-token",
 		"M3GATE_DOWN_URL="+closedURL(t),
 		"M3GATE_GOLDEN="+filepath.Join(root, filepath.FromSlash(ObjectInfoPath)),
 		"M3GATE_COMPACT="+compact,
@@ -277,7 +286,7 @@ func TestPythonPack(t *testing.T) {
 	if !sawPrompt {
 		t.Error("no score request carried the linked prompt")
 	}
-	var got *RerollRequest
+	var got *api.RerollRequest
 	for i := range fake.rerolls {
 		if r := fake.rerolls[i]; r.Wanted == 2 && r.Passed == 0 && r.Attempt == 1 {
 			got = &fake.rerolls[i]

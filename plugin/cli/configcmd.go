@@ -19,7 +19,11 @@ func newConfigCmd(app *App) *cobra.Command {
 		Short: "Print the effective configuration (file + environment overrides) as YAML",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			b, err := config.Marshal(app.Config)
+			c := app.Config
+			if c.Daemon.Token != "" {
+				c.Daemon.Token = "(set, not shown)" // the token is never printed or logged
+			}
+			b, err := config.Marshal(c)
 			if err != nil {
 				return fmt.Errorf("config print: %w", err)
 			}

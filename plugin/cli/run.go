@@ -10,9 +10,9 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/m3gate/m3gate/nodes"
 	"github.com/m3gate/m3gate/plugin/comfyui"
 	"github.com/m3gate/m3gate/plugin/pipeline"
+	"github.com/m3gate/m3gate/schemas/api"
 )
 
 // newRunCmd builds `m3gate run`: queue, watch, score and reroll ComfyUI prompts.
@@ -86,7 +86,7 @@ the others. With --resume, a run into the same --out continues an earlier one.`,
 				maxTries = sc.MaxRerolls + 1
 			}
 			if daemon == "" {
-				daemon = app.Getenv(nodes.EnvDaemonURL)
+				daemon = app.Getenv(api.EnvDaemonURL)
 			}
 			if daemon == "" {
 				daemon = daemonURL(app.Config.Daemon.Listen)
@@ -112,7 +112,8 @@ the others. With --resume, a run into the same --out continues an earlier one.`,
 			} else {
 				// Without a daemon every image would be made for nothing:
 				// check it before queueing anything.
-				ds := &pipeline.DaemonScorer{URL: daemon}
+				// daemon.token is also set by $M3GATE_DAEMON_TOKEN (config env).
+				ds := &pipeline.DaemonScorer{URL: daemon, Token: app.Config.Daemon.Token}
 				if err := ds.Ping(cmd.Context(), daemonStartWait); err != nil {
 					return fmt.Errorf("run: %w", err)
 				}

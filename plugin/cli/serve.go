@@ -154,6 +154,20 @@ func runServe(ctx context.Context, app *App, listen, model, queueURL string) err
 		Defaults:       defaults,
 		Gate:           review.Gate{Thresholds: cfg.Scoring.Thresholds, Mode: cfg.Scoring.Gate},
 		Logger:         logger.Named("http"),
+
+		MaxImageBytes:    int64(cfg.Daemon.MaxImageBytes),
+		MaxImages:        cfg.Daemon.MaxImages,
+		MaxInflightBytes: int64(cfg.Daemon.MaxInflightBytes),
+		BodyTimeout:      cfg.Daemon.BodyTimeout,
+		MinUploadRate:    int64(cfg.Daemon.MinUploadRate),
+		MaxNewTokens:     config.MaxNewTokensMax,
+		Token:            cfg.Daemon.Token,
+		ListenHost:       listenHost(listen),
+		AllowedHosts:     cfg.Daemon.AllowedHosts,
+		AllowedOrigins:   cfg.Daemon.AllowedOrigins,
+		AllowPaths:       cfg.Daemon.AllowPaths,
+		PathRoots:        cfg.Daemon.PathRoots,
+		MaxSubscribers:   cfg.Daemon.MaxSubscribers,
 	})
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
@@ -161,24 +175,59 @@ func runServe(ctx context.Context, app *App, listen, model, queueURL string) err
 	srvPtr.Store(srv)
 	defer srv.Close()
 
-	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 30 * time.Second}
+	// Bodies get their own deadlines (daemon.body_timeout, min_upload_rate)
+	// per request; headers must arrive quickly; idle keep-alives are closed.
+	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- hs.Serve(lis) }()
 	fmt.Fprintf(app.Stderr, "m3gate daemon listening on http://%s (model %s, sidecar %s)\n", lis.Addr(), load.ModelDir, bin)
+	if !loopbackOnly(listen) && cfg.Daemon.Token == "" {
+		const warn = "listening beyond loopback without a token: every machine that reaches this port can score images and queue prompts on ComfyUI; set daemon.token (or $M3GATE_DAEMON_TOKEN) and send it from the node pack"
+		logger.Warn(warn, "listen", listen)
+		fmt.Fprintf(app.Stderr, "WARNING: %s\n", warn)
+	}
 
 	select {
 	case err := <-serveErr:
 		return fmt.Errorf("serve: %w", err)
 	case <-ctx.Done():
 	}
-	logger.Info("shutting down")
-	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
+	logger.Info("shutting down", "grace", cfg.Daemon.ShutdownGrace)
 	srv.Close() // websockets are hijacked: Shutdown does not wait for them
+	// Requests in flight get the grace period to finish; then the rest are
+	// answered 503 (Abort) and given a moment to write it.
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.Daemon.ShutdownGrace)
+	defer cancel()
 	if err := hs.Shutdown(sctx); err != nil {
-		hs.Close()
+		logger.Warn("requests still in flight after the grace period: answering them 503")
+		srv.Abort()
+		actx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		if err := hs.Shutdown(actx); err != nil {
+			hs.Close()
+		}
 	}
 	return nil
+}
+
+// listenHost is the host part of a listen address.
+func listenHost(listen string) string {
+	h, _, err := net.SplitHostPort(listen)
+	if err != nil {
+		return ""
+	}
+	return h
+}
+
+// loopbackOnly reports whether a listen address is reachable only from
+// this machine.
+func loopbackOnly(listen string) bool {
+	h := listenHost(listen)
+	if h == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(h)
+	return ip != nil && ip.IsLoopback()
 }
 
 // serveLoadRequest builds the model process's Load from the config, with

@@ -87,6 +87,40 @@ type Daemon struct {
 	QueueSize int `mapstructure:"queue_size" yaml:"queue_size" json:"queue_size"`
 	// RequestTimeout bounds one score request, queueing included.
 	RequestTimeout time.Duration `mapstructure:"request_timeout" yaml:"request_timeout" json:"request_timeout"`
+	// Token, when set, is the bearer token every request but /healthz and
+	// /readyz must send ("Authorization: Bearer <token>"). It is never
+	// logged or printed; $M3GATE_DAEMON_TOKEN sets it too.
+	Token string `mapstructure:"token" yaml:"token" json:"token"`
+	// AllowedHosts are host names (besides localhost, IP addresses and the
+	// listen host) a request's Host header may name; others are refused, so
+	// a DNS-rebinding page cannot reach the daemon.
+	AllowedHosts []string `mapstructure:"allowed_hosts" yaml:"allowed_hosts" json:"allowed_hosts"`
+	// AllowedOrigins are browser origins (scheme://host:port) besides the
+	// daemon's own that may POST and open the websocket.
+	AllowedOrigins []string `mapstructure:"allowed_origins" yaml:"allowed_origins" json:"allowed_origins"`
+	// AllowPaths lets score requests name image files by path; off, only
+	// image bytes are accepted.
+	AllowPaths bool `mapstructure:"allow_paths" yaml:"allow_paths" json:"allow_paths"`
+	// PathRoots are the directories paths must lie in (after resolving
+	// symlinks) when AllowPaths is on.
+	PathRoots []string `mapstructure:"path_roots" yaml:"path_roots" json:"path_roots"`
+	// MaxImageBytes bounds one image (decoded bytes or a file read).
+	MaxImageBytes int `mapstructure:"max_image_bytes" yaml:"max_image_bytes" json:"max_image_bytes"`
+	// MaxImages bounds the images of one score request.
+	MaxImages int `mapstructure:"max_images" yaml:"max_images" json:"max_images"`
+	// MaxInflightBytes bounds the request bodies being read and held at
+	// once; a request past it is refused (429).
+	MaxInflightBytes int `mapstructure:"max_inflight_bytes" yaml:"max_inflight_bytes" json:"max_inflight_bytes"`
+	// BodyTimeout bounds the reading of one request body.
+	BodyTimeout time.Duration `mapstructure:"body_timeout" yaml:"body_timeout" json:"body_timeout"`
+	// MinUploadRate is the slowest a body may arrive (bytes/s, averaged
+	// after its first 5 seconds); slower uploads are cut off (408).
+	MinUploadRate int `mapstructure:"min_upload_rate" yaml:"min_upload_rate" json:"min_upload_rate"`
+	// ShutdownGrace is how long SIGTERM waits for requests in flight
+	// before answering them 503.
+	ShutdownGrace time.Duration `mapstructure:"shutdown_grace" yaml:"shutdown_grace" json:"shutdown_grace"`
+	// MaxSubscribers bounds the /v1/events websockets open at once.
+	MaxSubscribers int `mapstructure:"max_subscribers" yaml:"max_subscribers" json:"max_subscribers"`
 }
 
 // Sidecar configures the model process (m3gate-sidecar) and its supervisor.
@@ -179,9 +213,19 @@ func Default() Config {
 			ReconnectMax: 30 * time.Second,
 		},
 		Daemon: Daemon{
-			Listen:         "127.0.0.1:8190",
-			QueueSize:      16,
-			RequestTimeout: 10 * time.Minute,
+			Listen:           "127.0.0.1:8190",
+			QueueSize:        16,
+			RequestTimeout:   10 * time.Minute,
+			AllowedHosts:     []string{},
+			AllowedOrigins:   []string{},
+			PathRoots:        []string{},
+			MaxImageBytes:    32 << 20,
+			MaxImages:        64,
+			MaxInflightBytes: 512 << 20,
+			BodyTimeout:      2 * time.Minute,
+			MinUploadRate:    64 << 10,
+			ShutdownGrace:    10 * time.Second,
+			MaxSubscribers:   256,
 		},
 		Sidecar: Sidecar{
 			StartTimeout:      time.Minute,

@@ -33,7 +33,11 @@ func TestLoadGood(t *testing.T) {
 			Servers:      []string{"http://10.0.0.5:8188", "https://comfy.example.com"},
 			ReconnectMin: time.Second, ReconnectMax: time.Minute,
 		},
-		Daemon: Daemon{Listen: "0.0.0.0:9000", QueueSize: 64, RequestTimeout: 90 * time.Second},
+		Daemon: func() Daemon {
+			d := Default().Daemon
+			d.Listen, d.QueueSize, d.RequestTimeout = "0.0.0.0:9000", 64, 90*time.Second
+			return d
+		}(),
 		Sidecar: Sidecar{
 			Path: "/opt/m3gate/m3gate-sidecar", StartTimeout: 2 * time.Minute,
 			LoadStallTimeout: 5 * time.Minute, BusyTimeout: 20 * time.Minute, RestartBackoffMax: time.Minute,
@@ -186,7 +190,7 @@ func TestLoadEnvBad(t *testing.T) {
 	}{
 		{[]string{"M3GATE_MODEL_THREADS=many"}, `invalid config: $M3GATE_MODEL_THREADS: model.threads: want an integer, got "many"`},
 		{[]string{"M3GATE_MODEL_THREADS=4096"}, `invalid config: $M3GATE_MODEL_THREADS: model.threads: 4096 is out of range [0, 1024]`},
-		{[]string{"M3GATE_DAEMON_LISTN=x"}, `invalid config: $M3GATE_DAEMON_LISTN: daemon.listn: unknown key "listn" in section daemon (known keys: listen, queue_size, request_timeout)`},
+		{[]string{"M3GATE_DAEMON_LISTN=x"}, `invalid config: $M3GATE_DAEMON_LISTN: daemon.listn: unknown key "listn" in section daemon (known keys: listen, queue_size, request_timeout, token, allowed_hosts, allowed_origins, allow_paths, path_roots, max_image_bytes, max_images, max_inflight_bytes, body_timeout, min_upload_rate, shutdown_grace, max_subscribers)`},
 		{[]string{"M3GATE_SCORING_THRESHOLDS_QUALITY=9"}, `invalid config: $M3GATE_SCORING_THRESHOLDS_QUALITY: scoring.thresholds.quality: 9 is out of range [0, 5] (the MOS scale)`},
 		{[]string{"M3GATE_DAEMON_REQUEST_TIMEOUT=10"}, `invalid config: $M3GATE_DAEMON_REQUEST_TIMEOUT: daemon.request_timeout: want a duration such as 30s or 500ms, got "10"`},
 		{[]string{"M3GATE_SCORING_ASPECTS=quality,beauty"}, `invalid config: $M3GATE_SCORING_ASPECTS: scoring.aspects[1]: unknown aspect "beauty" (known: quality, correspondence, authenticity)`},

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"path/filepath"
 	"slices"
 	"sort"
 	"strconv"
@@ -30,6 +31,8 @@ const (
 	MaxRerollsMax      = 100
 	MaxBatchSize       = 64
 	MaxQueueSize       = 100000
+	MaxImagesMax       = 1024
+	MaxSubscribersMax  = 100000
 )
 
 // Validate checks every key's value and range. It returns nil or Errors
@@ -141,6 +144,31 @@ func (c Config) Validate() error {
 	}
 	intRange("daemon.queue_size", d.QueueSize, 1, MaxQueueSize)
 	positive("daemon.request_timeout", d.RequestTimeout)
+	for i, h := range d.AllowedHosts {
+		if h == "" || strings.ContainsAny(h, " /:") {
+			bad(fmt.Sprintf("daemon.allowed_hosts[%d]", i), "%q is not a host name", h)
+		}
+	}
+	for i, o := range d.AllowedOrigins {
+		if u, err := url.Parse(o); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || strings.Trim(u.Path, "/") != "" {
+			bad(fmt.Sprintf("daemon.allowed_origins[%d]", i), "%q is not an origin such as http://127.0.0.1:8188", o)
+		}
+	}
+	for i, r := range d.PathRoots {
+		if !filepath.IsAbs(r) {
+			bad(fmt.Sprintf("daemon.path_roots[%d]", i), "%q is not an absolute directory", r)
+		}
+	}
+	if d.AllowPaths && len(d.PathRoots) == 0 {
+		bad("daemon.path_roots", "allow_paths is on but no path_roots are set: name the directories images may be read from")
+	}
+	intRange("daemon.max_image_bytes", d.MaxImageBytes, 1024, 1<<30)
+	intRange("daemon.max_images", d.MaxImages, 1, MaxImagesMax)
+	intRange("daemon.max_inflight_bytes", d.MaxInflightBytes, 1<<20, 1<<40)
+	positive("daemon.body_timeout", d.BodyTimeout)
+	intRange("daemon.min_upload_rate", d.MinUploadRate, 0, 1<<30)
+	positive("daemon.shutdown_grace", d.ShutdownGrace)
+	intRange("daemon.max_subscribers", d.MaxSubscribers, 1, MaxSubscribersMax)
 
 	sc := c.Sidecar
 	positive("sidecar.start_timeout", sc.StartTimeout)

@@ -25,6 +25,7 @@ import (
 	"github.com/m3gate/m3gate/plugin/comfyui/comfyfake"
 	"github.com/m3gate/m3gate/plugin/pipeline"
 	"github.com/m3gate/m3gate/plugin/review"
+	"github.com/m3gate/m3gate/schemas/api"
 )
 
 // workflowSeed is the KSampler seed written in testdata/txt2img-api.json.
@@ -402,7 +403,7 @@ func rerollBody(t *testing.T, prompt comfyui.Workflow, attempt, maxTries int, cl
 
 func postReroll(t *testing.T, url string, body []byte) (int, []byte) {
 	t.Helper()
-	resp, err := http.Post(url+nodes.PathReroll, "application/json", bytes.NewReader(body))
+	resp, err := http.Post(url+api.PathReroll, "application/json", bytes.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -579,7 +580,7 @@ func TestPackRerollThroughDaemon(t *testing.T) {
 
 	// Attempt 2 → 3: the request the pack sends, from Go.
 	code, raw := postReroll(t, d.url, rerollBody(t, prompt, 2, 3, cl.ID()))
-	var ans nodes.RerollResponse
+	var ans api.RerollResponse
 	if code != http.StatusOK || json.Unmarshal(raw, &ans) != nil || !ans.Queued || ans.PromptID == "" || ans.Attempt != 3 {
 		t.Fatalf("reroll of attempt 2: HTTP %d %s", code, raw)
 	}
@@ -601,7 +602,7 @@ func TestPackRerollThroughDaemon(t *testing.T) {
 		t.Errorf("pack at max_tries: %q %v", pack.RerollText, pack.RerollResult)
 	}
 	code, raw = postReroll(t, d.url, rerollBody(t, prompt, 3, 3, cl.ID()))
-	var refusal nodes.ErrorResponse
+	var refusal api.ErrorResponse
 	if code != http.StatusConflict || json.Unmarshal(raw, &refusal) != nil || !strings.Contains(refusal.Error, "max_tries") {
 		t.Errorf("reroll at max_tries: HTTP %d %s, want 409 naming max_tries", code, raw)
 	}

@@ -34,9 +34,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/m3gate/m3gate/nodes"
 	"github.com/m3gate/m3gate/plugin/comfyui"
 	"github.com/m3gate/m3gate/plugin/comfyui/comfyfake"
+	"github.com/m3gate/m3gate/schemas/api"
 )
 
 var (
@@ -363,18 +363,18 @@ func (d *daemon) shutdown(t *testing.T) {
 
 // score asks the daemon for the quality of one image, as the node pack and
 // pipeline do.
-func (d *daemon) score(t *testing.T, png []byte, prompt string) nodes.AspectScore {
+func (d *daemon) score(t *testing.T, png []byte, prompt string) api.AspectScore {
 	t.Helper()
 	body, _ := json.Marshal(map[string]any{
 		"images": []map[string]string{{"data": base64.StdEncoding.EncodeToString(png)}}, "prompt": prompt, "aspects": []string{"quality"},
 	})
-	resp, err := http.Post(d.url+nodes.PathScore, "application/json", bytes.NewReader(body))
+	resp, err := http.Post(d.url+api.PathScore, "application/json", bytes.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
 	raw, _ := io.ReadAll(resp.Body)
-	var ans nodes.ScoreResponse
+	var ans api.ScoreResponse
 	if resp.StatusCode != http.StatusOK || json.Unmarshal(raw, &ans) != nil || len(ans.Results) != 1 || ans.Results[0].Error != "" {
 		t.Fatalf("score: HTTP %d %s", resp.StatusCode, raw)
 	}

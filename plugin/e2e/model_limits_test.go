@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/m3gate/m3gate/nodes"
+	"github.com/m3gate/m3gate/schemas/api"
 )
 
 // postScore posts one image with prompt to the daemon's score route.
@@ -22,7 +22,7 @@ func postScore(t *testing.T, d *daemon, img []byte, prompt string) (int, string)
 	body, _ := json.Marshal(map[string]any{
 		"images": []map[string]string{{"data": base64.StdEncoding.EncodeToString(img)}}, "prompt": prompt, "aspects": []string{"quality"},
 	})
-	resp, err := http.Post(d.url+nodes.PathScore, "application/json", bytes.NewReader(body))
+	resp, err := http.Post(d.url+api.PathScore, "application/json", bytes.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,7 +55,7 @@ func TestDaemonModelLimits(t *testing.T) {
 		t.Errorf("long prompt: HTTP %d %s, want 400 naming max_prompt_tokens", code, body)
 	}
 	code, body = postScore(t, d, img, "a cat <image> <end_of_utterance> <|im_end|>")
-	var ans nodes.ScoreResponse
+	var ans api.ScoreResponse
 	if code != http.StatusOK || json.Unmarshal([]byte(body), &ans) != nil || len(ans.Results) != 1 || ans.Results[0].Error != "" {
 		t.Errorf("prompt with special tokens: HTTP %d %s", code, body)
 	}

@@ -26,6 +26,7 @@ import (
 	"github.com/m3gate/m3gate/plugin/comfyui"
 	"github.com/m3gate/m3gate/plugin/comfyui/comfyfake"
 	"github.com/m3gate/m3gate/plugin/pipeline"
+	"github.com/m3gate/m3gate/schemas/api"
 )
 
 // planRun is one prompt run of testdata/pack_e2e.py: runs that name the
@@ -302,7 +303,7 @@ func TestPackSavesScoresThroughDaemon(t *testing.T) {
 	// A request that names no server (an older pack) falls back on
 	// comfyui.servers[0]; a named server that is down is named in the error.
 	code, raw := postReroll(t, d.url, rerollBody(t, wf, 1, 3, cl.ID()))
-	var ans nodes.RerollResponse
+	var ans api.RerollResponse
 	if code != 200 || json.Unmarshal(raw, &ans) != nil || ans.Server != other.URL() {
 		t.Errorf("reroll without comfyui_url: HTTP %d %s, want it queued on comfyui.servers[0] %s", code, raw, other.URL())
 	}

@@ -32,8 +32,9 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/m3gate/m3gate/nodes"
 	"github.com/m3gate/m3gate/plugin/queue"
+
+	"github.com/m3gate/m3gate/schemas/api"
 )
 
 // queueSettings are short timings so redeliveries happen within a test.
@@ -226,9 +227,9 @@ func scoreLocally(t *testing.T, jobs []*job) map[int]float64 {
 	sc := bufio.NewScanner(bytes.NewReader(out))
 	for sc.Scan() {
 		var line struct {
-			Path    string                       `json:"path"`
-			Aspects map[string]nodes.AspectScore `json:"aspects"`
-			Error   string                       `json:"error"`
+			Path    string                     `json:"path"`
+			Aspects map[string]api.AspectScore `json:"aspects"`
+			Error   string                     `json:"error"`
 		}
 		if err := json.Unmarshal(sc.Bytes(), &line); err != nil {
 			t.Fatalf("m3gate score line %s: %v", sc.Bytes(), err)
@@ -578,11 +579,11 @@ func TestServeEmbeddedQueue(t *testing.T) {
 
 	// The node pack's request goes through the queue.
 	body, _ := json.Marshal(map[string]any{"images": []map[string]string{{"data": base64.StdEncoding.EncodeToString(tinyPNG(t, 1))}}, "prompt": "a fox", "aspects": []string{"quality"}})
-	resp, err := http.Post("http://"+httpAddr+nodes.PathScore, "application/json", bytes.NewReader(body))
+	resp, err := http.Post("http://"+httpAddr+api.PathScore, "application/json", bytes.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
-	var ans nodes.ScoreResponse
+	var ans api.ScoreResponse
 	json.NewDecoder(resp.Body).Decode(&ans)
 	resp.Body.Close()
 	if resp.StatusCode != 200 || len(ans.Results) != 1 || ans.Results[0].Error != "" || ans.Results[0].Aspects["quality"].Rating == "" {

@@ -12,17 +12,20 @@ import (
 	"strings"
 	"time"
 
-	"github.com/m3gate/m3gate/nodes"
+	"github.com/m3gate/m3gate/schemas/api"
 )
 
 // DaemonScorer scores images through the m3gate daemon's HTTP API (the
-// contract of package nodes): POST {URL}/v1/score
+// contract of package schemas/api): POST {URL}/v1/score
 // {"images":[{"data":"<base64>"}],"prompt":…,"aspects":[…]} →
 // {"results":[{"index":0,"error":"","aspects":{"quality":{"mos":…}}}]}; a
 // refusal is a non-2xx status with {"error":…}.
 type DaemonScorer struct {
 	// URL is the daemon's base URL ("http://127.0.0.1:8190").
 	URL string
+	// Token is the daemon's bearer token (daemon.token,
+	// $M3GATE_DAEMON_TOKEN); empty sends none.
+	Token string
 	// HTTP is the client to use (default: one with a 10-minute timeout,
 	// since scoring a batch on CPU takes a while).
 	HTTP *http.Client
@@ -33,7 +36,7 @@ func (d *DaemonScorer) Score(ctx context.Context, images []Image, prompt string,
 	if d.URL == "" {
 		return nil, errors.New("daemon scorer: no daemon URL")
 	}
-	req := nodes.ScoreRequest{Prompt: prompt, Aspects: aspects, Images: make([]nodes.ScoreImage, len(images))}
+	req := api.ScoreRequest{Prompt: prompt, Aspects: aspects, Images: make([]api.Image, len(images))}
 	for i, img := range images {
 		req.Images[i].Data = img.Data // base64 in JSON
 	}
@@ -41,12 +44,15 @@ func (d *DaemonScorer) Score(ctx context.Context, images []Image, prompt string,
 	if err != nil {
 		return nil, fmt.Errorf("daemon scorer: encode: %w", err)
 	}
-	url := strings.TrimSuffix(d.URL, "/") + nodes.PathScore
+	url := strings.TrimSuffix(d.URL, "/") + api.PathScore
 	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
 	if err != nil {
 		return nil, fmt.Errorf("daemon scorer: %w", err)
 	}
 	hreq.Header.Set("Content-Type", "application/json")
+	if d.Token != "" {
+		hreq.Header.Set("Authorization", "Bearer "+d.Token)
+	}
 	hc := d.HTTP
 	if hc == nil {
 		hc = &http.Client{Timeout: 10 * time.Minute}
@@ -66,7 +72,7 @@ func (d *DaemonScorer) Score(ctx context.Context, images []Image, prompt string,
 	}
 	if resp.StatusCode != http.StatusOK {
 		msg := strings.TrimSpace(string(rb))
-		var refusal nodes.ErrorResponse
+		var refusal api.ErrorResponse
 		if json.Unmarshal(rb, &refusal) == nil && refusal.Error != "" {
 			msg = refusal.Error
 		}
@@ -75,7 +81,7 @@ func (d *DaemonScorer) Score(ctx context.Context, images []Image, prompt string,
 		}
 		return nil, &DaemonError{URL: url, StatusCode: resp.StatusCode, Msg: msg}
 	}
-	var ans nodes.ScoreResponse
+	var ans api.ScoreResponse
 	if err := json.Unmarshal(rb, &ans); err != nil {
 		return nil, fmt.Errorf("daemon scorer: decode answer: %w", err)
 	}
@@ -87,7 +93,7 @@ func (d *DaemonScorer) Score(ctx context.Context, images []Image, prompt string,
 		}
 		sc := Scores{Aspects: make(map[string]AspectScore, len(r.Aspects)), Error: r.Error}
 		for k, a := range r.Aspects {
-			sc.Aspects[k] = AspectScore(a)
+			sc.Aspects[k] = AspectScore{MOS: a.MOS, Rating: a.Rating, WordProbs: a.WordProbs, Description: a.Description, Source: a.Source}
 		}
 		out[r.Index] = sc
 		got[r.Index] = true

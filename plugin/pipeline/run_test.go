@@ -18,9 +18,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/m3gate/m3gate/nodes"
 	"github.com/m3gate/m3gate/plugin/comfyui"
 	"github.com/m3gate/m3gate/plugin/comfyui/comfyfake"
+	"github.com/m3gate/m3gate/schemas/api"
 )
 
 const sdWorkflowJSON = `{
@@ -419,7 +419,7 @@ func TestRunWithDaemonScorer(t *testing.T) {
 	s := startFake(t, comfyfake.WithImageFunc(rec.image))
 	inner := &brightnessScorer{}
 	daemon := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var req nodes.ScoreRequest // the images' base64 is decoded by encoding/json
+		var req api.ScoreRequest // the images' base64 is decoded by encoding/json
 		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return

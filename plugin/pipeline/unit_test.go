@@ -12,8 +12,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/m3gate/m3gate/nodes"
 	"github.com/m3gate/m3gate/plugin/comfyui"
+	"github.com/m3gate/m3gate/schemas/api"
 )
 
 func TestGatePass(t *testing.T) {
@@ -112,10 +112,14 @@ func TestSeedInputs(t *testing.T) {
 
 func TestDaemonScorer(t *testing.T) {
 	var gotRaw map[string]any
-	var gotReq nodes.ScoreRequest
+	var gotReq api.ScoreRequest
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/v1/score" || r.Method != http.MethodPost {
 			http.NotFound(w, r)
+			return
+		}
+		if r.Header.Get("Authorization") != "Bearer s3cret" {
+			w.WriteHeader(http.StatusUnauthorized)
 			return
 		}
 		body, _ := io.ReadAll(r.Body)
@@ -135,7 +139,7 @@ func TestDaemonScorer(t *testing.T) {
 		 {"index":0,"error":"","aspects":{"quality":{"mos":3.1,"rating":"good","word_probs":{"bad":0.1,"good":0.9},"description":"crisp","source":"predictor"}}}]}`))
 	}))
 	defer srv.Close()
-	d := &DaemonScorer{URL: srv.URL + "/"}
+	d := &DaemonScorer{URL: srv.URL + "/", Token: "s3cret"}
 	imgs := []Image{{Data: []byte("png-bytes-1")}, {Data: []byte("png-bytes-2")}}
 	got, err := d.Score(context.Background(), imgs, "a fox", []string{"quality"})
 	if err != nil {

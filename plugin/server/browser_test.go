@@ -23,6 +23,8 @@ import (
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
 	"github.com/chromedp/chromedp/kb"
+
+	"github.com/m3gate/m3gate/schemas/api"
 )
 
 // The browser test drives Debian's chromium (installed by scripts/setup.sh)
@@ -169,7 +171,7 @@ const readCards = `Array.from(document.querySelectorAll('#cards li.card')).map(f
 
 // passCount computes, from the API's scores, how many images pass a
 // quality threshold (the daemon scores quality only here).
-func passCount(results map[string]ResultJSON, thr float64) int {
+func passCount(results map[string]api.Result, thr float64) int {
 	n := 0
 	for _, r := range results {
 		if a, ok := r.Aspects["quality"]; ok && r.Error == "" && a.MOS >= thr {
@@ -246,12 +248,12 @@ func TestBrowserReviewPageAndReport(t *testing.T) {
 		{map[string]any{"images": []map[string]any{{"data": imgs[0]}, {"data": imgs[1]}}, "prompt": "a red fox in the snow", "aspects": []string{"quality"}, "max_new_tokens": 6, "attempt": 1, "seed": 7}, "a red fox in the snow", "7", 1},
 		{map[string]any{"images": []map[string]any{{"data": imgs[2]}}, "prompt": xssPrompt, "aspects": []string{"quality"}, "max_new_tokens": 6, "attempt": 2, "seed": uint64(math.MaxUint64)}, xssPrompt, "18446744073709551615", 2},
 	}
-	api := map[string]ResultJSON{} // card id -> result
+	answered := map[string]api.Result{} // card id -> result
 	meta := map[string]req{}
 	var order []string
 	for _, r := range reqs {
 		resp, raw := postJSON(t, base+"/v1/score", r.body)
-		var got ScoreResponse
+		var got api.ScoreResponse
 		if resp.StatusCode != 200 || json.Unmarshal(raw, &got) != nil {
 			t.Fatalf("score: %d %s", resp.StatusCode, raw)
 		}
@@ -260,7 +262,7 @@ func TestBrowserReviewPageAndReport(t *testing.T) {
 				t.Fatalf("score error: %s", res.Error)
 			}
 			id := got.RequestID + "-" + strconv.Itoa(res.Index)
-			api[id], meta[id] = res, r
+			answered[id], meta[id] = res, r
 			order = append(order, id)
 		}
 	}
@@ -274,7 +276,7 @@ func TestBrowserReviewPageAndReport(t *testing.T) {
 			t.Fatalf("%s: %d cards, want 3", where, len(cards))
 		}
 		for _, c := range cards {
-			res, ok := api[c.ID]
+			res, ok := answered[c.ID]
 			if !ok {
 				t.Errorf("%s: card %q is not an API result (have %v)", where, c.ID, order)
 				continue
@@ -323,19 +325,19 @@ func TestBrowserReviewPageAndReport(t *testing.T) {
 	pass := func() int {
 		return int(eval[float64](t, b, `Number(document.getElementById('pass-count').getAttribute('data-pass'))`))
 	}
-	if got, want := pass(), passCount(api, 2.5); got != want {
+	if got, want := pass(), passCount(answered, 2.5); got != want {
 		t.Errorf("pass count at the configured 2.5: %d, computed %d", got, want)
 	}
 	b.do(t, chromedp.Focus(`#thr-quality`), chromedp.KeyEvent(kb.Home))
-	if got, want := pass(), passCount(api, 0); got != want {
+	if got, want := pass(), passCount(answered, 0); got != want {
 		t.Errorf("pass count at 0 (Home): %d, computed %d", got, want)
 	}
 	b.do(t, chromedp.KeyEvent(kb.End))
-	if got, want := pass(), passCount(api, 5); got != want {
+	if got, want := pass(), passCount(answered, 5); got != want {
 		t.Errorf("pass count at 5 (End): %d, computed %d", got, want)
 	}
 	var mos []float64
-	for _, r := range api {
+	for _, r := range answered {
 		mos = append(mos, r.Aspects["quality"].MOS)
 	}
 	slices.Sort(mos)
@@ -345,25 +347,25 @@ func TestBrowserReviewPageAndReport(t *testing.T) {
 	}
 	val := eval[string](t, b, fmt.Sprintf(`(function () { var s = document.getElementById('thr-quality'); s.value = '%v'; s.dispatchEvent(new Event('input', {bubbles: true})); return s.value; })()`, target))
 	thr, _ := strconv.ParseFloat(val, 64)
-	if got, want := pass(), passCount(api, thr); got != want {
+	if got, want := pass(), passCount(answered, thr); got != want {
 		t.Errorf("pass count at %v: %d, computed %d (scores %v)", thr, got, want, mos)
 	}
 	b.do(t, chromedp.KeyEvent(kb.ArrowLeft))
 	thr2, _ := strconv.ParseFloat(eval[string](t, b, `document.getElementById('thr-quality').value`), 64)
-	if got, want := pass(), passCount(api, thr2); got != want || math.Abs(thr2-(thr-0.01)) > 1e-9 {
+	if got, want := pass(), passCount(answered, thr2); got != want || math.Abs(thr2-(thr-0.01)) > 1e-9 {
 		t.Errorf("pass count at %v (ArrowLeft from %v): %d, computed %d", thr2, thr, got, want)
 	}
 	if cfg := eval[string](t, b, `document.getElementById('config-line').textContent`); !strings.Contains(cfg, "    quality: "+strconv.FormatFloat(thr2, 'f', -1, 64)+"\n") || !strings.Contains(cfg, "  gate: all") {
 		t.Errorf("config lines for threshold %v:\n%s", thr2, cfg)
 	}
 	badges := eval[[]string](t, b, `Array.from(document.querySelectorAll('#cards .badge')).map(function (e) { return e.textContent; })`)
-	if n := strings.Count(strings.Join(badges, " "), "pass"); n != passCount(api, thr2) {
-		t.Errorf("%d pass badges at %v, computed %d", n, thr2, passCount(api, thr2))
+	if n := strings.Count(strings.Join(badges, " "), "pass"); n != passCount(answered, thr2) {
+		t.Errorf("%d pass badges at %v, computed %d", n, thr2, passCount(answered, thr2))
 	}
 	// Filters: rejected only, then text in the prompt.
 	b.do(t, chromedp.SetValue(`#f-status`, "rejected"))
 	eval[bool](t, b, `document.getElementById('f-status').dispatchEvent(new Event('change')) || true`)
-	if got, want := int(eval[float64](t, b, `document.querySelectorAll('#cards li.card').length`)), 3-passCount(api, thr2); got != want {
+	if got, want := int(eval[float64](t, b, `document.querySelectorAll('#cards li.card').length`)), 3-passCount(answered, thr2); got != want {
 		t.Errorf("rejected filter shows %d cards, want %d", got, want)
 	}
 	b.do(t, chromedp.SetValue(`#f-status`, "all"))
@@ -430,7 +432,7 @@ func TestBrowserReviewPageAndReport(t *testing.T) {
 		if err := os.WriteFile(filepath.Join(dir, name), imgs[i], 0o644); err != nil {
 			t.Fatal(err)
 		}
-		line, _ := json.Marshal(map[string]any{"image": name, "prompt": meta[id].prompt, "aspects": api[id].Aspects})
+		line, _ := json.Marshal(map[string]any{"image": name, "prompt": meta[id].prompt, "aspects": answered[id].Aspects})
 		lines.Write(append(line, '\n'))
 	}
 	results := filepath.Join(dir, "scores.jsonl")
@@ -452,11 +454,11 @@ func TestBrowserReviewPageAndReport(t *testing.T) {
 		rcards[i].ID = order[n-1]
 	}
 	checkCards("report", rcards, func(id string) int { return 48 }, false) // score --json carries no seed or attempt
-	if got, want := int(eval[float64](t, rb, `Number(document.getElementById('pass-count').getAttribute('data-pass'))`)), passCount(api, 2.5); got != want {
+	if got, want := int(eval[float64](t, rb, `Number(document.getElementById('pass-count').getAttribute('data-pass'))`)), passCount(answered, 2.5); got != want {
 		t.Errorf("report pass count %d, computed %d", got, want)
 	}
 	rb.do(t, chromedp.Focus(`#thr-quality`), chromedp.KeyEvent(kb.Home))
-	if got, want := int(eval[float64](t, rb, `Number(document.getElementById('pass-count').getAttribute('data-pass'))`)), passCount(api, 0); got != want {
+	if got, want := int(eval[float64](t, rb, `Number(document.getElementById('pass-count').getAttribute('data-pass'))`)), passCount(answered, 0); got != want {
 		t.Errorf("report pass count at 0: %d, computed %d", got, want)
 	}
 	png3, err := chromedp.Run(rb.ctx, chromedp.CaptureScreenshot())

@@ -20,6 +20,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/m3gate/m3gate/schemas/api"
 )
 
 // The daemon tests run the real binaries: `m3gate serve` supervising the
@@ -81,9 +83,19 @@ var listenLine = regexp.MustCompile(`listening on http://(\S+)`)
 // base URL.
 func startDaemon(t *testing.T) (*exec.Cmd, string) {
 	t.Helper()
+	cmd, base, _ := startDaemonEnv(t)
+	return cmd, base
+}
+
+// startDaemonEnv runs `m3gate serve` with extra environment (config
+// overrides such as M3GATE_DAEMON_ALLOW_PATHS=true) and returns it, its
+// base URL and a func returning its log so far.
+func startDaemonEnv(t *testing.T, env ...string) (*exec.Cmd, string, func() string) {
+	t.Helper()
 	m3gate, sidecarBin, model := daemonBinaries(t)
 	cmd := exec.Command(m3gate, "serve", "--listen", "127.0.0.1:0", "--model", model)
 	cmd.Env = append(os.Environ(), "M3GATE_SIDECAR="+sidecarBin, "M3GATE_LOG_LEVEL=warn", "M3GATE_SCORING_ASPECTS=quality")
+	cmd.Env = append(cmd.Env, env...)
 	cmd.Dir = t.TempDir()
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
@@ -107,15 +119,18 @@ func startDaemon(t *testing.T) (*exec.Cmd, string) {
 			}
 		}
 	}()
-	select {
-	case a := <-addr:
-		return cmd, "http://" + a
-	case <-time.After(30 * time.Second):
+	getLogs := func() string {
 		mu.Lock()
 		defer mu.Unlock()
-		t.Fatalf("daemon did not start:\n%s", logs.String())
+		return logs.String()
 	}
-	return nil, ""
+	select {
+	case a := <-addr:
+		return cmd, "http://" + a, getLogs
+	case <-time.After(30 * time.Second):
+		t.Fatalf("daemon did not start:\n%s", getLogs())
+	}
+	return nil, "", nil
 }
 
 // sidecarOf finds the daemon's m3gate-sidecar child.
@@ -208,7 +223,7 @@ func TestDaemonScoresAndStopsOnSIGTERM(t *testing.T) {
 	}
 	raw, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	var got ScoreResponse
+	var got api.ScoreResponse
 	if resp.StatusCode != 200 || json.Unmarshal(raw, &got) != nil || len(got.Results) != 1 {
 		t.Fatalf("score: %d %s", resp.StatusCode, raw)
 	}

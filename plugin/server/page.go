@@ -17,6 +17,7 @@ import (
 
 	"github.com/m3gate/m3gate/plugin/review"
 	"github.com/m3gate/m3gate/schemas"
+	"github.com/m3gate/m3gate/schemas/api"
 )
 
 // The review page: GET / (the page), GET /ui/{file} (its script and
@@ -40,7 +41,7 @@ type RecentJSON struct {
 	// Gate is the daemon's configured gate (scoring.thresholds, scoring.gate).
 	Gate review.Gate `json:"gate"`
 	// Events are the latest score events, oldest first.
-	Events []ScoreEvent `json:"events"`
+	Events []api.ScoreEvent `json:"events"`
 }
 
 // feed remembers the latest score events and their thumbnails, bounded by
@@ -49,7 +50,7 @@ type feed struct {
 	mu     sync.Mutex
 	limit  int
 	images int
-	events []ScoreEvent
+	events []api.ScoreEvent
 	thumbs map[string][]byte
 	// work serialises thumbnail decoding, so that concurrent requests
 	// never decode more than one image at once.
@@ -73,7 +74,7 @@ func newFeed(limit int) *feed {
 
 // add remembers ev and the thumbnails of its images (keyed like thumbURL),
 // forgetting the oldest events beyond the limit.
-func (f *feed) add(ev ScoreEvent, thumbs map[string][]byte) {
+func (f *feed) add(ev api.ScoreEvent, thumbs map[string][]byte) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.events = append(f.events, ev)
@@ -83,7 +84,7 @@ func (f *feed) add(ev ScoreEvent, thumbs map[string][]byte) {
 	}
 	for f.images > f.limit && len(f.events) > 1 {
 		old := f.events[0]
-		f.events[0] = ScoreEvent{}
+		f.events[0] = api.ScoreEvent{}
 		f.events = f.events[1:]
 		f.images -= len(old.Results)
 		for _, r := range old.Results {
@@ -92,10 +93,10 @@ func (f *feed) add(ev ScoreEvent, thumbs map[string][]byte) {
 	}
 }
 
-func (f *feed) recent() []ScoreEvent {
+func (f *feed) recent() []api.ScoreEvent {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return append([]ScoreEvent(nil), f.events...)
+	return append([]api.ScoreEvent(nil), f.events...)
 }
 
 func (f *feed) thumb(id string) ([]byte, bool) {
@@ -110,7 +111,7 @@ func (f *feed) thumb(id string) ([]byte, bool) {
 // after the answer, off the request's goroutine, one image at a time; while
 // more than maxPendingThumbBytes of images wait for theirs, an event goes
 // out without thumbnails, so a burst of requests costs bounded memory.
-func (s *Server) publishScore(id string, req schemas.ScoreRequest, prov provenance, results []ResultJSON) {
+func (s *Server) publishScore(id string, req schemas.ScoreRequest, prov provenance, results []api.Result) {
 	var size int64
 	for _, it := range req.Items {
 		size += int64(len(it.Data))
@@ -119,21 +120,21 @@ func (s *Server) publishScore(id string, req schemas.ScoreRequest, prov provenan
 		if size > 0 {
 			s.feed.pending.Add(-size)
 		}
-		s.hub.publish(Event{Type: "score", Data: s.reviewEvent(id, req, prov, results, false)})
+		s.hub.publish(api.Event{Type: api.EventScore, Data: s.reviewEvent(id, req, prov, results, false)})
 		return
 	}
 	go func() {
 		defer s.feed.pending.Add(-size)
-		s.hub.publish(Event{Type: "score", Data: s.reviewEvent(id, req, prov, results, true)})
+		s.hub.publish(api.Event{Type: api.EventScore, Data: s.reviewEvent(id, req, prov, results, true)})
 	}()
 }
 
 // reviewEvent builds the score event of an answered request, with
-// thumbnails of the images sent as bytes when thumbs is set (an image given
-// by path is not read by the daemon and gets none), and remembers it for
-// the page.
-func (s *Server) reviewEvent(id string, req schemas.ScoreRequest, prov provenance, results []ResultJSON, thumbs bool) ScoreEvent {
-	ev := ScoreEvent{RequestID: id, Prompt: req.Prompt, Results: results, Time: time.Now().UTC(), Attempt: prov.Attempt}
+// thumbnails of its images when thumbs is set (an image given by path was
+// read by the daemon from under daemon.path_roots, so it has bytes too),
+// and remembers it for the page.
+func (s *Server) reviewEvent(id string, req schemas.ScoreRequest, prov provenance, results []api.Result, thumbs bool) api.ScoreEvent {
+	ev := api.ScoreEvent{RequestID: id, Prompt: req.Prompt, Results: results, Time: time.Now().UTC(), Attempt: prov.Attempt}
 	if prov.Seed != nil {
 		ev.Seed = strconv.FormatUint(*prov.Seed, 10)
 	}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/m3gate/m3gate/plugin/review"
 	"github.com/m3gate/m3gate/schemas"
+	"github.com/m3gate/m3gate/schemas/api"
 )
 
 // pngScorer scores real images: MOS = 5 × the mean red level of the image.
@@ -196,7 +197,7 @@ func TestRecentEventsAndThumbnails(t *testing.T) {
 // forgets older events and their thumbnails.
 func TestFeedIsBounded(t *testing.T) {
 	_, ts := newTestServer(t, &fakeScorer{}, func(c *Config) { c.Scorer, c.RecentImages = &pngScorer{}, 4 })
-	var first ScoreEvent
+	var first api.ScoreEvent
 	for i := range 5 {
 		body := map[string]any{"images": []map[string]any{{"data": solidPNG(t, 8, 8, uint8(i*40))}, {"data": solidPNG(t, 8, 8, 1)}}, "aspects": []string{"quality"}}
 		if resp, b := postJSON(t, ts.URL+"/v1/score", body); resp.StatusCode != 200 {

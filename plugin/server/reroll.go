@@ -5,12 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
 	"strings"
 
 	"github.com/m3gate/m3gate/nodes"
+	"github.com/m3gate/m3gate/schemas/api"
 )
 
 // Requeuer queues a prompt on a ComfyUI server (POST /prompt). The daemon
@@ -23,8 +25,12 @@ type Requeuer interface {
 	Requeue(ctx context.Context, server string, prompt, extraPNGInfo json.RawMessage, clientID string) (promptID string, err error)
 }
 
+// maxRerollBody bounds a reroll body (a ComfyUI prompt with its UI
+// workflow).
+const maxRerollBody = 16 << 20
+
 // reroll serves POST /v1/reroll with the node pack's contract
-// (nodes.RerollRequest → nodes.RerollResponse): it plans the next attempt
+// (api.RerollRequest → api.RerollResponse): it plans the next attempt
 // with nodes.PlanReroll (new seeds, attempt bumped) and queues it through
 // the Requeuer on the ComfyUI server that ran the prompt (the request's
 // comfyui_url), or on the first of Config.ComfyUIServers when the pack sent
@@ -34,12 +40,36 @@ func (s *Server) reroll(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotImplemented, errors.New("reroll: no ComfyUI connection configured"))
 		return
 	}
-	r.Body = http.MaxBytesReader(w, r.Body, 16<<20)
-	var in nodes.RerollRequest
-	if err := json.NewDecoder(r.Body).Decode(&in); err != nil {
+	if err := requireContentType(r, "application/json"); err != nil {
+		writeError(w, http.StatusUnsupportedMediaType, fmt.Errorf("reroll: %w", err))
+		return
+	}
+	release, code, err := s.admitBody(w, r, maxRerollBody)
+	if err != nil {
+		s.refuseBody(w, code, fmt.Errorf("reroll: %w", err))
+		return
+	}
+	defer release()
+	var in api.RerollRequest
+	dec := json.NewDecoder(r.Body)
+	err = dec.Decode(&in)
+	if err == nil {
+		if _, terr := dec.Token(); terr != io.EOF {
+			err = errors.New("data after the JSON object")
+			if _, ok := bodyErrorStatus(terr); ok {
+				err = terr
+			}
+		}
+	}
+	if err != nil {
+		if code, ok := bodyErrorStatus(err); ok {
+			s.refuseBody(w, code, fmt.Errorf("reroll: request body: %w", err))
+			return
+		}
 		writeError(w, http.StatusBadRequest, fmt.Errorf("reroll: decode body: %w", err))
 		return
 	}
+	bodyDone(w)
 	if in.Attempt >= in.MaxTries && in.MaxTries > 0 {
 		writeError(w, http.StatusConflict, fmt.Errorf("reroll: attempt %d already reached max_tries %d; not re-queued", in.Attempt, in.MaxTries))
 		return
@@ -60,8 +90,8 @@ func (s *Server) reroll(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.log.Info("rerolled", "prompt_id", id, "server", target, "attempt", plan.Attempt, "seeds", fmt.Sprint(plan.Seeds))
-	s.hub.publish(Event{Type: "reroll", Data: RerollEvent{PromptID: id, Attempt: plan.Attempt, MaxTries: in.MaxTries, Seeds: plan.Seeds}})
-	writeJSON(w, http.StatusOK, nodes.RerollResponse{Queued: true, PromptID: id, Attempt: plan.Attempt, Seeds: plan.Seeds, Server: target})
+	s.hub.publish(api.Event{Type: api.EventReroll, Data: api.RerollEvent{PromptID: id, Attempt: plan.Attempt, MaxTries: in.MaxTries, Seeds: plan.Seeds}})
+	writeJSON(w, http.StatusOK, api.RerollResponse{Queued: true, PromptID: id, Attempt: plan.Attempt, Seeds: plan.Seeds, Server: target})
 }
 
 // Where the two sources of a reroll target come from, for error messages.
@@ -135,12 +165,4 @@ func (s *Server) rerollTarget(r *http.Request, sent string) (target, setting str
 		}
 	}
 	return strings.TrimRight(sent, "/"), settingPackURL, 0, nil
-}
-
-// RerollEvent is the data of a "reroll" event.
-type RerollEvent struct {
-	PromptID string            `json:"prompt_id"`
-	Attempt  int               `json:"attempt"`
-	MaxTries int               `json:"max_tries"`
-	Seeds    map[string]uint64 `json:"seeds"`
 }

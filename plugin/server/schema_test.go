@@ -12,9 +12,9 @@ import (
 	"github.com/gorilla/websocket"
 
 	"errors"
-	"github.com/m3gate/m3gate/nodes"
 	"github.com/m3gate/m3gate/plugin/supervisor"
 	"github.com/m3gate/m3gate/schemas"
+	"github.com/m3gate/m3gate/schemas/api"
 	"github.com/m3gate/m3gate/schemas/jsonschema"
 )
 
@@ -57,7 +57,7 @@ func TestMessagesMatchSchema(t *testing.T) {
 		"images": []map[string]string{{"data": b64("img-33")}, {"data": b64("junk")}}, "prompt": "p", "aspects": []string{"quality", "authenticity"},
 	})
 	workflow, _ := os.ReadFile(filepath.Join("testdata", "workflow_api.json"))
-	if resp, b := postJSON(t, ts.URL+"/v1/reroll", nodes.RerollRequest{Prompt: workflow, NodeID: "40", SeedNodes: []string{"20"}, Attempt: 1, MaxTries: 2}); resp.StatusCode != 200 {
+	if resp, b := postJSON(t, ts.URL+"/v1/reroll", api.RerollRequest{Prompt: workflow, NodeID: "40", SeedNodes: []string{"20"}, Attempt: 1, MaxTries: 2}); resp.StatusCode != 200 {
 		t.Fatalf("reroll: %s", b)
 	}
 

@@ -2,15 +2,12 @@ package server
 
 import (
 	"context"
-	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"maps"
 	"mime"
 	"net/http"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -18,82 +15,8 @@ import (
 
 	"github.com/m3gate/m3gate/plugin/config"
 	"github.com/m3gate/m3gate/schemas"
+	"github.com/m3gate/m3gate/schemas/api"
 )
-
-// ScoreJSON is the JSON form of a POST /v1/score request.
-type ScoreJSON struct {
-	Images       []ImageJSON `json:"images"`
-	Prompt       string      `json:"prompt"`
-	Aspects      []string    `json:"aspects,omitempty"`
-	MaxNewTokens int         `json:"max_new_tokens,omitempty"`
-	// Attempt and Seed say how the images were made (the generation
-	// attempt, 1 for the first, and the sampler seed), for the review page.
-	Attempt int     `json:"attempt,omitempty"`
-	Seed    *uint64 `json:"seed,omitempty"`
-}
-
-// ImageJSON is one image of a JSON score request: base64 data or an
-// absolute path readable by the model process, and optionally its own
-// generation prompt.
-type ImageJSON struct {
-	Data   string `json:"data,omitempty"`
-	Path   string `json:"path,omitempty"`
-	Prompt string `json:"prompt,omitempty"`
-}
-
-// ScoreResponse is the answer of POST /v1/score.
-type ScoreResponse struct {
-	RequestID string       `json:"request_id"`
-	Results   []ResultJSON `json:"results"`
-}
-
-// ResultJSON is the result of one image.
-type ResultJSON struct {
-	Index   int                   `json:"index"`
-	Error   string                `json:"error"`
-	Aspects map[string]AspectJSON `json:"aspects,omitempty"`
-}
-
-// AspectJSON is the score of one image on one aspect.
-type AspectJSON struct {
-	MOS         float64            `json:"mos"`
-	Rating      string             `json:"rating"`
-	WordProbs   map[string]float64 `json:"word_probs,omitempty"`
-	Description string             `json:"description,omitempty"`
-	Source      string             `json:"source"`
-	TimingsMS   map[string]float64 `json:"timings_ms,omitempty"`
-}
-
-// Event is a /v1/events websocket message: {"type": "score"|"state", "data": ...}.
-type Event struct {
-	Type string `json:"type"`
-	Data any    `json:"data"`
-}
-
-// StateEvent is the data of a "state" event.
-type StateEvent struct {
-	State string `json:"state"`
-	Error string `json:"error,omitempty"`
-}
-
-// ScoreEvent is the data of a "score" event.
-type ScoreEvent struct {
-	RequestID string       `json:"request_id"`
-	Prompt    string       `json:"prompt"`
-	Results   []ResultJSON `json:"results"`
-	// Time is when the request was answered.
-	Time time.Time `json:"time,omitzero"`
-	// Prompts are the images' own prompts by index, when any image had one.
-	Prompts []string `json:"prompts,omitempty"`
-	// Attempt and Seed are what the request said about how its images were
-	// made; Seed in decimal, as a 64-bit seed does not fit a JavaScript
-	// number.
-	Attempt int    `json:"attempt,omitempty"`
-	Seed    string `json:"seed,omitempty"`
-	// Thumbs are the thumbnail URLs (GET /v1/thumbs/{id}) by result, ""
-	// for an image that has none.
-	Thumbs []string `json:"thumbs,omitempty"`
-}
 
 // provenance is what a score request says about how its images were made.
 type provenance struct {
@@ -111,46 +34,58 @@ func badf(format string, args ...any) error { return badRequest{fmt.Errorf(forma
 
 func (s *Server) score(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	// Admission comes first, before the body is read, so a full queue costs
-	// no memory.
+	id := strconv.FormatUint(s.nextID.Add(1), 10)
+	w.Header().Set("X-Request-Id", id)
+	if err := requireContentType(r, "multipart/form-data", "application/json"); err != nil {
+		writeError(w, http.StatusUnsupportedMediaType, err)
+		return
+	}
+	// The body is read first, within the byte budget and its time limits;
+	// only a complete request takes a queue slot, so slow uploads cannot
+	// hold the slots that scoring needs.
+	release, code, err := s.admitBody(w, r, s.cfg.MaxBodyBytes)
+	if err != nil {
+		s.refuseBody(w, code, err)
+		return
+	}
+	defer release()
+	req, prov, err := s.parseScore(r)
+	s.metrics.stages.WithLabelValues("parse").Observe(time.Since(start).Seconds())
+	if err != nil {
+		if code, ok := bodyErrorStatus(err); ok {
+			if s.aborting.Err() != nil {
+				code, err = http.StatusServiceUnavailable, errShuttingDown
+			}
+			s.refuseBody(w, code, fmt.Errorf("request body: %w", err))
+			return
+		}
+		writeError(w, http.StatusBadRequest, err)
+		return
+	}
+	bodyDone(w)
+	if err := req.Validate(); err != nil {
+		writeError(w, http.StatusBadRequest, err)
+		return
+	}
+
 	select {
 	case s.slots <- struct{}{}:
 	default:
 		s.metrics.rejected.Inc()
 		w.Header().Set("Retry-After", s.retryAfter())
-		// Close the connection instead of draining a body we will not read.
-		w.Header().Set("Connection", "close")
 		writeError(w, http.StatusTooManyRequests, fmt.Errorf("score queue full (%d requests); retry later", cap(s.slots)))
 		return
 	}
 	defer func() { <-s.slots }()
 
-	ctx := r.Context()
+	ctx, cancel := context.WithCancelCause(r.Context())
+	defer cancel(nil)
+	stop := context.AfterFunc(s.aborting, func() { cancel(errShuttingDown) })
+	defer stop()
 	if s.cfg.RequestTimeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, s.cfg.RequestTimeout)
-		defer cancel()
-	}
-	id := strconv.FormatUint(s.nextID.Add(1), 10)
-	w.Header().Set("X-Request-Id", id)
-
-	r.Body = http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes)
-	req, prov, err := s.parseScore(r)
-	s.metrics.stages.WithLabelValues("parse").Observe(time.Since(start).Seconds())
-	if err != nil {
-		var tooBig *http.MaxBytesError
-		switch {
-		case errors.As(err, &tooBig):
-			w.Header().Set("Connection", "close")
-			writeError(w, http.StatusRequestEntityTooLarge, fmt.Errorf("request body over %d bytes", s.cfg.MaxBodyBytes))
-		default:
-			writeError(w, http.StatusBadRequest, err)
-		}
-		return
-	}
-	if err := req.Validate(); err != nil {
-		writeError(w, http.StatusBadRequest, err)
-		return
+		var cancelT context.CancelFunc
+		ctx, cancelT = context.WithTimeout(ctx, s.cfg.RequestTimeout)
+		defer cancelT()
 	}
 
 	scoreStart := time.Now()
@@ -158,7 +93,12 @@ func (s *Server) score(w http.ResponseWriter, r *http.Request) {
 	s.metrics.stages.WithLabelValues("score").Observe(time.Since(scoreStart).Seconds())
 	if err != nil {
 		if r.Context().Err() != nil {
-			return // the client left; nobody to answer
+			return // the client left; nobody to answer (counted as cancelled)
+		}
+		if errors.Is(context.Cause(ctx), errShuttingDown) {
+			w.Header().Set("Retry-After", "5")
+			writeError(w, http.StatusServiceUnavailable, errShuttingDown)
+			return
 		}
 		s.log.Warn("score failed", "request_id", id, "error", err)
 		if code := statusFor(err); code == http.StatusServiceUnavailable {
@@ -167,7 +107,7 @@ func (s *Server) score(w http.ResponseWriter, r *http.Request) {
 		writeError(w, statusFor(err), err)
 		return
 	}
-	resp := ScoreResponse{RequestID: id, Results: make([]ResultJSON, len(results))}
+	resp := api.ScoreResponse{RequestID: id, Results: make([]api.Result, len(results))}
 	for i, res := range results {
 		resp.Results[i] = s.resultJSON(res)
 	}
@@ -178,13 +118,13 @@ func (s *Server) score(w http.ResponseWriter, r *http.Request) {
 	s.publishScore(id, req, prov, resp.Results)
 }
 
-func (s *Server) resultJSON(res schemas.ItemResult) ResultJSON {
-	out := ResultJSON{Index: res.Index, Error: res.Error}
+func (s *Server) resultJSON(res schemas.ItemResult) api.Result {
+	out := api.Result{Index: res.Index, Error: res.Error}
 	if len(res.Aspects) > 0 {
-		out.Aspects = make(map[string]AspectJSON, len(res.Aspects))
+		out.Aspects = make(map[string]api.AspectScore, len(res.Aspects))
 	}
 	for name, a := range res.Aspects {
-		aj := AspectJSON{MOS: a.MOS, Rating: a.Rating, WordProbs: a.WordProbs, Description: a.Description, Source: a.Source}
+		aj := api.AspectScore{MOS: a.MOS, Rating: a.Rating, WordProbs: a.WordProbs, Description: a.Description, Source: a.Source}
 		if len(a.Timings) > 0 {
 			aj.TimingsMS = make(map[string]float64, len(a.Timings))
 			for stage, d := range a.Timings {
@@ -244,8 +184,8 @@ func (s *Server) parseScore(r *http.Request) (schemas.ScoreRequest, provenance, 
 	switch ct {
 	case "multipart/form-data":
 		req, prov, err = s.parseMultipart(r)
-	case "application/json", "":
-		req, prov, err = s.parseJSON(r.Body)
+	case "application/json":
+		req, prov, err = s.parseJSON(r.Body, r.ContentLength)
 	default:
 		return req, prov, badf("unsupported content type %q: use multipart/form-data or application/json", ct)
 	}
@@ -268,6 +208,11 @@ func (s *Server) parseScore(r *http.Request) (schemas.ScoreRequest, provenance, 
 	if req.Options.MaxNewTokens == 0 {
 		req.Options.MaxNewTokens = d.MaxNewTokens
 	}
+	for i := range req.Items {
+		if n := int64(len(req.Items[i].Data)); n > s.cfg.MaxImageBytes {
+			return req, prov, badf("image %d: %d bytes is over daemon.max_image_bytes (%d)", i, n, s.cfg.MaxImageBytes)
+		}
+	}
 	if len(d.Prompts) > 0 {
 		for _, a := range req.Options.Aspects {
 			if _, ok := d.Prompts[a]; !ok {
@@ -284,44 +229,50 @@ func (s *Server) parseScore(r *http.Request) (schemas.ScoreRequest, provenance, 
 	return req, prov, nil
 }
 
-func (s *Server) parseJSON(body io.Reader) (schemas.ScoreRequest, provenance, error) {
-	var in ScoreJSON
-	dec := json.NewDecoder(body)
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&in); err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			return schemas.ScoreRequest{}, provenance{}, err
-		}
-		return schemas.ScoreRequest{}, provenance{}, badf("decode JSON body: %v", err)
+func (s *Server) parseJSON(body io.Reader, size int64) (schemas.ScoreRequest, provenance, error) {
+	in, err := decodeScoreJSON(body, s.cfg.MaxImageBytes, s.cfg.MaxImages, size)
+	if err != nil {
+		return schemas.ScoreRequest{}, provenance{}, err
 	}
 	if len(in.Images) > s.cfg.MaxImages {
 		return schemas.ScoreRequest{}, provenance{}, badf("%d images: at most %d per request", len(in.Images), s.cfg.MaxImages)
 	}
-	req := schemas.ScoreRequest{Prompt: in.Prompt, Options: schemas.ScoreOptions{Aspects: in.Aspects, MaxNewTokens: in.MaxNewTokens}}
+	n, err := s.maxNewTokens(in.MaxNewTokens)
+	if err != nil {
+		return schemas.ScoreRequest{}, provenance{}, err
+	}
+	req := schemas.ScoreRequest{Prompt: in.Prompt, Options: schemas.ScoreOptions{Aspects: in.Aspects, MaxNewTokens: n}}
 	prov := provenance{Attempt: in.Attempt, Seed: in.Seed}
 	for i, im := range in.Images {
 		it := schemas.ScoreItem{Prompt: im.Prompt}
 		switch {
-		case im.Data != "" && im.Path != "":
+		case len(im.Data) > 0 && im.Path != "":
 			return req, prov, badf("image %d: give data or path, not both", i)
-		case im.Data != "":
-			b, err := base64.StdEncoding.DecodeString(im.Data)
+		case len(im.Data) > 0:
+			it.Data = im.Data
+		case im.Path != "":
+			// The daemon reads the file itself: the model process is never
+			// handed a path from the network.
+			b, err := s.readImagePath(im.Path)
 			if err != nil {
-				return req, prov, badf("image %d: data is not base64: %v", i, err)
+				return req, prov, badf("image %d: %v", i, err)
 			}
 			it.Data = b
-		case im.Path != "":
-			if !filepath.IsAbs(im.Path) {
-				return req, prov, badf("image %d: path %q is not absolute", i, im.Path)
-			}
-			it.Path = im.Path
 		default:
 			return req, prov, badf("image %d: no data or path", i)
 		}
 		req.Items = append(req.Items, it)
 	}
 	return req, prov, nil
+}
+
+// maxNewTokens checks a request's max_new_tokens against the bound, as
+// int64 so that nothing is truncated on the way.
+func (s *Server) maxNewTokens(n int64) (int, error) {
+	if n < 0 || n > s.cfg.MaxNewTokens {
+		return 0, badf("max_new_tokens %d is out of range 1..%d", n, s.cfg.MaxNewTokens)
+	}
+	return int(n), nil
 }
 
 func (s *Server) parseMultipart(r *http.Request) (schemas.ScoreRequest, provenance, error) {
@@ -339,20 +290,21 @@ func (s *Server) parseMultipart(r *http.Request) (schemas.ScoreRequest, provenan
 			break
 		}
 		if err != nil {
-			var tooBig *http.MaxBytesError
-			if errors.As(err, &tooBig) {
+			if _, ok := bodyErrorStatus(err); ok {
 				return req, prov, err
 			}
 			return req, prov, badf("multipart body: %v", err)
 		}
-		b, err := io.ReadAll(part)
+		b, err := io.ReadAll(io.LimitReader(part, s.cfg.MaxImageBytes+1))
 		part.Close()
 		if err != nil {
-			var tooBig *http.MaxBytesError
-			if errors.As(err, &tooBig) {
+			if _, ok := bodyErrorStatus(err); ok {
 				return req, prov, err
 			}
 			return req, prov, badf("multipart field %s: %v", part.FormName(), err)
+		}
+		if int64(len(b)) > s.cfg.MaxImageBytes {
+			return req, prov, badf("multipart field %s: over daemon.max_image_bytes (%d)", part.FormName(), s.cfg.MaxImageBytes)
 		}
 		switch name := part.FormName(); name {
 		case "image":
@@ -372,11 +324,13 @@ func (s *Server) parseMultipart(r *http.Request) (schemas.ScoreRequest, provenan
 				}
 			}
 		case "max_new_tokens":
-			n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+			n, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
 			if err != nil {
 				return req, prov, badf("max_new_tokens %q is not an integer", b)
 			}
-			req.Options.MaxNewTokens = n
+			if req.Options.MaxNewTokens, err = s.maxNewTokens(n); err != nil {
+				return req, prov, err
+			}
 		case "attempt":
 			n, err := strconv.Atoi(strings.TrimSpace(string(b)))
 			if err != nil {
@@ -394,4 +348,14 @@ func (s *Server) parseMultipart(r *http.Request) (schemas.ScoreRequest, provenan
 		}
 	}
 	return req, prov, nil
+}
+
+// refuseBody answers a request whose body was not taken: the connection is
+// closed instead of draining a body we will not read.
+func (s *Server) refuseBody(w http.ResponseWriter, code int, err error) {
+	w.Header().Set("Connection", "close")
+	if code == http.StatusTooManyRequests || code == http.StatusServiceUnavailable {
+		w.Header().Set("Retry-After", s.retryAfter())
+	}
+	writeError(w, code, err)
 }

@@ -13,7 +13,9 @@ import (
 	"fmt"
 	"math"
 	"net/http"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -26,6 +28,7 @@ import (
 	"github.com/m3gate/m3gate/plugin/review"
 	"github.com/m3gate/m3gate/plugin/supervisor"
 	"github.com/m3gate/m3gate/schemas"
+	"github.com/m3gate/m3gate/schemas/api"
 )
 
 // Scorer scores images; *supervisor.Supervisor implements it.
@@ -58,10 +61,43 @@ type Config struct {
 	// QueueSize is how many score requests may be admitted at once (running
 	// or waiting); more get 429 with Retry-After. Default 16.
 	QueueSize int
-	// MaxBodyBytes bounds a request body. Default 256 MiB.
-	MaxBodyBytes int64
+	// MaxImageBytes bounds one image (decoded data or a file read).
+	// Default 32 MiB.
+	MaxImageBytes int64
 	// MaxImages bounds the images of one request. Default 64.
 	MaxImages int
+	// MaxBodyBytes bounds a score request body. Default: MaxImages x
+	// MaxImageBytes as base64, plus 1 MiB for the rest of the request.
+	MaxBodyBytes int64
+	// MaxInflightBytes bounds the request-body bytes held at once across
+	// requests; past it a request is refused with 429. Default 512 MiB.
+	MaxInflightBytes int64
+	// BodyTimeout bounds the reading of one body. Default 2 minutes.
+	BodyTimeout time.Duration
+	// MinUploadRate is the slowest a body may arrive, bytes/s averaged
+	// after its first 5 s; slower bodies are cut off with 408. 0: none.
+	MinUploadRate int64
+	// MaxNewTokens is the largest max_new_tokens a request may ask for.
+	// Default 4096.
+	MaxNewTokens int64
+	// Token, when set, must be sent as "Authorization: Bearer <token>" on
+	// every route but /healthz and /readyz.
+	Token string
+	// ListenHost is the host the daemon listens on; a Host header may name
+	// it besides IP addresses, localhost and AllowedHosts.
+	ListenHost string
+	// AllowedHosts are further host names a Host header may carry.
+	AllowedHosts []string
+	// AllowedOrigins are browser origins besides the daemon's own that may
+	// send state-changing requests and open the websocket.
+	AllowedOrigins []string
+	// AllowPaths lets JSON score requests name image files by path, read by
+	// the daemon itself from under PathRoots.
+	AllowPaths bool
+	// PathRoots are the directories image paths must lie in.
+	PathRoots []string
+	// MaxSubscribers bounds the open /v1/events websockets. Default 256.
+	MaxSubscribers int
 	// RequestTimeout bounds one score request, queueing included; 0: none.
 	RequestTimeout time.Duration
 	// Defaults fills what a score request leaves out (aspects, prompts,
@@ -83,15 +119,21 @@ type Config struct {
 
 // Server serves the daemon API. Create it with New.
 type Server struct {
-	cfg     Config
-	log     hclog.Logger
-	slots   chan struct{}
-	hub     *hub
-	metrics *metrics
-	mux     *http.ServeMux
-	feed    *feed        // recent score events for the review page
-	latency atomic.Int64 // moving average of score latency, ns
-	nextID  atomic.Uint64
+	cfg            Config
+	log            hclog.Logger
+	slots          chan struct{}
+	hub            *hub
+	metrics        *metrics
+	mux            *http.ServeMux
+	budget         *budget
+	roots          []string // PathRoots with symlinks resolved
+	allowedHosts   []string // lower case
+	allowedOrigins []string // lower case, no trailing slash
+	aborting       context.Context
+	abort          context.CancelFunc
+	feed           *feed        // recent score events for the review page
+	latency        atomic.Int64 // moving average of score latency, ns
+	nextID         atomic.Uint64
 }
 
 // New returns a Server for cfg.
@@ -102,11 +144,26 @@ func New(cfg Config) (*Server, error) {
 	if cfg.QueueSize <= 0 {
 		cfg.QueueSize = 16
 	}
-	if cfg.MaxBodyBytes <= 0 {
-		cfg.MaxBodyBytes = 256 << 20
+	if cfg.MaxImageBytes <= 0 {
+		cfg.MaxImageBytes = 32 << 20
 	}
 	if cfg.MaxImages <= 0 {
 		cfg.MaxImages = 64
+	}
+	if cfg.MaxBodyBytes <= 0 {
+		cfg.MaxBodyBytes = int64(cfg.MaxImages)*((cfg.MaxImageBytes+2)/3*4+4<<10) + 1<<20
+	}
+	if cfg.MaxInflightBytes <= 0 {
+		cfg.MaxInflightBytes = 512 << 20
+	}
+	if cfg.BodyTimeout <= 0 {
+		cfg.BodyTimeout = 2 * time.Minute
+	}
+	if cfg.MaxNewTokens <= 0 {
+		cfg.MaxNewTokens = 4096
+	}
+	if cfg.MaxSubscribers <= 0 {
+		cfg.MaxSubscribers = 256
 	}
 	if len(cfg.Defaults.Aspects) == 0 {
 		cfg.Defaults.Aspects = []string{"quality"}
@@ -117,7 +174,25 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, slots: make(chan struct{}, cfg.QueueSize), hub: newHub(), feed: newFeed(cfg.RecentImages)}
+	s := &Server{cfg: cfg, log: cfg.Logger, slots: make(chan struct{}, cfg.QueueSize), hub: newHub(cfg.MaxSubscribers),
+		feed: newFeed(cfg.RecentImages), budget: &budget{max: cfg.MaxInflightBytes}}
+	s.aborting, s.abort = context.WithCancel(context.Background())
+	for _, h := range cfg.AllowedHosts {
+		s.allowedHosts = append(s.allowedHosts, strings.ToLower(h))
+	}
+	for _, o := range cfg.AllowedOrigins {
+		s.allowedOrigins = append(s.allowedOrigins, strings.TrimSuffix(strings.ToLower(o), "/"))
+	}
+	for _, root := range cfg.PathRoots {
+		real, err := filepath.EvalSymlinks(root)
+		if err != nil {
+			return nil, fmt.Errorf("server: path root %s: %w", root, err)
+		}
+		s.roots = append(s.roots, real)
+	}
+	if cfg.AllowPaths && len(s.roots) == 0 {
+		return nil, errors.New("server: paths allowed but no path roots")
+	}
 	m, err := newMetrics(cfg.Registry, s)
 	if err != nil {
 		return nil, err
@@ -135,20 +210,29 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
-// Handler returns the HTTP handler of the API.
-func (s *Server) Handler() http.Handler { return s.mux }
+// Handler returns the HTTP handler of the API, with the Host, token and
+// Origin checks in front of every route.
+func (s *Server) Handler() http.Handler { return s.guard(s.mux) }
 
 // Close disconnects every websocket subscriber.
 func (s *Server) Close() { s.hub.close() }
 
+// Abort ends the requests in flight: a body being read is cut off and a
+// request waiting for its scores is answered 503 (the daemon is shutting
+// down). Call it when the shutdown grace period has passed.
+func (s *Server) Abort() { s.abort() }
+
+// errShuttingDown is the cause of requests ended by Abort.
+var errShuttingDown = errors.New("the daemon is shutting down; retry against its next start")
+
 // PublishState pushes a model-process state change to /v1/events
 // subscribers; wire it to supervisor.Config.OnState.
 func (s *Server) PublishState(state schemas.State, err error) {
-	ev := StateEvent{State: string(state)}
+	ev := api.StateEvent{State: string(state)}
 	if err != nil {
 		ev.Error = err.Error()
 	}
-	s.hub.publish(Event{Type: "state", Data: ev})
+	s.hub.publish(api.Event{Type: api.EventState, Data: ev})
 }
 
 // QueueDepth is the number of score requests admitted and not finished.
@@ -159,7 +243,11 @@ func (s *Server) handle(pattern, route string, h http.HandlerFunc) {
 	s.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
 		rw := &statusWriter{ResponseWriter: w, code: http.StatusOK}
 		h(rw, r)
-		s.metrics.requests.WithLabelValues(route, strconv.Itoa(rw.code)).Inc()
+		code := strconv.Itoa(rw.code)
+		if !rw.wrote && r.Context().Err() != nil {
+			code = "cancelled" // the client left before its answer
+		}
+		s.metrics.requests.WithLabelValues(route, code).Inc()
 	})
 }
 
@@ -167,10 +255,19 @@ func (s *Server) handle(pattern, route string, h http.HandlerFunc) {
 // websockets.
 type statusWriter struct {
 	http.ResponseWriter
-	code int
+	code  int
+	wrote bool
 }
 
-func (w *statusWriter) WriteHeader(code int) { w.code = code; w.ResponseWriter.WriteHeader(code) }
+func (w *statusWriter) WriteHeader(code int) {
+	w.code, w.wrote = code, true
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	w.wrote = true
+	return w.ResponseWriter.Write(b)
+}
 
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
@@ -209,11 +306,6 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 	}{st, s.cfg.Scorer.Restarts(), s.QueueDepth()})
 }
 
-// errorBody is the JSON of every error response.
-type errorBody struct {
-	Error string `json:"error"`
-}
-
 func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
@@ -221,7 +313,7 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 }
 
 func writeError(w http.ResponseWriter, code int, err error) {
-	writeJSON(w, code, errorBody{Error: err.Error()})
+	writeJSON(w, code, api.ErrorResponse{Error: err.Error()})
 }
 
 // retryAfter estimates in whole seconds when a slot frees up.
@@ -262,26 +354,28 @@ func statusFor(err error) int {
 // hub fans events out to websocket subscribers.
 type hub struct {
 	mu     sync.Mutex
-	subs   map[chan Event]struct{}
+	subs   map[chan api.Event]struct{}
+	max    int
 	closed bool
 }
 
-func newHub() *hub { return &hub{subs: map[chan Event]struct{}{}} }
+func newHub(max int) *hub { return &hub{subs: map[chan api.Event]struct{}{}, max: max} }
 
 // subscribe returns a channel of events; it is closed when the subscriber
-// falls behind by more than its buffer, or the hub closes.
-func (h *hub) subscribe() (chan Event, bool) {
+// falls behind by more than its buffer, or the hub closes. It refuses
+// (nil, false) when the hub is closed or full.
+func (h *hub) subscribe() (chan api.Event, bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.closed {
+	if h.closed || len(h.subs) >= h.max {
 		return nil, false
 	}
-	ch := make(chan Event, 64)
+	ch := make(chan api.Event, 64)
 	h.subs[ch] = struct{}{}
 	return ch, true
 }
 
-func (h *hub) unsubscribe(ch chan Event) {
+func (h *hub) unsubscribe(ch chan api.Event) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if _, ok := h.subs[ch]; ok {
@@ -290,7 +384,7 @@ func (h *hub) unsubscribe(ch chan Event) {
 	}
 }
 
-func (h *hub) publish(ev Event) {
+func (h *hub) publish(ev api.Event) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for ch := range h.subs {
@@ -324,6 +418,7 @@ type metrics struct {
 	requests *prometheus.CounterVec
 	stages   *prometheus.HistogramVec
 	rejected prometheus.Counter
+	refused  *prometheus.CounterVec
 	scores   *prometheus.HistogramVec
 }
 
@@ -339,13 +434,19 @@ func newMetrics(reg *prometheus.Registry, s *Server) (*metrics, error) {
 		rejected: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "m3gate_score_rejected_total", Help: "Score requests refused with 429 because the queue was full.",
 		}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "m3gate_http_refused_total", Help: "Requests refused by a guard: host, token, origin, budget (bytes in flight), subscribers.",
+		}, []string{"reason"}),
 		scores: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "m3gate_scores", Help: "Scores (MOS, 0..5) per aspect.",
 			Buckets: prometheus.LinearBuckets(0.5, 0.5, 10),
 		}, []string{"aspect"}),
 	}
 	cs := []prometheus.Collector{
-		m.requests, m.stages, m.rejected, m.scores,
+		m.requests, m.stages, m.rejected, m.refused, m.scores,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "m3gate_http_inflight_bytes", Help: "Request-body bytes held now (bounded by daemon.max_inflight_bytes).",
+		}, func() float64 { return float64(s.budget.inUse()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "m3gate_score_queue_depth", Help: "Score requests admitted and not finished.",
 		}, func() float64 { return float64(s.QueueDepth()) }),

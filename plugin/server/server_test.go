@@ -26,6 +26,7 @@ import (
 	"github.com/m3gate/m3gate/nodes"
 	"github.com/m3gate/m3gate/plugin/supervisor"
 	"github.com/m3gate/m3gate/schemas"
+	"github.com/m3gate/m3gate/schemas/api"
 )
 
 // fakeScorer answers each image "img-N" with MOS N/10 and the image text as
@@ -118,16 +119,23 @@ func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) 
 
 func TestScoreJSON(t *testing.T) {
 	f := &fakeScorer{}
-	_, ts := newTestServer(t, f, func(c *Config) { c.Defaults.MaxNewTokens = 77 })
+	root := t.TempDir()
+	if err := os.WriteFile(filepath.Join(root, "a.png"), []byte("img-7"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, ts := newTestServer(t, f, func(c *Config) {
+		c.Defaults.MaxNewTokens = 77
+		c.AllowPaths, c.PathRoots = true, []string{root}
+	})
 	resp, body := postJSON(t, ts.URL+"/v1/score", map[string]any{
-		"images":  []map[string]string{{"data": b64("img-31")}, {"path": "/data/img-7"}, {"data": b64("garbage")}},
+		"images":  []map[string]string{{"data": b64("img-31")}, {"path": filepath.Join(root, "a.png")}, {"data": b64("garbage")}},
 		"prompt":  "a cat",
 		"aspects": []string{"quality", "correspondence"},
 	})
 	if resp.StatusCode != 200 {
 		t.Fatalf("status %d: %s", resp.StatusCode, body)
 	}
-	var got ScoreResponse
+	var got api.ScoreResponse
 	if err := json.Unmarshal(body, &got); err != nil {
 		t.Fatal(err)
 	}
@@ -138,7 +146,7 @@ func TestScoreJSON(t *testing.T) {
 	if q.MOS != 3.1 || q.Rating != "good" || q.Source != "predictor" || q.TimingsMS["generate"] != 1.5 || q.WordProbs["good"] != 0.5 {
 		t.Errorf("image 0 quality: got %+v", q)
 	}
-	if got.Results[1].Aspects["correspondence"].Description != "/data/img-7" {
+	if got.Results[1].Aspects["correspondence"].Description != "img-7" {
 		t.Errorf("image 1 (by path): got %+v", got.Results[1])
 	}
 	if got.Results[2].Error == "" || got.Results[2].Aspects != nil {
@@ -151,7 +159,8 @@ func TestScoreJSON(t *testing.T) {
 		}
 	}
 	req := f.got[0]
-	if req.Prompt != "a cat" || req.Options.MaxNewTokens != 77 || req.Items[1].Path != "/data/img-7" {
+	// The daemon read the file; the model process gets bytes, never a path.
+	if req.Prompt != "a cat" || req.Options.MaxNewTokens != 77 || req.Items[1].Path != "" || string(req.Items[1].Data) != "img-7" {
 		t.Errorf("scorer got %+v", req)
 	}
 }
@@ -173,7 +182,7 @@ func TestScoreMultipart(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	var got ScoreResponse
+	var got api.ScoreResponse
 	if err := json.NewDecoder(resp.Body).Decode(&got); err != nil || resp.StatusCode != 200 {
 		t.Fatalf("status %d, %v", resp.StatusCode, err)
 	}
@@ -190,6 +199,7 @@ func TestScoreBadRequests(t *testing.T) {
 	_, ts := newTestServer(t, f, func(c *Config) {
 		c.MaxImages = 2
 		c.MaxBodyBytes = 1 << 10
+		c.AllowPaths, c.PathRoots = true, []string{t.TempDir()}
 		c.Defaults.Prompts = map[string]schemas.AspectPrompt{"quality": {Round1: "a", Round2: "b"}, "q": {Round1: "c", Round2: "d"}, "correspondence": {Round1: "e", Round2: "f"}}
 	})
 	tests := []struct {
@@ -203,17 +213,27 @@ func TestScoreBadRequests(t *testing.T) {
 		{"both", "application/json", `{"images":[{"data":"aGk=","path":"/a"}]}`, 400, "not both"},
 		{"unknown field", "application/json", `{"imgs":[]}`, 400, "unknown field"},
 		{"too many", "application/json", `{"images":[{"path":"/a"},{"path":"/b"},{"path":"/c"}]}`, 400, "at most 2"},
-		{"repeated aspect", "application/json", `{"images":[{"path":"/a"}],"aspects":["q","q"]}`, 400, "repeated"},
-		{"unknown aspect", "application/json", `{"images":[{"path":"/a"}],"aspects":["beauty"]}`, 400, `unknown aspect \"beauty\" (known: quality, correspondence, q)`},
-		{"content type", "text/plain", `hello`, 400, "unsupported content type"},
-		{"correspondence without prompt", "application/json", `{"images":[{"path":"/a"}],"aspects":["correspondence"]}`, 400, `prompt is empty: correspondence needs the generation prompt`},
-		{"correspondence with blank prompt", "application/json", `{"images":[{"path":"/a"}],"prompt":"  ","aspects":["quality","correspondence"]}`, 400, `set \"prompt\"`},
-		{"one image without prompt", "application/json", `{"images":[{"path":"/a","prompt":"a cat"},{"path":"/b"}],"aspects":["correspondence"]}`, 400, "images[1].prompt"},
+		{"repeated aspect", "application/json", `{"images":[{"data":"aGk="}],"aspects":["q","q"]}`, 400, "repeated"},
+		{"unknown aspect", "application/json", `{"images":[{"data":"aGk="}],"aspects":["beauty"]}`, 400, `unknown aspect \"beauty\" (known: quality, correspondence, q)`},
+		{"correspondence without prompt", "application/json", `{"images":[{"data":"aGk="}],"aspects":["correspondence"]}`, 400, `prompt is empty: correspondence needs the generation prompt`},
+		{"correspondence with blank prompt", "application/json", `{"images":[{"data":"aGk="}],"prompt":"  ","aspects":["quality","correspondence"]}`, 400, `set \"prompt\"`},
+		{"one image without prompt", "application/json", `{"images":[{"data":"aGk=","prompt":"a cat"},{"data":"aGk="}],"aspects":["correspondence"]}`, 400, "images[1].prompt"},
 		{"multipart without prompt", "multipart/form-data; boundary=XX", "--XX\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n\r\npng\r\n--XX\r\nContent-Disposition: form-data; name=\"aspects\"\r\n\r\ncorrespondence\r\n--XX--\r\n", 400, "prompt is empty"},
-		{"too big", "application/json", `{"images":[{"data":"` + strings.Repeat("A", 2000) + `"}]}`, 413, "over 1024 bytes"},
+		{"path outside roots", "application/json", `{"images":[{"path":"/etc/passwd"}]}`, 400, "not a readable file under daemon.path_roots"},
+		{"content type", "text/plain", `hello`, 415, "unsupported content type"},
+		{"no content type", "", `{"images":[{"data":"aGk="}]}`, 415, "no Content-Type"},
+		{"trailing garbage", "application/json", `{"images":[{"data":"aGk="}]} {"x":1}`, 400, "data after the JSON object"},
+		{"max_new_tokens over the bound", "application/json", `{"images":[{"data":"aGk="}],"max_new_tokens":4097}`, 400, "max_new_tokens 4097 is out of range 1..4096"},
+		{"max_new_tokens over 32 bits", "application/json", `{"images":[{"data":"aGk="}],"max_new_tokens":4294967297}`, 400, "max_new_tokens 4294967297 is out of range"},
+		{"max_new_tokens negative", "application/json", `{"images":[{"data":"aGk="}],"max_new_tokens":-1}`, 400, "out of range"},
+		{"too big", "application/json", `{"images":[{"data":"` + strings.Repeat("A", 2000) + `"}]}`, 413, "over the 1024-byte limit"},
 	}
 	for _, tt := range tests {
-		resp, err := http.Post(ts.URL+"/v1/score", tt.ctype, strings.NewReader(tt.body))
+		req, _ := http.NewRequest("POST", ts.URL+"/v1/score", strings.NewReader(tt.body))
+		if tt.ctype != "" {
+			req.Header.Set("Content-Type", tt.ctype)
+		}
+		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -317,7 +337,7 @@ func TestAdmission64Into16(t *testing.T) {
 			t.Errorf("request %d: %d %s", a.i, a.code, a.body)
 			continue
 		}
-		var r ScoreResponse
+		var r api.ScoreResponse
 		json.Unmarshal(a.body, &r)
 		if d := r.Results[0].Aspects["quality"].Description; d != fmt.Sprintf("img-%d", a.i) {
 			t.Errorf("request %d got the answer of %s", a.i, d)
@@ -345,27 +365,26 @@ func TestAdmission64Into16(t *testing.T) {
 	}
 }
 
-// TestFullQueueRefusesBeforeReadingBody: a refused request's body is never
-// read, so a full queue costs no memory.
-func TestFullQueueRefusesBeforeReadingBody(t *testing.T) {
+// TestSlowBodyTakesNoSlot: a body still arriving holds no queue slot, so
+// a complete request is scored while it trickles; a full queue refuses a
+// complete request with 429.
+func TestSlowBodyTakesNoSlot(t *testing.T) {
 	f := &fakeScorer{gate: make(chan struct{})}
-	defer close(f.gate)
 	_, ts := newTestServer(t, f, func(c *Config) { c.QueueSize = 1 })
+	pr, pw := io.Pipe() // a body that never ends
+	defer pw.Close()
+	go pw.Write([]byte(`{"images":[{"data":"`))
+	go http.Post(ts.URL+"/v1/score", "application/json", pr)
+	time.Sleep(50 * time.Millisecond)
 	go http.Post(ts.URL+"/v1/score", "application/json", strings.NewReader(`{"images":[{"data":"`+b64("img-1")+`"}]}`))
 	for f.inFlight.Load() != 1 {
 		time.Sleep(2 * time.Millisecond)
 	}
-	pr, pw := io.Pipe() // a body that never ends
-	defer pw.Close()
-	go pw.Write([]byte(`{"images":[{"data":"`))
-	resp, err := http.Post(ts.URL+"/v1/score", "application/json", pr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
+	resp, body := postJSON(t, ts.URL+"/v1/score", map[string]any{"images": []map[string]string{{"data": b64("img-2")}}})
 	if resp.StatusCode != http.StatusTooManyRequests {
-		t.Errorf("got %d, want 429", resp.StatusCode)
+		t.Errorf("full queue: got %d %s, want 429", resp.StatusCode, body)
 	}
+	close(f.gate)
 }
 
 func TestCancelledClientFreesSlot(t *testing.T) {
@@ -516,8 +535,8 @@ func (r *fakeRequeuer) Requeue(ctx context.Context, server string, prompt, extra
 	return "prompt-123", r.err
 }
 
-// TestReroll speaks the node pack's contract (nodes.RerollRequest and
-// nodes.RerollResponse) end to end.
+// TestReroll speaks the node pack's contract (api.RerollRequest and
+// api.RerollResponse) end to end.
 func TestReroll(t *testing.T) {
 	rq := &fakeRequeuer{}
 	s, ts := newTestServer(t, &fakeScorer{}, func(c *Config) {
@@ -532,10 +551,10 @@ func TestReroll(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	var first Event
+	var first api.Event
 	conn.ReadJSON(&first)
 
-	body := nodes.RerollRequest{
+	body := api.RerollRequest{
 		Prompt: workflow, NodeID: "40", SeedNodes: []string{"3", "10"}, Attempt: 1, MaxTries: 3,
 		Passed: 0, Wanted: 1, ClientID: "abc",
 		ExtraPNGInfo: json.RawMessage(`{"workflow":{"nodes":[]},"m3gate":{"old":1}}`),
@@ -544,7 +563,7 @@ func TestReroll(t *testing.T) {
 	if resp.StatusCode != 200 {
 		t.Fatalf("%d %s", resp.StatusCode, raw)
 	}
-	var got nodes.RerollResponse
+	var got api.RerollResponse
 	if err := json.Unmarshal(raw, &got); err != nil {
 		t.Fatal(err)
 	}
@@ -582,14 +601,14 @@ func TestReroll(t *testing.T) {
 
 	for _, tt := range []struct {
 		name string
-		mod  func(*nodes.RerollRequest)
+		mod  func(*api.RerollRequest)
 		code int
 		want string
 	}{
-		{"exhausted", func(r *nodes.RerollRequest) { r.Attempt = 3 }, 409, "reached max_tries 3"},
-		{"unknown seed node", func(r *nodes.RerollRequest) { r.SeedNodes = []string{"99"} }, 400, "is not in the prompt"},
-		{"no seed input", func(r *nodes.RerollRequest) { r.SeedNodes = []string{"6"} }, 400, "no seed or noise_seed"},
-		{"not a workflow", func(r *nodes.RerollRequest) { r.Prompt = json.RawMessage(`"x"`) }, 400, "not an API-format prompt"},
+		{"exhausted", func(r *api.RerollRequest) { r.Attempt = 3 }, 409, "reached max_tries 3"},
+		{"unknown seed node", func(r *api.RerollRequest) { r.SeedNodes = []string{"99"} }, 400, "is not in the prompt"},
+		{"no seed input", func(r *api.RerollRequest) { r.SeedNodes = []string{"6"} }, 400, "no seed or noise_seed"},
+		{"not a workflow", func(r *api.RerollRequest) { r.Prompt = json.RawMessage(`"x"`) }, 400, "not an API-format prompt"},
 	} {
 		b := body
 		tt.mod(&b)
@@ -639,7 +658,7 @@ func TestRerollTarget(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			rq := &fakeRequeuer{}
 			_, ts := newTestServer(t, &fakeScorer{}, func(c *Config) { c.Requeuer, c.ComfyUIServers = rq, tt.servers })
-			resp, raw := postJSON(t, ts.URL+"/v1/reroll", nodes.RerollRequest{Prompt: workflow, NodeID: "40", Attempt: 1, MaxTries: 3,
+			resp, raw := postJSON(t, ts.URL+"/v1/reroll", api.RerollRequest{Prompt: workflow, NodeID: "40", Attempt: 1, MaxTries: 3,
 				ComfyUIURL: tt.sent})
 			if resp.StatusCode != tt.code {
 				t.Fatalf("HTTP %d %s, want %d", resp.StatusCode, raw, tt.code)
@@ -650,7 +669,7 @@ func TestRerollTarget(t *testing.T) {
 				}
 				return
 			}
-			var got nodes.RerollResponse
+			var got api.RerollResponse
 			json.Unmarshal(raw, &got)
 			if rq.server != tt.want || got.Server != tt.want {
 				t.Errorf("queued on %q (answer says %q), want %q", rq.server, got.Server, tt.want)
@@ -659,19 +678,19 @@ func TestRerollTarget(t *testing.T) {
 	}
 }
 
-// TestPackContract: the node pack's score request (nodes.ScoreRequest) is
-// accepted and the answer decodes as nodes.ScoreResponse.
+// TestPackContract: the node pack's score request (api.ScoreRequest) is
+// accepted and the answer decodes as api.ScoreResponse.
 func TestPackContract(t *testing.T) {
 	_, ts := newTestServer(t, &fakeScorer{}, nil)
-	resp, raw := postJSON(t, ts.URL+nodes.PathScore, nodes.ScoreRequest{
-		Images: []nodes.ScoreImage{{Data: []byte("img-12")}, {Data: []byte("img-40")}}, Prompt: "p", Aspects: []string{"quality"},
+	resp, raw := postJSON(t, ts.URL+api.PathScore, api.ScoreRequest{
+		Images: []api.Image{{Data: []byte("img-12")}, {Data: []byte("img-40")}}, Prompt: "p", Aspects: []string{"quality"},
 		Attempt: 2, Seed: new(uint64),
 	})
 	if resp.StatusCode != 200 {
 		t.Fatalf("%d %s", resp.StatusCode, raw)
 	}
 	dec := json.NewDecoder(bytes.NewReader(raw))
-	var got nodes.ScoreResponse
+	var got api.ScoreResponse
 	if err := dec.Decode(&got); err != nil {
 		t.Fatal(err)
 	}

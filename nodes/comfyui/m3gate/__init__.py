@@ -3,7 +3,8 @@
 Install by copying or symlinking this folder to ComfyUI/custom_nodes/m3gate.
 The nodes are thin: they forward images to the m3gate daemon over HTTP
 (address from the environment variable M3GATE_URL, default
-http://127.0.0.1:8190) and need nothing beyond what ComfyUI already has.
+http://127.0.0.1:8190; bearer token from M3GATE_DAEMON_TOKEN when the
+daemon requires one) and need nothing beyond what ComfyUI already has.
 
 The node schemas (inputs, outputs, names, tooltips) come from node_defs.json,
 which is generated from the Go registry in nodes/ (scripts/gen-nodes.sh) and
@@ -72,13 +73,23 @@ def _timeout():
         return 900.0
 
 
+def _headers():
+    """Request headers; the bearer token from M3GATE_DAEMON_TOKEN when set
+    (the daemon's daemon.token). The token is never printed."""
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    token = os.environ.get("M3GATE_DAEMON_TOKEN", "").strip()
+    if token:
+        headers["Authorization"] = "Bearer " + token
+    return headers
+
+
 def call_daemon(path, body):
     """POST body as JSON to the daemon and return the decoded JSON answer."""
     base = daemon_url()
     req = urllib.request.Request(
         base + path,
         data=json.dumps(body).encode("utf-8"),
-        headers={"Content-Type": "application/json", "Accept": "application/json"},
+        headers=_headers(),
         method="POST",
     )
     try:
