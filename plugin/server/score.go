@@ -8,6 +8,7 @@ import (
 	"maps"
 	"mime"
 	"net/http"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -22,7 +23,15 @@ import (
 type provenance struct {
 	Attempt int
 	Seed    *uint64
+	// fromPath marks the items the daemon read from a file: their errors
+	// are scrubbed of file bytes.
+	fromPath []bool
 }
+
+// fileBytes matches the model process's quote of an image's first bytes
+// ("(first bytes 89 50 ...; supported: ...)"), removed from the errors of
+// images the daemon read from files: no answer shows a file's contents.
+var fileBytes = regexp.MustCompile(`first bytes [0-9a-f ]*;? ?`)
 
 // badRequest marks an error in the request itself (400).
 type badRequest struct{ err error }
@@ -109,6 +118,9 @@ func (s *Server) score(w http.ResponseWriter, r *http.Request) {
 	}
 	resp := api.ScoreResponse{RequestID: id, Results: make([]api.Result, len(results))}
 	for i, res := range results {
+		if res.Index >= 0 && res.Index < len(prov.fromPath) && prov.fromPath[res.Index] {
+			res.Error = fileBytes.ReplaceAllString(res.Error, "")
+		}
 		resp.Results[i] = s.resultJSON(res)
 	}
 	total := time.Since(start)
@@ -258,6 +270,10 @@ func (s *Server) parseJSON(body io.Reader, size int64) (schemas.ScoreRequest, pr
 				return req, prov, badf("image %d: %v", i, err)
 			}
 			it.Data = b
+			if prov.fromPath == nil {
+				prov.fromPath = make([]bool, len(in.Images))
+			}
+			prov.fromPath[i] = true
 		default:
 			return req, prov, badf("image %d: no data or path", i)
 		}
