@@ -589,17 +589,31 @@ func TestServeEmbeddedQueue(t *testing.T) {
 	if resp.StatusCode != 200 || len(ans.Results) != 1 || ans.Results[0].Error != "" || ans.Results[0].Aspects["quality"].Rating == "" {
 		t.Fatalf("score through the queue: HTTP %d %+v", resp.StatusCode, ans)
 	}
-	mresp, err := http.Get("http://" + httpAddr + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
+	// The worker acks a job just after storing its result (which is what
+	// answered the request), so in-flight reaches 0 a moment later.
+	want := []string{"m3gate_queue_depth 0", "m3gate_queue_in_flight 0", "m3gate_queue_results_total{worker=", "m3gate_queue_up 1"}
 	var metrics bytes.Buffer
-	metrics.ReadFrom(mresp.Body)
-	mresp.Body.Close()
-	for _, m := range []string{"m3gate_queue_depth 0", "m3gate_queue_in_flight 0", "m3gate_queue_results_total{worker=", "m3gate_queue_up 1"} {
-		if !strings.Contains(metrics.String(), m) {
-			t.Errorf("/metrics lacks %q", m)
+	var missing []string
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		mresp, err := http.Get("http://" + httpAddr + "/metrics")
+		if err != nil {
+			t.Fatal(err)
 		}
+		metrics.Reset()
+		metrics.ReadFrom(mresp.Body)
+		mresp.Body.Close()
+		missing = missing[:0]
+		for _, m := range want {
+			if !strings.Contains(metrics.String(), m) {
+				missing = append(missing, m)
+			}
+		}
+		if len(missing) == 0 || time.Now().After(deadline) {
+			break
+		}
+	}
+	for _, m := range missing {
+		t.Errorf("/metrics lacks %q:\n%s", m, grepLines(metrics.String(), "m3gate_queue"))
 	}
 
 	// Jobs published by another producer, then the daemon stops before
@@ -713,4 +727,15 @@ func TestRunThroughQueue(t *testing.T) {
 			t.Errorf("worker %s exit %d", w.name, code)
 		}
 	}
+}
+
+// grepLines returns the lines of s that contain sub.
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }
