@@ -479,8 +479,13 @@ func TestQueueWorkerKilled(t *testing.T) {
 		t.Errorf("rescuer exit code %d", code)
 	}
 	_, dups, got2 := drainedCounts(t, rescuer)
-	if got2 != held || dups+redelivered != held {
-		t.Errorf("rescuer received %d redelivered jobs (%d already recorded, %d scored again), want the %d the victim held",
+	// The consumer's pending count read right after the kill can include
+	// jobs whose ack the server was still processing, so the rescuer may
+	// receive fewer than held; what it receives is either recorded already
+	// or scored again, never more than held (checkOnce below proves one
+	// result per job).
+	if got2 > held || dups+redelivered != got2 {
+		t.Errorf("rescuer received %d redelivered jobs (%d already recorded, %d scored again); the victim held %d",
 			got2, dups, redelivered, held)
 	}
 	t.Logf("rescuer: %d held jobs scored again, %d found recorded by the victim", redelivered, dups)
