@@ -3,14 +3,10 @@ package mllm
 import (
 	"encoding/json"
 	"fmt"
-	"hash/fnv"
-	"math"
-	"math/rand"
 	"os"
 	"path/filepath"
 
 	"github.com/sugarme/gotch"
-	"github.com/sugarme/gotch/ts"
 
 	"github.com/m3gate/m3gate/sidecar/mllm/layers"
 	"github.com/m3gate/m3gate/sidecar/tensorio"
@@ -99,7 +95,7 @@ func WriteTinyWith(dir string, opts TinyOptions) (err error) {
 	m := &Model{Config: cfg}
 	var tensors []tensorio.Named
 	for _, s := range m.build() {
-		t := randomTensor(s, opts.Seed)
+		t := layers.RandomTensor(s, opts.Seed)
 		if opts.DType == gotch.BFloat16 {
 			t = t.MustTotype(gotch.BFloat16, true)
 		}
@@ -150,39 +146,4 @@ func WriteTinyWith(dir string, opts TinyOptions) (err error) {
 		return fmt.Errorf("write tiny model: %w", err)
 	}
 	return nil
-}
-
-// randomTensor draws one parameter from a generator seeded by seed and the
-// tensor's name, so every tensor is reproducible on its own.
-func randomTensor(s layers.Param, seed int64) *ts.Tensor {
-	h := fnv.New64a()
-	h.Write([]byte(s.Name))
-	rng := rand.New(rand.NewSource(seed ^ int64(h.Sum64())))
-	n := int64(1)
-	for _, d := range s.Shape {
-		n *= d
-	}
-	fanIn := float64(s.Shape[len(s.Shape)-1])
-	if s.Kind == layers.KindConv {
-		fanIn = float64(s.Shape[1] * s.Shape[2] * s.Shape[3])
-	}
-	v := make([]float32, n)
-	for i := range v {
-		z := rng.NormFloat64()
-		var x float64
-		switch s.Kind {
-		case layers.KindLinear, layers.KindConv:
-			x = z / math.Sqrt(fanIn)
-		case layers.KindBias, layers.KindLNB:
-			x = 0.1 * z
-		case layers.KindLNW, layers.KindRMS:
-			x = 1 + 0.1*z
-		case layers.KindEmbed:
-			x = z
-		case layers.KindPos:
-			x = 0.5 * z
-		}
-		v[i] = float32(x)
-	}
-	return ts.MustOfSlice(v).MustView(s.Shape, true)
 }

@@ -58,9 +58,9 @@ func WriteTinyAdapter(dir, modelDir string, seed int64) error {
 					o, in = p.Shape[0], p.Shape[1]
 				}
 			}
-			a := randomTensor(pseudo(name+".lora_A", layers2D(r, in)), seed)
+			a := layers.RandomTensor(pseudo(name+".lora_A", layers2D(r, in)), seed)
 			half := ts.FloatScalar(0.5)
-			b := randomTensor(pseudo(name+".lora_B", layers2D(o, r)), seed).MustMulScalar(half, true)
+			b := layers.RandomTensor(pseudo(name+".lora_B", layers2D(o, r)), seed).MustMulScalar(half, true)
 			torch.KeepScalars(half)
 			out = append(out, tensorio.Named{Name: "base_model.model." + name + ".lora_A.weight", Tensor: a},
 				tensorio.Named{Name: "base_model.model." + name + ".lora_B.weight", Tensor: b})
@@ -74,7 +74,7 @@ func WriteTinyAdapter(dir, modelDir string, seed int64) error {
 			if err != nil {
 				return err
 			}
-			noise := randomTensor(pseudo(p.Name+".saved", p.Shape), seed).MustMulScalar(ts.FloatScalar(0.05), true)
+			noise := layers.RandomTensor(pseudo(p.Name+".saved", p.Shape), seed).MustMulScalar(ts.FloatScalar(0.05), true)
 			out = append(out, tensorio.Named{Name: "base_model.model." + p.Name, Tensor: base.MustAdd(noise, true)})
 			noise.MustDrop()
 		}
