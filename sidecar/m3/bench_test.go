@@ -47,17 +47,36 @@ func benchScore(b *testing.B, n, nAspects, maxTokens int) {
 		items[i] = Item{Pixels: randomPixels(m, int64(i)), Prompt: "statue of a man, baroque style"}
 	}
 	aspects := []Aspect{{Name: "quality", Prompts: testPrompts}, {Name: "correspondence", Prompts: testPrompts}, {Name: "authenticity", Prompts: testPrompts}}[:nAspects]
-	var ds []time.Duration
+	var ds, enc, desc, rate []time.Duration
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		t0 := time.Now()
-		if _, err := s.Score(context.Background(), items, aspects, Options{MaxNewTokens: maxTokens}); err != nil {
+		res, err := s.Score(context.Background(), items, aspects, Options{MaxNewTokens: maxTokens})
+		if err != nil {
 			b.Fatal(err)
 		}
 		ds = append(ds, time.Since(t0))
+		// Timings are per sequence (the batch's time divided by its
+		// sequences); their sums over one image's aspects are the image's.
+		var e, d, r time.Duration
+		for _, row := range res {
+			for _, a := range row {
+				d += a.Timings.Describe
+				r += a.Timings.Rate + a.Timings.Predict
+			}
+			e += row[0].Timings.Encode
+		}
+		enc, desc, rate = append(enc, e), append(desc, d), append(rate, r)
 	}
+	b.ReportMetric(median(ds).Seconds(), "median-s")
+	b.ReportMetric(median(ds).Seconds()/float64(n), "median-s/image")
+	b.ReportMetric(median(enc).Seconds()/float64(n), "vision-s/image")
+	b.ReportMetric(median(desc).Seconds()/float64(n), "describe-s/image")
+	b.ReportMetric(median(rate).Seconds()/float64(n), "rate-s/image")
+}
+
+// median is the median of ds (which it sorts).
+func median(ds []time.Duration) time.Duration {
 	sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
-	med := ds[len(ds)/2]
-	b.ReportMetric(med.Seconds(), "median-s")
-	b.ReportMetric(med.Seconds()/float64(n), "median-s/image")
+	return ds[len(ds)/2]
 }

@@ -35,37 +35,72 @@ type Linear struct {
 // Forward applies the layer to x [..., in] and returns [..., out]. A
 // single row (a decode step at batch 1) goes through a matrix-vector
 // product: BLAS gemm with one row packs the whole weight matrix first and
-// runs about 1.7× slower here than gemv.
+// runs about 1.7× slower here than gemv. A few rows (up to
+// torch.MaxRowsLinear) go through torch.RowsLinear, which reads the
+// weights once for all of them.
 func (l *Linear) Forward(x *ts.Tensor) *ts.Tensor {
 	defer torch.Keep(x)
-	var y *ts.Tensor
-	sz := x.MustSize()
-	if len(sz) == 1 { // a vector: one gemv
-		y = l.W.MustMv(x, false)
-		if l.B != nil {
-			y = y.MustAdd(l.B, true)
-		}
-	} else if in := sz[len(sz)-1]; int64(x.Numel()) == in {
-		out := append(append([]int64(nil), sz[:len(sz)-1]...), l.W.MustSize()[0])
-		row := x.MustReshape([]int64{in}, false)
-		y = l.W.MustMv(row, false)
-		Drop(row)
-		if l.B != nil {
-			y = y.MustAdd(l.B, true)
-		}
-		y = y.MustView(out, true)
-	} else {
-		b := l.B
-		if b == nil {
-			b = ts.None
-		}
-		y = ts.MustLinear(x, l.W, b)
+	return l.ForwardRaw(torch.Borrow(x)).Wrap()
+}
+
+// ForwardRaw is Forward on a torch.Raw: x stays the caller's, the result
+// is new.
+func (l *Linear) ForwardRaw(x torch.Raw) torch.Raw {
+	w, b := torch.Borrow(l.W), torch.Raw{}
+	if l.B != nil {
+		b = torch.Borrow(l.B)
+	}
+	y, ok, err := torch.RowsLinearRaw(x, w, b)
+	if err != nil {
+		panic(err)
+	}
+	if !ok {
+		y = blas(x, w, b)
 	}
 	if l.Delta != nil {
-		if d := l.Delta.Forward(x); d != nil {
-			y = y.MustAdd(d, true)
+		xt := x.Share().Wrap()
+		if d := l.Delta.Forward(xt); d != nil {
+			sum := y.Add(torch.Borrow(d))
+			y.Free()
+			y = sum
 			Drop(d)
 		}
+		Drop(xt)
+	}
+	return y
+}
+
+// blas is x·wᵀ (+ b) through libtorch (BLAS): one gemv for a single row
+// (gemm with one row packs the whole weight matrix first and runs about
+// 1.7× slower here), gemm otherwise.
+func blas(x, w, b torch.Raw) torch.Raw {
+	sz := x.Size()
+	in := sz[len(sz)-1]
+	n := in
+	for _, d := range sz[:len(sz)-1] {
+		n *= d
+	}
+	if n != in { // more than one row
+		return x.Linear(w, b)
+	}
+	row := x
+	if len(sz) != 1 {
+		row = x.View(in)
+	}
+	y := w.Mv(row)
+	if row != x {
+		row.Free()
+	}
+	if b.Defined() {
+		yb := y.Add(b)
+		y.Free()
+		y = yb
+	}
+	if len(sz) != 1 {
+		out := append(append([]int64(nil), sz[:len(sz)-1]...), w.Size()[0])
+		yv := y.View(out...)
+		y.Free()
+		y = yv
 	}
 	return y
 }
@@ -92,20 +127,34 @@ type RMSNorm struct {
 // Forward normalises x over its last dimension.
 func (n *RMSNorm) Forward(x *ts.Tensor) *ts.Tensor {
 	defer torch.Keep(x)
+	return n.ForwardRaw(torch.Borrow(x)).Wrap()
+}
+
+// ForwardRaw is Forward on a torch.Raw (x stays the caller's).
+func (n *RMSNorm) ForwardRaw(x torch.Raw) torch.Raw {
 	h := x
 	kind := x.DType()
 	if kind != gotch.Float {
-		h = x.MustTotype(gotch.Float, false)
+		h = x.Totype(gotch.Float)
 	}
-	eps := ts.FloatScalar(n.Eps)
-	v := h.MustSquare(false).MustMeanDim([]int64{-1}, true, gotch.Float, true).MustAddScalar(eps, true).MustRsqrt(true)
-	torch.KeepScalars(eps)
-	h = h.MustMul(v, kind != gotch.Float)
-	Drop(v)
+	sq := h.Square()
+	mean := sq.MeanLast(gotch.Float)
+	plus := mean.AddScalar(n.Eps)
+	v := plus.Rsqrt()
+	torch.FreeRaw(sq, mean, plus)
+	hv := h.Mul(v)
+	v.Free()
+	if h != x {
+		h.Free()
+	}
 	if kind != gotch.Float {
-		h = h.MustTotype(kind, true)
+		t := hv.Totype(kind)
+		hv.Free()
+		hv = t
 	}
-	return h.MustMul(n.W, true)
+	out := hv.Mul(torch.Borrow(n.W))
+	hv.Free()
+	return out
 }
 
 // MaskedScore is the additive attention mask value of a hidden key:
@@ -127,6 +176,20 @@ func SDPA(q, k, v, mask *ts.Tensor, scale []float64) *ts.Tensor {
 	o := ts.MustScaledDotProductAttention(qf, kf, vf, mask, 0, false, scale)
 	Drop(qf, kf, vf)
 	return o.MustTotype(kind, true)
+}
+
+// SDPARaw is SDPA on torch.Raw handles (mask: a zero Raw for none).
+func SDPARaw(q, k, v, mask torch.Raw, scale float64) torch.Raw {
+	if q.DType() == gotch.Float {
+		return torch.SDPA(q, k, v, mask, scale)
+	}
+	kind := q.DType()
+	qf, kf, vf := q.Totype(gotch.Float), k.Totype(gotch.Float), v.Totype(gotch.Float)
+	o := torch.SDPA(qf, kf, vf, mask, scale)
+	torch.FreeRaw(qf, kf, vf)
+	out := o.Totype(kind)
+	o.Free()
+	return out
 }
 
 // Drop frees intermediates now (and keeps them alive until here); see

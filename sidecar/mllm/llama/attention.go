@@ -3,9 +3,8 @@ package llama
 import (
 	"math"
 
-	"github.com/sugarme/gotch/ts"
-
 	"github.com/m3gate/m3gate/sidecar/mllm/layers"
+	"github.com/m3gate/m3gate/sidecar/torch"
 )
 
 // Attention is Llama's self-attention: grouped-query heads (query head h
@@ -16,39 +15,39 @@ type Attention struct {
 }
 
 // Forward attends from h [B, Tq, D] (or [D] in single-token mode) over
-// pastK/pastV [B, nKV, T, hd] (nil for a fresh prefill) and the new
-// tokens, rotated by rot; mask is [B, 1, nrep·Tq, T+Tq] or ts.None. It
+// pastK/pastV [B, nKV, T, hd] (zero Raws for a fresh prefill) and the new
+// tokens, rotated by rot; mask is [B, 1, nrep·Tq, T+Tq] or a zero Raw. It
 // returns the output projection and the keys and values of past and new
-// tokens, [B, nKV, T+Tq, hd], for the next cache.
-func (a *Attention) Forward(h *ts.Tensor, rot *Rotation, mask, pastK, pastV *ts.Tensor) (out, k, v *ts.Tensor) {
-	nkv, hd := a.KVHeads, a.HeadDim
-	qp, kp := a.Q.Forward(h), a.K.Forward(h)
+// tokens, [B, nKV, T+Tq, hd], for the next cache. h, mask and the past
+// stay the caller's; the results are new.
+func (a *Attention) Forward(h torch.Raw, rot *Rotation, mask, pastK, pastV torch.Raw) (out, k, v torch.Raw) {
+	nkv, hd := int64(a.KVHeads), int64(a.HeadDim)
+	qp, kp := a.Q.ForwardRaw(h), a.K.ForwardRaw(h)
 	q := rot.Query(qp)
-	k = rot.Key(kp)
-	v = a.V.Forward(h)
-	layers.Drop(qp, kp)
-	sz := h.MustSize()
+	kr := rot.Key(kp)
+	vp := a.V.ForwardRaw(h)
+	torch.FreeRaw(qp, kp)
+	sz := h.Size()
 	B, Tq := int64(1), int64(1)
 	if len(sz) == 3 {
 		B, Tq = sz[0], sz[1]
 	}
 	if Tq == 1 { // [B, 1, nKV·hd] is already laid out as [B, nKV, 1, hd]
-		k = k.MustView([]int64{B, int64(nkv), 1, int64(hd)}, true)
-		v = v.MustView([]int64{B, int64(nkv), 1, int64(hd)}, true)
+		k, v = kr.View(B, nkv, 1, hd), vp.View(B, nkv, 1, hd)
 	} else {
-		k = k.MustView([]int64{B, Tq, int64(nkv), int64(hd)}, true).MustTranspose(1, 2, true)
-		v = v.MustView([]int64{B, Tq, int64(nkv), int64(hd)}, true).MustTranspose(1, 2, true)
+		k4, v4 := kr.View(B, Tq, nkv, hd), vp.View(B, Tq, nkv, hd)
+		k, v = k4.Transpose(1, 2), v4.Transpose(1, 2)
+		torch.FreeRaw(k4, v4)
 	}
-	if pastK != nil {
+	torch.FreeRaw(kr, vp)
+	if pastK.Defined() {
 		kn, vn := k, v
-		k = ts.MustCat([]*ts.Tensor{pastK, kn}, 2)
-		v = ts.MustCat([]*ts.Tensor{pastV, vn}, 2)
-		layers.Drop(kn, vn)
+		k, v = torch.Cat(2, pastK, kn), torch.Cat(2, pastV, vn)
+		torch.FreeRaw(kn, vn)
 	}
-	scale := []float64{1 / math.Sqrt(float64(hd))}
-	o := gqaAttention(q, k, v, mask, nkv, a.Heads/nkv, hd, scale)
-	out = a.O.Forward(o)
-	layers.Drop(q, o)
+	o := gqaAttention(q, k, v, mask, a.KVHeads, a.Heads/a.KVHeads, a.HeadDim, 1/math.Sqrt(float64(hd)))
+	out = a.O.ForwardRaw(o)
+	torch.FreeRaw(q, o)
 	return out, k, v
 }
 
@@ -56,28 +55,34 @@ func (a *Attention) Forward(h *ts.Tensor, rot *Rotation, mask, pastK, pastV *ts.
 // without copying K/V per query head: q [B, Tq, H·hd] is regrouped to
 // [B, nKV, nrep·Tq, hd] (query head h uses KV head h / nrep) so the KV
 // tensors [B, nKV, T, hd] broadcast as they are. mask is [B, 1, nrep·Tq, T]
-// or ts.None. Returns [B, Tq, H·hd].
-func gqaAttention(q, k, v, mask *ts.Tensor, nkv, nrep, hd int, scale []float64) *ts.Tensor {
+// or a zero Raw. Returns [B, Tq, H·hd] (a new tensor).
+func gqaAttention(q, k, v, mask torch.Raw, nkv, nrep, hd int, scale float64) torch.Raw {
+	NKV, NR, HD := int64(nkv), int64(nrep), int64(hd)
 	if q.Dim() == 1 { // single-token mode: q [H·hd] → [1, nKV, nrep, hd] and back
-		qv := q.MustView([]int64{1, int64(nkv), int64(nrep), int64(hd)}, false)
-		o := layers.SDPA(qv, k, v, mask, scale)
-		layers.Drop(qv)
-		return o.MustView([]int64{int64(nkv * nrep * hd)}, true)
+		qv := q.View(1, NKV, NR, HD)
+		o := layers.SDPARaw(qv, k, v, mask, scale)
+		out := o.View(NKV * NR * HD)
+		torch.FreeRaw(qv, o)
+		return out
 	}
-	sz := q.MustSize()
+	sz := q.Size()
 	B, Tq := sz[0], sz[1]
 	if Tq == 1 { // one query: the regrouping is a view
-		qv := q.MustView([]int64{B, int64(nkv), int64(nrep), int64(hd)}, false)
-		o := layers.SDPA(qv, k, v, mask, scale)
-		layers.Drop(qv)
-		return o.MustView([]int64{B, 1, int64(nkv * nrep * hd)}, true)
+		qv := q.View(B, NKV, NR, HD)
+		o := layers.SDPARaw(qv, k, v, mask, scale)
+		out := o.View(B, 1, NKV*NR*HD)
+		torch.FreeRaw(qv, o)
+		return out
 	}
-	qg := q.MustView([]int64{B, Tq, int64(nkv), int64(nrep), int64(hd)}, false).
-		MustPermute([]int64{0, 2, 3, 1, 4}, true).
-		MustReshape([]int64{B, int64(nkv), int64(nrep) * Tq, int64(hd)}, true)
-	o := layers.SDPA(qg, k, v, mask, scale)
-	layers.Drop(qg)
-	return o.MustView([]int64{B, int64(nkv), int64(nrep), Tq, int64(hd)}, true).
-		MustPermute([]int64{0, 3, 1, 2, 4}, true).
-		MustReshape([]int64{B, Tq, int64(nkv * nrep * hd)}, true)
+	q5 := q.View(B, Tq, NKV, NR, HD)
+	qp := q5.Permute(0, 2, 3, 1, 4)
+	qg := qp.Reshape(B, NKV, NR*Tq, HD)
+	torch.FreeRaw(q5, qp)
+	o := layers.SDPARaw(qg, k, v, mask, scale)
+	qg.Free()
+	o5 := o.View(B, NKV, NR, Tq, HD)
+	op := o5.Permute(0, 3, 1, 2, 4)
+	out := op.Reshape(B, Tq, NKV*NR*HD)
+	torch.FreeRaw(o, o5, op)
+	return out
 }

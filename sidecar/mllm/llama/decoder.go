@@ -1,9 +1,8 @@
 package llama
 
 import (
-	"github.com/sugarme/gotch/ts"
-
 	"github.com/m3gate/m3gate/sidecar/mllm/layers"
+	"github.com/m3gate/m3gate/sidecar/torch"
 )
 
 // MLP is Llama's SwiGLU feed-forward block: Down(silu(Gate·x) ⊙ Up·x).
@@ -11,12 +10,14 @@ type MLP struct {
 	Gate, Up, Down *layers.Linear
 }
 
-// Forward applies the block to h.
-func (m *MLP) Forward(h *ts.Tensor) *ts.Tensor {
-	up := m.Up.Forward(h)
-	g := m.Gate.Forward(h).MustSilu(true).MustMul(up, true)
-	o := m.Down.Forward(g)
-	layers.Drop(up, g)
+// Forward applies the block to h (which stays the caller's).
+func (m *MLP) Forward(h torch.Raw) torch.Raw {
+	up, gate := m.Up.ForwardRaw(h), m.Gate.ForwardRaw(h)
+	act := gate.Silu()
+	g := act.Mul(up)
+	torch.FreeRaw(up, gate, act)
+	o := m.Down.ForwardRaw(g)
+	g.Free()
 	return o
 }
 
@@ -31,14 +32,14 @@ type DecoderLayer struct {
 // Forward runs the block on the residual stream x, which it consumes
 // (frees), and returns the new stream with the keys and values of past
 // and new tokens (see Attention.Forward).
-func (l *DecoderLayer) Forward(x *ts.Tensor, rot *Rotation, mask, pastK, pastV *ts.Tensor) (out, k, v *ts.Tensor) {
-	h := l.InNorm.Forward(x)
+func (l *DecoderLayer) Forward(x torch.Raw, rot *Rotation, mask, pastK, pastV torch.Raw) (out, k, v torch.Raw) {
+	h := l.InNorm.ForwardRaw(x)
 	a, k, v := l.Attn.Forward(h, rot, mask, pastK, pastV)
-	x = x.MustAdd(a, true)
-	layers.Drop(h, a)
-	h = l.PostNorm.Forward(x)
+	x1 := x.Add(a)
+	torch.FreeRaw(x, h, a)
+	h = l.PostNorm.ForwardRaw(x1)
 	o := l.MLP.Forward(h)
-	x = x.MustAdd(o, true)
-	layers.Drop(h, o)
-	return x, k, v
+	out = x1.Add(o)
+	torch.FreeRaw(x1, h, o)
+	return out, k, v
 }

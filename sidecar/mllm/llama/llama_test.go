@@ -9,6 +9,7 @@ import (
 	"github.com/sugarme/gotch/ts"
 
 	"github.com/m3gate/m3gate/sidecar/mllm/layers"
+	"github.com/m3gate/m3gate/sidecar/torch"
 )
 
 func tensorOf(v []float32, shape ...int64) *ts.Tensor {
@@ -75,7 +76,7 @@ func testAttention(t *testing.T, Tq int) {
 		}
 	}
 	mask := tensorOf(mv, B, 1, int64(nrep*Tq), T)
-	got := floats(gqaAttention(q, k, v, mask, nkv, nrep, hd, []float64{1 / math.Sqrt(hd)}))
+	got := floats(gqaAttention(torch.Borrow(q), torch.Borrow(k), torch.Borrow(v), torch.Borrow(mask), nkv, nrep, hd, 1/math.Sqrt(hd)).Wrap())
 	qv, kv, vv := floats(q), floats(k), floats(v)
 	for b := 0; b < B; b++ {
 		for h := 0; h < H; h++ {

@@ -137,20 +137,30 @@ func (m *Model) Forward(x *ts.Tensor, valid [][]bool, cache *kvcache.Cache) (*ts
 		x = xv
 	}
 	rot := m.rope.At(pos)
+	var mr torch.Raw
+	if mask != ts.None {
+		mr = torch.Borrow(mask)
+	}
+	xr := torch.Borrow(x).Share()
+	torch.Drop(x)
 	for li := range m.Layers {
-		var pk, pv *ts.Tensor
+		var pk, pv torch.Raw
 		if cache != nil {
-			pk, pv = cache.K[li], cache.V[li]
+			pk, pv = torch.Borrow(cache.K[li]), torch.Borrow(cache.V[li])
 		}
-		var k, v *ts.Tensor
-		x, k, v = m.Layers[li].Forward(x, rot, mask, pk, pv)
-		next.K = append(next.K, k)
-		next.V = append(next.V, v)
+		var k, v torch.Raw
+		xr, k, v = m.Layers[li].Forward(xr, rot, mr, pk, pv)
+		next.K = append(next.K, k.Wrap())
+		next.V = append(next.V, v.Wrap())
+	}
+	if cache != nil {
+		torch.Keep(cache.K...)
+		torch.Keep(cache.V...)
 	}
 	rot.Drop()
 	torch.Drop(mask)
-	h := m.Norm.Forward(x)
-	torch.Drop(x)
+	h := m.Norm.ForwardRaw(xr).Wrap()
+	xr.Free()
 	return h, next
 }
 

@@ -117,14 +117,16 @@ type Rotation struct {
 	cosQ, sinQ, cosK, sinK *ts.Tensor
 }
 
-// Query rotates queries [B, T, heads·hd] (or [heads·hd]).
-func (a *Rotation) Query(x *ts.Tensor) *ts.Tensor {
-	return ApplyRope(x, a.cosQ, a.sinQ, a.r.rotQ, a.r.rotHead)
+// Query rotates queries [B, T, heads·hd] (or [heads·hd]); x stays the
+// caller's.
+func (a *Rotation) Query(x torch.Raw) torch.Raw {
+	return applyRope(x, torch.Borrow(a.cosQ), torch.Borrow(a.sinQ), torch.Borrow(a.r.rotQ), torch.Borrow(a.r.rotHead))
 }
 
-// Key rotates keys [B, T, kvHeads·hd] (or [kvHeads·hd]).
-func (a *Rotation) Key(x *ts.Tensor) *ts.Tensor {
-	return ApplyRope(x, a.cosK, a.sinK, a.r.rotK, a.r.rotHead)
+// Key rotates keys [B, T, kvHeads·hd] (or [kvHeads·hd]); x stays the
+// caller's.
+func (a *Rotation) Key(x torch.Raw) torch.Raw {
+	return applyRope(x, torch.Borrow(a.cosK), torch.Borrow(a.sinK), torch.Borrow(a.r.rotK), torch.Borrow(a.r.rotHead))
 }
 
 // Drop frees the tables.
@@ -140,17 +142,31 @@ func (a *Rotation) Drop() {
 // per head with the hd-wide rotHead for long ones (prefill), where the wide
 // matmul would cost more than the two extra view ops.
 func ApplyRope(x, cos, sin, rot, rotHead *ts.Tensor) *ts.Tensor {
-	var r *ts.Tensor
-	sz := x.MustSize()
-	if rotHead != nil && len(sz) == 3 && sz[0]*sz[1] > 8 {
-		hd := rotHead.MustSize()[0]
-		r = x.MustView([]int64{sz[0], sz[1], sz[2] / hd, hd}, false).MustMatmul(rotHead, true).MustView(sz, true)
-	} else {
-		r = x.MustMatmul(rot, false)
+	defer torch.Keep(x, cos, sin, rot, rotHead)
+	var rh torch.Raw
+	if rotHead != nil {
+		rh = torch.Borrow(rotHead)
 	}
-	r = r.MustMul(sin, true)
-	out := x.MustMul(cos, false).MustAdd(r, true)
-	torch.Drop(r)
-	torch.Keep(x, cos, sin, rot, rotHead)
+	return applyRope(torch.Borrow(x), torch.Borrow(cos), torch.Borrow(sin), torch.Borrow(rot), rh).Wrap()
+}
+
+// applyRope is ApplyRope on torch.Raw handles (rotHead: a zero Raw for
+// none); x stays the caller's.
+func applyRope(x, cos, sin, rot, rotHead torch.Raw) torch.Raw {
+	var r torch.Raw
+	sz := x.Size()
+	if rotHead.Defined() && len(sz) == 3 && sz[0]*sz[1] > 8 {
+		hd := rotHead.Size()[0]
+		x4 := x.View(sz[0], sz[1], sz[2]/hd, hd)
+		r4 := x4.Matmul(rotHead)
+		r = r4.View(sz...)
+		torch.FreeRaw(x4, r4)
+	} else {
+		r = x.Matmul(rot)
+	}
+	rs := r.Mul(sin)
+	xc := x.Mul(cos)
+	out := xc.Add(rs)
+	torch.FreeRaw(r, rs, xc)
 	return out
 }

@@ -1,0 +1,138 @@
+// linear.cpp is a linear layer for a few rows (a decode step of a few
+// sequences): y = x·Wᵀ (+ b) reading W once for all rows. BLAS's gemm
+// packs W before multiplying, which for 2–8 rows costs about twice the
+// time of streaming W (the memory-bound floor of a decode step), and gemv
+// streams W once per row. The kernel keeps one AVX2 accumulator pair per
+// row and splits W's rows over libtorch's own OpenMP threads
+// (at::parallel_for), so it never competes with libtorch's pool.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+#include <exception>
+
+#include "linear.h"
+
+namespace {
+
+constexpr int kMaxRows = 8;
+
+__attribute__((target("avx2,fma"))) inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+  return _mm_cvtss_f32(s);
+}
+
+// block computes Y[m, n..n+R) for m < M: R rows of W at once, so each
+// load of an x vector feeds R fused multiply-adds and each W vector
+// (a memory operand) M of them.
+template <int M, int R>
+__attribute__((target("avx2,fma"))) inline void block(const float *X, const float *W, const float *B, float *Y,
+                                                      int64_t K, int64_t N, int64_t n) {
+  __m256 acc[R][M];
+  for (int r = 0; r < R; r++)
+    for (int m = 0; m < M; m++) acc[r][m] = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 8 <= K; k += 8) {
+    __m256 x[M];
+    for (int m = 0; m < M; m++) x[m] = _mm256_loadu_ps(X + m * K + k);
+    for (int r = 0; r < R; r++) {
+      const __m256 w = _mm256_loadu_ps(W + (n + r) * K + k);
+      for (int m = 0; m < M; m++) acc[r][m] = _mm256_fmadd_ps(w, x[m], acc[r][m]);
+    }
+  }
+  for (int r = 0; r < R; r++) {
+    const float *w = W + (n + r) * K;
+    for (int m = 0; m < M; m++) {
+      float s = hsum(acc[r][m]);
+      for (int64_t j = k; j < K; j++) s += w[j] * X[m * K + j];
+      if (B) s += B[n + r];
+      Y[m * N + n + r] = s;
+    }
+  }
+}
+
+// rows computes Y[m, n] for m < M, n in [n0, n1): blocks of R rows of W
+// (R·M accumulators, at most 12 of AVX2's 16 registers), then the rest
+// one row at a time.
+template <int M>
+__attribute__((target("avx2,fma"))) void rows(const float *X, const float *W, const float *B, float *Y,
+                                               int64_t K, int64_t N, int64_t n0, int64_t n1) {
+  constexpr int R = M <= 3 ? 4 : 3;
+  int64_t n = n0;
+  for (; n + R <= n1; n += R) block<M, R>(X, W, B, Y, K, N, n);
+  for (; n < n1; n++) block<M, 1>(X, W, B, Y, K, N, n);
+}
+
+using rowsFn = void (*)(const float *, const float *, const float *, float *, int64_t, int64_t, int64_t, int64_t);
+
+// forRows is the kernel for M rows. More than 4 rows run as several
+// passes (their accumulators would not fit AVX2's 16 registers).
+rowsFn forRows(int M) {
+  switch (M) {
+    case 1: return rows<1>;
+    case 2: return rows<2>;
+    case 3: return rows<3>;
+    case 4: return rows<4>;
+  }
+  return nullptr;
+}
+
+void copyErr(const char *msg, char *err, int errlen) {
+  if (errlen <= 0) return;
+  std::strncpy(err, msg, errlen - 1);
+  err[errlen - 1] = 0;
+}
+
+}  // namespace
+
+extern "C" {
+
+int m3_rows_linear_supported() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1 : 0;
+}
+
+int m3_rows_linear(void *xp, void *wp, void *bp, void **out, char *err, int errlen) {
+  try {
+    const at::Tensor &x = *static_cast<at::Tensor *>(xp);
+    const at::Tensor &w = *static_cast<at::Tensor *>(wp);
+    const at::Tensor *b = static_cast<at::Tensor *>(bp);
+    auto fits = [](const at::Tensor &t) {
+      return t.defined() && t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous() &&
+             !t.requires_grad();
+    };
+    if (!fits(x) || !fits(w) || w.dim() != 2 || x.dim() < 1 || (b && (!fits(*b) || b->dim() != 1)))
+      return 1;
+    const int64_t K = w.size(1), N = w.size(0);
+    if (x.size(-1) != K || (b && b->size(0) != N) || x.numel() == 0) return 1;
+    const int64_t M = x.numel() / K;
+    if (M > kMaxRows) return 1;
+    auto shape = x.sizes().vec();
+    shape.back() = N;
+    at::Tensor y = at::empty(shape, x.options());
+    const float *X = x.data_ptr<float>(), *W = w.data_ptr<float>();
+    const float *B = b ? b->data_ptr<float>() : nullptr;
+    float *Y = y.data_ptr<float>();
+    // About 64 KB of W per task: enough work to amortise a task, small
+    // enough that both threads finish together.
+    const int64_t grain = std::max<int64_t>(1, 16384 / K);
+    for (int64_t m0 = 0; m0 < M; m0 += 4) {
+      const int rm = static_cast<int>(std::min<int64_t>(4, M - m0));
+      rowsFn f = forRows(rm);
+      const float *Xm = X + m0 * K;
+      float *Ym = Y + m0 * N;
+      at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) { f(Xm, W, B, Ym, K, N, n0, n1); });
+    }
+    *out = new at::Tensor(y);
+    return 0;
+  } catch (const std::exception &e) {
+    copyErr(e.what(), err, errlen);
+    return -1;
+  }
+}
+
+}  // extern "C"

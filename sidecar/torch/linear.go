@@ -1,0 +1,61 @@
+package torch
+
+/*
+#cgo CXXFLAGS: -std=c++17 -O3 -fopenmp
+#cgo LDFLAGS: -fopenmp
+#include <stdlib.h>
+#include "linear.h"
+*/
+import "C"
+
+import (
+	"errors"
+	"unsafe"
+
+	lib "github.com/sugarme/gotch/libtch"
+	"github.com/sugarme/gotch/ts"
+)
+
+// MaxRowsLinear is the most rows RowsLinear computes; more rows go to
+// BLAS's gemm, which pays off from there.
+const MaxRowsLinear = 8
+
+var rowsLinearOK = C.m3_rows_linear_supported() == 1
+
+// RowsLinear returns x·Wᵀ (+ b) for x [..., K] of at most MaxRowsLinear
+// rows, w [N, K] and b [N] (or nil), computed by a kernel that streams W
+// once for all rows (BLAS's gemm packs W first and costs about twice
+// that for a few rows; gemv reads W once per row). It returns nil, nil
+// when the tensors are not f32, contiguous, CPU, grad-free and within
+// that size, or the CPU lacks AVX2/FMA: the caller then uses libtorch's
+// linear. Results equal libtorch's up to float32 summation order.
+func RowsLinear(x, w, b *ts.Tensor) (*ts.Tensor, error) {
+	defer Keep(x, w, b)
+	var br Raw
+	if b != nil {
+		br = Borrow(b)
+	}
+	y, ok, err := RowsLinearRaw(Borrow(x), Borrow(w), br)
+	if !ok || err != nil {
+		return nil, err
+	}
+	return y.Wrap(), nil
+}
+
+// RowsLinearRaw is RowsLinear on Raw handles (b: a zero Raw for no bias);
+// ok is false when the kernel does not take these tensors.
+func RowsLinearRaw(x, w, b Raw) (y Raw, ok bool, err error) {
+	if !rowsLinearOK {
+		return Raw{}, false, nil
+	}
+	var out unsafe.Pointer
+	var msg [256]C.char
+	switch C.m3_rows_linear(unsafe.Pointer(x.c), unsafe.Pointer(w.c), unsafe.Pointer(b.c), &out, &msg[0], C.int(len(msg))) {
+	case 0:
+		return Raw{lib.Ctensor(out)}, true, nil
+	case 1:
+		return Raw{}, false, nil
+	default:
+		return Raw{}, false, errors.New("rows linear: " + C.GoString(&msg[0]))
+	}
+}

@@ -1,0 +1,95 @@
+package torch
+
+import (
+	"fmt"
+	"testing"
+
+	"github.com/sugarme/gotch"
+	"github.com/sugarme/gotch/ts"
+)
+
+// TestRowsLinearMatchesLinear compares the few-rows kernel with libtorch's
+// linear over row counts, odd and even widths (the vector loop's tails)
+// and with and without bias.
+func TestRowsLinearMatchesLinear(t *testing.T) {
+	if !rowsLinearOK {
+		t.Skip("this CPU has no AVX2/FMA: RowsLinear always defers to libtorch")
+	}
+	ManualSeed(1)
+	for _, m := range []int64{1, 2, 3, 4, 5, 8} {
+		for _, k := range []int64{1, 7, 8, 16, 23, 576} {
+			for _, bias := range []bool{false, true} {
+				name := fmt.Sprintf("m%d_k%d_bias%v", m, k, bias)
+				t.Run(name, func(t *testing.T) {
+					const n = 37
+					x := ts.MustRandn([]int64{m, 1, k}, gotch.Float, gotch.CPU)
+					w := ts.MustRandn([]int64{n, k}, gotch.Float, gotch.CPU)
+					var b *ts.Tensor
+					bb := ts.None
+					if bias {
+						b = ts.MustRandn([]int64{n}, gotch.Float, gotch.CPU)
+						bb = b
+					}
+					got, err := RowsLinear(x, w, b)
+					if err != nil || got == nil {
+						t.Fatalf("RowsLinear = %v, %v; want a tensor", got, err)
+					}
+					want := ts.MustLinear(x, w, bb)
+					if g, w := got.MustSize(), want.MustSize(); fmt.Sprint(g) != fmt.Sprint(w) {
+						t.Fatalf("shape %v, want %v", g, w)
+					}
+					diff := got.MustSub(want, false).MustAbs(true).MustMax(true).Float64Values()[0]
+					scale := want.MustAbs(false).MustMax(true).Float64Values()[0]
+					if diff > 1e-5*(1+scale) {
+						t.Errorf("max |RowsLinear - linear| = %g (max |y| %g)", diff, scale)
+					}
+					Drop(x, w, b, got, want)
+				})
+			}
+		}
+	}
+}
+
+// TestRowsLinearDefers checks that what the kernel does not take is left
+// to libtorch (nil, nil) rather than computed wrongly.
+func TestRowsLinearDefers(t *testing.T) {
+	w := ts.MustRandn([]int64{5, 8}, gotch.Float, gotch.CPU)
+	cases := map[string]*ts.Tensor{
+		"too many rows":  ts.MustRandn([]int64{MaxRowsLinear + 1, 8}, gotch.Float, gotch.CPU),
+		"non-contiguous": ts.MustRandn([]int64{8, 3}, gotch.Float, gotch.CPU).MustT(true),
+		"f64":            ts.MustRandn([]int64{2, 8}, gotch.Double, gotch.CPU),
+	}
+	for name, x := range cases {
+		got, err := RowsLinear(x, w, nil)
+		if got != nil || err != nil {
+			t.Errorf("%s: RowsLinear = %v, %v; want nil, nil", name, got, err)
+		}
+	}
+	if got, err := RowsLinear(ts.MustRandn([]int64{2, 7}, gotch.Float, gotch.CPU), w, nil); got != nil || err != nil {
+		t.Errorf("width mismatch: RowsLinear = %v, %v; want nil, nil (libtorch reports it)", got, err)
+	}
+}
+
+// BenchmarkRowsLinear and BenchmarkLinearGemm time one MLP-sized layer
+// (1536×576, SmolVLM-256M's gate projection) at 3 rows through the kernel
+// and through libtorch's linear (BLAS gemm).
+func BenchmarkRowsLinear(b *testing.B) { benchLinear(b, true) }
+func BenchmarkLinearGemm(b *testing.B) { benchLinear(b, false) }
+
+func benchLinear(b *testing.B, rows bool) {
+	x := ts.MustRandn([]int64{3, 576}, gotch.Float, gotch.CPU)
+	w := ts.MustRandn([]int64{1536, 576}, gotch.Float, gotch.CPU)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		var y *ts.Tensor
+		if rows {
+			var err error
+			if y, err = RowsLinear(x, w, nil); err != nil || y == nil {
+				b.Fatal(err)
+			}
+		} else {
+			y = ts.MustLinear(x, w, ts.None)
+		}
+		y.MustDrop()
+	}
+}

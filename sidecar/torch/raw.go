@@ -1,0 +1,226 @@
+package torch
+
+import (
+	"unsafe"
+
+	"github.com/sugarme/gotch"
+	lib "github.com/sugarme/gotch/libtch"
+	"github.com/sugarme/gotch/ts"
+)
+
+// Raw is a libtorch tensor handle without gotch's Go-side bookkeeping.
+// Every *ts.Tensor that gotch makes costs about 15 µs whatever the op (a
+// 100 KB Go allocation, a name in a global map, a finalizer), ten times
+// the op itself for the small tensors of a decode step; a Raw costs
+// nothing beyond the C++ op. Hot loops (the text model's layers) run on
+// Raw and turn only their results into *ts.Tensor (Wrap).
+//
+// A Raw has one owner, who frees it with Free; there is no finalizer. A
+// Raw from Borrow belongs to its *ts.Tensor and must not be freed (and
+// that tensor must stay reachable while the Raw is used). Ops panic on a
+// libtorch error, like gotch's Must* ops: run them under Run.
+type Raw struct{ c lib.Ctensor }
+
+// Borrow returns t's handle; t keeps ownership (keep t reachable).
+func Borrow(t *ts.Tensor) Raw { return Raw{lib.Ctensor(t.Ctensor())} }
+
+// Wrap hands r to gotch: the *ts.Tensor owns it from now on.
+func (r Raw) Wrap() *ts.Tensor { return ts.New(r.c) }
+
+// Share returns a new handle on r's storage (a shallow clone), owned by
+// the caller: r may be freed while the new handle lives.
+func (r Raw) Share() Raw { return Raw{lib.AtShallowClone(r.c)} }
+
+// Free releases r. Freeing a zero Raw does nothing.
+func (r Raw) Free() {
+	if r.c != nil {
+		lib.AtFree(r.c)
+	}
+}
+
+// FreeRaw frees each of rs.
+func FreeRaw(rs ...Raw) {
+	for _, r := range rs {
+		r.Free()
+	}
+}
+
+// Defined reports whether r holds a tensor.
+func (r Raw) Defined() bool { return r.c != nil }
+
+// Dim is r's number of dimensions.
+func (r Raw) Dim() int { return int(lib.AtDim(r.c)) }
+
+// Size is r's shape.
+func (r Raw) Size() []int64 {
+	sz := make([]int64, r.Dim())
+	if len(sz) > 0 {
+		lib.AtShape(r.c, unsafe.Pointer(&sz[0]))
+	}
+	return sz
+}
+
+// DType is r's element type.
+func (r Raw) DType() gotch.DType { return gotch.CKind2DType(lib.AtScalarType(r.c)) }
+
+// result checks the last libtorch call and returns its output.
+func result(out lib.Ctensor) Raw {
+	if err := ts.TorchErr(); err != nil {
+		panic(err)
+	}
+	return Raw{out}
+}
+
+// Add is r + o.
+func (r Raw) Add(o Raw) Raw {
+	var out lib.Ctensor
+	lib.AtgAdd(&out, r.c, o.c)
+	return result(out)
+}
+
+// Mul is r ⊙ o.
+func (r Raw) Mul(o Raw) Raw {
+	var out lib.Ctensor
+	lib.AtgMul(&out, r.c, o.c)
+	return result(out)
+}
+
+// AddScalar is r + v.
+func (r Raw) AddScalar(v float64) Raw {
+	s := lib.AtsFloat(v)
+	defer lib.AtsFree(s)
+	var out lib.Ctensor
+	lib.AtgAddScalar(&out, r.c, s)
+	return result(out)
+}
+
+// Matmul is torch.matmul(r, o).
+func (r Raw) Matmul(o Raw) Raw {
+	var out lib.Ctensor
+	lib.AtgMatmul(&out, r.c, o.c)
+	return result(out)
+}
+
+// Mv is the matrix-vector product r·v.
+func (r Raw) Mv(v Raw) Raw {
+	var out lib.Ctensor
+	lib.AtgMv(&out, r.c, v.c)
+	return result(out)
+}
+
+// Linear is r·wᵀ + b (b may be a zero Raw: no bias).
+func (r Raw) Linear(w, b Raw) Raw {
+	var out lib.Ctensor
+	bc := b.c
+	if bc == nil {
+		bc = lib.Ctensor(ts.None.Ctensor())
+	}
+	lib.AtgLinear(&out, r.c, w.c, bc)
+	return result(out)
+}
+
+// View is r viewed as shape.
+func (r Raw) View(shape ...int64) Raw {
+	var out lib.Ctensor
+	lib.AtgView(&out, r.c, shape, len(shape))
+	return result(out)
+}
+
+// Reshape is r reshaped to shape (a view when possible).
+func (r Raw) Reshape(shape ...int64) Raw {
+	var out lib.Ctensor
+	lib.AtgReshape(&out, r.c, shape, len(shape))
+	return result(out)
+}
+
+// Transpose swaps dimensions d0 and d1 (a view).
+func (r Raw) Transpose(d0, d1 int64) Raw {
+	var out lib.Ctensor
+	lib.AtgTranspose(&out, r.c, d0, d1)
+	return result(out)
+}
+
+// Permute reorders r's dimensions (a view).
+func (r Raw) Permute(dims ...int64) Raw {
+	var out lib.Ctensor
+	lib.AtgPermute(&out, r.c, dims, len(dims))
+	return result(out)
+}
+
+// Select is r indexed at index along dim (a view).
+func (r Raw) Select(dim, index int64) Raw {
+	var out lib.Ctensor
+	lib.AtgSelect(&out, r.c, dim, index)
+	return result(out)
+}
+
+// Narrow is r's slice [start, start+length) along dim (a view).
+func (r Raw) Narrow(dim, start, length int64) Raw {
+	var out lib.Ctensor
+	lib.AtgNarrow(&out, r.c, dim, start, length)
+	return result(out)
+}
+
+// Silu is x·sigmoid(x).
+func (r Raw) Silu() Raw {
+	var out lib.Ctensor
+	lib.AtgSilu(&out, r.c)
+	return result(out)
+}
+
+// Square is r².
+func (r Raw) Square() Raw {
+	var out lib.Ctensor
+	lib.AtgSquare(&out, r.c)
+	return result(out)
+}
+
+// Rsqrt is 1/√r.
+func (r Raw) Rsqrt() Raw {
+	var out lib.Ctensor
+	lib.AtgRsqrt(&out, r.c)
+	return result(out)
+}
+
+// MeanLast is the mean over the last dimension, kept, in kind.
+func (r Raw) MeanLast(kind gotch.DType) Raw {
+	var out lib.Ctensor
+	lib.AtgMeanDim(&out, r.c, []int64{-1}, 1, 1, kind.CInt())
+	return result(out)
+}
+
+// Totype is r converted to kind.
+func (r Raw) Totype(kind gotch.DType) Raw {
+	var out lib.Ctensor
+	lib.AtgTotype(&out, r.c, kind.CInt())
+	return result(out)
+}
+
+// CopyFrom copies src into r in place (broadcasting src).
+func (r Raw) CopyFrom(src Raw) {
+	lib.AtCopy_(r.c, src.c)
+	result(nil)
+}
+
+// Cat concatenates rs along dim.
+func Cat(dim int64, rs ...Raw) Raw {
+	cs := make([]lib.Ctensor, len(rs))
+	for i, r := range rs {
+		cs[i] = r.c
+	}
+	var out lib.Ctensor
+	lib.AtgCat(&out, cs, len(cs), dim)
+	return result(out)
+}
+
+// SDPA is softmax(q·kᵀ·scale + mask)·v (mask: a zero Raw for none), one
+// libtorch call.
+func SDPA(q, k, v, mask Raw, scale float64) Raw {
+	mc := mask.c
+	if mc == nil {
+		mc = lib.Ctensor(ts.None.Ctensor())
+	}
+	var out lib.Ctensor
+	lib.AtgScaledDotProductAttention(&out, q.c, k.c, v.c, mc, 0, 0, scale, 0)
+	return result(out)
+}
