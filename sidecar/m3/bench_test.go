@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/m3gate/m3gate/sidecar/mllm"
+	"github.com/m3gate/m3gate/sidecar/torch"
 )
 
 // BenchmarkScore256M scores one image on two aspects (description of up to
@@ -36,6 +37,11 @@ func benchScore(b *testing.B, n, nAspects, maxTokens int) {
 	}
 	m, err := mllm.Load(dir, mllm.LoadOptions{})
 	if err != nil {
+		b.Fatal(err)
+	}
+	// The sidecar's thread setting (Engine.Load: one intra-op thread per
+	// core; libtorch's default here is one thread).
+	if err := torch.SetThreads(0); err != nil {
 		b.Fatal(err)
 	}
 	s, err := New(m, nil)

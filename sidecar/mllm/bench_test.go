@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/sugarme/gotch/ts"
+
+	"github.com/m3gate/m3gate/sidecar/torch"
 )
 
 // The 256M benchmarks write a SmolVLM-256M-shaped model (random f32
@@ -47,6 +49,11 @@ func load256M(b *testing.B) *Model {
 			defer os.RemoveAll(dir)
 		}
 		bigModel, bigErr = Load(dir, LoadOptions{})
+		// The sidecar's thread setting (one intra-op thread per core;
+		// libtorch's default here is one thread).
+		if bigErr == nil {
+			bigErr = torch.SetThreads(0)
+		}
 	})
 	if bigErr != nil {
 		b.Fatal(bigErr)
