@@ -94,6 +94,15 @@ func (r Raw) AddScalar(v float64) Raw {
 	return result(out)
 }
 
+// MulScalar is r·v.
+func (r Raw) MulScalar(v float64) Raw {
+	s := lib.AtsFloat(v)
+	defer lib.AtsFree(s)
+	var out lib.Ctensor
+	lib.AtgMulScalar(&out, r.c, s)
+	return result(out)
+}
+
 // Matmul is torch.matmul(r, o).
 func (r Raw) Matmul(o Raw) Raw {
 	var out lib.Ctensor
@@ -200,6 +209,13 @@ func (r Raw) Totype(kind gotch.DType) Raw {
 func (r Raw) CopyFrom(src Raw) {
 	lib.AtCopy_(r.c, src.c)
 	result(nil)
+}
+
+// Softmax is the softmax over dim, computed in kind.
+func (r Raw) Softmax(dim int64, kind gotch.DType) Raw {
+	var out lib.Ctensor
+	lib.AtgSoftmax(&out, r.c, dim, kind.CInt())
+	return result(out)
 }
 
 // Cat concatenates rs along dim.

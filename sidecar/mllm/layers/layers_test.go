@@ -7,6 +7,8 @@ import (
 
 	"github.com/sugarme/gotch"
 	"github.com/sugarme/gotch/ts"
+
+	"github.com/m3gate/m3gate/sidecar/torch"
 )
 
 func tensorOf(v []float32, shape ...int64) *ts.Tensor {
@@ -84,4 +86,26 @@ func TestLinearRowPaths(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestAttendChunkedMatchesSDPA checks the chunked attention against
+// libtorch's one-call attention, with chunks that do not divide the
+// queries and a chunk as large as all of them.
+func TestAttendChunkedMatchesSDPA(t *testing.T) {
+	q, k, v := randTensor(1, 2, 3, 300, 16), randTensor(2, 2, 3, 300, 16), randTensor(3, 2, 3, 300, 16)
+	want := floats(SDPA(q, k, v, ts.None, []float64{0.25}))
+	for _, chunk := range []int64{64, 256, 300} {
+		got := floats(AttendChunked(torch.Borrow(q), torch.Borrow(k), torch.Borrow(v), 0.25, chunk).Wrap())
+		if len(got) != len(want) {
+			t.Fatalf("chunk %d: %d values, want %d", chunk, len(got), len(want))
+		}
+		var worst float64
+		for i := range got {
+			worst = math.Max(worst, math.Abs(float64(got[i]-want[i])))
+		}
+		if worst > 1e-5 {
+			t.Errorf("chunk %d: max |chunked - SDPA| = %g", chunk, worst)
+		}
+	}
+	torch.Keep(q, k, v)
 }

@@ -37,22 +37,36 @@ type Attention struct {
 	Heads        int
 }
 
+// attentionChunk is how many queries AttendChunked takes at a time: 256
+// queries × 1024 keys × 12 heads of f32 scores is 12 MB, within this
+// machine's L3 cache (measured on 512² images: 256 and 512 run about as
+// fast, both ~1.6× the one-shot attention; 64 is slower again).
+const attentionChunk = 256
+
 // Forward attends over the patches of h [N, P, D].
 func (a *Attention) Forward(h *ts.Tensor) *ts.Tensor {
+	defer torch.Keep(h)
+	hr := torch.Borrow(h)
 	sz := h.MustSize()
 	n, np, d := sz[0], sz[1], sz[2]
 	heads := int64(a.Heads)
 	hd := d / heads
-	split := func(t *ts.Tensor) *ts.Tensor {
-		return t.MustView([]int64{n, np, heads, hd}, true).MustTranspose(1, 2, true)
+	split := func(l *layers.Linear) torch.Raw {
+		p := l.ForwardRaw(hr)
+		p4 := p.View(n, np, heads, hd)
+		t := p4.Transpose(1, 2)
+		torch.FreeRaw(p, p4)
+		return t
 	}
-	q, k, v := split(a.Q.Forward(h)), split(a.K.Forward(h)), split(a.V.Forward(h))
-	o := layers.SDPA(q, k, v, ts.None, []float64{1 / math.Sqrt(float64(hd))})
-	layers.Drop(q, k, v)
-	o = o.MustTranspose(1, 2, true).MustReshape([]int64{n, np, d}, true)
-	out := a.Out.Forward(o)
-	o.MustDrop()
-	return out
+	q, k, v := split(a.Q), split(a.K), split(a.V)
+	o := layers.AttendChunked(q, k, v, 1/math.Sqrt(float64(hd)), attentionChunk)
+	torch.FreeRaw(q, k, v)
+	ot := o.Transpose(1, 2)
+	or := ot.Reshape(n, np, d)
+	torch.FreeRaw(o, ot)
+	out := a.Out.ForwardRaw(or)
+	or.Free()
+	return out.Wrap()
 }
 
 // MLP is SigLIP's feed-forward block: FC2(gelu(FC1·x)).
