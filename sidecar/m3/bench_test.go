@@ -2,6 +2,7 @@ package m3
 
 import (
 	"context"
+	"encoding/json"
 	"os"
 	"sort"
 	"testing"
@@ -52,7 +53,7 @@ func benchScore(b *testing.B, n, nAspects, maxTokens int) {
 	for i := range items {
 		items[i] = Item{Pixels: randomPixels(m, int64(i)), Prompt: "statue of a man, baroque style"}
 	}
-	aspects := []Aspect{{Name: "quality", Prompts: testPrompts}, {Name: "correspondence", Prompts: testPrompts}, {Name: "authenticity", Prompts: testPrompts}}[:nAspects]
+	aspects := benchAspects(b)[:nAspects]
 	var ds, enc, desc, rate []time.Duration
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
@@ -85,4 +86,31 @@ func benchScore(b *testing.B, n, nAspects, maxTokens int) {
 func median(ds []time.Duration) time.Duration {
 	sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
 	return ds[len(ds)/2]
+}
+
+// benchAspects are the product's three aspects with the prompts the
+// daemon sends by default (plugin/dataset/prompts.json, read as a file:
+// the sidecar does not import the plugin), so that the benchmark shares
+// between aspects exactly what a real request shares.
+func benchAspects(b *testing.B) []Aspect {
+	raw, err := os.ReadFile("../../plugin/dataset/prompts.json")
+	if err != nil {
+		b.Fatal(err)
+	}
+	var file struct {
+		DefaultStyle string                        `json:"default_style"`
+		Styles       map[string]map[string]Prompts `json:"styles"`
+	}
+	if err := json.Unmarshal(raw, &file); err != nil {
+		b.Fatal(err)
+	}
+	var out []Aspect
+	for _, name := range []string{"quality", "correspondence", "authenticity"} {
+		p, ok := file.Styles[file.DefaultStyle][name]
+		if !ok || p.Round1 == "" {
+			b.Fatalf("prompts.json has no %s prompts for style %q", name, file.DefaultStyle)
+		}
+		out = append(out, Aspect{Name: name, Prompts: p})
+	}
+	return out
 }

@@ -269,9 +269,10 @@ type groupRun struct {
 	opts  Options
 	n     int // sequences: items × aspects
 
-	prefix []mllm.Sequence // round 1: image and question
-	round1 *mllm.Output    // its last logits and hidden states
-	cache  *mllm.KVCache   // holding the round-1 prefix
+	prefix       []mllm.Sequence // round 1: image and question
+	round1Last   *ts.Tensor      // its last logits [n, V]
+	round1Hidden []*ts.Tensor    // per sequence, its hidden states [1, S, H]
+	cache        *mllm.KVCache   // holding the round-1 prefix
 	desc   []string        // the assistant's round-1 answers
 	last   *ts.Tensor      // round 2's last logits [n, V]
 	hidden []*ts.Tensor    // per sequence, the whole conversation's hidden states [1, S, H]
@@ -294,6 +295,7 @@ func (g *groupRun) free() {
 	}
 	torch.Drop(g.owned...)
 	torch.Drop(g.hidden...)
+	torch.Drop(g.round1Hidden...)
 }
 
 // keep records tensors and caches for free.
@@ -309,27 +311,19 @@ func (g *groupRun) keep(c *mllm.KVCache, ts ...*ts.Tensor) {
 func (g *groupRun) describe(ctx context.Context) error {
 	t0 := time.Now()
 	m := g.s.model
-	g.prefix = make([]mllm.Sequence, g.n)
-	for k := range g.prefix {
-		i := g.item(k)
-		seq, err := m.EncodeChat(RoundOne(g.aspect(k).Prompts, g.items[i].Prompt), true, g.feats[i:i+1])
-		if err != nil {
-			return err
-		}
-		g.prefix[k] = seq
-	}
-	out, cache, err := m.Prefill(g.prefix, mllm.ForwardOptions{Logits: mllm.LogitsLast, Hidden: true})
-	if err != nil {
+	if err := g.encodeRoundOne(); err != nil {
 		return err
 	}
-	g.round1, g.cache = out, cache
-	g.keep(cache, out.Logits, out.Hidden)
+	if err := g.prefillRoundOne(); err != nil {
+		return err
+	}
+	cache := g.cache
 	g.desc = make([]string, g.n)
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	if !g.opts.SkipDescription {
-		gen, err := m.Generate(ctx, cache, out.Logits, mllm.GenerateOptions{MaxTokens: g.opts.MaxNewTokens, StopTokens: g.s.stops})
+		gen, err := m.Generate(ctx, cache, g.round1Last, mllm.GenerateOptions{MaxTokens: g.opts.MaxNewTokens, StopTokens: g.s.stops})
 		if err != nil {
 			return err
 		}
@@ -399,15 +393,128 @@ func (g *groupRun) continueWithRating(ctx context.Context) error {
 	}
 	g.keep(c, o.Logits, o.Hidden)
 	g.last = o.Logits
-	r1 := g.round1
 	return torch.Run("hidden states", false, func() error {
 		for k := range cont {
-			a, b := unpad(r1.Hidden, k, r1.Pad[k]), unpad(o.Hidden, k, o.Pad[k])
-			g.hidden = append(g.hidden, ts.MustCat([]*ts.Tensor{a, b}, 1))
+			b := unpad(o.Hidden, k, o.Pad[k])
+			g.hidden = append(g.hidden, ts.MustCat([]*ts.Tensor{g.round1Hidden[k], b}, 1))
+			torch.Drop(b)
+		}
+		return nil
+	})
+}
+
+// encodeRoundOne tokenizes every sequence's round-1 prompt into prefix.
+func (g *groupRun) encodeRoundOne() error {
+	g.prefix = make([]mllm.Sequence, g.n)
+	for k := range g.prefix {
+		i := g.item(k)
+		seq, err := g.s.model.EncodeChat(RoundOne(g.aspect(k).Prompts, g.items[i].Prompt), true, g.feats[i:i+1])
+		if err != nil {
+			return err
+		}
+		g.prefix[k] = seq
+	}
+	return nil
+}
+
+// minSharedPrefix is the shortest common start of an item's round-1
+// prompts worth running once for all its aspects.
+const minSharedPrefix = 8
+
+// prefillRoundOne runs the round-1 prompts: round1Last, round1Hidden and
+// the cache. The aspects of one item share the image and the text up to
+// where their questions differ; that shared prefix runs once per item and
+// its cache is forked to the item's aspects, which then run only their
+// own tails. (Uncached, for checking, runs every prompt whole.)
+func (g *groupRun) prefillRoundOne() error {
+	m := g.s.model
+	shared := g.sharedPrefix()
+	if shared == nil {
+		out, cache, err := m.Prefill(g.prefix, mllm.ForwardOptions{Logits: mllm.LogitsLast, Hidden: true})
+		if err != nil {
+			return err
+		}
+		g.keep(cache, out.Logits, out.Hidden)
+		g.round1Last, g.cache = out.Logits, cache
+		return torch.Run("hidden states", false, func() error {
+			for k := range g.prefix {
+				g.round1Hidden = append(g.round1Hidden, unpad(out.Hidden, k, out.Pad[k]))
+			}
+			return nil
+		})
+	}
+	heads := make([]mllm.Sequence, len(g.items))
+	for i := range heads {
+		p := g.prefix[i*len(g.group)]
+		heads[i] = mllm.Sequence{Tokens: p.Tokens[:shared[i]], Images: p.Images}
+	}
+	ho, hc, err := m.Prefill(heads, mllm.ForwardOptions{Logits: mllm.LogitsNone, Hidden: true})
+	if err != nil {
+		return err
+	}
+	g.keep(hc, ho.Hidden)
+	idx := make([]int, g.n)
+	tails := make([]mllm.Sequence, g.n)
+	for k := range idx {
+		idx[k] = g.item(k)
+		tails[k] = mllm.Sequence{Tokens: g.prefix[k].Tokens[shared[idx[k]]:]}
+	}
+	fork, err := hc.Select(idx...)
+	if err != nil {
+		return err
+	}
+	g.keep(fork)
+	to, tc, err := m.Extend(fork, tails, mllm.ForwardOptions{Logits: mllm.LogitsLast, Hidden: true})
+	if err != nil {
+		return err
+	}
+	g.keep(tc, to.Logits, to.Hidden)
+	g.round1Last, g.cache = to.Logits, tc
+	return torch.Run("hidden states", false, func() error {
+		for k := range tails {
+			a, b := unpad(ho.Hidden, idx[k], ho.Pad[idx[k]]), unpad(to.Hidden, k, to.Pad[k])
+			g.round1Hidden = append(g.round1Hidden, ts.MustCat([]*ts.Tensor{a, b}, 1))
 			torch.Drop(a, b)
 		}
 		return nil
 	})
+}
+
+// sharedPrefix is, per item, the length of the start its aspects' round-1
+// prompts share (the image tokens included, one token at least left to
+// each), or nil when nothing is worth sharing: one aspect, Uncached, or a
+// common start shorter than minSharedPrefix or ending inside the image.
+func (g *groupRun) sharedPrefix() []int {
+	m := len(g.group)
+	if m < 2 || g.opts.Uncached {
+		return nil
+	}
+	img := g.s.model.Config.ImageTokenID
+	out := make([]int, len(g.items))
+	for i := range out {
+		seqs := g.prefix[i*m : (i+1)*m]
+		first := seqs[0].Tokens
+		n := len(first) - 1
+		for _, s := range seqs[1:] {
+			n = min(n, len(s.Tokens)-1)
+			for j := 0; j < n; j++ {
+				if s.Tokens[j] != first[j] {
+					n = j
+					break
+				}
+			}
+		}
+		for _, s := range seqs {
+			if slices.Contains(s.Tokens[n:], img) { // the image is not all shared
+				return nil
+			}
+		}
+		if n < minSharedPrefix {
+			return nil
+		}
+		out[i] = n
+	}
+	return out
 }
 
 // rate reads the probabilities of the five rating words from round 2's

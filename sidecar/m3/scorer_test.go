@@ -4,12 +4,15 @@ import (
 	"context"
 	"math"
 	"math/rand"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 
 	"github.com/sugarme/gotch"
 
 	"github.com/m3gate/m3gate/sidecar/mllm"
+	"github.com/m3gate/m3gate/sidecar/torch"
 	"github.com/m3gate/m3gate/sidecar/xlstm"
 )
 
@@ -238,4 +241,87 @@ func TestWordForMOS(t *testing.T) {
 
 func newPredictorWithConfig(cfg xlstm.Config) (*xlstm.Predictor, error) {
 	return xlstm.New(cfg, 5, gotch.CPU)
+}
+
+// TestSharedPrefix checks where the aspects of one item stop sharing
+// their round-1 prompt: after the image, at the first token where any two
+// differ; nothing is shared for one aspect or when Uncached.
+func TestSharedPrefix(t *testing.T) {
+	m := loadTiny(t)
+	s, err := New(m, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	items := []Item{{Pixels: randomPixels(m, 1), Prompt: "a red apple"}, {Pixels: randomPixels(m, 2), Prompt: "sushi"}}
+	feats, err := m.EncodeImages([]mllm.Pixels{items[0].Pixels, items[1].Pixels}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	authPrompts := testPrompts
+	authPrompts.Round1 = strings.Replace(testPrompts.Round1, "quality?", "authenticity, how real it looks?", 1)
+	group := []Aspect{{Name: "quality", Prompts: testPrompts}, {Name: "correspondence", Prompts: corrPrompts}, {Name: "authenticity", Prompts: authPrompts}}
+	for _, tt := range []struct {
+		name   string
+		group  []Aspect
+		opts   Options
+		shares bool
+	}{
+		{"three aspects", group, Options{}, true},
+		{"quality and authenticity", []Aspect{group[0], group[2]}, Options{}, true},
+		{"one aspect", group[:1], Options{}, false},
+		{"uncached", group, Options{Uncached: true}, false},
+	} {
+		g := &groupRun{s: s, items: items, feats: feats, group: tt.group, opts: tt.opts, n: len(items) * len(tt.group)}
+		if err := g.encodeRoundOne(); err != nil {
+			t.Fatal(err)
+		}
+		shared := g.sharedPrefix()
+		if !tt.shares {
+			if shared != nil {
+				t.Errorf("%s: shared %v, want nothing", tt.name, shared)
+			}
+			continue
+		}
+		if len(shared) != len(items) {
+			t.Fatalf("%s: shared %v, want one length per item", tt.name, shared)
+		}
+		mm := len(tt.group)
+		for i, n := range shared {
+			seqs := g.prefix[i*mm : (i+1)*mm]
+			lastImg := -1
+			for j, id := range seqs[0].Tokens {
+				if id == m.Config.ImageTokenID {
+					lastImg = j
+				}
+			}
+			if n <= lastImg {
+				t.Errorf("%s item %d: shares %d tokens, the image ends at %d", tt.name, i, n, lastImg)
+			}
+			differ := false
+			for _, sq := range seqs {
+				if !slices.Equal(sq.Tokens[:n], seqs[0].Tokens[:n]) {
+					t.Errorf("%s item %d: the first %d tokens are not shared", tt.name, i, n)
+				}
+				differ = differ || sq.Tokens[n] != seqs[0].Tokens[n]
+			}
+			if !differ {
+				t.Errorf("%s item %d: all prompts still agree at token %d", tt.name, i, n)
+			}
+		}
+		if tt.name == "quality and authenticity" && len(shared) > 0 {
+			// These two share their text up to the aspect's name: more
+			// than all three do.
+			g3 := &groupRun{s: s, items: items, feats: feats, group: group, n: len(items) * len(group)}
+			if err := g3.encodeRoundOne(); err != nil {
+				t.Fatal(err)
+			}
+			if all := g3.sharedPrefix(); all[0] >= shared[0] {
+				t.Errorf("three aspects share %d tokens, quality and authenticity %d: want fewer", all[0], shared[0])
+			}
+		}
+		g.free()
+	}
+	for _, f := range feats {
+		torch.Drop(f.Tokens)
+	}
 }
