@@ -273,10 +273,10 @@ type groupRun struct {
 	round1Last   *ts.Tensor      // its last logits [n, V]
 	round1Hidden []*ts.Tensor    // per sequence, its hidden states [1, S, H]
 	cache        *mllm.KVCache   // holding the round-1 prefix
-	desc   []string        // the assistant's round-1 answers
-	last   *ts.Tensor      // round 2's last logits [n, V]
-	hidden []*ts.Tensor    // per sequence, the whole conversation's hidden states [1, S, H]
-	probs  []float64       // [n, 5] rating-word probabilities
+	desc         []string        // the assistant's round-1 answers
+	last         *ts.Tensor      // round 2's last logits [n, V]
+	hidden       []*ts.Tensor    // per sequence, the whole conversation's hidden states [1, S, H]
+	probs        []float64       // [n, 5] rating-word probabilities
 
 	describeTime, rateTime time.Duration // per sequence
 
