@@ -79,6 +79,14 @@ type LoadOptions struct {
 	DType gotch.DType
 	// SkipTokenizer loads no tokenizer.json even when present.
 	SkipTokenizer bool
+	// WidenBF16 converts a bf16 checkpoint's Linear weights and token
+	// embeddings to f32 at load under f32 compute on the CPU. Without it
+	// they stay bf16 in memory, half the memory and half the memory
+	// traffic of a decode step, and are widened as they are used: the
+	// same values (bf16 → f32 is exact), so the same results up to f32
+	// summation order. (Everything else, and every other case, is
+	// converted to the compute dtype at load.)
+	WidenBF16 bool
 	// Device is where the weights live and the model runs: the zero
 	// value or gotch.CPU for the CPU, gotch.CudaBuilder(n) for a GPU
 	// (torch.ParseDevice reads "cpu", "cuda", "cuda:N"). A CUDA device
@@ -184,7 +192,11 @@ func LoadWeights(cfg Config, path string, opts LoadOptions) (*Model, error) {
 		return nil, fmt.Errorf("load weights %s: %s", path, strings.Join(parts, "; "))
 	}
 	for _, s := range specs {
-		t, err := ck.TensorAs(s.Name, kind)
+		as := kind
+		if info, _ := ck.Info(s.Name); keepBF16(info, s, kind, dev, opts) {
+			as = gotch.BFloat16
+		}
+		t, err := ck.TensorAs(s.Name, as)
 		if err == nil && torch.IsCUDA(dev) {
 			t, err = toDeviceErr(t, dev)
 		}
@@ -202,6 +214,13 @@ func LoadWeights(cfg Config, path string, opts LoadOptions) (*Model, error) {
 		return nil, err
 	}
 	return m, nil
+}
+
+// keepBF16 reports whether the checkpoint tensor info of spec stays bf16
+// under compute dtype kind on dev (see LoadOptions.WidenBF16).
+func keepBF16(info tensorio.Info, spec layers.Param, kind gotch.DType, dev gotch.Device, opts LoadOptions) bool {
+	return !opts.WidenBF16 && kind == gotch.Float && !torch.IsCUDA(dev) && info.DType == "BF16" &&
+		(spec.Kind == layers.KindLinear || spec.Kind == layers.KindEmbed)
 }
 
 func listNames(names []string) string {

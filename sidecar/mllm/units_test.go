@@ -1,6 +1,8 @@
 package mllm
 
 import (
+	"context"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -64,7 +66,7 @@ func TestBF16MatchesF32(t *testing.T) {
 	ck.Close()
 	var logits [][]float32
 	for _, kind := range []gotch.DType{gotch.BFloat16, gotch.Float} {
-		m, err := Load(dir, LoadOptions{DType: kind})
+		m, err := Load(dir, LoadOptions{DType: kind, WidenBF16: true})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -92,6 +94,70 @@ func TestBF16MatchesF32(t *testing.T) {
 	}
 	if d == 0 {
 		t.Error("bf16 and f32 logits are identical: the bf16 path did not run in bf16")
+	}
+}
+
+// TestBF16StorageMatchesWidened: a bf16 checkpoint under f32 compute keeps
+// its Linear weights and embeddings in bf16 (half the memory) and gives
+// the logits, hidden states and greedy tokens of the same checkpoint
+// widened to f32 at load, up to f32 summation order.
+func TestBF16StorageMatchesWidened(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "bf16")
+	if err := WriteTinyWith(dir, TinyOptions{Size: "tiny", Seed: tinySeed, DType: gotch.BFloat16}); err != nil {
+		t.Fatal(err)
+	}
+	type run struct {
+		logits, hidden []float32
+		tokens         [][]int64
+	}
+	var runs []run
+	for _, widen := range []bool{false, true} {
+		m, err := Load(dir, LoadOptions{WidenBF16: widen})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := gotch.BFloat16
+		if widen {
+			want = gotch.Float
+		}
+		q := m.Linears()["model.text_model.layers.0.self_attn.q_proj"]
+		if q == nil || q.W.DType() != want || m.text.EmbedTokens.DType() != want {
+			t.Fatalf("widen %v: weights stored as %v, want %v", widen, q.W.DType(), want)
+		}
+		if m.DType != gotch.Float {
+			t.Fatalf("widen %v: compute dtype %v, want f32", widen, m.DType)
+		}
+		seqs := prompts(t, m, 2, true)
+		out, cache, err := m.Prefill(seqs, ForwardOptions{Logits: LogitsAll, Hidden: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		last, c2, err := m.Prefill(seqs, ForwardOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		g, err := m.Generate(context.Background(), c2, last.Logits, GenerateOptions{MaxTokens: 8})
+		if err != nil {
+			t.Fatal(err)
+		}
+		runs = append(runs, run{floats(out.Logits), floats(out.Hidden), g.Tokens})
+		cache.Free()
+		m.Close()
+	}
+	for _, c := range []struct {
+		name      string
+		got, want []float32
+	}{{"logits", runs[0].logits, runs[1].logits}, {"hidden states", runs[0].hidden, runs[1].hidden}} {
+		scale := 0.0
+		for _, v := range c.want {
+			scale = math.Max(scale, math.Abs(float64(v)))
+		}
+		if d := maxAbsDiff(c.got, c.want); d > 1e-5*(1+scale) {
+			t.Errorf("%s: bf16 storage differs from widened by %g (max |value| %g)", c.name, d, scale)
+		}
+	}
+	if fmt.Sprint(runs[0].tokens) != fmt.Sprint(runs[1].tokens) {
+		t.Errorf("greedy tokens: bf16 storage %v, widened %v", runs[0].tokens, runs[1].tokens)
 	}
 }
 

@@ -10,6 +10,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <exception>
 
@@ -29,8 +30,23 @@ __attribute__((target("avx2,fma"))) inline float hsum(__m256 v) {
 // block computes Y[m, n..n+R) for m < M: R rows of W at once, so each
 // load of an x vector feeds R fused multiply-adds and each W vector
 // (a memory operand) M of them.
-template <int M, int R>
-__attribute__((target("avx2,fma"))) inline void block(const float *X, const float *W, const float *B, float *Y,
+// load8 reads 8 weights as f32: plain loads for f32, bf16 widened
+// exactly (a bf16 is the top half of the f32 with the same value).
+__attribute__((target("avx2,fma"))) inline __m256 load8(const float *w) { return _mm256_loadu_ps(w); }
+__attribute__((target("avx2,fma"))) inline __m256 load8(const uint16_t *w) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i *>(w));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+inline float widen(float w) { return w; }
+inline float widen(uint16_t w) {
+  const uint32_t u = static_cast<uint32_t>(w) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+template <int M, int R, typename WT>
+__attribute__((target("avx2,fma"))) inline void block(const float *X, const WT *W, const float *B, float *Y,
                                                       int64_t K, int64_t N, int64_t n) {
   __m256 acc[R][M];
   for (int r = 0; r < R; r++)
@@ -40,15 +56,15 @@ __attribute__((target("avx2,fma"))) inline void block(const float *X, const floa
     __m256 x[M];
     for (int m = 0; m < M; m++) x[m] = _mm256_loadu_ps(X + m * K + k);
     for (int r = 0; r < R; r++) {
-      const __m256 w = _mm256_loadu_ps(W + (n + r) * K + k);
+      const __m256 w = load8(W + (n + r) * K + k);
       for (int m = 0; m < M; m++) acc[r][m] = _mm256_fmadd_ps(w, x[m], acc[r][m]);
     }
   }
   for (int r = 0; r < R; r++) {
-    const float *w = W + (n + r) * K;
+    const WT *w = W + (n + r) * K;
     for (int m = 0; m < M; m++) {
       float s = hsum(acc[r][m]);
-      for (int64_t j = k; j < K; j++) s += w[j] * X[m * K + j];
+      for (int64_t j = k; j < K; j++) s += widen(w[j]) * X[m * K + j];
       if (B) s += B[n + r];
       Y[m * N + n + r] = s;
     }
@@ -58,8 +74,8 @@ __attribute__((target("avx2,fma"))) inline void block(const float *X, const floa
 // rows computes Y[m, n] for m < M, n in [n0, n1): blocks of R rows of W
 // (R·M accumulators, at most 12 of AVX2's 16 registers), then the rest
 // one row at a time.
-template <int M>
-__attribute__((target("avx2,fma"))) void rows(const float *X, const float *W, const float *B, float *Y,
+template <int M, typename WT>
+__attribute__((target("avx2,fma"))) void rows(const float *X, const WT *W, const float *B, float *Y,
                                                int64_t K, int64_t N, int64_t n0, int64_t n1) {
   constexpr int R = M <= 3 ? 4 : 3;
   int64_t n = n0;
@@ -67,18 +83,36 @@ __attribute__((target("avx2,fma"))) void rows(const float *X, const float *W, co
   for (; n < n1; n++) block<M, 1>(X, W, B, Y, K, N, n);
 }
 
-using rowsFn = void (*)(const float *, const float *, const float *, float *, int64_t, int64_t, int64_t, int64_t);
+template <typename WT>
+using rowsFn = void (*)(const float *, const WT *, const float *, float *, int64_t, int64_t, int64_t, int64_t);
 
 // forRows is the kernel for M rows. More than 4 rows run as several
 // passes (their accumulators would not fit AVX2's 16 registers).
-rowsFn forRows(int M) {
+template <typename WT>
+rowsFn<WT> forRows(int M) {
   switch (M) {
-    case 1: return rows<1>;
-    case 2: return rows<2>;
-    case 3: return rows<3>;
-    case 4: return rows<4>;
+    case 1: return rows<1, WT>;
+    case 2: return rows<2, WT>;
+    case 3: return rows<3, WT>;
+    case 4: return rows<4, WT>;
   }
   return nullptr;
+}
+
+// run splits W's rows over libtorch's threads for each group of up to 4
+// rows of x.
+template <typename WT>
+void run(const float *X, const WT *W, const float *B, float *Y, int64_t M, int64_t K, int64_t N) {
+  // About 64 KB of f32 W per task: enough work to amortise a task, small
+  // enough that both threads finish together.
+  const int64_t grain = std::max<int64_t>(1, 16384 / K);
+  for (int64_t m0 = 0; m0 < M; m0 += 4) {
+    const int rm = static_cast<int>(std::min<int64_t>(4, M - m0));
+    rowsFn<WT> f = forRows<WT>(rm);
+    const float *Xm = X + m0 * K;
+    float *Ym = Y + m0 * N;
+    at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) { f(Xm, W, B, Ym, K, N, n0, n1); });
+  }
 }
 
 void copyErr(const char *msg, char *err, int errlen) {
@@ -101,11 +135,12 @@ int m3_rows_linear(void *xp, void *wp, void *bp, void **out, char *err, int errl
     const at::Tensor &x = *static_cast<at::Tensor *>(xp);
     const at::Tensor &w = *static_cast<at::Tensor *>(wp);
     const at::Tensor *b = static_cast<at::Tensor *>(bp);
-    auto fits = [](const at::Tensor &t) {
-      return t.defined() && t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous() &&
+    auto fits = [](const at::Tensor &t, bool bf16) {
+      return t.defined() && t.device().is_cpu() &&
+             (t.scalar_type() == at::kFloat || (bf16 && t.scalar_type() == at::kBFloat16)) && t.is_contiguous() &&
              !t.requires_grad();
     };
-    if (!fits(x) || !fits(w) || w.dim() != 2 || x.dim() < 1 || (b && (!fits(*b) || b->dim() != 1)))
+    if (!fits(x, false) || !fits(w, true) || w.dim() != 2 || x.dim() < 1 || (b && (!fits(*b, false) || b->dim() != 1)))
       return 1;
     const int64_t K = w.size(1), N = w.size(0);
     if (x.size(-1) != K || (b && b->size(0) != N) || x.numel() == 0) return 1;
@@ -114,19 +149,13 @@ int m3_rows_linear(void *xp, void *wp, void *bp, void **out, char *err, int errl
     auto shape = x.sizes().vec();
     shape.back() = N;
     at::Tensor y = at::empty(shape, x.options());
-    const float *X = x.data_ptr<float>(), *W = w.data_ptr<float>();
+    const float *X = x.data_ptr<float>();
     const float *B = b ? b->data_ptr<float>() : nullptr;
     float *Y = y.data_ptr<float>();
-    // About 64 KB of W per task: enough work to amortise a task, small
-    // enough that both threads finish together.
-    const int64_t grain = std::max<int64_t>(1, 16384 / K);
-    for (int64_t m0 = 0; m0 < M; m0 += 4) {
-      const int rm = static_cast<int>(std::min<int64_t>(4, M - m0));
-      rowsFn f = forRows(rm);
-      const float *Xm = X + m0 * K;
-      float *Ym = Y + m0 * N;
-      at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) { f(Xm, W, B, Ym, K, N, n0, n1); });
-    }
+    if (w.scalar_type() == at::kBFloat16)
+      run(X, reinterpret_cast<const uint16_t *>(w.data_ptr()), B, Y, M, K, N);
+    else
+      run(X, w.data_ptr<float>(), B, Y, M, K, N);
     *out = new at::Tensor(y);
     return 0;
   } catch (const std::exception &e) {

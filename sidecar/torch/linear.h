@@ -8,8 +8,8 @@ extern "C" {
 // and FMA): 1 or 0.
 int m3_rows_linear_supported();
 // m3_rows_linear sets *out to a new tensor y = x·Wᵀ (+ b) for x [..., K]
-// with at most 8 rows, W [N, K] and b [N] or NULL, all f32, contiguous and
-// on the CPU. It returns 0, 1 when the arguments are not of that kind (the
+// with at most 8 rows, W [N, K] (f32 or bf16) and b [N] or NULL, x and b
+// f32, all contiguous and on the CPU. It returns 0, 1 when the arguments are not of that kind (the
 // caller uses libtorch's linear instead), or -1 on a libtorch error, with
 // the message copied into err (errlen bytes).
 int m3_rows_linear(void *x, void *w, void *b, void **out, char *err, int errlen);

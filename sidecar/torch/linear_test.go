@@ -50,6 +50,35 @@ func TestRowsLinearMatchesLinear(t *testing.T) {
 	}
 }
 
+// TestRowsLinearBF16Weights checks the kernel on bf16 weights under f32
+// inputs against libtorch's linear on the same weights widened to f32
+// (exact), so only the summation order differs.
+func TestRowsLinearBF16Weights(t *testing.T) {
+	if !rowsLinearOK {
+		t.Skip("this CPU has no AVX2/FMA: RowsLinear always defers to libtorch")
+	}
+	ManualSeed(2)
+	for _, m := range []int64{1, 3, 6} {
+		for _, k := range []int64{5, 16, 576} {
+			x := ts.MustRandn([]int64{m, k}, gotch.Float, gotch.CPU)
+			w := ts.MustRandn([]int64{41, k}, gotch.Float, gotch.CPU).MustTotype(gotch.BFloat16, true)
+			b := ts.MustRandn([]int64{41}, gotch.Float, gotch.CPU)
+			got, err := RowsLinear(x, w, b)
+			if err != nil || got == nil {
+				t.Fatalf("m %d k %d: RowsLinear = %v, %v; want a tensor", m, k, got, err)
+			}
+			wide := w.MustTotype(gotch.Float, false)
+			want := ts.MustLinear(x, wide, b)
+			diff := got.MustSub(want, false).MustAbs(true).MustMax(true).Float64Values()[0]
+			scale := want.MustAbs(false).MustMax(true).Float64Values()[0]
+			if diff > 1e-5*(1+scale) {
+				t.Errorf("m %d k %d: max |RowsLinear - linear| = %g (max |y| %g)", m, k, diff, scale)
+			}
+			Drop(x, w, b, got, wide, want)
+		}
+	}
+}
+
 // TestRowsLinearDefers checks that what the kernel does not take is left
 // to libtorch (nil, nil) rather than computed wrongly.
 func TestRowsLinearDefers(t *testing.T) {
@@ -58,6 +87,7 @@ func TestRowsLinearDefers(t *testing.T) {
 		"too many rows":  ts.MustRandn([]int64{MaxRowsLinear + 1, 8}, gotch.Float, gotch.CPU),
 		"non-contiguous": ts.MustRandn([]int64{8, 3}, gotch.Float, gotch.CPU).MustT(true),
 		"f64":            ts.MustRandn([]int64{2, 8}, gotch.Double, gotch.CPU),
+		"bf16 inputs":    ts.MustRandn([]int64{2, 8}, gotch.Float, gotch.CPU).MustTotype(gotch.BFloat16, true),
 	}
 	for name, x := range cases {
 		got, err := RowsLinear(x, w, nil)

@@ -25,7 +25,9 @@ type LinearDelta interface {
 }
 
 // Linear is y = x·Wᵀ (+ B) plus, when Delta is set, Delta.Forward(x) added
-// to y. One Linear exists per Hugging Face nn.Linear module.
+// to y. One Linear exists per Hugging Face nn.Linear module. W may be
+// stored in bf16 under f32 compute (see mllm.LoadOptions): it is then
+// widened as it is used, which gives the same values.
 type Linear struct {
 	W     *ts.Tensor  // [out, in]
 	B     *ts.Tensor  // nil when the layer has no bias
@@ -55,7 +57,13 @@ func (l *Linear) ForwardRaw(x torch.Raw) torch.Raw {
 		panic(err)
 	}
 	if !ok {
-		y = blas(x, w, b)
+		if kind := x.DType(); w.DType() != kind { // bf16 storage, f32 compute
+			wide := w.Totype(kind)
+			y = blas(x, wide, b)
+			wide.Free()
+		} else {
+			y = blas(x, w, b)
+		}
 	}
 	if l.Delta != nil {
 		xt := x.Share().Wrap()

@@ -88,6 +88,9 @@ func (m *Model) Embed(ids []int64, b, t int) *ts.Tensor {
 	it := torch.ToDevice(ts.MustOfSlice(ids).MustView([]int64{int64(b), int64(t)}, true), m.Device, true)
 	x := ts.MustEmbedding(m.EmbedTokens, it, -1, false, false)
 	torch.Drop(it)
+	if x.DType() != m.DType { // a bf16 table under f32 compute
+		x = x.MustTotype(m.DType, true)
+	}
 	return x
 }
 
