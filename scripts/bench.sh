@@ -9,7 +9,9 @@
 #     three sequences) and sidecar/m3 (one image, three aspects, 64- and
 #     128-token descriptions);
 #   - plain torch: scripts/ref_idefics3.py bench (torch from Debian's
-#     python3, OMP_WAIT_POLICY=PASSIVE, its default threads).
+#     python3, OMP_WAIT_POLICY=PASSIVE, one thread per core as the sidecar);
+#   - m3gate again on the same shapes in bf16 (the dtype SmolVLM ships in),
+#     written once into build/bench-256m-bf16: decode and three aspects.
 #
 # The two run alternately, BENCH_ROUNDS rounds (default 2) of BENCH_COUNT
 # iterations each (default 1), so that both see the same machine load; the
@@ -28,6 +30,13 @@ if [[ ! -f $model/config.json ]]; then
   bin/m3gate-sidecar model tiny --family idefics3 --size 256m --out "$model.tmp"
   mv "$model.tmp" "$model"
 fi
+model16=build/bench-256m-bf16 # the same shapes in bf16, as SmolVLM ships
+if [[ ! -f $model16/config.json ]]; then
+  echo "bench: writing the bf16 256M-shaped model to $model16 (once)"
+  rm -rf "$model16.tmp"
+  bin/m3gate-sidecar model tiny --family idefics3 --size 256m --dtype bf16 --out "$model16.tmp"
+  mv "$model16.tmp" "$model16"
+fi
 export MLLM_BENCH_256M_DIR=$PWD/$model
 rounds=${BENCH_ROUNDS:-2}
 count=${BENCH_COUNT:-1}
@@ -42,10 +51,17 @@ for ((r = 1; r <= rounds; r++)); do
   echo "bench: round $r of $rounds: m3gate, one image, three aspects"
   go test -run '^$' -bench '^BenchmarkScore3Aspects(64|128)Tok256M$' \
     -benchtime "${count}x" ./sidecar/m3/ | tee "$out/score-$r.txt"
+  echo "bench: round $r of $rounds: m3gate on the bf16 checkpoint"
+  MLLM_BENCH_256M_DIR=$PWD/$model16 go test -run '^$' -bench '^Benchmark(Decode|DecodeBatch3)256M$' \
+    -benchtime "${count}x" ./sidecar/mllm/ | tee "$out/go16-$r.txt"
+  MLLM_BENCH_256M_DIR=$PWD/$model16 go test -run '^$' -bench '^BenchmarkScore3Aspects(64|128)Tok256M$' \
+    -benchtime "${count}x" ./sidecar/m3/ | tee "$out/score16-$r.txt"
 done
-/usr/bin/python3 - "$out" "$rounds" "$count" <<'PY' | tee build/bench.txt
+/usr/bin/python3 - "$out" "$rounds" "$count" "$model" "$model16" <<'PY' | tee build/bench.txt
 import json, os, re, sys, time
 out, rounds, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+weights = os.path.getsize(os.path.join(sys.argv[4], "model.safetensors")) / 2**30
+weights16 = os.path.getsize(os.path.join(sys.argv[5], "model.safetensors")) / 2**30
 
 def metrics(path):
     """Benchmark name (no -N suffix) -> {unit: value} from go test output."""
@@ -73,7 +89,7 @@ ref = [json.load(open(os.path.join(out, "ref-%d.json" % r))) for r in range(1, r
 sc = [metrics(os.path.join(out, "score-%d.txt" % r)) for r in range(1, rounds + 1)]
 print("# %s, %d cores; %d alternating rounds of %d run(s); per-round medians, range over rounds" %
       (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), os.cpu_count(), rounds, count))
-print("# plain torch: /usr/bin/python3 scripts/ref_idefics3.py bench (OMP_WAIT_POLICY=PASSIVE)")
+print("# plain torch: /usr/bin/python3 scripts/ref_idefics3.py bench (OMP_WAIT_POLICY=PASSIVE, %d threads)" % os.cpu_count())
 print()
 print("| stage | m3gate | plain torch | ratio |")
 print("|---|---|---|---|")
@@ -82,10 +98,26 @@ for stage, b, unit, gs, key, rs, fmt in rows:
     p = [x[key] * rs for x in ref]
     print("| %s | %s | %s | %s |" % (stage, rng(g, fmt), rng(p, fmt), rng([a / c for a, c in zip(g, p)], "%.2f")))
 rss = [max(m[b].get("peak-RSS-MB", 0) for b in m) / 1024 for m in go]
-print("| peak RSS, stages (GB) | %s | | |" % rng(rss, "%.1f"))
+print("| peak RSS, stages (GB; weights %.2f GB) | %s (%s× weights) | | |" % (weights, rng(rss, "%.2f"), rng([x / weights for x in rss], "%.2f")))
 for n in (64, 128):
     b = "BenchmarkScore3Aspects%dTok256M" % n
     print("| one image, 3 aspects, %d-token descriptions (s) | %s | | |" % (n, rng([m[b]["median-s"] for m in sc], "%.1f")))
+    print("| … of which vision / describe / rate (s) | %s / %s / %s | | |" % tuple(
+        rng([m[b][k] for m in sc], "%.2f") for k in ("vision-s/image", "describe-s/image", "rate-s/image")))
+go16 = [metrics(os.path.join(out, "go16-%d.txt" % r)) for r in range(1, rounds + 1)]
+sc16 = [metrics(os.path.join(out, "score16-%d.txt" % r)) for r in range(1, rounds + 1)]
+print()
+print("bf16 checkpoint (the dtype SmolVLM ships in; Linear weights stay bf16, f32 compute):")
+print()
+print("| stage | m3gate |")
+print("|---|---|")
+print("| decode, one sequence (ms/token) | %s |" % rng([m["BenchmarkDecode256M"]["median-ms/step"] for m in go16], "%.0f"))
+print("| decode, three sequences (ms/step) | %s |" % rng([m["BenchmarkDecodeBatch3256M"]["median-ms/step"] for m in go16], "%.0f"))
+rss16 = [max(m[b].get("peak-RSS-MB", 0) for b in m) / 1024 for m in go16]
+print("| peak RSS, decode stages (GB; weights %.2f GB) | %s (%s× weights) |" % (weights16, rng(rss16, "%.2f"), rng([x / weights16 for x in rss16], "%.2f")))
+for n in (64, 128):
+    b = "BenchmarkScore3Aspects%dTok256M" % n
+    print("| one image, 3 aspects, %d-token descriptions (s) | %s |" % (n, rng([m[b]["median-s"] for m in sc16], "%.1f")))
 PY
 if [[ ${BENCH_EXTRA:-0} == 1 ]]; then
   {

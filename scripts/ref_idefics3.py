@@ -168,8 +168,12 @@ def text(W, cfg, ids, feats):
 
 
 def bench(model_dir, runs):
+    import os
     import time
     import torch.nn.functional as F
+    # One intra-op thread per core, as m3gate's sidecar runs (torch's
+    # default on this kind of VM is one thread); REF_THREADS overrides.
+    torch.set_num_threads(int(os.environ.get("REF_THREADS", os.cpu_count())))
     cfg = json.load(open(model_dir + "/config.json"))
     W = {k: v.float().contiguous() for k, v in read_safetensors(model_dir + "/model.safetensors").items()}
     vc, tc = cfg["vision_config"], cfg["text_config"]
