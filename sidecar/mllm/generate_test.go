@@ -309,3 +309,53 @@ func TestSingleTokenExtend(t *testing.T) {
 		t.Errorf("one-token prefill: %v", err)
 	}
 }
+
+// TestCacheContinuationsStayApart: caches share preallocated buffers, and
+// a forward pass writes in place only from the cache that last wrote them.
+// Continuing an older cache, or a Clone, must copy: every continuation
+// still equals prefilling its whole prompt.
+func TestCacheContinuationsStayApart(t *testing.T) {
+	m := loadTiny(t, 0)
+	enc := func(s string) []int64 {
+		ids, err := m.Tokenizer.Encode(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ids
+	}
+	prefix := enc("Describe the quality of this picture, please.")
+	a, b, c, d := enc(" It is sharp."), enc(" Blurry and dark."), enc(" Rate it."), enc(" Noisy.")
+	extend := func(cache *KVCache, ids []int64) (*Output, *KVCache) {
+		out, next, err := m.Extend(cache, []Sequence{{Tokens: ids}}, ForwardOptions{Logits: LogitsLast})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out, next
+	}
+	check := func(name string, got *Output, parts ...[]int64) {
+		var all []int64
+		for _, p := range parts {
+			all = append(all, p...)
+		}
+		want, _, err := m.Prefill([]Sequence{{Tokens: all}}, ForwardOptions{Logits: LogitsLast})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := maxAbsDiff(floats(got.Logits), floats(want.Logits)); diff > 1e-4 {
+			t.Errorf("%s: differs from prefilling the whole prompt by %g", name, diff)
+		}
+	}
+	_, p, err := m.Prefill([]Sequence{{Tokens: prefix}}, ForwardOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, ca := extend(p, a)          // in place: p owns its buffers' tail
+	_, cb := extend(p, b)          // p no longer does: copies
+	_, cd := extend(ca.Clone(), d) // a clone never writes in place
+	oac, _ := extend(ca, c)        // ca still owns the tail: in place
+	obc, _ := extend(cb, c)
+	odc, _ := extend(cd, c)
+	check("prefix+a+c", oac, prefix, a, c)
+	check("prefix+b+c", obc, prefix, b, c)
+	check("prefix+a+d+c", odc, prefix, a, d, c)
+}

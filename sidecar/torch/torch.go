@@ -56,6 +56,14 @@ func SetGradEnabled(on bool) (prev bool) {
 	return C.at_grad_set_enabled(b) != 0
 }
 
+// GradEnabled reports whether autograd is on for the calling OS thread
+// (see SetGradEnabled).
+func GradEnabled() bool {
+	on := SetGradEnabled(false)
+	SetGradEnabled(on)
+	return on
+}
+
 // ManualSeed seeds libtorch's global random generator (dropout masks,
 // random initialisation), so that runs repeat.
 func ManualSeed(seed int64) { C.at_manual_seed(C.int64_t(seed)) }

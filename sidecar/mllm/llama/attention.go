@@ -14,13 +14,17 @@ type Attention struct {
 	Heads, KVHeads, HeadDim int
 }
 
-// Forward attends from h [B, Tq, D] (or [D] in single-token mode) over
-// pastK/pastV [B, nKV, T, hd] (zero Raws for a fresh prefill) and the new
-// tokens, rotated by rot; mask is [B, 1, nrep·Tq, T+Tq] or a zero Raw. It
-// returns the output projection and the keys and values of past and new
-// tokens, [B, nKV, T+Tq, hd], for the next cache. h, mask and the past
-// stay the caller's; the results are new.
-func (a *Attention) Forward(h torch.Raw, rot *Rotation, mask, pastK, pastV torch.Raw) (out, k, v torch.Raw) {
+// KV stores one layer's keys and values of the new tokens, k and v [B,
+// nKV, Tq, hd] (which stay the caller's), in the cache being built and
+// returns those of past and new tokens [B, nKV, T+Tq, hd], owned by that
+// cache.
+type KV func(k, v torch.Raw) (kAll, vAll torch.Raw)
+
+// Forward attends from h [B, Tq, D] (or [D] in single-token mode) over the
+// past tokens and the new ones, rotated by rot, storing the new keys and
+// values through kv; mask is [B, 1, nrep·Tq, T+Tq] or a zero Raw. It
+// returns the output projection (new); h and mask stay the caller's.
+func (a *Attention) Forward(h torch.Raw, rot *Rotation, mask torch.Raw, kv KV) torch.Raw {
 	nkv, hd := int64(a.KVHeads), int64(a.HeadDim)
 	qp, kp := a.Q.ForwardRaw(h), a.K.ForwardRaw(h)
 	q := rot.Query(qp)
@@ -32,6 +36,7 @@ func (a *Attention) Forward(h torch.Raw, rot *Rotation, mask, pastK, pastV torch
 	if len(sz) == 3 {
 		B, Tq = sz[0], sz[1]
 	}
+	var k, v torch.Raw
 	if Tq == 1 { // [B, 1, nKV·hd] is already laid out as [B, nKV, 1, hd]
 		k, v = kr.View(B, nkv, 1, hd), vp.View(B, nkv, 1, hd)
 	} else {
@@ -40,15 +45,12 @@ func (a *Attention) Forward(h torch.Raw, rot *Rotation, mask, pastK, pastV torch
 		torch.FreeRaw(k4, v4)
 	}
 	torch.FreeRaw(kr, vp)
-	if pastK.Defined() {
-		kn, vn := k, v
-		k, v = torch.Cat(2, pastK, kn), torch.Cat(2, pastV, vn)
-		torch.FreeRaw(kn, vn)
-	}
-	o := gqaAttention(q, k, v, mask, a.KVHeads, a.Heads/a.KVHeads, a.HeadDim, 1/math.Sqrt(float64(hd)))
-	out = a.O.ForwardRaw(o)
+	kAll, vAll := kv(k, v)
+	torch.FreeRaw(k, v)
+	o := gqaAttention(q, kAll, vAll, mask, a.KVHeads, a.Heads/a.KVHeads, a.HeadDim, 1/math.Sqrt(float64(hd)))
+	out := a.O.ForwardRaw(o)
 	torch.FreeRaw(q, o)
-	return out, k, v
+	return out
 }
 
 // gqaAttention computes softmax(q·kᵀ·scale + mask)·v with grouped KV heads

@@ -30,16 +30,16 @@ type DecoderLayer struct {
 }
 
 // Forward runs the block on the residual stream x, which it consumes
-// (frees), and returns the new stream with the keys and values of past
-// and new tokens (see Attention.Forward).
-func (l *DecoderLayer) Forward(x torch.Raw, rot *Rotation, mask, pastK, pastV torch.Raw) (out, k, v torch.Raw) {
+// (frees), and returns the new stream; the new keys and values go to kv
+// (see Attention.Forward).
+func (l *DecoderLayer) Forward(x torch.Raw, rot *Rotation, mask torch.Raw, kv KV) (out torch.Raw) {
 	h := l.InNorm.ForwardRaw(x)
-	a, k, v := l.Attn.Forward(h, rot, mask, pastK, pastV)
+	a := l.Attn.Forward(h, rot, mask, kv)
 	x1 := x.Add(a)
 	torch.FreeRaw(x, h, a)
 	h = l.PostNorm.ForwardRaw(x1)
 	o := l.MLP.Forward(h)
 	out = x1.Add(o)
 	torch.FreeRaw(x1, h, o)
-	return out, k, v
+	return out
 }

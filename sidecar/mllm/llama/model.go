@@ -146,15 +146,28 @@ func (m *Model) Forward(x *ts.Tensor, valid [][]bool, cache *kvcache.Cache) (*ts
 	}
 	xr := torch.Borrow(x).Share()
 	torch.Drop(x)
+	// Inference writes the new keys and values into the cache's buffers;
+	// with autograd on (LoRA training) they are concatenated instead, as
+	// an in-place write would change tensors the backward pass reads.
+	inPlace := !torch.GradEnabled()
+	if inPlace {
+		cache.Reserve(next, tq, kvcache.Spec{Layers: len(m.Layers), KVHeads: c.NumKeyValueHeads, HeadDim: c.HeadDim, DType: m.DType, Device: m.Device})
+	} else {
+		next.K, next.V = make([]*ts.Tensor, len(m.Layers)), make([]*ts.Tensor, len(m.Layers))
+	}
 	for li := range m.Layers {
-		var pk, pv torch.Raw
-		if cache != nil {
-			pk, pv = torch.Borrow(cache.K[li]), torch.Borrow(cache.V[li])
+		kv := func(k, v torch.Raw) (torch.Raw, torch.Raw) {
+			if inPlace {
+				return next.Put(li, k, v)
+			}
+			kAll, vAll := k.Share(), v.Share()
+			if cache != nil {
+				kAll, vAll = torch.Cat(2, torch.Borrow(cache.K[li]), k), torch.Cat(2, torch.Borrow(cache.V[li]), v)
+			}
+			next.K[li], next.V[li] = kAll.Wrap(), vAll.Wrap()
+			return kAll, vAll
 		}
-		var k, v torch.Raw
-		xr, k, v = m.Layers[li].Forward(xr, rot, mr, pk, pv)
-		next.K = append(next.K, k.Wrap())
-		next.V = append(next.V, v.Wrap())
+		xr = m.Layers[li].Forward(xr, rot, mr, kv)
 	}
 	if cache != nil {
 		torch.Keep(cache.K...)
