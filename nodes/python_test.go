@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/m3gate/m3gate/schemas/api"
+	"github.com/m3gate/m3gate/schemas/iqa"
 )
 
 const debianPython = "/usr/bin/python3"
@@ -225,7 +226,7 @@ func TestPythonPack(t *testing.T) {
 		funcs[d.Class] = d.Function
 	}
 	funcsJSON, _ := json.Marshal(funcs)
-	aspectsJSON, _ := json.Marshal(Aspects)
+	aspectsJSON, _ := json.Marshal(iqa.Aspects)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -269,7 +270,7 @@ func TestPythonPack(t *testing.T) {
 	var sawPrompt bool
 	for _, s := range fake.scores {
 		for _, a := range s.Aspects {
-			if !contains(Aspects, a) {
+			if !contains(iqa.Aspects, a) {
 				t.Errorf("score request asks for unknown aspect %q", a)
 			}
 		}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/m3gate/m3gate/plugin/dataset"
 	"github.com/m3gate/m3gate/plugin/distill/distillfake"
+	"github.com/m3gate/m3gate/schemas/iqa"
 )
 
 // sharedAGIQA3K returns the shared AGIQA-3K folder or skips.
@@ -81,7 +82,7 @@ func TestDataConvertDistillEval(t *testing.T) {
 	preds := filepath.Join(work, "preds.jsonl")
 	var sb strings.Builder
 	for _, r := range m.Records[:200] {
-		q := r.MOS[dataset.Quality]
+		q := r.MOS[iqa.Quality]
 		fmt.Fprintf(&sb, `{"image":%q,"aspect":"quality","predicted":%v,"mos":%v,"source":%q}`+"\n", r.Name, q*q, q, r.Source)
 	}
 	os.WriteFile(preds, []byte(sb.String()), 0o644)
@@ -153,7 +154,7 @@ func TestDataConvertSplitsAndEvalWithManifest(t *testing.T) {
 	var sb strings.Builder
 	sb.WriteString("image,aspect,predicted\n")
 	for i, r := range m.Records {
-		fmt.Fprintf(&sb, "%s,quality,%v\n", r.Image, r.MOS[dataset.Quality]+0.01*float64(i%2))
+		fmt.Fprintf(&sb, "%s,quality,%v\n", r.Image, r.MOS[iqa.Quality]+0.01*float64(i%2))
 	}
 	os.WriteFile(preds, []byte(sb.String()), 0o644)
 	code, out, errOut = run(t, nil, "", "eval", "--predictions", preds, "--manifest", manifest, "--out", filepath.Join(work, "ev"), "--bootstrap", "0")

@@ -26,6 +26,7 @@ import (
 
 	"github.com/m3gate/m3gate/plugin/dataset"
 	"github.com/m3gate/m3gate/plugin/distill/distillfake"
+	"github.com/m3gate/m3gate/schemas/iqa"
 )
 
 // TestRecipeAGIQA3K runs the training recipe of the README ("Reproducing the
@@ -287,7 +288,7 @@ func (r *recipe) distill(manifest string, m *dataset.Manifest, subset []recipeRo
 			t.Errorf("%s:%d: image %q is not in the manifest", out, i+1, c.Image)
 		case c.Split != rec.Split || c.Prompt != rec.Prompt:
 			t.Errorf("%s:%d: split %q prompt %q, want %q %q", out, i+1, c.Split, c.Prompt, rec.Split, rec.Prompt)
-		case c.RatingWord != dataset.RatingWord(rec.MOS[c.Aspect]):
+		case c.RatingWord != iqa.RatingWord(rec.MOS[c.Aspect]):
 			t.Errorf("%s:%d: rating word %q for MOS %g", out, i+1, c.RatingWord, rec.MOS[c.Aspect])
 		case len(strings.Fields(c.TeacherDescription)) < 20 || !strings.Contains(c.TeacherDescription, c.Aspect):
 			t.Errorf("%s:%d: teacher description %q is not the teacher's %s answer", out, i+1, c.TeacherDescription, c.Aspect)

@@ -26,6 +26,7 @@ import (
 
 	"github.com/m3gate/m3gate/plugin/dataset"
 	"github.com/m3gate/m3gate/schemas"
+	"github.com/m3gate/m3gate/schemas/iqa"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
@@ -140,7 +141,7 @@ func (f fakeScorer) Score(ctx context.Context, req schemas.ScoreRequest) ([]sche
 			mos := float64(len(b)%500) / 100
 			out[i].Aspects[a] = schemas.AspectResult{
 				MOS:         mos,
-				Rating:      schemas.RatingForMOS(mos),
+				Rating:      iqa.RatingWord(mos),
 				Description: dataset.FillRound1(req.Options.Prompts[a].Round1, prompt),
 				Source:      schemas.SourceWordProbs,
 				WordProbs:   map[string]float64{"bad": 0.2, "poor": 0.2, "fair": 0.2, "good": 0.2, "excellent": 0.2},
@@ -843,7 +844,7 @@ func TestScoreEndToEnd(t *testing.T) {
 			if math.IsNaN(ar.MOS) || ar.MOS < 0 || ar.MOS > 5 {
 				t.Errorf("%s %s: MOS %v outside 0..5", r.Image, a, ar.MOS)
 			}
-			if !contains(schemas.RatingWords, ar.Rating) {
+			if !contains(iqa.RatingWords[:], ar.Rating) {
 				t.Errorf("%s %s: rating %q", r.Image, a, ar.Rating)
 			}
 			if ar.Source != schemas.SourceWordProbs {

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+
+	"github.com/m3gate/m3gate/schemas/iqa"
 )
 
 // Conversation is one record of the conversations JSONL format (one per
@@ -73,12 +75,12 @@ func readConversations(r io.Reader, path string, rep *Report) ([]ConversationFil
 				ok = false
 			}
 		}
-		if c.Aspect != "" && !IsAspect(c.Aspect) {
+		if c.Aspect != "" && !iqa.IsAspect(c.Aspect) {
 			rep.add(path, line, KindParse, "unknown aspect %q", c.Aspect)
 			ok = false
 		}
-		if c.RatingWord != "" && RatingIndex(c.RatingWord) < 0 {
-			rep.add(path, line, KindParse, "rating word %q not one of %v", c.RatingWord, RatingWords)
+		if c.RatingWord != "" && iqa.RatingIndex(c.RatingWord) < 0 {
+			rep.add(path, line, KindParse, "rating word %q not one of %v", c.RatingWord, iqa.RatingWords)
 			ok = false
 		}
 		if !ok {

@@ -11,30 +11,9 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+
+	"github.com/m3gate/m3gate/schemas/iqa"
 )
-
-// Aspect names used as keys of Record.MOS.
-const (
-	Quality        = "quality"
-	Correspondence = "correspondence"
-	Authenticity   = "authenticity"
-)
-
-// Aspects lists the aspects in their canonical order.
-var Aspects = []string{Quality, Correspondence, Authenticity}
-
-// MaxMOS is the top of the manifest's MOS scale (scores lie in [0, MaxMOS]).
-const MaxMOS = 5.0
-
-// IsAspect reports whether name is one of the known aspects.
-func IsAspect(name string) bool {
-	for _, a := range Aspects {
-		if a == name {
-			return true
-		}
-	}
-	return false
-}
 
 // Scale is the original MOS scale of a source dataset.
 type Scale struct {
@@ -44,18 +23,18 @@ type Scale struct {
 
 // ToManifest maps a raw score on s to the manifest's 0–5 scale.
 func (s Scale) ToManifest(raw float64) float64 {
-	if s.Min == 0 && s.Max == MaxMOS {
+	if s.Min == 0 && s.Max == iqa.MaxMOS {
 		return raw
 	}
-	return (raw - s.Min) / (s.Max - s.Min) * MaxMOS
+	return (raw - s.Min) / (s.Max - s.Min) * iqa.MaxMOS
 }
 
 // FromManifest maps a 0–5 manifest score back to s.
 func (s Scale) FromManifest(mos float64) float64 {
-	if s.Min == 0 && s.Max == MaxMOS {
+	if s.Min == 0 && s.Max == iqa.MaxMOS {
 		return mos
 	}
-	return s.Min + mos*(s.Max-s.Min)/MaxMOS
+	return s.Min + mos*(s.Max-s.Min)/iqa.MaxMOS
 }
 
 // Contains reports whether raw lies within s (NaN never does).
@@ -83,7 +62,7 @@ type Record struct {
 // AspectNames returns the aspects that r has a MOS for, in canonical order.
 func (r Record) AspectNames() []string {
 	var out []string
-	for _, a := range Aspects {
+	for _, a := range iqa.Aspects {
 		if _, ok := r.MOS[a]; ok {
 			out = append(out, a)
 		}
@@ -257,20 +236,20 @@ func validateRecord(rep *Report, file string, line int, rec Record) bool {
 		ok = false
 	}
 	for a, v := range rec.MOS {
-		if !IsAspect(a) {
+		if !iqa.IsAspect(a) {
 			rep.add(file, line, KindParse, "unknown aspect %q", a)
 			ok = false
-		} else if !(v >= 0 && v <= MaxMOS) {
-			rep.add(file, line, KindRange, "%s MOS %v outside [0, %v]", a, v, MaxMOS)
+		} else if !(v >= 0 && v <= iqa.MaxMOS) {
+			rep.add(file, line, KindRange, "%s MOS %v outside [0, %v]", a, v, iqa.MaxMOS)
 			ok = false
 		}
 	}
 	for a, w := range rec.RatingWords {
-		if !IsAspect(a) {
+		if !iqa.IsAspect(a) {
 			rep.add(file, line, KindParse, "unknown aspect %q", a)
 			ok = false
-		} else if RatingIndex(w) < 0 {
-			rep.add(file, line, KindParse, "%s rating word %q not one of %v", a, w, RatingWords)
+		} else if iqa.RatingIndex(w) < 0 {
+			rep.add(file, line, KindParse, "%s rating word %q not one of %v", a, w, iqa.RatingWords)
 			ok = false
 		}
 	}
@@ -310,38 +289,6 @@ func WriteManifestFile(path string, recs []Record) error {
 		return fmt.Errorf("write manifest: %w", err)
 	}
 	return nil
-}
-
-// RatingWords are the five rating words from low to high.
-var RatingWords = []string{"bad", "poor", "fair", "good", "excellent"}
-
-// RatingWord maps a MOS on 0–5 to its rating word: below 1 bad, below 2
-// poor, below 3 fair, below 4 good, else excellent.
-func RatingWord(mos float64) string {
-	switch {
-	case mos < 1:
-		return "bad"
-	case mos < 2:
-		return "poor"
-	case mos < 3:
-		return "fair"
-	case mos < 4:
-		return "good"
-	default:
-		return "excellent"
-	}
-}
-
-// RatingIndex returns the position of word in RatingWords (case and
-// surrounding space ignored), or -1.
-func RatingIndex(word string) int {
-	w := strings.ToLower(strings.TrimSpace(word))
-	for i, r := range RatingWords {
-		if r == w {
-			return i
-		}
-	}
-	return -1
 }
 
 func isFinite(v float64) bool { return !math.IsNaN(v) && !math.IsInf(v, 0) }

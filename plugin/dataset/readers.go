@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/m3gate/m3gate/schemas/iqa"
 )
 
 // Format names a source dataset format.
@@ -306,7 +308,7 @@ func (r *rowReader) std(i int, name string, scale Scale) (float64, bool) {
 		r.ok = false
 		return 0, false
 	}
-	return v / (scale.Max - scale.Min) * MaxMOS, true
+	return v / (scale.Max - scale.Min) * iqa.MaxMOS, true
 }
 
 // fieldCount reports a row whose field count differs from the header's.
@@ -356,16 +358,16 @@ func readAGIQA3K(path string, rep *Report) ([]Record, error) {
 			Origin: origin(path, line),
 		}
 		if v, ok := rr.score(col(h, "mos_quality"), "mos_quality", scale, true); ok {
-			rec.MOS[Quality] = v
+			rec.MOS[iqa.Quality] = v
 		}
 		if v, ok := rr.score(col(h, "mos_align"), "mos_align", scale, true); ok {
-			rec.MOS[Correspondence] = v
+			rec.MOS[iqa.Correspondence] = v
 		}
 		if v, ok := rr.std(col(h, "std_quality"), "std_quality", scale); ok {
-			rec.STD[Quality] = v
+			rec.STD[iqa.Quality] = v
 		}
 		if v, ok := rr.std(col(h, "std_align"), "std_align", scale); ok {
-			rec.STD[Correspondence] = v
+			rec.STD[iqa.Correspondence] = v
 		}
 		if !rr.ok {
 			return
@@ -440,7 +442,7 @@ func readAIGCIQA2023(path string, rep *Report) ([]Record, error) {
 			STD:    map[string]float64{},
 			Origin: origin(path, line),
 		}
-		for _, a := range []string{Quality, Authenticity, Correspondence} {
+		for _, a := range []string{iqa.Quality, iqa.Authenticity, iqa.Correspondence} {
 			if v, ok := rr.score(col(h, a+"_mos"), a+"_mos", scale, true); ok {
 				rec.MOS[a] = v
 			}
@@ -471,7 +473,7 @@ func readAGIQA1K(path string, rep *Report) ([]Record, error) {
 			Origin: origin(path, line),
 		}
 		if v, ok := rr.score(col(h, "score"), "score", scale, true); ok {
-			rec.MOS[Quality] = v
+			rec.MOS[iqa.Quality] = v
 		}
 		if !rr.ok {
 			return
@@ -524,7 +526,7 @@ func readAIGIQA20K(path string, rep *Report) ([]Record, error) {
 		}
 		if len(row) == 3 {
 			if v, ok := rr.score(2, "mos", scale, true); ok {
-				rec.MOS = map[string]float64{Quality: v}
+				rec.MOS = map[string]float64{iqa.Quality: v}
 			}
 		}
 		if !rr.ok {

@@ -4,6 +4,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/m3gate/m3gate/schemas/iqa"
 )
 
 // sharedData returns the shared data folder (M3GATE_DATA, default
@@ -103,7 +105,7 @@ func TestSharedLabels(t *testing.T) {
 
 // TestSharedConversations checks the reference conversations against
 // data.csv and prompts.json: every round-1/round-2 string is the embedded
-// wording, and every quality rating word is RatingWord(mos_quality).
+// wording, and every quality rating word is iqa.RatingWord(mos_quality).
 func TestSharedConversations(t *testing.T) {
 	dir := sharedData(t)
 	rep := &Report{}
@@ -135,9 +137,9 @@ func TestSharedConversations(t *testing.T) {
 		if !ok || rec.Prompt != c.Prompt {
 			t.Fatalf("line %d: image %s not in data.csv with the same prompt", c.Line, c.Image)
 		}
-		if c.Aspect == Quality {
-			if RatingWord(rec.MOS[Quality]) != c.RatingWord {
-				t.Errorf("line %d: rating word %q, RatingWord(%v) = %q", c.Line, c.RatingWord, rec.MOS[Quality], RatingWord(rec.MOS[Quality]))
+		if c.Aspect == iqa.Quality {
+			if iqa.RatingWord(rec.MOS[iqa.Quality]) != c.RatingWord {
+				t.Errorf("line %d: rating word %q, iqa.RatingWord(%v) = %q", c.Line, c.RatingWord, rec.MOS[iqa.Quality], iqa.RatingWord(rec.MOS[iqa.Quality]))
 			}
 			words++
 		}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/m3gate/m3gate/plugin/dataset"
 	"github.com/m3gate/m3gate/plugin/distill/distillfake"
+	"github.com/m3gate/m3gate/schemas/iqa"
 )
 
 const testKey = "sk-test-SECRET-4242"
@@ -35,7 +36,7 @@ func makeItems(t *testing.T, n int) []Item {
 		}
 		items = append(items, Item{
 			Name: filepath.Base(p), Path: p, Prompt: fmt.Sprintf("a red fox number %c", 'a'+i), Split: "train",
-			MOS: map[string]float64{dataset.Quality: float64(i%5) + 0.5, dataset.Correspondence: 4.2},
+			MOS: map[string]float64{iqa.Quality: float64(i%5) + 0.5, iqa.Correspondence: 4.2},
 		})
 	}
 	return items
@@ -100,14 +101,14 @@ func TestRunBothFormats(t *testing.T) {
 			if err != nil || len(rep.Problems) != 0 || len(convs) != 12 || sum.Conversations != 12 {
 				t.Fatalf("conversations: %v %v %d", err, rep.Problems, len(convs))
 			}
-			good := distillfake.GoodAnswer([]string{dataset.Quality, dataset.Correspondence})
+			good := distillfake.GoodAnswer([]string{iqa.Quality, iqa.Correspondence})
 			for i, c := range convs {
 				it := items[i/2]
 				r1, r2 := dataset.Prompts(c.Aspect, "")
 				if c.Image != it.Name || c.Round1 != dataset.FillRound1(r1, it.Prompt) || c.Round2 != r2 || c.Split != "train" {
 					t.Errorf("conversation %d: %+v", i, c)
 				}
-				if c.RatingWord != dataset.RatingWord(it.MOS[c.Aspect]) || !strings.Contains(good, c.TeacherDescription) {
+				if c.RatingWord != iqa.RatingWord(it.MOS[c.Aspect]) || !strings.Contains(good, c.TeacherDescription) {
 					t.Errorf("conversation %d: word %q description %q", i, c.RatingWord, c.TeacherDescription)
 				}
 			}

@@ -28,6 +28,7 @@ import (
 
 	"github.com/m3gate/m3gate/plugin/dataset"
 	"github.com/m3gate/m3gate/schemas"
+	"github.com/m3gate/m3gate/schemas/iqa"
 )
 
 // startTest supervises the test binary as the plugin (testScorer).
@@ -446,7 +447,7 @@ func TestRealSidecar(t *testing.T) {
 		if !ok || rs[0].Error != "" {
 			t.Fatalf("image 0: no %s result (error %q)", a, rs[0].Error)
 		}
-		if math.IsNaN(r.MOS) || r.MOS < 0 || r.MOS > 5 || schemas.RatingForMOS(r.MOS) == "" {
+		if math.IsNaN(r.MOS) || r.MOS < 0 || r.MOS > 5 || iqa.RatingWord(r.MOS) == "" {
 			t.Errorf("%s: mos %v out of range", a, r.MOS)
 		}
 		var sum float64

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/m3gate/m3gate/schemas/iqa"
 	"github.com/m3gate/m3gate/sidecar/m3"
 )
 
@@ -115,7 +116,7 @@ func (r Record) validate() error {
 		}
 	}
 	if ratingIndex(r.RatingWord) < 0 {
-		return fmt.Errorf("rating word %q is not one of %v", r.RatingWord, m3.RatingWords)
+		return fmt.Errorf("rating word %q is not one of %v", r.RatingWord, iqa.RatingWords)
 	}
 	if r.MOSField != nil && (math.IsNaN(*r.MOSField) || *r.MOSField < 0 || *r.MOSField > 5) {
 		return fmt.Errorf("mos %v outside 0..5", *r.MOSField)
@@ -124,7 +125,7 @@ func (r Record) validate() error {
 }
 
 func ratingIndex(w string) int {
-	for i, v := range m3.RatingWords {
+	for i, v := range iqa.RatingWords {
 		if v == w {
 			return i
 		}

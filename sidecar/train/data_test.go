@@ -81,25 +81,6 @@ func TestReadMOS(t *testing.T) {
 	}
 }
 
-func TestSRCC(t *testing.T) {
-	// Values from scipy.stats.spearmanr (ties averaged).
-	for _, tc := range []struct {
-		a, b []float64
-		want float64
-	}{
-		{[]float64{1, 2, 3, 4, 5}, []float64{5, 6, 7, 8, 7}, 0.8207826816681233},
-		{[]float64{1, 2, 2, 3}, []float64{1, 3, 2, 4}, 0.9486832980505139},
-		{[]float64{3, 1, 2}, []float64{1, 3, 2}, -1},
-	} {
-		if got := SRCC(tc.a, tc.b); got-tc.want > 1e-12 || tc.want-got > 1e-12 {
-			t.Errorf("SRCC(%v, %v) = %v, want %v", tc.a, tc.b, got, tc.want)
-		}
-	}
-	if got := SRCC([]float64{1, 1}, []float64{1, 2}); got == got {
-		t.Errorf("constant input: got %v, want NaN", got)
-	}
-}
-
 func TestCosineLR(t *testing.T) {
 	const base = 1.0
 	for _, tc := range []struct {

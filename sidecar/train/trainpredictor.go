@@ -12,12 +12,12 @@ import (
 	"math/rand"
 	"os"
 	"path/filepath"
-	"sort"
 	"time"
 
 	"github.com/sugarme/gotch"
 	"github.com/sugarme/gotch/ts"
 
+	"github.com/m3gate/m3gate/schemas/iqa"
 	"github.com/m3gate/m3gate/sidecar/mllm"
 	"github.com/m3gate/m3gate/sidecar/tensorio"
 	"github.com/m3gate/m3gate/sidecar/torch"
@@ -397,7 +397,7 @@ func (r *predictorRun) endEpoch(ctx context.Context, epoch int, trainLoss float6
 	}
 	srcc, vloss = math.NaN(), math.NaN()
 	if len(preds) > 0 {
-		srcc, vloss = SRCC(preds, mos), mse(preds, mos)
+		srcc, vloss = validationSRCC(preds, mos), mse(preds, mos)
 	}
 	st := &r.st
 	st.Epoch, st.Steps = epoch+1, r.opt.step
@@ -538,53 +538,12 @@ func mse(a, b []float64) float64 {
 	return s / float64(len(a))
 }
 
-// SRCC is Spearman's rank correlation of a and b (average ranks for ties);
-// NaN when either is constant or shorter than 2.
-func SRCC(a, b []float64) float64 {
-	if len(a) != len(b) || len(a) < 2 {
+// validationSRCC is iqa.SRCC of the predictions against the labels, NaN
+// where it is undefined (fewer than 2 items, or a constant vector).
+func validationSRCC(preds, mos []float64) float64 {
+	v, err := iqa.SRCC(preds, mos)
+	if err != nil {
 		return math.NaN()
 	}
-	return pearson(ranks(a), ranks(b))
-}
-
-func ranks(v []float64) []float64 {
-	idx := make([]int, len(v))
-	for i := range idx {
-		idx[i] = i
-	}
-	sort.SliceStable(idx, func(x, y int) bool { return v[idx[x]] < v[idx[y]] })
-	r := make([]float64, len(v))
-	for i := 0; i < len(idx); {
-		j := i
-		for j+1 < len(idx) && v[idx[j+1]] == v[idx[i]] {
-			j++
-		}
-		avg := float64(i+j)/2 + 1
-		for k := i; k <= j; k++ {
-			r[idx[k]] = avg
-		}
-		i = j + 1
-	}
-	return r
-}
-
-func pearson(a, b []float64) float64 {
-	n := float64(len(a))
-	ma, mb := 0.0, 0.0
-	for i := range a {
-		ma += a[i]
-		mb += b[i]
-	}
-	ma, mb = ma/n, mb/n
-	var sab, saa, sbb float64
-	for i := range a {
-		da, db := a[i]-ma, b[i]-mb
-		sab += da * db
-		saa += da * da
-		sbb += db * db
-	}
-	if saa == 0 || sbb == 0 {
-		return math.NaN()
-	}
-	return sab / math.Sqrt(saa*sbb)
+	return v
 }
