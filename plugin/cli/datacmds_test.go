@@ -11,6 +11,7 @@ import (
 	"github.com/m3gate/m3gate/plugin/dataset"
 	"github.com/m3gate/m3gate/plugin/distill/distillfake"
 	"github.com/m3gate/m3gate/schemas/iqa"
+	"github.com/m3gate/m3gate/schemas/labels"
 )
 
 // sharedAGIQA3K returns the shared AGIQA-3K folder or skips.
@@ -56,8 +57,8 @@ func TestDataConvertDistillEval(t *testing.T) {
 	if strings.Contains(out+errOut, "gem-key-XYZ") {
 		t.Error("key printed")
 	}
-	rep := &dataset.Report{}
-	convs, err := dataset.ReadConversations(conv, rep)
+	rep := &labels.Report{}
+	convs, err := labels.ReadConversations(conv, rep)
 	if err != nil || len(convs) != 64 || len(rep.Problems) != 0 {
 		t.Fatalf("conversations: %v, %d, %v", err, len(convs), rep.Problems)
 	}

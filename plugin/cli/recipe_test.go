@@ -27,6 +27,7 @@ import (
 	"github.com/m3gate/m3gate/plugin/dataset"
 	"github.com/m3gate/m3gate/plugin/distill/distillfake"
 	"github.com/m3gate/m3gate/schemas/iqa"
+	"github.com/m3gate/m3gate/schemas/labels"
 )
 
 // TestRecipeAGIQA3K runs the training recipe of the README ("Reproducing the
@@ -278,7 +279,7 @@ func (r *recipe) distill(manifest string, m *dataset.Manifest, subset []recipeRo
 	}
 	count := map[string]int{}
 	for i, line := range recipeLines(recipeRead(t, out)) {
-		var c dataset.Conversation
+		var c labels.Conversation
 		if err := json.Unmarshal([]byte(line), &c); err != nil {
 			t.Fatalf("%s:%d: %v", out, i+1, err)
 		}

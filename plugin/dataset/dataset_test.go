@@ -12,9 +12,10 @@ import (
 	"testing"
 
 	"github.com/m3gate/m3gate/schemas/iqa"
+	"github.com/m3gate/m3gate/schemas/labels"
 )
 
-func problemKeys(rep *Report) []string {
+func problemKeys(rep *labels.Report) []string {
 	var out []string
 	for _, p := range rep.Problems {
 		out = append(out, fmt.Sprintf("%s:%d:%s", filepath.Base(p.File), p.Line, p.Kind))
@@ -44,7 +45,7 @@ func TestConvertBrokenAGIQA3K(t *testing.T) {
 	if rep.Rows != 10 || rep.Records != 2 || len(recs) != 2 {
 		t.Fatalf("rows %d records %d len %d, want 10 2 2", rep.Rows, rep.Records, len(recs))
 	}
-	if rep.OnlyKinds(KindMissingImage) {
+	if rep.OnlyKinds(labels.KindMissingImage) {
 		t.Error("OnlyKinds(missing-image) = true with parse problems present")
 	}
 	r := recs[1]
@@ -132,8 +133,8 @@ func TestConvertErrors(t *testing.T) {
 }
 
 func TestConversationsBroken(t *testing.T) {
-	rep := &Report{}
-	convs, err := ReadConversations("testdata/conversations_broken.jsonl", rep)
+	rep := &labels.Report{}
+	convs, err := labels.ReadConversations("testdata/conversations_broken.jsonl", rep)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/m3gate/m3gate/schemas/iqa"
+	"github.com/m3gate/m3gate/schemas/labels"
 )
 
 // sharedData returns the shared data folder (M3GATE_DATA, default
@@ -108,8 +109,8 @@ func TestSharedLabels(t *testing.T) {
 // wording, and every quality rating word is iqa.RatingWord(mos_quality).
 func TestSharedConversations(t *testing.T) {
 	dir := sharedData(t)
-	rep := &Report{}
-	convs, err := ReadConversations(filepath.Join(dir, "agiqa-3k", "conversations.jsonl"), rep)
+	rep := &labels.Report{}
+	convs, err := labels.ReadConversations(filepath.Join(dir, "agiqa-3k", "conversations.jsonl"), rep)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -139,7 +140,7 @@ func TestSharedConversations(t *testing.T) {
 		}
 		if c.Aspect == iqa.Quality {
 			if iqa.RatingWord(rec.MOS[iqa.Quality]) != c.RatingWord {
-				t.Errorf("line %d: rating word %q, iqa.RatingWord(%v) = %q", c.Line, c.RatingWord, rec.MOS[iqa.Quality], iqa.RatingWord(rec.MOS[iqa.Quality]))
+				t.Errorf("line %d: rating word %q, RatingWord(%v) = %q", c.Line, c.RatingWord, rec.MOS[iqa.Quality], iqa.RatingWord(rec.MOS[iqa.Quality]))
 			}
 			words++
 		}

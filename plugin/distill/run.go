@@ -20,6 +20,7 @@ import (
 
 	"github.com/m3gate/m3gate/plugin/dataset"
 	"github.com/m3gate/m3gate/schemas/iqa"
+	"github.com/m3gate/m3gate/schemas/labels"
 )
 
 // Item is one image to distill.
@@ -580,12 +581,12 @@ func (r *runner) writeConversations(items []Item, keys []string) (int, error) {
 		}
 		for _, a := range it.aspects() {
 			r1, r2 := dataset.Prompts(a, r.cfg.PromptStyle)
-			c := dataset.Conversation{
+			c := labels.Conversation{
 				Image: it.Name, Prompt: it.Prompt, Aspect: a, Split: it.Split,
 				Round1: dataset.FillRound1(r1, it.Prompt), TeacherDescription: e.Descriptions[a],
 				Round2: r2, RatingWord: iqa.RatingWord(it.MOS[a]),
 			}
-			if err := dataset.WriteConversation(tmp, c); err != nil {
+			if err := labels.WriteConversation(tmp, c); err != nil {
 				tmp.Close()
 				return 0, err
 			}

@@ -20,6 +20,7 @@ import (
 	"github.com/m3gate/m3gate/plugin/dataset"
 	"github.com/m3gate/m3gate/plugin/distill/distillfake"
 	"github.com/m3gate/m3gate/schemas/iqa"
+	"github.com/m3gate/m3gate/schemas/labels"
 )
 
 const testKey = "sk-test-SECRET-4242"
@@ -96,8 +97,8 @@ func TestRunBothFormats(t *testing.T) {
 					t.Errorf("teacher prompt lacks prompt or MOS:\n%s", r.Text)
 				}
 			}
-			rep := &dataset.Report{}
-			convs, err := dataset.ReadConversations(cfg.OutPath, rep)
+			rep := &labels.Report{}
+			convs, err := labels.ReadConversations(cfg.OutPath, rep)
 			if err != nil || len(rep.Problems) != 0 || len(convs) != 12 || sum.Conversations != 12 {
 				t.Fatalf("conversations: %v %v %d", err, rep.Problems, len(convs))
 			}

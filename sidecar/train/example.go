@@ -65,7 +65,7 @@ func buildExample(m *mllm.Model, rec Record, description string, ratingFirst [5]
 	if err != nil {
 		return example{}, fmt.Errorf("build example %s line %d: %w", rec.Image, rec.Line, err)
 	}
-	ex := example{rec: rec, tokens: full, labels: make([]int64, len(full)), rating: ratingIndex(rec.RatingWord)}
+	ex := example{rec: rec, tokens: full, labels: make([]int64, len(full)), rating: iqa.RatingIndex(rec.RatingWord)}
 	for i := range ex.labels {
 		ex.labels[i] = ignoreLabel
 	}

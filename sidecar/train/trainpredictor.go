@@ -206,7 +206,7 @@ func predictorRecords(opts PredictorOptions) (train, val []Record, err error) {
 		}
 	}
 	for _, r := range append(append([]Record(nil), train...), val...) {
-		if !r.HasMOS {
+		if r.MOS == nil {
 			return nil, nil, fmt.Errorf("%s line %d (%s): %w", opts.Data, r.Line, r.Image, errNoMOS)
 		}
 	}
@@ -371,7 +371,7 @@ func (r *predictorRun) step(it featureItem) (loss float64, err error) {
 			return err
 		}
 		setGradEnabled(true) // see finetuner.forward
-		mos := ts.FloatScalar(it.rec.MOS)
+		mos := ts.FloatScalar(*it.rec.MOS)
 		l := y.MustSubScalar(mos, true).MustSquare(true).MustMean(gotch.Float, true)
 		torch.KeepScalars(mos)
 		if err := l.Backward(); err != nil {
@@ -511,7 +511,7 @@ func predictItems(ctx context.Context, p *xlstm.Predictor, lmW *ts.Tensor, items
 			return nil, nil, err
 		}
 		preds = append(preds, y[0])
-		mos = append(mos, it.rec.MOS)
+		mos = append(mos, *it.rec.MOS)
 	}
 	return preds, mos, nil
 }
