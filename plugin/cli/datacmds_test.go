@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/m3gate/m3gate/internal/testenv"
 	"github.com/m3gate/m3gate/plugin/dataset"
 	"github.com/m3gate/m3gate/plugin/distill/distillfake"
 	"github.com/m3gate/m3gate/schemas/iqa"
@@ -16,15 +17,7 @@ import (
 
 // sharedAGIQA3K returns the shared AGIQA-3K folder or skips.
 func sharedAGIQA3K(t *testing.T) string {
-	dir := os.Getenv("M3GATE_DATA")
-	if dir == "" {
-		dir = "/work/shared/data"
-	}
-	dir = filepath.Join(dir, "agiqa-3k")
-	if _, err := os.Stat(filepath.Join(dir, "data.csv")); err != nil {
-		t.Skipf("shared AGIQA-3K data not found at %s", dir)
-	}
-	return dir
+	return filepath.Join(testenv.SharedData(t, "agiqa-3k/data.csv"), "agiqa-3k")
 }
 
 // TestDataConvertDistillEval runs the data commands end to end on 32

@@ -24,6 +24,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/m3gate/m3gate/internal/testenv"
 	"github.com/m3gate/m3gate/plugin/dataset"
 	"github.com/m3gate/m3gate/plugin/distill/distillfake"
 	"github.com/m3gate/m3gate/schemas/iqa"
@@ -44,27 +45,14 @@ func TestRecipeAGIQA3K(t *testing.T) {
 	if testing.Short() {
 		t.Skip("recipe test runs real training jobs; skipped with -short")
 	}
-	sidecar := os.Getenv(SidecarEnv)
-	if sidecar == "" {
-		t.Skip("recipe test needs the real sidecar: set M3GATE_SIDECAR=bin/m3gate-sidecar (make build; make test sets it)")
-	}
-	root, err := filepath.Abs(filepath.Join("..", ".."))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !filepath.IsAbs(sidecar) {
-		sidecar = filepath.Join(root, sidecar)
-	}
-	shared := filepath.Join(root, "..", "shared", "data", "agiqa-3k")
-	if _, err := os.Stat(filepath.Join(shared, "data.csv")); err != nil {
-		t.Skipf("recipe test needs the shared AGIQA-3K data at %s: %v", shared, err)
-	}
+	sidecar := testenv.RequireSidecar(t)
+	shared := filepath.Join(testenv.SharedData(t, "agiqa-3k/data.csv"), "agiqa-3k")
 	images := filepath.Join(shared, "images")
 	dir := t.TempDir()
 	// One libtorch thread (--threads 1) and one OpenBLAS thread: on a busy
 	// machine OpenBLAS's spinning pool otherwise slows the jobs tenfold.
 	env := append(os.Environ(), SidecarEnv+"="+sidecar, "OPENBLAS_NUM_THREADS=1")
-	r := &recipe{t: t, dir: dir, env: env, m3gate: recipeBinary(t, root, dir)}
+	r := &recipe{t: t, dir: dir, env: env, m3gate: testenv.M3gate(t)}
 
 	// A tiny Idefics3 model with random weights.
 	model := filepath.Join(dir, "model")
@@ -104,23 +92,6 @@ type recipe struct {
 	dir    string
 	env    []string
 	m3gate string
-}
-
-// recipeBinary returns $M3GATE, or bin/m3gate built from this tree into dir.
-func recipeBinary(t *testing.T, root, dir string) string {
-	if p := os.Getenv("M3GATE"); p != "" {
-		if !filepath.IsAbs(p) {
-			p = filepath.Join(root, p)
-		}
-		return p
-	}
-	bin := filepath.Join(dir, "m3gate")
-	cmd := exec.Command("go", "build", "-o", bin, "./plugin/cmd/m3gate")
-	cmd.Dir = root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build m3gate: %v\n%s", err, out)
-	}
-	return bin
 }
 
 // command returns an m3gate command in its own process group, run in the

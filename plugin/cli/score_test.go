@@ -24,6 +24,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
 
+	"github.com/m3gate/m3gate/internal/testenv"
 	"github.com/m3gate/m3gate/plugin/dataset"
 	"github.com/m3gate/m3gate/schemas"
 	"github.com/m3gate/m3gate/schemas/iqa"
@@ -767,11 +768,7 @@ func checkNoChildren(t *testing.T) {
 // realSidecar returns $M3GATE_SIDECAR or skips the test.
 func realSidecar(t *testing.T) string {
 	t.Helper()
-	bin := os.Getenv(SidecarEnv)
-	if bin == "" {
-		t.Skip("M3GATE_SIDECAR is not set: this test needs the real sidecar binary (make test builds it and sets it)")
-	}
-	return abs(bin)
+	return testenv.RequireSidecar(t)
 }
 
 // TestScoreRealSidecarLoadError runs `m3gate score` against the real

@@ -1,26 +1,19 @@
 package dataset
 
 import (
-	"os"
 	"path/filepath"
 	"testing"
 
+	"github.com/m3gate/m3gate/internal/testenv"
 	"github.com/m3gate/m3gate/schemas/iqa"
 	"github.com/m3gate/m3gate/schemas/labels"
 )
 
-// sharedData returns the shared data folder (M3GATE_DATA, default
-// /work/shared/data) or skips the test when it is absent.
+// sharedData returns the shared data folder (testenv.SharedData) or skips
+// the test when it is absent.
 func sharedData(t *testing.T) string {
 	t.Helper()
-	dir := os.Getenv("M3GATE_DATA")
-	if dir == "" {
-		dir = "/work/shared/data"
-	}
-	if _, err := os.Stat(filepath.Join(dir, "agiqa-3k", "data.csv")); err != nil {
-		t.Skipf("shared data not found at %s (set M3GATE_DATA)", dir)
-	}
-	return dir
+	return testenv.SharedData(t, "agiqa-3k/data.csv")
 }
 
 func countBy(recs []Record, key func(Record) string) map[string]int {
