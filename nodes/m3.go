@@ -193,9 +193,5 @@ var SeedInputNames = []string{"seed", "noise_seed"}
 
 // ParseSeedNodes splits M3 Reroll's seed_nodes text ("3, 12") into node ids.
 func ParseSeedNodes(s string) []string {
-	out := []string{}
-	for _, f := range strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ' ' || r == ';' }) {
-		out = append(out, f)
-	}
-	return out
+	return append([]string{}, strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ' ' || r == ';' })...)
 }

@@ -329,7 +329,7 @@ func TestScoreBuildsRequest(t *testing.T) {
 			if err != nil {
 				t.Fatalf("err = %v", err)
 			}
-			var names, errs []string
+			var names []string
 			for i, im := range job.Images {
 				names = append(names, im.Name)
 				switch {
@@ -338,7 +338,6 @@ func TestScoreBuildsRequest(t *testing.T) {
 				case tt.wantErrs[i] != "" && (im.Err == nil || !strings.Contains(im.Err.Error(), tt.wantErrs[i])):
 					t.Errorf("image %s: err = %v, want one containing %q", im.Name, im.Err, tt.wantErrs[i])
 				}
-				errs = append(errs, fmt.Sprint(im.Err))
 			}
 			if !reflect.DeepEqual(names, tt.wantNames) {
 				t.Errorf("images = %q, want %q", names, tt.wantNames)

@@ -117,8 +117,7 @@ func fitFrom(x, y []float64, b Logistic, maxIter int) Logistic {
 		}
 		improved := false
 		for tries := 0; tries < 60; tries++ {
-			var a [5][5]float64
-			a = jtj
+			a := jtj
 			for p := 0; p < 5; p++ {
 				a[p][p] += lambda * math.Max(jtj[p][p], 1e-12)
 			}
