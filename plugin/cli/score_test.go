@@ -767,6 +767,9 @@ func checkNoChildren(t *testing.T) {
 // realSidecar returns $M3GATE_SIDECAR or skips the test.
 func realSidecar(t *testing.T) string {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("drives the real sidecar; skipped with -short")
+	}
 	return testenv.RequireSidecar(t)
 }
 

@@ -47,6 +47,9 @@ func TestMain(m *testing.M) { testenv.Main(m) }
 // when $M3GATE_SIDECAR is unset.
 func binaries(t testing.TB) (m3gate, sidecar, model string) {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("end-to-end test; skipped with -short")
+	}
 	sidecar = testenv.RequireSidecar(t)
 	return testenv.M3gate(t), sidecar, testenv.TinyModel(t, sidecar)
 }

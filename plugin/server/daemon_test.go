@@ -31,6 +31,9 @@ import (
 
 func daemonBinaries(t *testing.T) (m3gate, sidecarBin, model string) {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("daemon end-to-end test; skipped with -short")
+	}
 	m3gate, sidecarBin = testenv.M3gate(t), testenv.Sidecar(t)
 	return m3gate, sidecarBin, testenv.TinyModel(t, sidecarBin)
 }

@@ -48,6 +48,9 @@ func TestMain(m *testing.M) {
 // realSidecar returns the real m3gate-sidecar (testenv.Sidecar).
 func realSidecar(t testing.TB) string {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("drives the real sidecar; skipped with -short")
+	}
 	return testenv.Sidecar(t)
 }
 
