@@ -99,7 +99,7 @@ func gateDef() Def {
 			{Name: "rejected_scores", Type: TypeString, Tooltip: "Scores JSON of the rejected images, each with its gate result (blocked when none was rejected); link to M3 Save Image."},
 		},
 	}
-	defaults := map[string]float64{"quality": 3.0}
+	defaults := map[string]float64{iqa.Quality: 3.0}
 	for _, a := range iqa.Aspects {
 		d.Required = append(d.Required, Input{Name: a + "_min", Type: TypeFloat, Default: defaults[a],
 			Min: F(mosMin), Max: F(mosMax), Step: F(0.05),
@@ -156,7 +156,7 @@ func bestOfNDef() Def {
 			{Name: "best_score", Type: TypeFloat, Tooltip: "Weighted score of the best image."},
 		},
 	}
-	defaults := map[string]float64{"quality": 1.0}
+	defaults := map[string]float64{iqa.Quality: 1.0}
 	for _, a := range iqa.Aspects {
 		d.Required = append(d.Required, Input{Name: a + "_weight", Type: TypeFloat, Default: defaults[a],
 			Min: F(0), Max: F(10), Step: F(0.05),

@@ -47,20 +47,6 @@ func (f *fakeDaemon) fail(format string, args ...any) {
 	f.mu.Unlock()
 }
 
-func rating(mos float64) string {
-	switch {
-	case mos < 1:
-		return "bad"
-	case mos < 2:
-		return "poor"
-	case mos < 3:
-		return "fair"
-	case mos < 4:
-		return "good"
-	}
-	return "excellent"
-}
-
 func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
@@ -154,8 +140,8 @@ func (f *fakeDaemon) score(w http.ResponseWriter, r *http.Request) {
 			default:
 				mos = 2.5
 			}
-			res.Aspects[a] = api.AspectScore{MOS: mos, Rating: rating(mos), Description: "fake " + a,
-				Source: "predictor", WordProbs: map[string]float64{rating(mos): 1}}
+			res.Aspects[a] = api.AspectScore{MOS: mos, Rating: iqa.RatingWord(mos), Description: "fake " + a,
+				Source: "predictor", WordProbs: map[string]float64{iqa.RatingWord(mos): 1}}
 		}
 		results = append(results, res)
 	}

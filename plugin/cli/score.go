@@ -129,7 +129,7 @@ its file.`,
 	fl.StringVar(&f.prompt, "prompt", "", "generation prompt of the images (for images without one in --prompts-file)")
 	fl.StringVar(&f.promptsFile, "prompts-file", "", `JSONL file of {"image": PATH, "prompt": TEXT} lines`)
 	fl.StringVar(&f.promptStyle, "prompt-style", "", promptStyleHelp())
-	fl.StringSliceVar(&f.aspects, "aspects", nil, "aspects to score, comma-separated: quality, correspondence, authenticity (default scoring.aspects)")
+	fl.StringSliceVar(&f.aspects, "aspects", nil, "aspects to score, comma-separated: "+strings.Join(iqa.Aspects, ", ")+" (default scoring.aspects)")
 	fl.BoolVar(&f.json, "json", false, "print one JSON object per image per line instead of a table")
 	fl.StringVarP(&f.output, "output", "o", "", "write the results to FILE instead of stdout (each image as soon as it is scored)")
 	fl.BoolVar(&f.resume, "resume", false, "continue a cut run: skip the images already scored in --output FILE (needs --json) and append the rest")

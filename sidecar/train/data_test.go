@@ -110,3 +110,28 @@ func TestCosineLR(t *testing.T) {
 		}
 	}
 }
+
+// TestOptionsUnknownAspect: both trainers refuse an --aspect that is not
+// one of iqa.Aspects before loading anything, with the one aspect error.
+func TestOptionsUnknownAspect(t *testing.T) {
+	want := `--aspect: unknown aspect "beauty" (known: quality, correspondence, authenticity)`
+	f := DefaultFinetuneOptions()
+	f.Model, f.Data, f.Out = "m", "d", "o"
+	p := DefaultPredictorOptions()
+	p.Model, p.Data, p.Out = "m", "d", "o"
+	for _, aspect := range []string{"", "authenticity"} {
+		f.Aspect, p.Aspect = aspect, aspect
+		if err := f.validate(); err != nil {
+			t.Errorf("finetune --aspect %q: %v", aspect, err)
+		}
+		if err := p.validate(); err != nil {
+			t.Errorf("train-predictor --aspect %q: %v", aspect, err)
+		}
+	}
+	f.Aspect, p.Aspect = "beauty", "beauty"
+	for name, err := range map[string]error{"finetune": f.validate(), "train-predictor": p.validate()} {
+		if err == nil || err.Error() != name+": "+want {
+			t.Errorf("%s: got %v, want %q", name, err, name+": "+want)
+		}
+	}
+}

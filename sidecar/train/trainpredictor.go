@@ -83,6 +83,11 @@ func (o PredictorOptions) validate() error {
 	case o.DType != "f32" && o.DType != "bf16":
 		return fmt.Errorf("train-predictor: --dtype %q: want f32 or bf16", o.DType)
 	}
+	if o.Aspect != "" {
+		if err := iqa.CheckAspect(o.Aspect); err != nil {
+			return fmt.Errorf("train-predictor: --aspect: %w", err)
+		}
+	}
 	if _, err := torch.ParseDevice(o.Device); err != nil {
 		return fmt.Errorf("train-predictor: --device: %w", err)
 	}
