@@ -805,11 +805,7 @@ func TestScoreEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	model := filepath.Join(t.TempDir(), "tiny")
-	gen := exec.Command(bin, "model", "tiny", "--family", "idefics3", "--size", "tiny", "--out", model)
-	if b, err := gen.CombinedOutput(); err != nil {
-		t.Fatalf("%s model tiny: %v\n%s", bin, err, b)
-	}
+	model := testenv.TinyModel(t, bin)
 	env := append(os.Environ(), "M3GATE_SIDECAR="+bin, "M3GATE_MODEL_DIR="+model)
 	code, out, errOut := run(t, env, "", "score", "--prompts-file", filepath.Join(examples, "prompts.jsonl"),
 		"--aspects", "quality,correspondence", "--max-new-tokens", "4", "--json")

@@ -26,6 +26,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/m3gate/m3gate/internal/testenv"
 	"github.com/m3gate/m3gate/plugin/dataset"
 	"github.com/m3gate/m3gate/schemas"
 	"github.com/m3gate/m3gate/schemas/iqa"
@@ -396,11 +397,7 @@ func TestRealSidecar(t *testing.T) {
 	sidecarBin := realSidecar(t)
 	modelDir := os.Getenv("M3GATE_TEST_MODEL_DIR")
 	if modelDir == "" {
-		modelDir = t.TempDir()
-		out, err := exec.Command(sidecarBin, "model", "tiny", "--family", "idefics3", "--size", "tiny", "--out", modelDir).CombinedOutput()
-		if err != nil {
-			t.Fatalf("model tiny: %v: %s", err, bytes.TrimSpace(out))
-		}
+		modelDir = testenv.TinyModel(t, sidecarBin)
 	}
 	sup, err := Start(Config{Path: sidecarBin, Load: schemas.LoadRequest{ModelDir: modelDir, Family: "idefics3", Device: "cpu", DType: "f32"}})
 	if err != nil {
