@@ -19,6 +19,15 @@ var (
 	testRoot string
 )
 
+// skipShort skips a test that runs whole training jobs under go test
+// -short (make test runs it).
+func skipShort(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("runs training jobs; skipped with -short")
+	}
+}
+
 func TestMain(m *testing.M) {
 	var err error
 	testRoot, err = os.MkdirTemp("", "train-test-")
