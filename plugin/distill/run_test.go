@@ -127,7 +127,11 @@ func TestRunBothFormats(t *testing.T) {
 
 // TestResumeAfterKill cancels a run halfway (the remaining answers are
 // slow), damages the cache's last line as a kill during a write would, and
-// reruns: every image is answered exactly once over both runs.
+// reruns: every image is answered exactly once over both runs. "Answered"
+// is counted where the answer lands, in the runs' summaries: the fake's
+// own count also includes a request the first run abandoned, which
+// net/http may still deliver after Run returned (it then gets the second
+// run's quick answer that nobody reads).
 func TestResumeAfterKill(t *testing.T) {
 	for _, format := range []Format{FormatOpenAI, FormatGemini} {
 		t.Run(string(format), func(t *testing.T) {
@@ -149,9 +153,12 @@ func TestResumeAfterKill(t *testing.T) {
 					cancel()
 				}
 			}
-			_, err := Run(ctx, cfg, items)
+			sum1, err := Run(ctx, cfg, items)
 			if !errors.Is(err, context.Canceled) {
 				t.Fatalf("first run err = %v", err)
+			}
+			if sum1.Fetched != 5 {
+				t.Errorf("first run fetched %d, want 5", sum1.Fetched)
 			}
 			if _, err := os.Stat(cfg.OutPath); !os.IsNotExist(err) {
 				t.Errorf("interrupted run wrote %s", cfg.OutPath)
@@ -167,13 +174,13 @@ func TestResumeAfterKill(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if sum.Cached != 5 || sum.Fetched != 7 || sum.TornCacheLines != 1 || sum.Conversations != 24 {
+			if sum.Cached != 5 || sum.Fetched != 7 || sum.Calls != 7 || sum.TornCacheLines != 1 || sum.Conversations != 24 {
 				t.Errorf("second run %+v", sum)
 			}
 			good := f.GoodAnswers()
 			for _, it := range items {
-				if n := good[shaOf(t, it.Path)]; n != 1 {
-					t.Errorf("%s answered %d times over both runs, want 1", it.Name, n)
+				if good[shaOf(t, it.Path)] == 0 {
+					t.Errorf("%s never answered", it.Name)
 				}
 			}
 			// The cache stays readable after the repair.
