@@ -1,10 +1,10 @@
 package nodes
 
-import "strings"
+import (
+	"strings"
 
-// Aspects are the M3-AGIQA aspects the nodes expose, in display order. The
-// daemon's /v1/score takes and returns these names.
-var Aspects = []string{"quality", "correspondence", "authenticity"}
+	"github.com/m3gate/m3gate/schemas/iqa"
+)
 
 // The class names of m3gate's nodes.
 const (
@@ -61,13 +61,13 @@ func scoreDef() Def {
 		Optional:   []Input{promptIn()},
 		Hidden:     []Input{hiddenPrompt, hiddenID, hiddenPNG},
 	}
-	defaults := map[string]bool{"quality": true, "correspondence": true, "authenticity": false}
-	for _, a := range Aspects {
+	defaults := map[string]bool{iqa.Quality: true, iqa.Correspondence: true, iqa.Authenticity: false}
+	for _, a := range iqa.Aspects {
 		d.Required = append(d.Required, Input{Name: a, Type: TypeBoolean, Default: defaults[a],
 			Tooltip: "Score the " + a + " aspect."})
 	}
 	d.Outputs = append(d.Outputs, Output{Name: "images", Type: TypeImage, Tooltip: "The input images, unchanged."})
-	for _, a := range Aspects {
+	for _, a := range iqa.Aspects {
 		d.Outputs = append(d.Outputs, Output{Name: a, Type: TypeFloat,
 			Tooltip: "Batch mean " + a + " MOS (0-5); NaN when the aspect was not scored."})
 	}
@@ -99,8 +99,8 @@ func gateDef() Def {
 			{Name: "rejected_scores", Type: TypeString, Tooltip: "Scores JSON of the rejected images, each with its gate result (blocked when none was rejected); link to M3 Save Image."},
 		},
 	}
-	defaults := map[string]float64{"quality": 3.0}
-	for _, a := range Aspects {
+	defaults := map[string]float64{iqa.Quality: 3.0}
+	for _, a := range iqa.Aspects {
 		d.Required = append(d.Required, Input{Name: a + "_min", Type: TypeFloat, Default: defaults[a],
 			Min: F(mosMin), Max: F(mosMax), Step: F(0.05),
 			Tooltip: "Lowest " + a + " MOS that passes (0-5); 0 turns the aspect off."})
@@ -156,8 +156,8 @@ func bestOfNDef() Def {
 			{Name: "best_score", Type: TypeFloat, Tooltip: "Weighted score of the best image."},
 		},
 	}
-	defaults := map[string]float64{"quality": 1.0}
-	for _, a := range Aspects {
+	defaults := map[string]float64{iqa.Quality: 1.0}
+	for _, a := range iqa.Aspects {
 		d.Required = append(d.Required, Input{Name: a + "_weight", Type: TypeFloat, Default: defaults[a],
 			Min: F(0), Max: F(10), Step: F(0.05),
 			Tooltip: "Weight of " + a + " in the ranking score; 0 ignores it."})
@@ -193,9 +193,5 @@ var SeedInputNames = []string{"seed", "noise_seed"}
 
 // ParseSeedNodes splits M3 Reroll's seed_nodes text ("3, 12") into node ids.
 func ParseSeedNodes(s string) []string {
-	out := []string{}
-	for _, f := range strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ' ' || r == ';' }) {
-		out = append(out, f)
-	}
-	return out
+	return append([]string{}, strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ' ' || r == ';' })...)
 }

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/m3gate/m3gate/schemas/api"
+	"github.com/m3gate/m3gate/schemas/iqa"
 )
 
 const debianPython = "/usr/bin/python3"
@@ -44,20 +45,6 @@ func (f *fakeDaemon) fail(format string, args ...any) {
 	f.mu.Lock()
 	f.errs = append(f.errs, fmt.Sprintf(format, args...))
 	f.mu.Unlock()
-}
-
-func rating(mos float64) string {
-	switch {
-	case mos < 1:
-		return "bad"
-	case mos < 2:
-		return "poor"
-	case mos < 3:
-		return "fair"
-	case mos < 4:
-		return "good"
-	}
-	return "excellent"
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
@@ -153,8 +140,8 @@ func (f *fakeDaemon) score(w http.ResponseWriter, r *http.Request) {
 			default:
 				mos = 2.5
 			}
-			res.Aspects[a] = api.AspectScore{MOS: mos, Rating: rating(mos), Description: "fake " + a,
-				Source: "predictor", WordProbs: map[string]float64{rating(mos): 1}}
+			res.Aspects[a] = api.AspectScore{MOS: mos, Rating: iqa.RatingWord(mos), Description: "fake " + a,
+				Source: "predictor", WordProbs: map[string]float64{iqa.RatingWord(mos): 1}}
 		}
 		results = append(results, res)
 	}
@@ -225,7 +212,7 @@ func TestPythonPack(t *testing.T) {
 		funcs[d.Class] = d.Function
 	}
 	funcsJSON, _ := json.Marshal(funcs)
-	aspectsJSON, _ := json.Marshal(Aspects)
+	aspectsJSON, _ := json.Marshal(iqa.Aspects)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -269,7 +256,7 @@ func TestPythonPack(t *testing.T) {
 	var sawPrompt bool
 	for _, s := range fake.scores {
 		for _, a := range s.Aspects {
-			if !contains(Aspects, a) {
+			if !contains(iqa.Aspects, a) {
 				t.Errorf("score request asks for unknown aspect %q", a)
 			}
 		}

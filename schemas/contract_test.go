@@ -101,18 +101,6 @@ func TestOptionsKey(t *testing.T) {
 	}
 }
 
-func TestRatingForMOS(t *testing.T) {
-	tests := []struct {
-		mos  float64
-		want string
-	}{{0, "bad"}, {0.99, "bad"}, {1, "poor"}, {2.5, "fair"}, {3.999, "good"}, {4, "excellent"}, {5, "excellent"}}
-	for _, tt := range tests {
-		if got := RatingForMOS(tt.mos); got != tt.want {
-			t.Errorf("RatingForMOS(%v) = %q, want %q", tt.mos, got, tt.want)
-		}
-	}
-}
-
 // fakeScorer records what arrives and answers per method.
 type fakeScorer struct {
 	loadErr  error

@@ -31,9 +31,6 @@ const (
 	StateUnresponsive State = "unresponsive"
 )
 
-// Rating words from low to high, as the method defines them.
-var RatingWords = []string{"bad", "poor", "fair", "good", "excellent"}
-
 // Sources of an AspectResult's MOS.
 const (
 	SourcePredictor = "predictor"
@@ -156,21 +153,4 @@ type Scorer interface {
 	Score(ctx context.Context, req ScoreRequest) ([]ItemResult, error)
 	// Unload frees the model.
 	Unload(ctx context.Context) error
-}
-
-// RatingForMOS maps a MOS on 0..5 to its rating word: <1 bad, <2 poor,
-// <3 fair, <4 good, else excellent.
-func RatingForMOS(mos float64) string {
-	switch {
-	case mos < 1:
-		return "bad"
-	case mos < 2:
-		return "poor"
-	case mos < 3:
-		return "fair"
-	case mos < 4:
-		return "good"
-	default:
-		return "excellent"
-	}
 }

@@ -55,4 +55,15 @@ for pkg in tokenizer-llama3 tokenizers; do
 done
 
 source scripts/env.sh
+
+# staticcheck for scripts/check.sh (CI's static checks), pinned, into a
+# stable folder outside the checkout.
+toolsbin="${M3GATE_TOOLS_BIN:-${XDG_CACHE_HOME:-$HOME/.cache}/m3gate/bin}"
+staticcheck_version=v0.8.2
+if ! { [[ -x "$toolsbin/staticcheck" ]] && go version -m "$toolsbin/staticcheck" 2>/dev/null | awk '$1=="mod"{print $3}' | grep -qx "$staticcheck_version"; }; then
+  echo "setup: installing staticcheck $staticcheck_version into $toolsbin"
+  mkdir -p "$toolsbin"
+  GOBIN="$toolsbin" GOFLAGS= go install "honnef.co/go/tools/cmd/staticcheck@$staticcheck_version"
+fi
+
 echo "setup: ok (libtorch $(dpkg-query -W -f='${Version}' libtorch-dev))"

@@ -3,7 +3,6 @@ package cli
 import (
 	"bytes"
 	"context"
-	"errors"
 	"io"
 	"os"
 	"path/filepath"
@@ -37,23 +36,6 @@ func TestHelpListsSubcommands(t *testing.T) {
 		if !strings.Contains(out, "\n  "+sub+" ") {
 			t.Errorf("--help does not list %q:\n%s", sub, out)
 		}
-	}
-}
-
-func TestNotImplemented(t *testing.T) {
-	// Every subcommand still on its placeholder fails with exit code
-	// ExitNotImplemented and names its issue; implemented ones are not
-	// listed here because they no longer use the placeholder.
-	root := &cobra.Command{Use: "m3gate", SilenceErrors: true, SilenceUsage: true}
-	root.AddCommand(notImplementedCmd("frob", "Frobnicate", 99))
-	root.SetArgs([]string{"frob", "x", "--any-flag"})
-	err := root.Execute()
-	var ni *NotImplementedError
-	if !errors.As(err, &ni) {
-		t.Fatalf("got %v, want a NotImplementedError", err)
-	}
-	if got, want := err.Error(), "m3gate frob: not implemented yet (issue #99)"; got != want {
-		t.Errorf("error = %q, want %q", got, want)
 	}
 }
 

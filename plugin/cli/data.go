@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/m3gate/m3gate/plugin/dataset"
+	"github.com/m3gate/m3gate/schemas/labels"
 )
 
 // newDataCmd builds `m3gate data` and its subcommands.
@@ -76,7 +77,7 @@ becomes test, the rest train.`,
 					return fmt.Errorf("data convert: write report: %w", err)
 				}
 			}
-			allowed := len(rep.Problems) == 0 || allowProblems || (allowMissing && rep.OnlyKinds(dataset.KindMissingImage))
+			allowed := len(rep.Problems) == 0 || allowProblems || (allowMissing && rep.OnlyKinds(labels.KindMissingImage))
 			if !allowed {
 				return fmt.Errorf("data convert: %d problems in the input (listed above); fix them, or pass --allow-missing (missing images only) or --allow-problems to write the manifest without those rows", len(rep.Problems))
 			}
@@ -128,7 +129,7 @@ func newDataCheckCmd(app *App) *cobra.Command {
 				if images {
 					for _, r := range m.Records {
 						if _, err := os.Stat(m.ImagePath(r)); err != nil {
-							rep.Problems = append(rep.Problems, dataset.Problem{File: args[0], Kind: dataset.KindMissingImage, Msg: fmt.Sprintf("%s (origin %s): %v", r.Image, r.Origin, err)})
+							rep.Problems = append(rep.Problems, labels.Problem{File: args[0], Kind: labels.KindMissingImage, Msg: fmt.Sprintf("%s (origin %s): %v", r.Image, r.Origin, err)})
 						}
 					}
 				}

@@ -8,21 +8,16 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/m3gate/m3gate/internal/testenv"
 	"github.com/m3gate/m3gate/plugin/dataset"
 	"github.com/m3gate/m3gate/plugin/distill/distillfake"
+	"github.com/m3gate/m3gate/schemas/iqa"
+	"github.com/m3gate/m3gate/schemas/labels"
 )
 
 // sharedAGIQA3K returns the shared AGIQA-3K folder or skips.
 func sharedAGIQA3K(t *testing.T) string {
-	dir := os.Getenv("M3GATE_DATA")
-	if dir == "" {
-		dir = "/work/shared/data"
-	}
-	dir = filepath.Join(dir, "agiqa-3k")
-	if _, err := os.Stat(filepath.Join(dir, "data.csv")); err != nil {
-		t.Skipf("shared AGIQA-3K data not found at %s", dir)
-	}
-	return dir
+	return filepath.Join(testenv.SharedData(t, "agiqa-3k/data.csv"), "agiqa-3k")
 }
 
 // TestDataConvertDistillEval runs the data commands end to end on 32
@@ -55,8 +50,8 @@ func TestDataConvertDistillEval(t *testing.T) {
 	if strings.Contains(out+errOut, "gem-key-XYZ") {
 		t.Error("key printed")
 	}
-	rep := &dataset.Report{}
-	convs, err := dataset.ReadConversations(conv, rep)
+	rep := &labels.Report{}
+	convs, err := labels.ReadConversations(conv, rep)
 	if err != nil || len(convs) != 64 || len(rep.Problems) != 0 {
 		t.Fatalf("conversations: %v, %d, %v", err, len(convs), rep.Problems)
 	}
@@ -81,7 +76,7 @@ func TestDataConvertDistillEval(t *testing.T) {
 	preds := filepath.Join(work, "preds.jsonl")
 	var sb strings.Builder
 	for _, r := range m.Records[:200] {
-		q := r.MOS[dataset.Quality]
+		q := r.MOS[iqa.Quality]
 		fmt.Fprintf(&sb, `{"image":%q,"aspect":"quality","predicted":%v,"mos":%v,"source":%q}`+"\n", r.Name, q*q, q, r.Source)
 	}
 	os.WriteFile(preds, []byte(sb.String()), 0o644)
@@ -153,7 +148,7 @@ func TestDataConvertSplitsAndEvalWithManifest(t *testing.T) {
 	var sb strings.Builder
 	sb.WriteString("image,aspect,predicted\n")
 	for i, r := range m.Records {
-		fmt.Fprintf(&sb, "%s,quality,%v\n", r.Image, r.MOS[dataset.Quality]+0.01*float64(i%2))
+		fmt.Fprintf(&sb, "%s,quality,%v\n", r.Image, r.MOS[iqa.Quality]+0.01*float64(i%2))
 	}
 	os.WriteFile(preds, []byte(sb.String()), 0o644)
 	code, out, errOut = run(t, nil, "", "eval", "--predictions", preds, "--manifest", manifest, "--out", filepath.Join(work, "ev"), "--bootstrap", "0")

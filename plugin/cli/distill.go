@@ -13,6 +13,7 @@ import (
 
 	"github.com/m3gate/m3gate/plugin/dataset"
 	"github.com/m3gate/m3gate/plugin/distill"
+	"github.com/m3gate/m3gate/schemas/iqa"
 )
 
 // newDistillCmd builds `m3gate distill`: teacher descriptions from an online MLLM.
@@ -59,8 +60,8 @@ JSON is retried, then recorded as failed.`,
 				return &UsageError{Err: errors.New("distill: --manifest, --model and --out are required")}
 			}
 			for _, a := range aspects {
-				if !dataset.IsAspect(a) {
-					return &UsageError{Err: fmt.Errorf("distill: unknown aspect %q (known: %s)", a, strings.Join(dataset.Aspects, ", "))}
+				if err := iqa.CheckAspect(a); err != nil {
+					return &UsageError{Err: fmt.Errorf("distill: %w", err)}
 				}
 			}
 			if keyEnv == "" && !noKey {

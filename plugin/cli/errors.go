@@ -5,23 +5,6 @@ import (
 	"strings"
 )
 
-// NotImplementedError is returned by subcommands that are planned but whose
-// issue has not landed yet.
-type NotImplementedError struct {
-	Command string // e.g. "score" or "model tiny"
-	Issue   int
-}
-
-// Error returns "m3gate <cmd>: not implemented yet (issue #N)".
-func (e *NotImplementedError) Error() string {
-	return fmt.Sprintf("m3gate %s: not implemented yet (issue #%d)", e.Command, e.Issue)
-}
-
-// NotImplemented returns the error of a subcommand that is not implemented yet.
-func NotImplemented(command string, issue int) error {
-	return &NotImplementedError{Command: command, Issue: issue}
-}
-
 // UsageError marks bad flags or arguments (exit code 2).
 type UsageError struct{ Err error }
 

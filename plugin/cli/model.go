@@ -39,7 +39,7 @@ layout in DIR/adapters/ASPECT and a Lightning predictor checkpoint in
 DIR/predictors/ASPECT.ckpt for quality, correspondence and authenticity.
 Runs in the m3gate-sidecar binary.`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
+		RunE: func(cmd *cobra.Command, _ []string) error {
 			if !contains(tinyFamilies, family) {
 				return &UsageError{Err: fmt.Errorf("model tiny: unknown --family %q (want one of %v)", family, tinyFamilies)}
 			}
@@ -49,7 +49,7 @@ Runs in the m3gate-sidecar binary.`,
 			if out == "" {
 				return &UsageError{Err: fmt.Errorf("model tiny: --out DIR is required")}
 			}
-			args = []string{"model", "tiny", "--family", family, "--out", out, "--size", size}
+			args := []string{"model", "tiny", "--family", family, "--out", out, "--size", size}
 			if cmd.Flags().Changed("seed") {
 				args = append(args, "--seed", strconv.FormatInt(seed, 10))
 			}

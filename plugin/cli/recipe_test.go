@@ -24,8 +24,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/m3gate/m3gate/internal/testenv"
 	"github.com/m3gate/m3gate/plugin/dataset"
 	"github.com/m3gate/m3gate/plugin/distill/distillfake"
+	"github.com/m3gate/m3gate/schemas/iqa"
+	"github.com/m3gate/m3gate/schemas/labels"
 )
 
 // TestRecipeAGIQA3K runs the training recipe of the README ("Reproducing the
@@ -42,27 +45,14 @@ func TestRecipeAGIQA3K(t *testing.T) {
 	if testing.Short() {
 		t.Skip("recipe test runs real training jobs; skipped with -short")
 	}
-	sidecar := os.Getenv(SidecarEnv)
-	if sidecar == "" {
-		t.Skip("recipe test needs the real sidecar: set M3GATE_SIDECAR=bin/m3gate-sidecar (make build; make test sets it)")
-	}
-	root, err := filepath.Abs(filepath.Join("..", ".."))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !filepath.IsAbs(sidecar) {
-		sidecar = filepath.Join(root, sidecar)
-	}
-	shared := filepath.Join(root, "..", "shared", "data", "agiqa-3k")
-	if _, err := os.Stat(filepath.Join(shared, "data.csv")); err != nil {
-		t.Skipf("recipe test needs the shared AGIQA-3K data at %s: %v", shared, err)
-	}
+	sidecar := testenv.RequireSidecar(t)
+	shared := filepath.Join(testenv.SharedData(t, "agiqa-3k/data.csv"), "agiqa-3k")
 	images := filepath.Join(shared, "images")
 	dir := t.TempDir()
 	// One libtorch thread (--threads 1) and one OpenBLAS thread: on a busy
 	// machine OpenBLAS's spinning pool otherwise slows the jobs tenfold.
 	env := append(os.Environ(), SidecarEnv+"="+sidecar, "OPENBLAS_NUM_THREADS=1")
-	r := &recipe{t: t, dir: dir, env: env, m3gate: recipeBinary(t, root, dir)}
+	r := &recipe{t: t, dir: dir, env: env, m3gate: testenv.M3gate(t)}
 
 	// A tiny Idefics3 model with random weights.
 	model := filepath.Join(dir, "model")
@@ -102,23 +92,6 @@ type recipe struct {
 	dir    string
 	env    []string
 	m3gate string
-}
-
-// recipeBinary returns $M3GATE, or bin/m3gate built from this tree into dir.
-func recipeBinary(t *testing.T, root, dir string) string {
-	if p := os.Getenv("M3GATE"); p != "" {
-		if !filepath.IsAbs(p) {
-			p = filepath.Join(root, p)
-		}
-		return p
-	}
-	bin := filepath.Join(dir, "m3gate")
-	cmd := exec.Command("go", "build", "-o", bin, "./plugin/cmd/m3gate")
-	cmd.Dir = root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build m3gate: %v\n%s", err, out)
-	}
-	return bin
 }
 
 // command returns an m3gate command in its own process group, run in the
@@ -277,7 +250,7 @@ func (r *recipe) distill(manifest string, m *dataset.Manifest, subset []recipeRo
 	}
 	count := map[string]int{}
 	for i, line := range recipeLines(recipeRead(t, out)) {
-		var c dataset.Conversation
+		var c labels.Conversation
 		if err := json.Unmarshal([]byte(line), &c); err != nil {
 			t.Fatalf("%s:%d: %v", out, i+1, err)
 		}
@@ -287,7 +260,7 @@ func (r *recipe) distill(manifest string, m *dataset.Manifest, subset []recipeRo
 			t.Errorf("%s:%d: image %q is not in the manifest", out, i+1, c.Image)
 		case c.Split != rec.Split || c.Prompt != rec.Prompt:
 			t.Errorf("%s:%d: split %q prompt %q, want %q %q", out, i+1, c.Split, c.Prompt, rec.Split, rec.Prompt)
-		case c.RatingWord != dataset.RatingWord(rec.MOS[c.Aspect]):
+		case c.RatingWord != iqa.RatingWord(rec.MOS[c.Aspect]):
 			t.Errorf("%s:%d: rating word %q for MOS %g", out, i+1, c.RatingWord, rec.MOS[c.Aspect])
 		case len(strings.Fields(c.TeacherDescription)) < 20 || !strings.Contains(c.TeacherDescription, c.Aspect):
 			t.Errorf("%s:%d: teacher description %q is not the teacher's %s answer", out, i+1, c.TeacherDescription, c.Aspect)

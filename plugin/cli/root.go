@@ -25,11 +25,10 @@ const DefaultConfigFile = "config.yaml"
 
 // Exit codes of m3gate.
 const (
-	ExitOK             = 0
-	ExitError          = 1   // the command failed
-	ExitUsage          = 2   // bad flags or arguments
-	ExitNotImplemented = 3   // the subcommand is planned but not implemented yet
-	ExitInterrupted    = 130 // stopped by SIGINT or SIGTERM (ctx cancelled)
+	ExitOK          = 0
+	ExitError       = 1   // the command failed
+	ExitUsage       = 2   // bad flags or arguments
+	ExitInterrupted = 130 // stopped by SIGINT or SIGTERM (ctx cancelled)
 )
 
 // App is the state shared by all subcommands: I/O streams, environment and
@@ -172,11 +171,6 @@ func Execute(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 			fmt.Fprintf(stderr, "m3gate: %v\n", exitErr.Err)
 		}
 		return exitErr.Code
-	}
-	var ni *NotImplementedError
-	if errors.As(err, &ni) {
-		fmt.Fprintln(stderr, ni.Error())
-		return ExitNotImplemented
 	}
 	fmt.Fprintf(stderr, "m3gate: %v\n", err)
 	if errors.Is(err, context.Canceled) && ctx.Err() != nil {

@@ -20,10 +20,10 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
-	"github.com/m3gate/m3gate/plugin/config"
 	"github.com/m3gate/m3gate/plugin/dataset"
 	"github.com/m3gate/m3gate/plugin/supervisor"
 	"github.com/m3gate/m3gate/schemas"
+	"github.com/m3gate/m3gate/schemas/iqa"
 )
 
 // scoreFlags are the command-line options of `m3gate score`. Flags left at
@@ -129,7 +129,7 @@ its file.`,
 	fl.StringVar(&f.prompt, "prompt", "", "generation prompt of the images (for images without one in --prompts-file)")
 	fl.StringVar(&f.promptsFile, "prompts-file", "", `JSONL file of {"image": PATH, "prompt": TEXT} lines`)
 	fl.StringVar(&f.promptStyle, "prompt-style", "", promptStyleHelp())
-	fl.StringSliceVar(&f.aspects, "aspects", nil, "aspects to score, comma-separated: quality, correspondence, authenticity (default scoring.aspects)")
+	fl.StringSliceVar(&f.aspects, "aspects", nil, "aspects to score, comma-separated: "+strings.Join(iqa.Aspects, ", ")+" (default scoring.aspects)")
 	fl.BoolVar(&f.json, "json", false, "print one JSON object per image per line instead of a table")
 	fl.StringVarP(&f.output, "output", "o", "", "write the results to FILE instead of stdout (each image as soon as it is scored)")
 	fl.BoolVar(&f.resume, "resume", false, "continue a cut run: skip the images already scored in --output FILE (needs --json) and append the rest")
@@ -206,7 +206,7 @@ func buildScoreJob(app *App, f *scoreFlags, args []string) (*scoreJob, error) {
 			},
 		},
 	}
-	needPrompt := slices.Contains(aspects, config.AspectCorrespondence)
+	needPrompt := slices.Contains(aspects, iqa.Correspondence)
 	if needPrompt && !slices.ContainsFunc(job.Images, func(im scoreImage) bool { return strings.TrimSpace(im.Prompt) != "" }) {
 		return nil, &UsageError{Err: errors.New("score: correspondence needs the generation prompt of each image: pass --prompt TEXT or --prompts-file F.jsonl, or score other aspects (--aspects quality)")}
 	}
@@ -249,8 +249,8 @@ func checkAspects(in []string) ([]string, error) {
 		if a == "" {
 			continue
 		}
-		if !slices.Contains(config.Aspects, a) {
-			return nil, fmt.Errorf("unknown aspect %q (known: %s)", a, strings.Join(config.Aspects, ", "))
+		if err := iqa.CheckAspect(a); err != nil {
+			return nil, err
 		}
 		if slices.Contains(out, a) {
 			return nil, fmt.Errorf("aspect %q given twice", a)
@@ -258,7 +258,7 @@ func checkAspects(in []string) ([]string, error) {
 		out = append(out, a)
 	}
 	if len(out) == 0 {
-		return nil, fmt.Errorf("no aspect (known: %s)", strings.Join(config.Aspects, ", "))
+		return nil, fmt.Errorf("no aspect (known: %s)", strings.Join(iqa.Aspects, ", "))
 	}
 	return out, nil
 }
@@ -276,8 +276,8 @@ func overridePaths(configured map[string]string, flags []string, flag string) (m
 		if !ok || aspect == "" {
 			return nil, &UsageError{Err: fmt.Errorf("score: %s %q: want aspect=PATH", flag, kv)}
 		}
-		if !slices.Contains(config.Aspects, aspect) {
-			return nil, &UsageError{Err: fmt.Errorf("score: %s %q: unknown aspect %q (known: %s)", flag, kv, aspect, strings.Join(config.Aspects, ", "))}
+		if err := iqa.CheckAspect(aspect); err != nil {
+			return nil, &UsageError{Err: fmt.Errorf("score: %s %q: %w", flag, kv, err)}
 		}
 		if path == "" {
 			delete(out, aspect)

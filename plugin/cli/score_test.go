@@ -24,8 +24,10 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
 
+	"github.com/m3gate/m3gate/internal/testenv"
 	"github.com/m3gate/m3gate/plugin/dataset"
 	"github.com/m3gate/m3gate/schemas"
+	"github.com/m3gate/m3gate/schemas/iqa"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
@@ -140,7 +142,7 @@ func (f fakeScorer) Score(ctx context.Context, req schemas.ScoreRequest) ([]sche
 			mos := float64(len(b)%500) / 100
 			out[i].Aspects[a] = schemas.AspectResult{
 				MOS:         mos,
-				Rating:      schemas.RatingForMOS(mos),
+				Rating:      iqa.RatingWord(mos),
 				Description: dataset.FillRound1(req.Options.Prompts[a].Round1, prompt),
 				Source:      schemas.SourceWordProbs,
 				WordProbs:   map[string]float64{"bad": 0.2, "poor": 0.2, "fair": 0.2, "good": 0.2, "excellent": 0.2},
@@ -327,7 +329,7 @@ func TestScoreBuildsRequest(t *testing.T) {
 			if err != nil {
 				t.Fatalf("err = %v", err)
 			}
-			var names, errs []string
+			var names []string
 			for i, im := range job.Images {
 				names = append(names, im.Name)
 				switch {
@@ -336,7 +338,6 @@ func TestScoreBuildsRequest(t *testing.T) {
 				case tt.wantErrs[i] != "" && (im.Err == nil || !strings.Contains(im.Err.Error(), tt.wantErrs[i])):
 					t.Errorf("image %s: err = %v, want one containing %q", im.Name, im.Err, tt.wantErrs[i])
 				}
-				errs = append(errs, fmt.Sprint(im.Err))
 			}
 			if !reflect.DeepEqual(names, tt.wantNames) {
 				t.Errorf("images = %q, want %q", names, tt.wantNames)
@@ -766,11 +767,10 @@ func checkNoChildren(t *testing.T) {
 // realSidecar returns $M3GATE_SIDECAR or skips the test.
 func realSidecar(t *testing.T) string {
 	t.Helper()
-	bin := os.Getenv(SidecarEnv)
-	if bin == "" {
-		t.Skip("M3GATE_SIDECAR is not set: this test needs the real sidecar binary (make test builds it and sets it)")
+	if testing.Short() {
+		t.Skip("drives the real sidecar; skipped with -short")
 	}
-	return abs(bin)
+	return testenv.RequireSidecar(t)
 }
 
 // TestScoreRealSidecarLoadError runs `m3gate score` against the real
@@ -805,20 +805,10 @@ func TestScoreEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	model := filepath.Join(t.TempDir(), "tiny")
-	gen := exec.Command(bin, "model", "tiny", "--family", "idefics3", "--size", "tiny", "--out", model)
-	if b, err := gen.CombinedOutput(); err != nil {
-		if strings.Contains(string(b), "not built into") {
-			t.Skipf("%s cannot generate a tiny model yet (model tiny not wired): %s", bin, b)
-		}
-		t.Fatalf("%s model tiny: %v\n%s", bin, err, b)
-	}
+	model := testenv.TinyModel(t, bin)
 	env := append(os.Environ(), "M3GATE_SIDECAR="+bin, "M3GATE_MODEL_DIR="+model)
 	code, out, errOut := run(t, env, "", "score", "--prompts-file", filepath.Join(examples, "prompts.jsonl"),
 		"--aspects", "quality,correspondence", "--max-new-tokens", "4", "--json")
-	if code != ExitOK && strings.Contains(errOut, schemas.ErrNoScorer.Error()) {
-		t.Skipf("%s has no scoring engine wired yet:\n%s", bin, errOut)
-	}
 	if code != ExitOK {
 		t.Fatalf("code = %d\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
 	}
@@ -843,7 +833,7 @@ func TestScoreEndToEnd(t *testing.T) {
 			if math.IsNaN(ar.MOS) || ar.MOS < 0 || ar.MOS > 5 {
 				t.Errorf("%s %s: MOS %v outside 0..5", r.Image, a, ar.MOS)
 			}
-			if !contains(schemas.RatingWords, ar.Rating) {
+			if !contains(iqa.RatingWords[:], ar.Rating) {
 				t.Errorf("%s %s: rating %q", r.Image, a, ar.Rating)
 			}
 			if ar.Source != schemas.SourceWordProbs {

@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/m3gate/m3gate/schemas"
+	"github.com/m3gate/m3gate/schemas/iqa"
 )
 
 // rowWriter writes the rows of a score run one at a time, each complete
@@ -44,7 +45,7 @@ func newTableWriter(w io.Writer, names, aspects []string) *tableWriter {
 		grow(1, a)
 	}
 	grow(2, "0.00")
-	for _, word := range schemas.RatingWords {
+	for _, word := range iqa.RatingWords {
 		grow(3, word)
 	}
 	grow(4, schemas.SourcePredictor)

@@ -25,6 +25,7 @@ import (
 	"github.com/m3gate/m3gate/plugin/server"
 	"github.com/m3gate/m3gate/plugin/supervisor"
 	"github.com/m3gate/m3gate/schemas"
+	"github.com/m3gate/m3gate/schemas/iqa"
 )
 
 // newServeCmd builds `m3gate serve`: the daemon with its HTTP/WS API.
@@ -266,7 +267,7 @@ func serveLoadRequest(m config.Model, modelFlag string) (schemas.LoadRequest, er
 // aspect.
 func serveDefaults(cfg config.Config) (schemas.ScoreOptions, error) {
 	o := schemas.ScoreOptions{Aspects: cfg.Scoring.Aspects, MaxNewTokens: cfg.Model.MaxNewTokens, Prompts: map[string]schemas.AspectPrompt{}}
-	for _, a := range config.Aspects {
+	for _, a := range iqa.Aspects {
 		pp, err := dataset.LookupPrompts(a, "")
 		if err != nil {
 			return o, err

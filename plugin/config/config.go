@@ -3,17 +3,11 @@
 // overrides, and validation. It is the only package that imports viper.
 package config
 
-import "time"
+import (
+	"time"
 
-// Known aspects that M3-AGIQA scores.
-const (
-	AspectQuality        = "quality"
-	AspectCorrespondence = "correspondence"
-	AspectAuthenticity   = "authenticity"
+	"github.com/m3gate/m3gate/schemas/iqa"
 )
-
-// Aspects lists every aspect m3gate knows, in canonical order.
-var Aspects = []string{AspectQuality, AspectCorrespondence, AspectAuthenticity}
 
 // Config is the whole effective configuration of m3gate.
 type Config struct {
@@ -197,11 +191,11 @@ func Default() Config {
 			Options:         map[string]string{},
 		},
 		Scoring: Scoring{
-			Aspects: []string{AspectQuality, AspectCorrespondence},
+			Aspects: []string{iqa.Quality, iqa.Correspondence},
 			Thresholds: map[string]float64{
-				AspectQuality:        2.5,
-				AspectCorrespondence: 2.5,
-				AspectAuthenticity:   2.5,
+				iqa.Quality:        2.5,
+				iqa.Correspondence: 2.5,
+				iqa.Authenticity:   2.5,
 			},
 			Gate:       "all",
 			MaxRerolls: 3,

@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/m3gate/m3gate/schemas/iqa"
 )
 
 // Allowed values of enumerated keys.
@@ -60,8 +62,8 @@ func (c Config) Validate() error {
 	aspectMap := func(key string, keys []string) {
 		sort.Strings(keys)
 		for _, k := range keys {
-			if !slices.Contains(Aspects, k) {
-				bad(key+"."+k, "unknown aspect (known: %s)", strings.Join(Aspects, ", "))
+			if err := iqa.CheckAspect(k); err != nil {
+				bad(key+"."+k, "%v", err)
 			}
 		}
 	}
@@ -93,13 +95,13 @@ func (c Config) Validate() error {
 
 	s := c.Scoring
 	if len(s.Aspects) == 0 {
-		bad("scoring.aspects", "needs at least one aspect (%s)", strings.Join(Aspects, ", "))
+		bad("scoring.aspects", "needs at least one aspect (%s)", strings.Join(iqa.Aspects, ", "))
 	}
 	for i, a := range s.Aspects {
 		key := fmt.Sprintf("scoring.aspects[%d]", i)
 		switch {
-		case !slices.Contains(Aspects, a):
-			bad(key, "unknown aspect %q (known: %s)", a, strings.Join(Aspects, ", "))
+		case !iqa.IsAspect(a):
+			bad(key, "%v", iqa.CheckAspect(a))
 		case slices.Index(s.Aspects, a) < i:
 			bad(key, "aspect %q listed twice", a)
 		case func() bool { _, ok := s.Thresholds[a]; return !ok }():

@@ -10,9 +10,12 @@ import (
 	"sort"
 	"strings"
 	"testing"
+
+	"github.com/m3gate/m3gate/schemas/iqa"
+	"github.com/m3gate/m3gate/schemas/labels"
 )
 
-func problemKeys(rep *Report) []string {
+func problemKeys(rep *labels.Report) []string {
 	var out []string
 	for _, p := range rep.Problems {
 		out = append(out, fmt.Sprintf("%s:%d:%s", filepath.Base(p.File), p.Line, p.Kind))
@@ -42,14 +45,14 @@ func TestConvertBrokenAGIQA3K(t *testing.T) {
 	if rep.Rows != 10 || rep.Records != 2 || len(recs) != 2 {
 		t.Fatalf("rows %d records %d len %d, want 10 2 2", rep.Rows, rep.Records, len(recs))
 	}
-	if rep.OnlyKinds(KindMissingImage) {
+	if rep.OnlyKinds(labels.KindMissingImage) {
 		t.Error("OnlyKinds(missing-image) = true with parse problems present")
 	}
 	r := recs[1]
 	if r.Name != "gen_normal_008.jpg" || r.Prompt != "a house, red" || r.Split != "test" || r.Source != "gen" {
 		t.Errorf("record = %+v", r)
 	}
-	if r.MOS[Quality] != 3.9 || r.MOS[Correspondence] != 4.1 || r.STD != nil {
+	if r.MOS[iqa.Quality] != 3.9 || r.MOS[iqa.Correspondence] != 4.1 || r.STD != nil {
 		t.Errorf("mos %v std %v", r.MOS, r.STD)
 	}
 	if r.Origin != "agiqa3k_broken.csv:12" {
@@ -83,20 +86,20 @@ func TestConvertAIGCIQA2023Scaled(t *testing.T) {
 		t.Fatalf("%d records", len(recs))
 	}
 	got := recs[0]
-	want := map[string]float64{Quality: 3, Authenticity: 2, Correspondence: 4}
+	want := map[string]float64{iqa.Quality: 3, iqa.Authenticity: 2, iqa.Correspondence: 4}
 	if !reflect.DeepEqual(got.MOS, want) {
 		t.Errorf("mos %v, want %v", got.MOS, want)
 	}
-	if math.Abs(got.STD[Correspondence]-0.15) > 1e-12 {
-		t.Errorf("std %v, want 0.15", got.STD[Correspondence])
+	if math.Abs(got.STD[iqa.Correspondence]-0.15) > 1e-12 {
+		t.Errorf("std %v, want 0.15", got.STD[iqa.Correspondence])
 	}
 	if *got.Scale != (Scale{0, 100}) || got.Source != "block-0" || recs[1].Source != "block-1" {
 		t.Errorf("scale %v source %q %q", *got.Scale, got.Source, recs[1].Source)
 	}
-	if v := got.Scale.FromManifest(got.MOS[Quality]); v != 60 {
+	if v := got.Scale.FromManifest(got.MOS[iqa.Quality]); v != 60 {
 		t.Errorf("FromManifest = %v, want 60", v)
 	}
-	if recs[1].MOS[Quality] != 5 || recs[1].MOS[Authenticity] != 0 {
+	if recs[1].MOS[iqa.Quality] != 5 || recs[1].MOS[iqa.Authenticity] != 0 {
 		t.Errorf("edges %v", recs[1].MOS)
 	}
 }
@@ -109,7 +112,7 @@ func TestConvertAIGIQA20KMixed(t *testing.T) {
 	if got, want := problemKeys(rep), []string{"aigiqa20k_mixed_train.csv:3:range", "aigiqa20k_mixed_train.csv:4:parse"}; !reflect.DeepEqual(got, want) {
 		t.Errorf("problems %v, want %v", got, want)
 	}
-	if len(recs) != 2 || recs[0].Prompt != "a cat, on a mat" || recs[0].MOS[Quality] != 3.5 || recs[0].Source != "DALLE2" || recs[0].Split != "train" {
+	if len(recs) != 2 || recs[0].Prompt != "a cat, on a mat" || recs[0].MOS[iqa.Quality] != 3.5 || recs[0].Source != "DALLE2" || recs[0].Split != "train" {
 		t.Fatalf("records %+v", recs)
 	}
 	if recs[1].MOS != nil || recs[1].Source != "SDXL_Turbo" {
@@ -130,8 +133,8 @@ func TestConvertErrors(t *testing.T) {
 }
 
 func TestConversationsBroken(t *testing.T) {
-	rep := &Report{}
-	convs, err := ReadConversations("testdata/conversations_broken.jsonl", rep)
+	rep := &labels.Report{}
+	convs, err := labels.ReadConversations("testdata/conversations_broken.jsonl", rep)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -152,7 +155,7 @@ func TestConversationsBroken(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(recs) != 1 || !reflect.DeepEqual(recs[0].RatingWords, map[string]string{Quality: "good", Correspondence: "fair"}) {
+	if len(recs) != 1 || !reflect.DeepEqual(recs[0].RatingWords, map[string]string{iqa.Quality: "good", iqa.Correspondence: "fair"}) {
 		t.Errorf("records %+v", recs)
 	}
 }
@@ -203,22 +206,8 @@ not json
 	}
 }
 
-func TestRatingWord(t *testing.T) {
-	for _, tc := range []struct {
-		mos  float64
-		want string
-	}{{0, "bad"}, {0.999, "bad"}, {1, "poor"}, {1.99, "poor"}, {2, "fair"}, {3, "good"}, {3.999, "good"}, {4, "excellent"}, {5, "excellent"}} {
-		if got := RatingWord(tc.mos); got != tc.want {
-			t.Errorf("RatingWord(%v) = %q, want %q", tc.mos, got, tc.want)
-		}
-	}
-	if RatingIndex(" Good ") != 3 || RatingIndex("great") != -1 {
-		t.Error("RatingIndex")
-	}
-}
-
 func TestPrompts(t *testing.T) {
-	for _, a := range Aspects {
+	for _, a := range iqa.Aspects {
 		r1, r2 := Prompts(a, "")
 		if !strings.Contains(r1, PromptPlaceholder) || r2 == "" || !strings.Contains(r2, "[bad, poor, fair, good, excellent]") {
 			t.Errorf("%s: %q %q", a, r1, r2)
@@ -227,7 +216,7 @@ func TestPrompts(t *testing.T) {
 	if r1, r2 := Prompts("beauty", ""); r1 != "" || r2 != "" {
 		t.Error("unknown aspect gave prompts")
 	}
-	if _, err := LookupPrompts(Quality, "koniq"); err == nil || !strings.Contains(err.Error(), "koniq") {
+	if _, err := LookupPrompts(iqa.Quality, "koniq"); err == nil || !strings.Contains(err.Error(), "koniq") {
 		t.Errorf("unknown style err = %v", err)
 	}
 	if got := FillRound1("x '{prompt}' y", "a cat"); got != "x 'a cat' y" {

@@ -9,32 +9,10 @@ import (
 	"math"
 	"os"
 	"path/filepath"
-	"sort"
-	"strings"
+
+	"github.com/m3gate/m3gate/schemas/iqa"
+	"github.com/m3gate/m3gate/schemas/labels"
 )
-
-// Aspect names used as keys of Record.MOS.
-const (
-	Quality        = "quality"
-	Correspondence = "correspondence"
-	Authenticity   = "authenticity"
-)
-
-// Aspects lists the aspects in their canonical order.
-var Aspects = []string{Quality, Correspondence, Authenticity}
-
-// MaxMOS is the top of the manifest's MOS scale (scores lie in [0, MaxMOS]).
-const MaxMOS = 5.0
-
-// IsAspect reports whether name is one of the known aspects.
-func IsAspect(name string) bool {
-	for _, a := range Aspects {
-		if a == name {
-			return true
-		}
-	}
-	return false
-}
 
 // Scale is the original MOS scale of a source dataset.
 type Scale struct {
@@ -44,18 +22,18 @@ type Scale struct {
 
 // ToManifest maps a raw score on s to the manifest's 0–5 scale.
 func (s Scale) ToManifest(raw float64) float64 {
-	if s.Min == 0 && s.Max == MaxMOS {
+	if s.Min == 0 && s.Max == iqa.MaxMOS {
 		return raw
 	}
-	return (raw - s.Min) / (s.Max - s.Min) * MaxMOS
+	return (raw - s.Min) / (s.Max - s.Min) * iqa.MaxMOS
 }
 
 // FromManifest maps a 0–5 manifest score back to s.
 func (s Scale) FromManifest(mos float64) float64 {
-	if s.Min == 0 && s.Max == MaxMOS {
+	if s.Min == 0 && s.Max == iqa.MaxMOS {
 		return mos
 	}
-	return s.Min + mos*(s.Max-s.Min)/MaxMOS
+	return s.Min + mos*(s.Max-s.Min)/iqa.MaxMOS
 }
 
 // Contains reports whether raw lies within s (NaN never does).
@@ -83,107 +61,12 @@ type Record struct {
 // AspectNames returns the aspects that r has a MOS for, in canonical order.
 func (r Record) AspectNames() []string {
 	var out []string
-	for _, a := range Aspects {
+	for _, a := range iqa.Aspects {
 		if _, ok := r.MOS[a]; ok {
 			out = append(out, a)
 		}
 	}
 	return out
-}
-
-// Problem is one defect found in an input file.
-type Problem struct {
-	File string `json:"file"`
-	Line int    `json:"line"`
-	Kind string `json:"kind"`
-	Msg  string `json:"message"`
-}
-
-// Problem kinds.
-const (
-	KindParse        = "parse"         // a row that could not be parsed
-	KindRange        = "range"         // a MOS outside the source's scale
-	KindMissingField = "missing-field" // a required field is empty
-	KindMissingImage = "missing-image" // the image file does not exist
-	KindDuplicate    = "duplicate"     // the same image appears twice
-)
-
-// String formats p as "file:line: kind: message".
-func (p Problem) String() string {
-	return fmt.Sprintf("%s:%d: %s: %s", p.File, p.Line, p.Kind, p.Msg)
-}
-
-// Report collects every problem found while reading or converting.
-type Report struct {
-	Problems []Problem `json:"problems"`
-	// Rows counts the data rows read (excluding headers and blank lines).
-	Rows int `json:"rows"`
-	// Records counts the records that passed every check.
-	Records int `json:"records"`
-}
-
-func (r *Report) add(file string, line int, kind, format string, args ...any) {
-	r.Problems = append(r.Problems, Problem{File: file, Line: line, Kind: kind, Msg: fmt.Sprintf(format, args...)})
-}
-
-// Sort orders the problems by file and line, keeping the order of
-// problems on the same line.
-func (r *Report) Sort() {
-	sort.SliceStable(r.Problems, func(i, j int) bool {
-		a, b := r.Problems[i], r.Problems[j]
-		if a.File != b.File {
-			return a.File < b.File
-		}
-		return a.Line < b.Line
-	})
-}
-
-// Counts returns the number of problems per kind.
-func (r *Report) Counts() map[string]int {
-	m := map[string]int{}
-	for _, p := range r.Problems {
-		m[p.Kind]++
-	}
-	return m
-}
-
-// OnlyKinds reports whether every problem is of one of the given kinds.
-func (r *Report) OnlyKinds(kinds ...string) bool {
-	for _, p := range r.Problems {
-		ok := false
-		for _, k := range kinds {
-			ok = ok || p.Kind == k
-		}
-		if !ok {
-			return false
-		}
-	}
-	return true
-}
-
-// WriteText writes one line per problem and a summary line.
-func (r *Report) WriteText(w io.Writer) error {
-	for _, p := range r.Problems {
-		if _, err := fmt.Fprintln(w, p.String()); err != nil {
-			return err
-		}
-	}
-	counts := r.Counts()
-	kinds := make([]string, 0, len(counts))
-	for k := range counts {
-		kinds = append(kinds, k)
-	}
-	sort.Strings(kinds)
-	var parts []string
-	for _, k := range kinds {
-		parts = append(parts, fmt.Sprintf("%s %d", k, counts[k]))
-	}
-	summary := "none"
-	if len(parts) > 0 {
-		summary = strings.Join(parts, ", ")
-	}
-	_, err := fmt.Fprintf(w, "%d rows, %d records, %d problems (%s)\n", r.Rows, r.Records, len(r.Problems), summary)
-	return err
 }
 
 // Manifest is a loaded manifest file.
@@ -207,14 +90,14 @@ func (m *Manifest) ImagePath(rec Record) string {
 // (unparsable line, missing image field, unknown aspect, MOS outside 0–5,
 // duplicate image) are left out and listed in the report. The error is
 // non-nil only when the file cannot be read at all.
-func ReadManifest(path string) (*Manifest, *Report, error) {
+func ReadManifest(path string) (*Manifest, *labels.Report, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, nil, fmt.Errorf("read manifest: %w", err)
 	}
 	defer f.Close()
 	m := &Manifest{Path: path}
-	rep := &Report{}
+	rep := &labels.Report{}
 	seen := map[string]int{}
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 64*1024), 16*1024*1024)
@@ -230,14 +113,14 @@ func ReadManifest(path string) (*Manifest, *Report, error) {
 		dec := json.NewDecoder(bytes.NewReader(b))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&rec); err != nil {
-			rep.add(path, line, KindParse, "%v", err)
+			rep.Add(path, line, labels.KindParse, "%v", err)
 			continue
 		}
 		if !validateRecord(rep, path, line, rec) {
 			continue
 		}
 		if prev, ok := seen[rec.Image]; ok {
-			rep.add(path, line, KindDuplicate, "image %q already listed on line %d", rec.Image, prev)
+			rep.Add(path, line, labels.KindDuplicate, "image %q already listed on line %d", rec.Image, prev)
 			continue
 		}
 		seen[rec.Image] = line
@@ -250,27 +133,27 @@ func ReadManifest(path string) (*Manifest, *Report, error) {
 	return m, rep, nil
 }
 
-func validateRecord(rep *Report, file string, line int, rec Record) bool {
+func validateRecord(rep *labels.Report, file string, line int, rec Record) bool {
 	ok := true
 	if rec.Image == "" {
-		rep.add(file, line, KindMissingField, "no image")
+		rep.Add(file, line, labels.KindMissingField, "no image")
 		ok = false
 	}
 	for a, v := range rec.MOS {
-		if !IsAspect(a) {
-			rep.add(file, line, KindParse, "unknown aspect %q", a)
+		if !iqa.IsAspect(a) {
+			rep.Add(file, line, labels.KindParse, "unknown aspect %q", a)
 			ok = false
-		} else if !(v >= 0 && v <= MaxMOS) {
-			rep.add(file, line, KindRange, "%s MOS %v outside [0, %v]", a, v, MaxMOS)
+		} else if !(v >= 0 && v <= iqa.MaxMOS) {
+			rep.Add(file, line, labels.KindRange, "%s MOS %v outside [0, %v]", a, v, iqa.MaxMOS)
 			ok = false
 		}
 	}
 	for a, w := range rec.RatingWords {
-		if !IsAspect(a) {
-			rep.add(file, line, KindParse, "unknown aspect %q", a)
+		if !iqa.IsAspect(a) {
+			rep.Add(file, line, labels.KindParse, "unknown aspect %q", a)
 			ok = false
-		} else if RatingIndex(w) < 0 {
-			rep.add(file, line, KindParse, "%s rating word %q not one of %v", a, w, RatingWords)
+		} else if iqa.RatingIndex(w) < 0 {
+			rep.Add(file, line, labels.KindParse, "%s rating word %q not one of %v", a, w, iqa.RatingWords)
 			ok = false
 		}
 	}
@@ -310,38 +193,6 @@ func WriteManifestFile(path string, recs []Record) error {
 		return fmt.Errorf("write manifest: %w", err)
 	}
 	return nil
-}
-
-// RatingWords are the five rating words from low to high.
-var RatingWords = []string{"bad", "poor", "fair", "good", "excellent"}
-
-// RatingWord maps a MOS on 0–5 to its rating word: below 1 bad, below 2
-// poor, below 3 fair, below 4 good, else excellent.
-func RatingWord(mos float64) string {
-	switch {
-	case mos < 1:
-		return "bad"
-	case mos < 2:
-		return "poor"
-	case mos < 3:
-		return "fair"
-	case mos < 4:
-		return "good"
-	default:
-		return "excellent"
-	}
-}
-
-// RatingIndex returns the position of word in RatingWords (case and
-// surrounding space ignored), or -1.
-func RatingIndex(word string) int {
-	w := strings.ToLower(strings.TrimSpace(word))
-	for i, r := range RatingWords {
-		if r == w {
-			return i
-		}
-	}
-	return -1
 }
 
 func isFinite(v float64) bool { return !math.IsNaN(v) && !math.IsInf(v, 0) }

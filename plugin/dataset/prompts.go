@@ -7,6 +7,8 @@ import (
 	"sort"
 	"strings"
 	"sync"
+
+	"github.com/m3gate/m3gate/schemas/iqa"
 )
 
 //go:embed prompts.json
@@ -55,7 +57,7 @@ func checkPrompts(p promptFile) error {
 	}
 	for style, aspects := range p.Styles {
 		for aspect, pp := range aspects {
-			if !IsAspect(aspect) {
+			if !iqa.IsAspect(aspect) {
 				return fmt.Errorf("style %s: unknown aspect %q", style, aspect)
 			}
 			if !strings.Contains(pp.Round1, PromptPlaceholder) || pp.Round2 == "" {

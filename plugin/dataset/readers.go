@@ -1,14 +1,15 @@
 package dataset
 
 import (
-	"encoding/csv"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/m3gate/m3gate/schemas/iqa"
+	"github.com/m3gate/m3gate/schemas/labels"
 )
 
 // Format names a source dataset format.
@@ -63,11 +64,11 @@ type Options struct {
 // records that passed every check, with a report of every problem. Duplicate
 // images across the inputs are problems too. The error is non-nil only when
 // an input cannot be read at all (missing file, wrong header).
-func Convert(format Format, inputs []string, opts Options) ([]Record, *Report, error) {
+func Convert(format Format, inputs []string, opts Options) ([]Record, *labels.Report, error) {
 	if len(inputs) == 0 {
 		return nil, nil, errors.New("convert: no input files")
 	}
-	rep := &Report{}
+	rep := &labels.Report{}
 	var all []Record
 	seen := map[string]string{}
 	for _, in := range inputs {
@@ -78,7 +79,7 @@ func Convert(format Format, inputs []string, opts Options) ([]Record, *Report, e
 		for _, r := range recs {
 			if prev, ok := seen[r.Image]; ok {
 				file, line := splitOrigin(r.Origin)
-				rep.add(file, line, KindDuplicate, "image %q already listed at %s", r.Image, prev)
+				rep.Add(file, line, labels.KindDuplicate, "image %q already listed at %s", r.Image, prev)
 				continue
 			}
 			seen[r.Image] = r.Origin
@@ -102,7 +103,7 @@ func splitOrigin(o string) (string, int) {
 // Read reads one input file of the given format. Row-level problems are
 // added to rep (which must not be nil) and their rows left out; the error
 // is non-nil only when the file cannot be read at all.
-func Read(format Format, path string, opts Options, rep *Report) ([]Record, error) {
+func Read(format Format, path string, opts Options, rep *labels.Report) ([]Record, error) {
 	var recs []Record
 	var err error
 	switch format {
@@ -127,13 +128,13 @@ func Read(format Format, path string, opts Options, rep *Report) ([]Record, erro
 
 // finish sets the common fields, resolves image paths and checks that the
 // images exist.
-func finish(recs []Record, format Format, opts Options, rep *Report) []Record {
+func finish(recs []Record, format Format, opts Options, rep *labels.Report) []Record {
 	out := recs[:0]
 	seen := map[string]string{}
 	for _, r := range recs {
 		file, line := splitOrigin(r.Origin)
 		if prev, ok := seen[r.Name]; ok {
-			rep.add(file, line, KindDuplicate, "image %q already listed at %s", r.Name, prev)
+			rep.Add(file, line, labels.KindDuplicate, "image %q already listed at %s", r.Name, prev)
 			continue
 		}
 		seen[r.Name] = r.Origin
@@ -149,7 +150,7 @@ func finish(recs []Record, format Format, opts Options, rep *Report) []Record {
 		if opts.ImagesDir != "" {
 			p := filepath.Join(opts.ImagesDir, filepath.FromSlash(r.Name))
 			if _, err := os.Stat(p); err != nil {
-				rep.add(file, line, KindMissingImage, "image %s: %v", r.Name, statReason(err))
+				rep.Add(file, line, labels.KindMissingImage, "image %s: %v", r.Name, statReason(err))
 				continue
 			}
 			r.Image = p
@@ -185,89 +186,26 @@ func relativeTo(base, p string) string {
 	return filepath.ToSlash(rel)
 }
 
-// csvRows calls fn with each row of a CSV file and its 1-based line number.
-// Unparsable rows are reported and skipped.
-func csvRows(path string, rep *Report, fn func(line int, row []string)) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return fmt.Errorf("read %s: %w", path, err)
-	}
-	defer f.Close()
-	r := csv.NewReader(f)
-	r.FieldsPerRecord = -1
-	// pandas writes quotes inside unquoted fields verbatim (AIGCIQA2023
-	// prompts such as: a dog saying "I see what you did there").
-	r.LazyQuotes = true
-	first := true
-	lastErrLine := -1
-	for {
-		row, err := r.Read()
-		if err == io.EOF {
-			return nil
-		}
-		if err != nil {
-			var pe *csv.ParseError
-			if !errors.As(err, &pe) {
-				return fmt.Errorf("read %s: %w", path, err)
-			}
-			if pe.StartLine == lastErrLine {
-				return fmt.Errorf("read %s: %w", path, err)
-			}
-			lastErrLine = pe.StartLine
-			rep.Rows++
-			rep.add(path, pe.StartLine, KindParse, "%v", pe.Err)
-			continue
-		}
-		line, _ := r.FieldPos(0)
-		if first {
-			first = false
-			if len(row) > 0 {
-				row[0] = strings.TrimPrefix(row[0], "\ufeff")
-			}
-		}
-		fn(line, row)
-	}
-}
-
-// header maps lower-cased column names to indices and checks that the
-// required ones are present.
-func header(path string, row []string, required ...string) (map[string]int, error) {
-	m := map[string]int{}
-	for i, c := range row {
-		m[strings.ToLower(strings.TrimSpace(c))] = i
-	}
-	var missing []string
-	for _, c := range required {
-		if _, ok := m[c]; !ok {
-			missing = append(missing, c)
-		}
-	}
-	if len(missing) > 0 {
-		return nil, fmt.Errorf("read %s: header %q lacks columns %v", path, row, missing)
-	}
-	return m, nil
-}
-
 // rowReader extracts typed fields of one row and records problems.
 type rowReader struct {
 	path string
 	line int
 	row  []string
-	rep  *Report
+	rep  *labels.Report
 	ok   bool
 }
 
 func (r *rowReader) str(i int, name string, required bool) string {
 	if i < 0 || i >= len(r.row) {
 		if required {
-			r.rep.add(r.path, r.line, KindParse, "row has %d fields, no %s", len(r.row), name)
+			r.rep.Add(r.path, r.line, labels.KindParse, "row has %d fields, no %s", len(r.row), name)
 			r.ok = false
 		}
 		return ""
 	}
 	s := strings.TrimSpace(r.row[i])
 	if s == "" && required {
-		r.rep.add(r.path, r.line, KindMissingField, "empty %s", name)
+		r.rep.Add(r.path, r.line, labels.KindMissingField, "empty %s", name)
 		r.ok = false
 	}
 	return s
@@ -282,12 +220,12 @@ func (r *rowReader) score(i int, name string, scale Scale, required bool) (float
 	}
 	v, err := strconv.ParseFloat(s, 64)
 	if err != nil || !isFinite(v) {
-		r.rep.add(r.path, r.line, KindParse, "%s %q is not a number", name, s)
+		r.rep.Add(r.path, r.line, labels.KindParse, "%s %q is not a number", name, s)
 		r.ok = false
 		return 0, false
 	}
 	if !scale.Contains(v) {
-		r.rep.add(r.path, r.line, KindRange, "%s %v outside [%v, %v]", name, v, scale.Min, scale.Max)
+		r.rep.Add(r.path, r.line, labels.KindRange, "%s %v outside [%v, %v]", name, v, scale.Min, scale.Max)
 		r.ok = false
 		return 0, false
 	}
@@ -302,20 +240,11 @@ func (r *rowReader) std(i int, name string, scale Scale) (float64, bool) {
 	}
 	v, err := strconv.ParseFloat(s, 64)
 	if err != nil || !isFinite(v) || v < 0 {
-		r.rep.add(r.path, r.line, KindParse, "%s %q is not a non-negative number", name, s)
+		r.rep.Add(r.path, r.line, labels.KindParse, "%s %q is not a non-negative number", name, s)
 		r.ok = false
 		return 0, false
 	}
-	return v / (scale.Max - scale.Min) * MaxMOS, true
-}
-
-// fieldCount reports a row whose field count differs from the header's.
-func fieldCount(rep *Report, path string, line int, row []string, h map[string]int) bool {
-	if len(row) != len(h) {
-		rep.add(path, line, KindParse, "row has %d fields, header has %d", len(row), len(h))
-		return false
-	}
-	return true
+	return v / (scale.Max - scale.Min) * iqa.MaxMOS, true
 }
 
 func col(h map[string]int, name string) int {
@@ -341,7 +270,7 @@ func sourceOf(name string, n int) string {
 	return base
 }
 
-func readAGIQA3K(path string, rep *Report) ([]Record, error) {
+func readAGIQA3K(path string, rep *labels.Report) ([]Record, error) {
 	var recs []Record
 	scale := FormatAGIQA3K.Scale()
 	err := headedRows(path, rep, []string{"name", "prompt", "mos_quality", "mos_align"}, func(rr *rowReader, h map[string]int) {
@@ -356,16 +285,16 @@ func readAGIQA3K(path string, rep *Report) ([]Record, error) {
 			Origin: origin(path, line),
 		}
 		if v, ok := rr.score(col(h, "mos_quality"), "mos_quality", scale, true); ok {
-			rec.MOS[Quality] = v
+			rec.MOS[iqa.Quality] = v
 		}
 		if v, ok := rr.score(col(h, "mos_align"), "mos_align", scale, true); ok {
-			rec.MOS[Correspondence] = v
+			rec.MOS[iqa.Correspondence] = v
 		}
 		if v, ok := rr.std(col(h, "std_quality"), "std_quality", scale); ok {
-			rec.STD[Quality] = v
+			rec.STD[iqa.Quality] = v
 		}
 		if v, ok := rr.std(col(h, "std_align"), "std_align", scale); ok {
-			rec.STD[Correspondence] = v
+			rec.STD[iqa.Correspondence] = v
 		}
 		if !rr.ok {
 			return
@@ -376,41 +305,12 @@ func readAGIQA3K(path string, rep *Report) ([]Record, error) {
 	return recs, err
 }
 
-// headedRows reads a CSV file whose first row is a header naming at least
-// the required columns, and calls fn for every data row with the right
-// number of fields (other rows are reported). An empty file or a header
-// that lacks a required column is an error.
-func headedRows(path string, rep *Report, required []string, fn func(rr *rowReader, h map[string]int)) error {
-	var h map[string]int
-	var herr error
-	err := csvRows(path, rep, func(line int, row []string) {
-		if h == nil && herr == nil {
-			h, herr = header(path, row, required...)
-			return
-		}
-		if herr != nil {
-			return
-		}
-		rep.Rows++
-		if !fieldCount(rep, path, line, row, h) {
-			return
-		}
+// headedRows reads a headed CSV file (labels.ReadHeadedCSV) and calls fn
+// with a rowReader for every data row with the header's field count.
+func headedRows(path string, rep *labels.Report, required []string, fn func(rr *rowReader, h map[string]int)) error {
+	return labels.ReadHeadedCSV(path, rep, required, func(line int, row []string, h map[string]int) {
 		fn(&rowReader{path: path, line: line, row: row, rep: rep, ok: true}, h)
 	})
-	if err == nil {
-		err = headerErr(path, h, herr)
-	}
-	return err
-}
-
-func headerErr(path string, h map[string]int, herr error) error {
-	if herr != nil {
-		return herr
-	}
-	if h == nil {
-		return fmt.Errorf("read %s: empty file", path)
-	}
-	return nil
 }
 
 func emptyMapsNil(r Record) Record {
@@ -427,7 +327,7 @@ func emptyMapsNil(r Record) Record {
 // the AIGCIQA2023 label file (100 prompts × 4 images).
 const AIGCIQA2023BlockSize = 400
 
-func readAIGCIQA2023(path string, rep *Report) ([]Record, error) {
+func readAIGCIQA2023(path string, rep *labels.Report) ([]Record, error) {
 	var recs []Record
 	scale := FormatAIGCIQA2023.Scale()
 	err := headedRows(path, rep, []string{"name", "prompt", "quality_mos", "authenticity_mos", "correspondence_mos"}, func(rr *rowReader, h map[string]int) {
@@ -440,7 +340,7 @@ func readAIGCIQA2023(path string, rep *Report) ([]Record, error) {
 			STD:    map[string]float64{},
 			Origin: origin(path, line),
 		}
-		for _, a := range []string{Quality, Authenticity, Correspondence} {
+		for _, a := range []string{iqa.Quality, iqa.Authenticity, iqa.Correspondence} {
 			if v, ok := rr.score(col(h, a+"_mos"), a+"_mos", scale, true); ok {
 				rec.MOS[a] = v
 			}
@@ -459,7 +359,7 @@ func readAIGCIQA2023(path string, rep *Report) ([]Record, error) {
 	return recs, err
 }
 
-func readAGIQA1K(path string, rep *Report) ([]Record, error) {
+func readAGIQA1K(path string, rep *labels.Report) ([]Record, error) {
 	var recs []Record
 	scale := FormatAGIQA1K.Scale()
 	err := headedRows(path, rep, []string{"image", "score"}, func(rr *rowReader, h map[string]int) {
@@ -471,7 +371,7 @@ func readAGIQA1K(path string, rep *Report) ([]Record, error) {
 			Origin: origin(path, line),
 		}
 		if v, ok := rr.score(col(h, "score"), "score", scale, true); ok {
-			rec.MOS[Quality] = v
+			rec.MOS[iqa.Quality] = v
 		}
 		if !rr.ok {
 			return
@@ -497,12 +397,12 @@ func splitFromName(path string) string {
 	return ""
 }
 
-func readAIGIQA20K(path string, rep *Report) ([]Record, error) {
+func readAIGIQA20K(path string, rep *labels.Report) ([]Record, error) {
 	var recs []Record
 	scale := FormatAIGIQA20K.Scale()
 	split := splitFromName(path)
 	first := true
-	err := csvRows(path, rep, func(line int, row []string) {
+	err := labels.ReadCSV(path, rep, func(line int, row []string) {
 		if first {
 			first = false
 			// The files have no header; tolerate one anyway.
@@ -513,7 +413,7 @@ func readAIGIQA20K(path string, rep *Report) ([]Record, error) {
 		rep.Rows++
 		rr := &rowReader{path: path, line: line, row: row, rep: rep, ok: true}
 		if len(row) != 2 && len(row) != 3 {
-			rep.add(path, line, KindParse, "row has %d fields, want name, prompt[, mos]", len(row))
+			rep.Add(path, line, labels.KindParse, "row has %d fields, want name, prompt[, mos]", len(row))
 			return
 		}
 		rec := Record{
@@ -524,7 +424,7 @@ func readAIGIQA20K(path string, rep *Report) ([]Record, error) {
 		}
 		if len(row) == 3 {
 			if v, ok := rr.score(2, "mos", scale, true); ok {
-				rec.MOS = map[string]float64{Quality: v}
+				rec.MOS = map[string]float64{iqa.Quality: v}
 			}
 		}
 		if !rr.ok {

@@ -1,23 +1,19 @@
 package dataset
 
 import (
-	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/m3gate/m3gate/internal/testenv"
+	"github.com/m3gate/m3gate/schemas/iqa"
+	"github.com/m3gate/m3gate/schemas/labels"
 )
 
-// sharedData returns the shared data folder (M3GATE_DATA, default
-// /work/shared/data) or skips the test when it is absent.
+// sharedData returns the shared data folder (testenv.SharedData) or skips
+// the test when it is absent.
 func sharedData(t *testing.T) string {
 	t.Helper()
-	dir := os.Getenv("M3GATE_DATA")
-	if dir == "" {
-		dir = "/work/shared/data"
-	}
-	if _, err := os.Stat(filepath.Join(dir, "agiqa-3k", "data.csv")); err != nil {
-		t.Skipf("shared data not found at %s (set M3GATE_DATA)", dir)
-	}
-	return dir
+	return testenv.SharedData(t, "agiqa-3k/data.csv")
 }
 
 func countBy(recs []Record, key func(Record) string) map[string]int {
@@ -103,11 +99,11 @@ func TestSharedLabels(t *testing.T) {
 
 // TestSharedConversations checks the reference conversations against
 // data.csv and prompts.json: every round-1/round-2 string is the embedded
-// wording, and every quality rating word is RatingWord(mos_quality).
+// wording, and every quality rating word is iqa.RatingWord(mos_quality).
 func TestSharedConversations(t *testing.T) {
 	dir := sharedData(t)
-	rep := &Report{}
-	convs, err := ReadConversations(filepath.Join(dir, "agiqa-3k", "conversations.jsonl"), rep)
+	rep := &labels.Report{}
+	convs, err := labels.ReadConversations(filepath.Join(dir, "agiqa-3k", "conversations.jsonl"), rep)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -135,9 +131,9 @@ func TestSharedConversations(t *testing.T) {
 		if !ok || rec.Prompt != c.Prompt {
 			t.Fatalf("line %d: image %s not in data.csv with the same prompt", c.Line, c.Image)
 		}
-		if c.Aspect == Quality {
-			if RatingWord(rec.MOS[Quality]) != c.RatingWord {
-				t.Errorf("line %d: rating word %q, RatingWord(%v) = %q", c.Line, c.RatingWord, rec.MOS[Quality], RatingWord(rec.MOS[Quality]))
+		if c.Aspect == iqa.Quality {
+			if iqa.RatingWord(rec.MOS[iqa.Quality]) != c.RatingWord {
+				t.Errorf("line %d: rating word %q, RatingWord(%v) = %q", c.Line, c.RatingWord, rec.MOS[iqa.Quality], iqa.RatingWord(rec.MOS[iqa.Quality]))
 			}
 			words++
 		}

@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/m3gate/m3gate/plugin/dataset"
+	"github.com/m3gate/m3gate/schemas/iqa"
+	"github.com/m3gate/m3gate/schemas/labels"
 )
 
 // Item is one image to distill.
@@ -37,7 +39,7 @@ type Item struct {
 
 func (it Item) aspects() []string {
 	var out []string
-	for _, a := range dataset.Aspects {
+	for _, a := range iqa.Aspects {
 		if _, ok := it.MOS[a]; ok {
 			out = append(out, a)
 		}
@@ -252,7 +254,7 @@ func Run(ctx context.Context, cfg Config, items []Item) (*Summary, error) {
 	if r.teacher, err = NewTeacher(cfg.Template); err != nil {
 		return nil, err
 	}
-	for _, a := range dataset.Aspects {
+	for _, a := range iqa.Aspects {
 		if _, err := dataset.LookupPrompts(a, cfg.PromptStyle); err != nil {
 			return nil, fmt.Errorf("distill: %w", err)
 		}
@@ -579,12 +581,12 @@ func (r *runner) writeConversations(items []Item, keys []string) (int, error) {
 		}
 		for _, a := range it.aspects() {
 			r1, r2 := dataset.Prompts(a, r.cfg.PromptStyle)
-			c := dataset.Conversation{
+			c := labels.Conversation{
 				Image: it.Name, Prompt: it.Prompt, Aspect: a, Split: it.Split,
 				Round1: dataset.FillRound1(r1, it.Prompt), TeacherDescription: e.Descriptions[a],
-				Round2: r2, RatingWord: dataset.RatingWord(it.MOS[a]),
+				Round2: r2, RatingWord: iqa.RatingWord(it.MOS[a]),
 			}
-			if err := dataset.WriteConversation(tmp, c); err != nil {
+			if err := labels.WriteConversation(tmp, c); err != nil {
 				tmp.Close()
 				return 0, err
 			}

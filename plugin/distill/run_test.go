@@ -19,6 +19,8 @@ import (
 
 	"github.com/m3gate/m3gate/plugin/dataset"
 	"github.com/m3gate/m3gate/plugin/distill/distillfake"
+	"github.com/m3gate/m3gate/schemas/iqa"
+	"github.com/m3gate/m3gate/schemas/labels"
 )
 
 const testKey = "sk-test-SECRET-4242"
@@ -35,7 +37,7 @@ func makeItems(t *testing.T, n int) []Item {
 		}
 		items = append(items, Item{
 			Name: filepath.Base(p), Path: p, Prompt: fmt.Sprintf("a red fox number %c", 'a'+i), Split: "train",
-			MOS: map[string]float64{dataset.Quality: float64(i%5) + 0.5, dataset.Correspondence: 4.2},
+			MOS: map[string]float64{iqa.Quality: float64(i%5) + 0.5, iqa.Correspondence: 4.2},
 		})
 	}
 	return items
@@ -95,19 +97,19 @@ func TestRunBothFormats(t *testing.T) {
 					t.Errorf("teacher prompt lacks prompt or MOS:\n%s", r.Text)
 				}
 			}
-			rep := &dataset.Report{}
-			convs, err := dataset.ReadConversations(cfg.OutPath, rep)
+			rep := &labels.Report{}
+			convs, err := labels.ReadConversations(cfg.OutPath, rep)
 			if err != nil || len(rep.Problems) != 0 || len(convs) != 12 || sum.Conversations != 12 {
 				t.Fatalf("conversations: %v %v %d", err, rep.Problems, len(convs))
 			}
-			good := distillfake.GoodAnswer([]string{dataset.Quality, dataset.Correspondence})
+			good := distillfake.GoodAnswer([]string{iqa.Quality, iqa.Correspondence})
 			for i, c := range convs {
 				it := items[i/2]
 				r1, r2 := dataset.Prompts(c.Aspect, "")
 				if c.Image != it.Name || c.Round1 != dataset.FillRound1(r1, it.Prompt) || c.Round2 != r2 || c.Split != "train" {
 					t.Errorf("conversation %d: %+v", i, c)
 				}
-				if c.RatingWord != dataset.RatingWord(it.MOS[c.Aspect]) || !strings.Contains(good, c.TeacherDescription) {
+				if c.RatingWord != iqa.RatingWord(it.MOS[c.Aspect]) || !strings.Contains(good, c.TeacherDescription) {
 					t.Errorf("conversation %d: word %q description %q", i, c.RatingWord, c.TeacherDescription)
 				}
 			}
@@ -125,7 +127,11 @@ func TestRunBothFormats(t *testing.T) {
 
 // TestResumeAfterKill cancels a run halfway (the remaining answers are
 // slow), damages the cache's last line as a kill during a write would, and
-// reruns: every image is answered exactly once over both runs.
+// reruns: every image is answered exactly once over both runs. "Answered"
+// is counted where the answer lands, in the runs' summaries: the fake's
+// own count also includes a request the first run abandoned, which
+// net/http may still deliver after Run returned (it then gets the second
+// run's quick answer that nobody reads).
 func TestResumeAfterKill(t *testing.T) {
 	for _, format := range []Format{FormatOpenAI, FormatGemini} {
 		t.Run(string(format), func(t *testing.T) {
@@ -147,9 +153,12 @@ func TestResumeAfterKill(t *testing.T) {
 					cancel()
 				}
 			}
-			_, err := Run(ctx, cfg, items)
+			sum1, err := Run(ctx, cfg, items)
 			if !errors.Is(err, context.Canceled) {
 				t.Fatalf("first run err = %v", err)
+			}
+			if sum1.Fetched != 5 {
+				t.Errorf("first run fetched %d, want 5", sum1.Fetched)
 			}
 			if _, err := os.Stat(cfg.OutPath); !os.IsNotExist(err) {
 				t.Errorf("interrupted run wrote %s", cfg.OutPath)
@@ -165,13 +174,13 @@ func TestResumeAfterKill(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if sum.Cached != 5 || sum.Fetched != 7 || sum.TornCacheLines != 1 || sum.Conversations != 24 {
+			if sum.Cached != 5 || sum.Fetched != 7 || sum.Calls != 7 || sum.TornCacheLines != 1 || sum.Conversations != 24 {
 				t.Errorf("second run %+v", sum)
 			}
 			good := f.GoodAnswers()
 			for _, it := range items {
-				if n := good[shaOf(t, it.Path)]; n != 1 {
-					t.Errorf("%s answered %d times over both runs, want 1", it.Name, n)
+				if good[shaOf(t, it.Path)] == 0 {
+					t.Errorf("%s never answered", it.Name)
 				}
 			}
 			// The cache stays readable after the repair.

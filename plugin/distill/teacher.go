@@ -20,7 +20,7 @@ import (
 	"text/template"
 	"unicode"
 
-	"github.com/m3gate/m3gate/plugin/dataset"
+	"github.com/m3gate/m3gate/schemas/iqa"
 )
 
 //go:embed teacher_prompt.tmpl
@@ -32,9 +32,9 @@ func DefaultTemplate() string { return defaultTemplate }
 
 // aspectMeaning explains each aspect to the teacher.
 var aspectMeaning = map[string]string{
-	dataset.Quality:        "overall visual quality: sharpness, detail, artefacts, lighting, colour and composition",
-	dataset.Correspondence: "how well the image matches the text prompt",
-	dataset.Authenticity:   "how real and natural the image looks",
+	iqa.Quality:        "overall visual quality: sharpness, detail, artefacts, lighting, colour and composition",
+	iqa.Correspondence: "how well the image matches the text prompt",
+	iqa.Authenticity:   "how real and natural the image looks",
 }
 
 // Teacher renders teacher prompts and checks answers.
@@ -72,7 +72,7 @@ func (t *Teacher) Render(it Item) (string, error) {
 	var views []aspectView
 	var keys []string
 	for _, a := range aspects {
-		views = append(views, aspectView{Name: a, Meaning: aspectMeaning[a], MOS: it.MOS[a], Word: dataset.RatingWord(it.MOS[a])})
+		views = append(views, aspectView{Name: a, Meaning: aspectMeaning[a], MOS: it.MOS[a], Word: iqa.RatingWord(it.MOS[a])})
 		keys = append(keys, `"`+a+`"`)
 	}
 	var buf bytes.Buffer

@@ -34,63 +34,24 @@ import (
 	"testing"
 	"time"
 
+	"github.com/m3gate/m3gate/internal/testenv"
 	"github.com/m3gate/m3gate/plugin/comfyui"
 	"github.com/m3gate/m3gate/plugin/comfyui/comfyfake"
 	"github.com/m3gate/m3gate/schemas/api"
 )
 
-var (
-	setupOnce sync.Once
-	setupDir  string
-	setupErr  error
-	bins      struct{ m3gate, sidecar, model string }
-)
-
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if setupDir != "" {
-		os.RemoveAll(setupDir)
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testenv.Main(m) }
 
 // binaries returns the m3gate and m3gate-sidecar binaries and a tiny
-// random-weight model, made once per test run. It skips the test when
-// $M3GATE_SIDECAR is unset.
+// random-weight model, made once per test run (testenv). It skips the test
+// when $M3GATE_SIDECAR is unset.
 func binaries(t testing.TB) (m3gate, sidecar, model string) {
 	t.Helper()
-	sc := os.Getenv("M3GATE_SIDECAR")
-	if sc == "" {
-		t.Skip("end-to-end test needs the real sidecar: set M3GATE_SIDECAR=$PWD/bin/m3gate-sidecar (`make test` does, after `make build`)")
+	if testing.Short() {
+		t.Skip("end-to-end test; skipped with -short")
 	}
-	setupOnce.Do(func() {
-		if bins.sidecar, setupErr = filepath.Abs(sc); setupErr != nil {
-			return
-		}
-		if setupDir, setupErr = os.MkdirTemp("", "m3gate-e2e-"); setupErr != nil {
-			return
-		}
-		bins.m3gate = os.Getenv("M3GATE")
-		if bins.m3gate == "" {
-			bins.m3gate = filepath.Join(setupDir, "m3gate")
-			cmd := exec.Command("go", "build", "-o", bins.m3gate, "github.com/m3gate/m3gate/plugin/cmd/m3gate")
-			if out, err := cmd.CombinedOutput(); err != nil {
-				setupErr = fmt.Errorf("build m3gate: %v\n%s", err, out)
-				return
-			}
-		} else if bins.m3gate, setupErr = filepath.Abs(bins.m3gate); setupErr != nil {
-			return
-		}
-		bins.model = filepath.Join(setupDir, "tiny")
-		cmd := exec.Command(bins.sidecar, "model", "tiny", "--family", "idefics3", "--size", "tiny", "--out", bins.model)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			setupErr = fmt.Errorf("make tiny model: %v\n%s", err, out)
-		}
-	})
-	if setupErr != nil {
-		t.Fatal(setupErr)
-	}
-	return bins.m3gate, bins.sidecar, bins.model
+	sidecar = testenv.RequireSidecar(t)
+	return testenv.M3gate(t), sidecar, testenv.TinyModel(t, sidecar)
 }
 
 // lockedBuffer collects a process's output.

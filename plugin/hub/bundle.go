@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+
+	"github.com/m3gate/m3gate/schemas/iqa"
 )
 
 // Bundle is a set of Hub repositories that work together: a base model and,
@@ -38,15 +40,15 @@ var KnownBundles = map[string]Bundle{
 	"m3-agiqa": {
 		Base: "openbmb/MiniCPM-Llama3-V-2_5",
 		Adapters: map[string]string{
-			"quality":        "strawhat/minicpm2.5-agiqa-3k-ft",
-			"correspondence": "strawhat/minicpm2.5-agiqa-3k-corr-ft",
-			"authenticity":   "strawhat/minicpm2.5-aigciqa2023-auth-ft",
+			iqa.Quality:        "strawhat/minicpm2.5-agiqa-3k-ft",
+			iqa.Correspondence: "strawhat/minicpm2.5-agiqa-3k-corr-ft",
+			iqa.Authenticity:   "strawhat/minicpm2.5-aigciqa2023-auth-ft",
 		},
 		Predictors: "strawhat/m3-agiqa-predictor-checkpoints",
 		PredictorFiles: map[string]string{
-			"quality":        "aigciqa-30k/quality/best-epoch=11-val_SRCC=0.89.ckpt",
-			"correspondence": "agiqa-3k/alignment/best-epoch=14-val_SRCC=0.87.ckpt",
-			"authenticity":   "aigciqa2023/authenticity/best-epoch=15-val_SRCC=0.83.ckpt",
+			iqa.Quality:        "aigciqa-30k/quality/best-epoch=11-val_SRCC=0.89.ckpt",
+			iqa.Correspondence: "agiqa-3k/alignment/best-epoch=14-val_SRCC=0.87.ckpt",
+			iqa.Authenticity:   "aigciqa2023/authenticity/best-epoch=15-val_SRCC=0.83.ckpt",
 		},
 		Family:  "minicpmv25",
 		Options: map[string]string{"max_slices": "9", "max_length": "512", "num_beams": "3", "repetition_penalty": "1.2"},

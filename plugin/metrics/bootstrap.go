@@ -5,6 +5,8 @@ import (
 	"math"
 	"math/rand/v2"
 	"sort"
+
+	"github.com/m3gate/m3gate/schemas/iqa"
 )
 
 // Interval is a confidence interval.
@@ -41,7 +43,7 @@ type Metric func(x, y []float64) (float64, error)
 // undefined (e.g. all pairs identical) are skipped; more than half of them
 // undefined is an error.
 func Bootstrap(x, y []float64, metric Metric, opts BootstrapOptions) (Interval, error) {
-	if err := check(x, y); err != nil {
+	if err := iqa.CheckPairs(x, y); err != nil {
 		return Interval{}, fmt.Errorf("bootstrap: %w", err)
 	}
 	opts = opts.withDefaults()

@@ -14,6 +14,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/m3gate/m3gate/schemas/iqa"
 )
 
 // Prediction is one scored image: the predicted score and the ground-truth
@@ -424,16 +426,16 @@ func evaluateAspect(aspect string, preds []Prediction, opts EvalOptions) (Result
 	x, y := vectors(preds)
 	res := Result{Aspect: aspect, N: len(x)}
 	var err error
-	if res.SRCC, err = SRCC(x, y); err != nil {
+	if res.SRCC, err = iqa.SRCC(x, y); err != nil {
 		return res, err
 	}
-	if res.PLCC, err = PLCC(x, y); err != nil {
+	if res.PLCC, err = iqa.PLCC(x, y); err != nil {
 		return res, err
 	}
-	if res.KRCC, err = KRCC(x, y); err != nil {
+	if res.KRCC, err = iqa.KRCC(x, y); err != nil {
 		return res, err
 	}
-	if res.RMSE, err = RMSE(x, y); err != nil {
+	if res.RMSE, err = iqa.RMSE(x, y); err != nil {
 		return res, err
 	}
 	fitted, b, ferr := FittedPLCC(x, y)
@@ -442,7 +444,7 @@ func evaluateAspect(aspect string, preds []Prediction, opts EvalOptions) (Result
 	if ferr != nil {
 		res.FitError = ferr.Error()
 	} else {
-		res.RMSEFitted, _ = RMSE(b.ApplyAll(x), y)
+		res.RMSEFitted, _ = iqa.RMSE(b.ApplyAll(x), y)
 	}
 	if opts.Bootstrap > 0 {
 		bo := BootstrapOptions{N: opts.Bootstrap, Seed: opts.Seed, Level: opts.Level}
@@ -450,14 +452,14 @@ func evaluateAspect(aspect string, preds []Prediction, opts EvalOptions) (Result
 		ms := []struct {
 			name string
 			fn   Metric
-		}{{"srcc", SRCC}, {"plcc", PLCC}, {"krcc", KRCC}, {"rmse", RMSE}}
+		}{{"srcc", iqa.SRCC}, {"plcc", iqa.PLCC}, {"krcc", iqa.KRCC}, {"rmse", iqa.RMSE}}
 		if ferr == nil {
 			ms = append(ms, struct {
 				name string
 				fn   Metric
 			}{"plcc_fitted", func(x, y []float64) (float64, error) {
 				// Start each resample's fit at the full-data optimum.
-				return PLCC(fitFrom(x, y, b, bootstrapIter).ApplyAll(x), y)
+				return iqa.PLCC(fitFrom(x, y, b, bootstrapIter).ApplyAll(x), y)
 			}})
 		}
 		for _, m := range ms {

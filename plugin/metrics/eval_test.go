@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/m3gate/m3gate/schemas/iqa"
 )
 
 // TestEvaluateKnownValues evaluates prediction files (JSONL and CSV with
@@ -54,24 +56,24 @@ func TestEvaluateKnownValues(t *testing.T) {
 
 func TestBootstrapSeeded(t *testing.T) {
 	c := loadRef(t)[0]
-	a, err := Bootstrap(c.X, c.Y, SRCC, BootstrapOptions{N: 300, Seed: 1})
+	a, err := Bootstrap(c.X, c.Y, iqa.SRCC, BootstrapOptions{N: 300, Seed: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, _ := Bootstrap(c.X, c.Y, SRCC, BootstrapOptions{N: 300, Seed: 1})
-	d, _ := Bootstrap(c.X, c.Y, SRCC, BootstrapOptions{N: 300, Seed: 2})
+	b, _ := Bootstrap(c.X, c.Y, iqa.SRCC, BootstrapOptions{N: 300, Seed: 1})
+	d, _ := Bootstrap(c.X, c.Y, iqa.SRCC, BootstrapOptions{N: 300, Seed: 2})
 	if a != b {
 		t.Errorf("same seed, different intervals %v %v", a, b)
 	}
 	if a == d {
 		t.Errorf("different seeds, same interval %v", a)
 	}
-	narrow, _ := Bootstrap(c.X, c.Y, SRCC, BootstrapOptions{N: 300, Seed: 1, Level: 0.5})
+	narrow, _ := Bootstrap(c.X, c.Y, iqa.SRCC, BootstrapOptions{N: 300, Seed: 1, Level: 0.5})
 	if !(narrow.Hi-narrow.Lo < a.Hi-a.Lo) {
 		t.Errorf("50%% interval %v not narrower than 95%% %v", narrow, a)
 	}
 	// All resamples undefined: constant x.
-	if _, err := Bootstrap([]float64{1, 1, 1}, []float64{1, 2, 3}, SRCC, BootstrapOptions{N: 10}); err == nil {
+	if _, err := Bootstrap([]float64{1, 1, 1}, []float64{1, 2, 3}, iqa.SRCC, BootstrapOptions{N: 10}); err == nil {
 		t.Error("constant input: no error")
 	}
 }
@@ -179,7 +181,7 @@ func TestBootstrapWarmFitMatchesFullFit(t *testing.T) {
 		}
 		opts := BootstrapOptions{N: 50, Seed: 3}
 		warm, err := Bootstrap(c.X, c.Y, func(x, y []float64) (float64, error) {
-			return PLCC(fitFrom(x, y, b, bootstrapIter).ApplyAll(x), y)
+			return iqa.PLCC(fitFrom(x, y, b, bootstrapIter).ApplyAll(x), y)
 		}, opts)
 		if err != nil {
 			t.Fatal(err)

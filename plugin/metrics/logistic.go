@@ -3,6 +3,8 @@ package metrics
 import (
 	"fmt"
 	"math"
+
+	"github.com/m3gate/m3gate/schemas/iqa"
 )
 
 // Logistic holds the five parameters β1..β5 of the VQEG mapping
@@ -57,7 +59,7 @@ func InitLogistic(x, y []float64) Logistic {
 		b2 = 1 / sd
 	}
 	sign := 1.0
-	if r, err := pearson(x, y); err == nil && r < 0 {
+	if r, err := iqa.PLCC(x, y); err == nil && r < 0 {
 		sign = -1
 	}
 	return Logistic{sign * (maxy - miny), b2, mx, 0, my}
@@ -74,7 +76,7 @@ const (
 // FitLogistic fits the 5-parameter logistic mapping x → y by least squares
 // with Levenberg–Marquardt (analytic Jacobian), starting at InitLogistic.
 func FitLogistic(x, y []float64) (Logistic, error) {
-	if err := check(x, y); err != nil {
+	if err := iqa.CheckPairs(x, y); err != nil {
 		return Logistic{}, fmt.Errorf("fit logistic: %w", err)
 	}
 	if len(x) < 5 {
@@ -115,8 +117,7 @@ func fitFrom(x, y []float64, b Logistic, maxIter int) Logistic {
 		}
 		improved := false
 		for tries := 0; tries < 60; tries++ {
-			var a [5][5]float64
-			a = jtj
+			a := jtj
 			for p := 0; p < 5; p++ {
 				a[p][p] += lambda * math.Max(jtj[p][p], 1e-12)
 			}
@@ -212,7 +213,7 @@ func FittedPLCC(x, y []float64) (float64, Logistic, error) {
 	if err != nil {
 		return math.NaN(), b, err
 	}
-	r, err := PLCC(b.ApplyAll(x), y)
+	r, err := iqa.PLCC(b.ApplyAll(x), y)
 	if err != nil {
 		return math.NaN(), b, fmt.Errorf("fitted %w", err)
 	}

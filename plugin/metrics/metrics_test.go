@@ -6,6 +6,8 @@ import (
 	"math"
 	"os"
 	"testing"
+
+	"github.com/m3gate/m3gate/schemas/iqa"
 )
 
 type refCase struct {
@@ -46,7 +48,7 @@ func TestAgainstScipy(t *testing.T) {
 				name string
 				fn   func(x, y []float64) (float64, error)
 				want float64
-			}{{"srcc", SRCC, c.SRCC}, {"plcc", PLCC, c.PLCC}, {"krcc", KRCC, c.KRCC}, {"rmse", RMSE, c.RMSE}} {
+			}{{"srcc", iqa.SRCC, c.SRCC}, {"plcc", iqa.PLCC, c.PLCC}, {"krcc", iqa.KRCC, c.KRCC}, {"rmse", iqa.RMSE, c.RMSE}} {
 				got, err := m.fn(c.X, c.Y)
 				if err != nil {
 					t.Fatalf("%s: %v", m.name, err)
@@ -85,35 +87,6 @@ func TestAgainstScipy(t *testing.T) {
 	}
 }
 
-func TestKRCCMatchesNaive(t *testing.T) {
-	for n := 2; n < 40; n++ {
-		x := make([]float64, n)
-		y := make([]float64, n)
-		for i := range x {
-			x[i] = float64((i * 7) % 5)
-			y[i] = float64((i*i + 3*n) % 6)
-		}
-		if x[0] == x[1] && n == 2 {
-			continue
-		}
-		got, err := KRCC(x, y)
-		want := krccNaive(x, y)
-		if err != nil || math.Abs(got-want) > 1e-12 {
-			t.Errorf("n=%d: KRCC = %v (%v), naive %v", n, got, err, want)
-		}
-	}
-}
-
-func TestRanksTies(t *testing.T) {
-	got := Ranks([]float64{3, 1, 3, 2, 3})
-	want := []float64{4, 1, 4, 2, 4}
-	for i := range want {
-		if got[i] != want[i] {
-			t.Fatalf("Ranks = %v, want %v", got, want)
-		}
-	}
-}
-
 func TestLogisticRecoversParameters(t *testing.T) {
 	want := Logistic{4, 1.5, 0.3, 0.2, 2}
 	var x, y []float64
@@ -142,32 +115,20 @@ func TestBadInput(t *testing.T) {
 		{"short", []float64{1}, []float64{1}},
 		{"nan", []float64{1, math.NaN(), 3}, []float64{1, 2, 3}},
 	} {
-		for _, fn := range []func(x, y []float64) (float64, error){SRCC, PLCC, KRCC, RMSE} {
+		for _, fn := range []func(x, y []float64) (float64, error){iqa.SRCC, iqa.PLCC, iqa.KRCC, iqa.RMSE} {
 			if _, err := fn(tc.x, tc.y); err == nil {
 				t.Errorf("%s: no error", tc.name)
 			}
 		}
 	}
-	if _, err := SRCC([]float64{1, 1, 1}, []float64{1, 2, 3}); !errors.Is(err, ErrConstant) {
+	if _, err := iqa.SRCC([]float64{1, 1, 1}, []float64{1, 2, 3}); !errors.Is(err, iqa.ErrConstant) {
 		t.Errorf("constant srcc err = %v", err)
 	}
-	if _, err := KRCC([]float64{1, 1, 1}, []float64{1, 2, 3}); !errors.Is(err, ErrConstant) {
+	if _, err := iqa.KRCC([]float64{1, 1, 1}, []float64{1, 2, 3}); !errors.Is(err, iqa.ErrConstant) {
 		t.Errorf("constant krcc err = %v", err)
 	}
 	if _, err := FitLogistic([]float64{1, 2, 3}, []float64{1, 2, 3}); err == nil {
 		t.Error("fit on 3 points: no error")
-	}
-}
-
-func BenchmarkKRCC(b *testing.B) {
-	c := make([]float64, 3000)
-	d := make([]float64, 3000)
-	for i := range c {
-		c[i] = math.Sin(float64(i))
-		d[i] = math.Cos(float64(i) * 0.7)
-	}
-	for b.Loop() {
-		KRCC(c, d)
 	}
 }
 

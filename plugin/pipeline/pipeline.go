@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/m3gate/m3gate/plugin/comfyui"
+
+	"github.com/m3gate/m3gate/schemas/iqa"
 )
 
 // Image is one generated image handed to a Scorer.
@@ -241,7 +243,7 @@ func (c *Config) check() error {
 		c.Aspects = c.Gate.Aspects()
 	}
 	if len(c.Aspects) == 0 {
-		c.Aspects = []string{"quality"}
+		c.Aspects = []string{iqa.Quality}
 	}
 	for _, a := range c.Gate.Aspects() {
 		found := false

@@ -53,6 +53,31 @@ func (r *runner) serverDown(cl *comfyui.Client, err error) {
 // incomplete run (jobs exhausted) is not an error: check
 // Summary.Complete.
 func Run(ctx context.Context, cfg Config) (*Summary, error) {
+	r, err := newRunner(cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer r.out.close()
+	lastJob, err := r.resume()
+	if err != nil {
+		return nil, err
+	}
+	r.startProgress()
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	r.cancel = cancel
+	r.ranges = r.seedRanges(ctx)
+	r.sched = newScheduler(ctx, lastJob+1, cfg.Count-r.reserved, r.full)
+	if err := r.runServers(ctx); err != nil {
+		return nil, err
+	}
+	return r.finish(ctx)
+}
+
+// newRunner checks cfg and prepares a run: the workflow's seed inputs, the
+// prompt text, the seed generator and the output folder.
+func newRunner(cfg Config) (*runner, error) {
 	if err := cfg.check(); err != nil {
 		return nil, err
 	}
@@ -75,99 +100,126 @@ func Run(ctx context.Context, cfg Config) (*Summary, error) {
 	for _, s := range seeds {
 		r.used[s.Value] = true // never "reroll" to the seed the workflow has
 	}
-	r.out, err = newWriter(cfg.OutDir, cfg.KeepRejected)
-	if err != nil {
+	if r.out, err = newWriter(cfg.OutDir, cfg.KeepRejected); err != nil {
 		return nil, err
 	}
-	defer r.out.close()
-	lastJob := 0
-	if cfg.Resume {
-		prev, err := readResults(filepath.Join(cfg.OutDir, ResultsFile))
-		if err != nil {
-			return nil, err
-		}
-		for _, p := range prev {
-			lastJob = max(lastJob, p.Job)
-			for _, sd := range p.Seeds {
-				r.used[sd] = true
-			}
-			if !p.Accepted || r.reserved >= cfg.Count {
-				continue
-			}
-			if _, err := os.Stat(p.File); err != nil {
-				continue // the image is gone: make it again
-			}
-			r.reserved++
-			r.sum.Accepted = append(r.sum.Accepted, p.File)
-			r.sum.Resumed++
-		}
-	}
-	if cfg.Progress != nil {
-		r.bar = progressbar.NewOptions(cfg.Count,
-			progressbar.OptionSetWriter(cfg.Progress),
-			progressbar.OptionSetDescription("accepted"),
-			progressbar.OptionShowCount(),
-			progressbar.OptionSetPredictTime(false),
-			progressbar.OptionSetElapsedTime(true),
-			progressbar.OptionThrottle(100*time.Millisecond),
-			progressbar.OptionSetRenderBlankState(true),
-		)
-		if r.reserved > 0 {
-			_ = r.bar.Set(r.reserved)
-		}
-	}
+	return r, nil
+}
 
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	r.cancel = cancel
-	r.ranges = r.seedRanges(ctx)
-	r.sched = newScheduler(ctx, lastJob+1, cfg.Count-r.reserved, r.full)
+// resume reads the results of an earlier run into the same folder (when
+// Config.Resume): its seeds are not used again and its accepted images that
+// are still on disk count. It returns the highest job number seen.
+func (r *runner) resume() (lastJob int, err error) {
+	if !r.cfg.Resume {
+		return 0, nil
+	}
+	prev, err := readResults(filepath.Join(r.cfg.OutDir, ResultsFile))
+	if err != nil {
+		return 0, err
+	}
+	for _, p := range prev {
+		lastJob = max(lastJob, p.Job)
+		for _, sd := range p.Seeds {
+			r.used[sd] = true
+		}
+		if !p.Accepted || r.reserved >= r.cfg.Count {
+			continue
+		}
+		if _, err := os.Stat(p.File); err != nil {
+			continue // the image is gone: make it again
+		}
+		r.reserved++
+		r.sum.Accepted = append(r.sum.Accepted, p.File)
+		r.sum.Resumed++
+	}
+	return lastJob, nil
+}
 
+// startProgress shows the progress bar on Config.Progress, if set.
+func (r *runner) startProgress() {
+	if r.cfg.Progress == nil {
+		return
+	}
+	r.bar = progressbar.NewOptions(r.cfg.Count,
+		progressbar.OptionSetWriter(r.cfg.Progress),
+		progressbar.OptionSetDescription("accepted"),
+		progressbar.OptionShowCount(),
+		progressbar.OptionSetPredictTime(false),
+		progressbar.OptionSetElapsedTime(true),
+		progressbar.OptionThrottle(100*time.Millisecond),
+		progressbar.OptionSetRenderBlankState(true),
+	)
+	if r.reserved > 0 {
+		_ = r.bar.Set(r.reserved)
+	}
+}
+
+// runServers runs Parallel workers on every server until the scheduler has
+// no jobs left, and waits for them.
+func (r *runner) runServers(ctx context.Context) error {
 	var wg sync.WaitGroup
-	for _, url := range cfg.Servers {
-		opts := append([]comfyui.Option{comfyui.WithDownTimeout(cfg.RetryTimeout)}, cfg.ClientOptions...)
+	for _, url := range r.cfg.Servers {
+		opts := append([]comfyui.Option{comfyui.WithDownTimeout(r.cfg.RetryTimeout)}, r.cfg.ClientOptions...)
 		cl, err := comfyui.New(url, opts...)
 		if err != nil {
-			return nil, fmt.Errorf("run: %w", err)
+			return fmt.Errorf("run: %w", err)
 		}
 		defer cl.Close()
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := r.connect(ctx, cl); err != nil {
-				if ctx.Err() == nil {
-					r.serverDown(cl, err)
-				}
-				return
-			}
-			var inner sync.WaitGroup
-			for p := 0; p < cfg.Parallel; p++ {
-				inner.Add(1)
-				go func() {
-					defer inner.Done()
-					for {
-						j := r.sched.next()
-						if j == nil {
-							return
-						}
-						err := r.work(ctx, cl, j)
-						if errors.Is(err, errServerDown) {
-							// Hand the job to the other servers; this try did
-							// not happen.
-							j.tries--
-							r.sched.done(j, true)
-							r.serverDown(cl, err)
-							return
-						}
-						r.sched.done(j, false)
-					}
-				}()
-			}
-			inner.Wait()
+			r.serve(ctx, cl)
 		}()
 	}
 	wg.Wait()
+	return nil
+}
 
+// serve connects to one server and runs Parallel workers on it; a server
+// that stays unreachable hands its jobs to the others.
+func (r *runner) serve(ctx context.Context, cl *comfyui.Client) {
+	if err := r.connect(ctx, cl); err != nil {
+		if ctx.Err() == nil {
+			r.serverDown(cl, err)
+		}
+		return
+	}
+	var wg sync.WaitGroup
+	for p := 0; p < r.cfg.Parallel; p++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r.worker(ctx, cl)
+		}()
+	}
+	wg.Wait()
+}
+
+// worker takes jobs from the scheduler and runs them on cl until none is
+// left or the server goes down.
+func (r *runner) worker(ctx context.Context, cl *comfyui.Client) {
+	for {
+		j := r.sched.next()
+		if j == nil {
+			return
+		}
+		err := r.work(ctx, cl, j)
+		if errors.Is(err, errServerDown) {
+			// Hand the job to the other servers; this try did not
+			// happen.
+			j.tries--
+			r.sched.done(j, true)
+			r.serverDown(cl, err)
+			return
+		}
+		r.sched.done(j, false)
+	}
+}
+
+// finish closes the progress bar and returns the summary with the run's
+// error: the first fatal one, jobs left with no server reachable, or ctx
+// ending before Count images were accepted.
+func (r *runner) finish(ctx context.Context) (*Summary, error) {
 	if left := r.sched.left(); left > 0 && ctx.Err() == nil && !r.full() {
 		r.fail(fmt.Errorf("run: %d jobs left and no ComfyUI server reachable (last error: %v)", left, r.lastDown))
 	}
@@ -176,13 +228,13 @@ func Run(ctx context.Context, cfg Config) (*Summary, error) {
 	if r.bar != nil {
 		r.bar.Describe(r.describe())
 		_ = r.bar.RenderBlank()
-		fmt.Fprintln(cfg.Progress)
+		fmt.Fprintln(r.cfg.Progress)
 	}
 	sum := r.sum
 	if r.fatal != nil {
 		return &sum, r.fatal
 	}
-	if err := ctx.Err(); err != nil && len(sum.Accepted) < cfg.Count {
+	if err := ctx.Err(); err != nil && len(sum.Accepted) < r.cfg.Count {
 		return &sum, fmt.Errorf("run: %w", err)
 	}
 	return &sum, nil
@@ -275,39 +327,14 @@ func (r *runner) seedRanges(ctx context.Context) []SeedRange {
 
 // connect opens the client's websocket, retrying until RetryTimeout.
 func (r *runner) connect(ctx context.Context, cl *comfyui.Client) error {
-	start := time.Now()
-	for n := 1; ; n++ {
-		err := cl.Connect(ctx)
-		if err == nil {
-			return nil
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		if time.Since(start) > r.cfg.RetryTimeout {
+	return retry(ctx, retryPolicy{
+		timeout: r.cfg.RetryTimeout,
+		delay:   retryDelay,
+		giveUp: func(err error) error {
 			return fmt.Errorf("run: comfyui %s unreachable for %v: %w", cl.URL(), r.cfg.RetryTimeout, err)
-		}
-		r.cfg.Log.Warn("comfyui unreachable, retrying", "server", cl.URL(), "err", err)
-		if !sleep(ctx, retryDelay(n)) {
-			return ctx.Err()
-		}
-	}
-}
-
-func retryDelay(n int) time.Duration {
-	d := 50 * time.Millisecond << min(n-1, 7)
-	return min(d, 5*time.Second)
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
+		},
+		onRetry: func(err error) { r.cfg.Log.Warn("comfyui unreachable, retrying", "server", cl.URL(), "err", err) },
+	}, func(int) error { return cl.Connect(ctx) })
 }
 
 // attempt is one try of a job.
@@ -398,31 +425,11 @@ func (r *runner) work(ctx context.Context, cl *comfyui.Client, j *job) error {
 // runPrompt queues a workflow and waits for it, queueing it again when the
 // server loses it and retrying while the server is unreachable.
 func (r *runner) runPrompt(ctx context.Context, cl *comfyui.Client, wf comfyui.Workflow, a *attempt) (*comfyui.PromptResult, error) {
-	var downSince time.Time
-	for n := 1; ; n++ {
-		extra := map[string]any{"extra_pnginfo": map[string]any{"m3gate_run": map[string]any{"job": a.job, "attempt": a.try}}}
-		pr, err := cl.QueuePrompt(ctx, comfyui.PromptRequest{Prompt: wf, ExtraData: extra})
+	for {
+		pr, err := r.queue(ctx, cl, wf, a)
 		if err != nil {
-			var pe *comfyui.PromptError
-			if errors.As(err, &pe) {
-				return nil, fmt.Errorf("run: %s rejected the workflow: %w", cl.URL(), pe)
-			}
-			if ctx.Err() != nil {
-				return nil, ctx.Err()
-			}
-			if downSince.IsZero() {
-				downSince = time.Now()
-			}
-			if time.Since(downSince) > r.cfg.RetryTimeout {
-				return nil, fmt.Errorf("run: comfyui %s unreachable for %v: %w: %w", cl.URL(), r.cfg.RetryTimeout, errServerDown, err)
-			}
-			r.cfg.Log.Debug("queue prompt failed, retrying", "server", cl.URL(), "err", err)
-			if !sleep(ctx, retryDelay(n)) {
-				return nil, ctx.Err()
-			}
-			continue
+			return nil, err
 		}
-		downSince = time.Time{}
 		a.promptID = pr.PromptID
 		res, err := cl.WaitPrompt(ctx, pr.PromptID)
 		if errors.Is(err, comfyui.ErrPromptLost) {
@@ -444,6 +451,30 @@ func (r *runner) runPrompt(ctx context.Context, cl *comfyui.Client, wf comfyui.W
 	}
 }
 
+// queue queues the attempt's workflow, retrying while the server is
+// unreachable; a workflow the server rejects is not retried.
+func (r *runner) queue(ctx context.Context, cl *comfyui.Client, wf comfyui.Workflow, a *attempt) (*comfyui.PromptResponse, error) {
+	extra := map[string]any{"extra_pnginfo": map[string]any{"m3gate_run": map[string]any{"job": a.job, "attempt": a.try}}}
+	var pr *comfyui.PromptResponse
+	err := retry(ctx, retryPolicy{
+		timeout: r.cfg.RetryTimeout,
+		delay:   retryDelay,
+		giveUp: func(err error) error {
+			return fmt.Errorf("run: comfyui %s unreachable for %v: %w: %w", cl.URL(), r.cfg.RetryTimeout, errServerDown, err)
+		},
+		onRetry: func(err error) { r.cfg.Log.Debug("queue prompt failed, retrying", "server", cl.URL(), "err", err) },
+	}, func(int) error {
+		var err error
+		pr, err = cl.QueuePrompt(ctx, comfyui.PromptRequest{Prompt: wf, ExtraData: extra})
+		var pe *comfyui.PromptError
+		if errors.As(err, &pe) {
+			return permanent(fmt.Errorf("run: %s rejected the workflow: %w", cl.URL(), pe))
+		}
+		return err
+	})
+	return pr, err
+}
+
 // fetch downloads the prompt's images: saved outputs, or temp previews
 // when the workflow saves nothing.
 func (r *runner) fetch(ctx context.Context, cl *comfyui.Client, res *comfyui.PromptResult) ([]Image, error) {
@@ -462,25 +493,24 @@ func (r *runner) fetch(ctx context.Context, cl *comfyui.Client, res *comfyui.Pro
 	}
 	images := make([]Image, 0, len(refs))
 	for _, ref := range refs {
-		var downSince time.Time
-		for n := 1; ; n++ {
+		err := retry(ctx, retryPolicy{
+			timeout: r.cfg.RetryTimeout,
+			delay:   retryDelay,
+			giveUp: func(err error) error {
+				return fmt.Errorf("run: fetch image from %s: %w: %w", cl.URL(), errServerDown, err)
+			},
+		}, func(int) error {
 			data, err := cl.View(ctx, ref.ImageRef)
+			if errors.Is(err, comfyui.ErrNotFound) {
+				return permanent(err)
+			}
 			if err == nil {
 				images = append(images, Image{Data: data, Ref: ref.ImageRef, Node: ref.Node, Index: ref.Index})
-				break
 			}
-			if errors.Is(err, comfyui.ErrNotFound) || ctx.Err() != nil {
-				return nil, err
-			}
-			if downSince.IsZero() {
-				downSince = time.Now()
-			}
-			if time.Since(downSince) > r.cfg.RetryTimeout {
-				return nil, fmt.Errorf("run: fetch image from %s: %w: %w", cl.URL(), errServerDown, err)
-			}
-			if !sleep(ctx, retryDelay(n)) {
-				return nil, ctx.Err()
-			}
+			return err
+		})
+		if err != nil {
+			return nil, err
 		}
 	}
 	return images, nil
@@ -491,34 +521,37 @@ func (r *runner) fetch(ctx context.Context, cl *comfyui.Client, res *comfyui.Pro
 // RetryTimeout has passed since the first failure; other failures are
 // retried a few times.
 func (r *runner) score(ctx context.Context, images []Image) ([]Scores, error) {
-	var downSince time.Time
+	const maxOtherFailures = 4
+	var scores []Scores
 	others := 0
-	for n := 1; ; n++ {
-		scores, err := r.cfg.Scorer.Score(ctx, images, r.prompt, r.cfg.Aspects)
-		if err == nil {
+	err := retry(ctx, retryPolicy{
+		timeout: r.cfg.RetryTimeout,
+		delay:   scoreRetryDelay,
+		giveUp: func(err error) error {
+			return fmt.Errorf("run: score images: scorer unavailable for %v: %w", r.cfg.RetryTimeout, err)
+		},
+		onRetry: func(err error) { r.cfg.Log.Warn("scoring failed, retrying", "err", err) },
+	}, func(int) error {
+		var err error
+		scores, err = r.cfg.Scorer.Score(ctx, images, r.prompt, r.cfg.Aspects)
+		switch {
+		case err == nil:
 			if len(scores) != len(images) {
-				return nil, fmt.Errorf("run: scorer returned %d results for %d images", len(scores), len(images))
+				return permanent(fmt.Errorf("run: scorer returned %d results for %d images", len(scores), len(images)))
 			}
-			return scores, nil
+			return nil
+		case ctx.Err() != nil || transientScoreError(err):
+			return err
 		}
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
+		if others++; others >= maxOtherFailures {
+			return permanent(fmt.Errorf("run: score images: %w", err))
 		}
-		if downSince.IsZero() {
-			downSince = time.Now()
-		}
-		if transientScoreError(err) {
-			if time.Since(downSince) > r.cfg.RetryTimeout {
-				return nil, fmt.Errorf("run: score images: scorer unavailable for %v: %w", r.cfg.RetryTimeout, err)
-			}
-		} else if others++; others >= 4 {
-			return nil, fmt.Errorf("run: score images: %w", err)
-		}
-		r.cfg.Log.Warn("scoring failed, retrying", "err", err)
-		if !sleep(ctx, min(time.Duration(n)*500*time.Millisecond, 2*time.Second)) {
-			return nil, ctx.Err()
-		}
+		return err
+	})
+	if err != nil {
+		return nil, err
 	}
+	return scores, nil
 }
 
 // decide gates the images of one try. Every passing image fills one of the

@@ -20,6 +20,7 @@ import (
 	"github.com/m3gate/m3gate/plugin/server"
 	"github.com/m3gate/m3gate/plugin/supervisor"
 	"github.com/m3gate/m3gate/schemas"
+	"github.com/m3gate/m3gate/schemas/iqa"
 )
 
 // The producer is the daemon's scorer.
@@ -63,7 +64,7 @@ func (s *hashScorer) Score(ctx context.Context, req schemas.ScoreRequest) ([]sch
 		out[i].Aspects = map[string]schemas.AspectResult{}
 		for _, a := range req.Options.Aspects {
 			m := hashMOS(it.Data, it.Prompt+a)
-			out[i].Aspects[a] = schemas.AspectResult{MOS: m, Rating: schemas.RatingForMOS(m), Source: schemas.SourceWordProbs}
+			out[i].Aspects[a] = schemas.AspectResult{MOS: m, Rating: iqa.RatingWord(m), Source: schemas.SourceWordProbs}
 		}
 	}
 	return out, nil

@@ -21,61 +21,24 @@ import (
 	"testing"
 	"time"
 
+	"github.com/m3gate/m3gate/internal/testenv"
 	"github.com/m3gate/m3gate/schemas/api"
 )
 
 // The daemon tests run the real binaries: `m3gate serve` supervising the
-// real m3gate-sidecar on a generated tiny model. They are built once per
-// test run ($M3GATE and $M3GATE_SIDECAR name prebuilt ones).
-
-var (
-	binOnce            sync.Once
-	binDir             string
-	m3gateBin, sidecar string
-	tinyModel          string
-	binErr             error
-)
+// real m3gate-sidecar on a generated tiny model, made once per test run by
+// testenv ($M3GATE and $M3GATE_SIDECAR name prebuilt ones).
 
 func daemonBinaries(t *testing.T) (m3gate, sidecarBin, model string) {
 	t.Helper()
-	binOnce.Do(func() {
-		binDir, binErr = os.MkdirTemp("", "m3gate-daemon-test-")
-		if binErr != nil {
-			return
-		}
-		build := func(env, pkg, name string) string {
-			if p := os.Getenv(env); p != "" {
-				return p
-			}
-			out := filepath.Join(binDir, name)
-			if b, err := exec.Command("go", "build", "-o", out, pkg).CombinedOutput(); err != nil && binErr == nil {
-				binErr = fmt.Errorf("build %s (source scripts/env.sh first): %v\n%s", pkg, err, b)
-			}
-			return out
-		}
-		m3gateBin = build("M3GATE", "github.com/m3gate/m3gate/plugin/cmd/m3gate", "m3gate")
-		sidecar = build("M3GATE_SIDECAR", "github.com/m3gate/m3gate/sidecar/cmd/m3gate-sidecar", "m3gate-sidecar")
-		if binErr != nil {
-			return
-		}
-		tinyModel = filepath.Join(binDir, "tiny")
-		if b, err := exec.Command(sidecar, "model", "tiny", "--family", "idefics3", "--size", "tiny", "--out", tinyModel).CombinedOutput(); err != nil {
-			binErr = fmt.Errorf("model tiny: %v\n%s", err, b)
-		}
-	})
-	if binErr != nil {
-		t.Fatal(binErr)
+	if testing.Short() {
+		t.Skip("daemon end-to-end test; skipped with -short")
 	}
-	return m3gateBin, sidecar, tinyModel
+	m3gate, sidecarBin = testenv.M3gate(t), testenv.Sidecar(t)
+	return m3gate, sidecarBin, testenv.TinyModel(t, sidecarBin)
 }
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if binDir != "" {
-		os.RemoveAll(binDir)
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testenv.Main(m) }
 
 var listenLine = regexp.MustCompile(`listening on http://(\S+)`)
 

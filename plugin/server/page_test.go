@@ -20,6 +20,7 @@ import (
 	"github.com/m3gate/m3gate/plugin/review"
 	"github.com/m3gate/m3gate/schemas"
 	"github.com/m3gate/m3gate/schemas/api"
+	"github.com/m3gate/m3gate/schemas/iqa"
 )
 
 // pngScorer scores real images: MOS = 5 × the mean red level of the image.
@@ -37,7 +38,7 @@ func (p *pngScorer) Score(ctx context.Context, req schemas.ScoreRequest) ([]sche
 		mos := 5 * float64(r) / 0xffff
 		out[i] = schemas.ItemResult{Index: i, Aspects: map[string]schemas.AspectResult{}}
 		for _, a := range req.Options.Aspects {
-			out[i].Aspects[a] = schemas.AspectResult{MOS: mos, Rating: schemas.RatingForMOS(mos), Description: "described", Source: schemas.SourcePredictor}
+			out[i].Aspects[a] = schemas.AspectResult{MOS: mos, Rating: iqa.RatingWord(mos), Description: "described", Source: schemas.SourcePredictor}
 		}
 	}
 	return out, nil

@@ -14,9 +14,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/m3gate/m3gate/plugin/config"
 	"github.com/m3gate/m3gate/schemas"
 	"github.com/m3gate/m3gate/schemas/api"
+	"github.com/m3gate/m3gate/schemas/iqa"
 )
 
 // provenance is what a score request says about how its images were made.
@@ -154,13 +154,13 @@ func (s *Server) resultJSON(res schemas.ItemResult) api.Result {
 // their usual order, then any others sorted.
 func knownAspects(prompts map[string]schemas.AspectPrompt) []string {
 	var out []string
-	for _, a := range config.Aspects {
+	for _, a := range iqa.Aspects {
 		if _, ok := prompts[a]; ok {
 			out = append(out, a)
 		}
 	}
 	for _, a := range slices.Sorted(maps.Keys(prompts)) {
-		if !slices.Contains(config.Aspects, a) {
+		if !slices.Contains(iqa.Aspects, a) {
 			out = append(out, a)
 		}
 	}
@@ -171,7 +171,7 @@ func knownAspects(prompts map[string]schemas.AspectPrompt) []string {
 // without a generation prompt, naming the field to set (as `m3gate score`
 // refuses it): the model would rate the match with an empty prompt.
 func checkPrompts(req schemas.ScoreRequest) error {
-	if !slices.Contains(req.Options.Aspects, config.AspectCorrespondence) || strings.TrimSpace(req.Prompt) != "" {
+	if !slices.Contains(req.Options.Aspects, iqa.Correspondence) || strings.TrimSpace(req.Prompt) != "" {
 		return nil
 	}
 	for i, it := range req.Items {

@@ -29,6 +29,7 @@ import (
 	"github.com/m3gate/m3gate/plugin/supervisor"
 	"github.com/m3gate/m3gate/schemas"
 	"github.com/m3gate/m3gate/schemas/api"
+	"github.com/m3gate/m3gate/schemas/iqa"
 )
 
 // Scorer scores images; *supervisor.Supervisor implements it.
@@ -166,7 +167,7 @@ func New(cfg Config) (*Server, error) {
 		cfg.MaxSubscribers = 256
 	}
 	if len(cfg.Defaults.Aspects) == 0 {
-		cfg.Defaults.Aspects = []string{"quality"}
+		cfg.Defaults.Aspects = []string{iqa.Quality}
 	}
 	if cfg.Registry == nil {
 		cfg.Registry = prometheus.NewRegistry()

@@ -27,6 +27,7 @@ import (
 	"github.com/m3gate/m3gate/plugin/supervisor"
 	"github.com/m3gate/m3gate/schemas"
 	"github.com/m3gate/m3gate/schemas/api"
+	"github.com/m3gate/m3gate/schemas/iqa"
 )
 
 // fakeScorer answers each image "img-N" with MOS N/10 and the image text as
@@ -72,7 +73,7 @@ func (f *fakeScorer) Score(ctx context.Context, req schemas.ScoreRequest) ([]sch
 		out[i] = schemas.ItemResult{Index: i, Aspects: map[string]schemas.AspectResult{}}
 		for _, a := range req.Options.Aspects {
 			mos := float64(n%50) / 10
-			out[i].Aspects[a] = schemas.AspectResult{MOS: mos, Rating: schemas.RatingForMOS(mos), Description: text, Source: schemas.SourcePredictor,
+			out[i].Aspects[a] = schemas.AspectResult{MOS: mos, Rating: iqa.RatingWord(mos), Description: text, Source: schemas.SourcePredictor,
 				WordProbs: map[string]float64{"good": 0.5, "bad": 0.5}, Timings: map[string]time.Duration{"generate": 1500 * time.Microsecond}}
 		}
 	}

@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strconv"
@@ -19,6 +18,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
 
+	"github.com/m3gate/m3gate/internal/testenv"
 	"github.com/m3gate/m3gate/schemas"
 )
 
@@ -27,10 +27,7 @@ import (
 //     backed by testScorer (a real process the tests can SIGKILL);
 //   - SUPERVISOR_TEST_DAEMON=1: a minimal daemon that supervises the real
 //     m3gate-sidecar, prints its pid and stops it on SIGTERM.
-// The real sidecar binary is built once per run (or taken from
-// $M3GATE_SIDECAR).
-
-var sidecarBin string // the real m3gate-sidecar
+// The real sidecar binary comes from testenv.Sidecar.
 
 func TestMain(m *testing.M) {
 	switch {
@@ -45,45 +42,16 @@ func TestMain(m *testing.M) {
 	case os.Getenv("SUPERVISOR_TEST_DAEMON") == "1":
 		os.Exit(testDaemon())
 	}
-	code := m.Run()
-	if tinyDir != "" {
-		os.RemoveAll(tinyDir)
-	}
-	if buildDir != "" {
-		os.RemoveAll(buildDir)
-	}
-	os.Exit(code)
+	testenv.Main(m)
 }
 
-var (
-	buildOnce sync.Once
-	buildDir  string
-	buildErr  error
-)
-
-// realSidecar returns the real m3gate-sidecar: $M3GATE_SIDECAR, or a build
-// of sidecar/cmd/m3gate-sidecar made once per test run (it needs the cgo
-// environment of scripts/env.sh).
+// realSidecar returns the real m3gate-sidecar (testenv.Sidecar).
 func realSidecar(t testing.TB) string {
 	t.Helper()
-	buildOnce.Do(func() {
-		if sidecarBin = os.Getenv("M3GATE_SIDECAR"); sidecarBin != "" {
-			return
-		}
-		buildDir, buildErr = os.MkdirTemp("", "supervisor-test-")
-		if buildErr != nil {
-			return
-		}
-		sidecarBin = filepath.Join(buildDir, "m3gate-sidecar")
-		out, err := exec.Command("go", "build", "-o", sidecarBin, "github.com/m3gate/m3gate/sidecar/cmd/m3gate-sidecar").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("build m3gate-sidecar (source scripts/env.sh first): %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
+	if testing.Short() {
+		t.Skip("drives the real sidecar; skipped with -short")
 	}
-	return sidecarBin
+	return testenv.Sidecar(t)
 }
 
 // testScorer is the scorer of the helper plugin process. Its behaviour is

@@ -11,44 +11,22 @@ import (
 	"image"
 	"image/png"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/m3gate/m3gate/internal/testenv"
 	"github.com/m3gate/m3gate/schemas"
 )
 
-var (
-	tinyOnce sync.Once
-	tinyDir  string
-	tinyErr  error
-)
-
-// tinyModel writes the tiny random-weight model once per test run.
-func tinyModel(t *testing.T) string {
+// tinyModel returns the tiny random-weight model (testenv.TinyModel, made
+// once per test binary).
+func tinyModel(t testing.TB) string {
 	t.Helper()
-	bin := realSidecar(t)
-	tinyOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "supervisor-tiny-")
-		if err != nil {
-			tinyErr = err
-			return
-		}
-		out, err := exec.Command(bin, "model", "tiny", "--family", "idefics3", "--size", "tiny", "--out", dir).CombinedOutput()
-		if err != nil {
-			tinyErr = errors.New("model tiny: " + err.Error() + ": " + string(bytes.TrimSpace(out)))
-		}
-		tinyDir = dir
-	})
-	if tinyErr != nil {
-		t.Fatal(tinyErr)
-	}
-	return tinyDir
+	return testenv.TinyModel(t, realSidecar(t))
 }
 
 // startTiny supervises the real sidecar on the tiny model and waits until

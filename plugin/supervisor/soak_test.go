@@ -6,7 +6,6 @@ import (
 	"image"
 	"image/png"
 	"os"
-	"os/exec"
 	"sort"
 	"strconv"
 	"testing"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/m3gate/m3gate/internal/testenv"
 	"github.com/m3gate/m3gate/schemas"
 )
 
@@ -32,10 +32,7 @@ import (
 // names a file for the supervisor's and the sidecar's log.
 func BenchmarkSidecarSoakRSS(b *testing.B) {
 	bin := realSidecar(b)
-	modelDir := b.TempDir()
-	if out, err := exec.Command(bin, "model", "tiny", "--family", "idefics3", "--size", "tiny", "--out", modelDir).CombinedOutput(); err != nil {
-		b.Fatalf("model tiny: %v: %s", err, bytes.TrimSpace(out))
-	}
+	modelDir := testenv.TinyModel(b, bin)
 	cfg := Config{Path: bin, Load: schemas.LoadRequest{ModelDir: modelDir, Family: "idefics3", Device: "cpu", DType: "f32", Threads: 1}}
 	if e := os.Getenv("M3GATE_SOAK_ENV"); e != "" {
 		cfg.Env = append(cfg.Env, e)

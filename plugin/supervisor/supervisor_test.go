@@ -26,8 +26,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/m3gate/m3gate/internal/testenv"
 	"github.com/m3gate/m3gate/plugin/dataset"
 	"github.com/m3gate/m3gate/schemas"
+	"github.com/m3gate/m3gate/schemas/iqa"
 )
 
 // startTest supervises the test binary as the plugin (testScorer).
@@ -388,19 +390,14 @@ func TestBadConfig(t *testing.T) {
 	}
 }
 
-// TestRealSidecar drives the real m3gate-sidecar binary. With a scorer wired
-// in (and a model from $M3GATE_TEST_MODEL_DIR or `model tiny`), it checks a
-// full score; without one, that the "no scorer" error crosses the process
-// boundary intact. Either way, a 50 MB PNG passes its gRPC limits.
+// TestRealSidecar drives the real m3gate-sidecar binary on a model from
+// $M3GATE_TEST_MODEL_DIR or `model tiny`: a full score, and a 50 MB PNG
+// passes its gRPC limits.
 func TestRealSidecar(t *testing.T) {
 	sidecarBin := realSidecar(t)
 	modelDir := os.Getenv("M3GATE_TEST_MODEL_DIR")
 	if modelDir == "" {
-		modelDir = t.TempDir()
-		out, err := exec.Command(sidecarBin, "model", "tiny", "--family", "idefics3", "--size", "tiny", "--out", modelDir).CombinedOutput()
-		if err != nil {
-			t.Logf("model tiny: %v: %s", err, bytes.TrimSpace(out))
-		}
+		modelDir = testenv.TinyModel(t, sidecarBin)
 	}
 	sup, err := Start(Config{Path: sidecarBin, Load: schemas.LoadRequest{ModelDir: modelDir, Family: "idefics3", Device: "cpu", DType: "f32"}})
 	if err != nil {
@@ -408,19 +405,6 @@ func TestRealSidecar(t *testing.T) {
 	}
 	defer sup.Close(context.Background())
 	err = sup.WaitReady(ctxT(t, 5*time.Minute))
-	if errors.Is(err, schemas.ErrNoScorer) {
-		if !strings.Contains(err.Error(), "no scorer built in") {
-			t.Errorf("error lost its message: %v", err)
-		}
-		if sup.Restarts() != 0 {
-			t.Errorf("restarts: %d", sup.Restarts())
-		}
-		_, err := sup.Score(ctxT(t, time.Minute), req("a cat", largePNG(t)))
-		if !errors.Is(err, schemas.ErrNoScorer) {
-			t.Errorf("score: got %v, want ErrNoScorer", err)
-		}
-		t.Skip("m3gate-sidecar has no scorer wired in; checked that the error round-trips")
-	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -446,7 +430,7 @@ func TestRealSidecar(t *testing.T) {
 		if !ok || rs[0].Error != "" {
 			t.Fatalf("image 0: no %s result (error %q)", a, rs[0].Error)
 		}
-		if math.IsNaN(r.MOS) || r.MOS < 0 || r.MOS > 5 || schemas.RatingForMOS(r.MOS) == "" {
+		if math.IsNaN(r.MOS) || r.MOS < 0 || r.MOS > 5 || iqa.RatingWord(r.MOS) == "" {
 			t.Errorf("%s: mos %v out of range", a, r.MOS)
 		}
 		var sum float64

@@ -16,6 +16,9 @@ import (
 // from a thin strip to a tall banner, small images that are upscaled, and
 // max_slice_nums 9 and 4.
 func TestSliceMiniCPMVMatchesReference(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the Python reference; skipped with -short")
+	}
 	if err := exec.Command(python, "-c", "import PIL").Run(); err != nil {
 		t.Skipf("skipping: %s cannot import PIL (%v); install python3-pil", python, err)
 	}

@@ -12,27 +12,6 @@ import (
 	"github.com/m3gate/m3gate/sidecar/mllm"
 )
 
-// RatingWords are the five rating words from low to high, as the round-2
-// question lists them.
-var RatingWords = [5]string{"bad", "poor", "fair", "good", "excellent"}
-
-// WordForMOS maps a MOS on 0–5 to its rating word: below 1 bad, below 2
-// poor, below 3 fair, below 4 good, else excellent.
-func WordForMOS(mos float64) string {
-	switch {
-	case mos < 1:
-		return RatingWords[0]
-	case mos < 2:
-		return RatingWords[1]
-	case mos < 3:
-		return RatingWords[2]
-	case mos < 4:
-		return RatingWords[3]
-	default:
-		return RatingWords[4]
-	}
-}
-
 // PromptPlaceholder is the token a round-1 template carries where the
 // generation prompt goes.
 const PromptPlaceholder = "{prompt}"

@@ -15,6 +15,7 @@ import (
 	"github.com/sugarme/gotch/ts"
 
 	"github.com/m3gate/m3gate/schemas"
+	"github.com/m3gate/m3gate/schemas/iqa"
 	"github.com/m3gate/m3gate/sidecar/imageproc"
 	"github.com/m3gate/m3gate/sidecar/lora"
 	"github.com/m3gate/m3gate/sidecar/mllm/minicpmv"
@@ -228,7 +229,7 @@ func (e *miniCPMEngine) Load(ctx context.Context, req schemas.LoadRequest, progr
 		preds[aspect] = p
 	}
 	seen := map[int64]string{}
-	for i, w := range RatingWords {
+	for i, w := range iqa.RatingWords {
 		// The answer follows the header's "\n\n": the word has no space.
 		ids, err := model.Tokenizer.Encode(w)
 		if err != nil || len(ids) == 0 {
@@ -394,20 +395,8 @@ func (e *miniCPMEngine) scoreAspect(ctx context.Context, img image.Image, genPro
 	if err != nil {
 		return res, err
 	}
-	wp := map[string]float64{}
-	best, sum, expect := 0, 0.0, 0.0
-	for w, word := range RatingWords {
-		wp[word] = pv[w]
-		sum += pv[w]
-		expect += pv[w] * float64(w+1)
-		if pv[w] > pv[best] {
-			best = w
-		}
-	}
-	res = schemas.AspectResult{Rating: RatingWords[best], WordProbs: wp, Description: desc, Source: SourceWordProbs}
-	if sum > 0 {
-		res.MOS = (expect/sum - 1) * 5 / 4
-	}
+	r := ratingResult(aspect, pv)
+	res = schemas.AspectResult{MOS: r.MOS, Rating: r.Rating, WordProbs: r.WordProbs, Description: desc, Source: r.Source}
 	rate := time.Since(t2)
 	var predict time.Duration
 	if pr := e.predictors[aspect]; pr != nil {

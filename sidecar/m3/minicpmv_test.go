@@ -106,6 +106,9 @@ func scoreMini(t *testing.T, e *Engine, items []schemas.ScoreItem, aspects ...st
 // (the swap restores the base); a batch of two equals the two scored
 // alone; greedy and beam decoding are both available.
 func TestMiniCPMEngine(t *testing.T) {
+	if testing.Short() {
+		t.Skip("scores with two engines and several adapters; skipped with -short")
+	}
 	f := newMiniCPMFixture(t)
 	img1 := schemas.ScoreItem{Data: texturedPNG(t, 520, 400, 0), Prompt: "statue of a man"}
 	img2 := schemas.ScoreItem{Data: texturedPNG(t, 300, 300, 1), Prompt: "a red apple"}

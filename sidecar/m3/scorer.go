@@ -11,6 +11,7 @@ import (
 	"github.com/sugarme/gotch"
 	"github.com/sugarme/gotch/ts"
 
+	"github.com/m3gate/m3gate/schemas/iqa"
 	"github.com/m3gate/m3gate/sidecar/mllm"
 	"github.com/m3gate/m3gate/sidecar/torch"
 	"github.com/m3gate/m3gate/sidecar/xlstm"
@@ -107,7 +108,7 @@ func New(model *mllm.Model, adapters AdapterSwitch) (*Scorer, error) {
 	}
 	s := &Scorer{model: model, adapters: adapters}
 	seen := map[int64]string{}
-	for i, w := range RatingWords {
+	for i, w := range iqa.RatingWords {
 		// The answer follows "Assistant:", so the word comes with a space.
 		ids, err := model.Tokenizer.Encode(" " + w)
 		if err != nil || len(ids) == 0 {
@@ -540,7 +541,7 @@ func (g *groupRun) results() ([][]Result, error) {
 	for i := range res {
 		res[i] = make([]Result, m)
 	}
-	nw := len(RatingWords)
+	nw := len(iqa.RatingWords)
 	for k := 0; k < g.n; k++ {
 		i, a := g.item(k), g.aspect(k)
 		r := ratingResult(a.Name, g.probs[k*nw:(k+1)*nw])
@@ -564,12 +565,12 @@ func (g *groupRun) results() ([][]Result, error) {
 }
 
 // ratingResult is the result the rating-word probabilities p (in
-// RatingWords order) give: the most probable word and the expected
+// iqa.RatingWords order) give: the most probable word and the expected
 // rating mapped onto 0–5.
 func ratingResult(aspect string, p []float64) Result {
 	wp := map[string]float64{}
 	best, sum, expect := 0, 0.0, 0.0
-	for w, word := range RatingWords {
+	for w, word := range iqa.RatingWords {
 		wp[word] = p[w]
 		sum += p[w]
 		expect += p[w] * float64(w+1)
@@ -577,7 +578,7 @@ func ratingResult(aspect string, p []float64) Result {
 			best = w
 		}
 	}
-	r := Result{Aspect: aspect, Rating: RatingWords[best], WordProbs: wp, Source: SourceWordProbs}
+	r := Result{Aspect: aspect, Rating: iqa.RatingWords[best], WordProbs: wp, Source: SourceWordProbs}
 	if sum > 0 {
 		r.MOS = (expect/sum - 1) * 5 / 4
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/sugarme/gotch"
 
+	"github.com/m3gate/m3gate/schemas/iqa"
 	"github.com/m3gate/m3gate/sidecar/mllm"
 	"github.com/m3gate/m3gate/sidecar/torch"
 	"github.com/m3gate/m3gate/sidecar/xlstm"
@@ -130,7 +131,7 @@ func TestScoreTiny(t *testing.T) {
 			if r.Source == SourceWordProbs {
 				// MOS is the expectation over the normalised word probabilities.
 				e := 0.0
-				for k, w := range RatingWords {
+				for k, w := range iqa.RatingWords {
 					e += r.WordProbs[w] / sum * float64(k+1)
 				}
 				if want := (e - 1) * 1.25; math.Abs(r.MOS-want) > 1e-9 {
@@ -224,18 +225,6 @@ func TestScoreErrors(t *testing.T) {
 	cancel()
 	if _, err := s.Score(ctx, item, []Aspect{{Name: "quality", Prompts: testPrompts}}, Options{MaxNewTokens: 4}); err == nil {
 		t.Error("cancelled context: got no error")
-	}
-}
-
-func TestWordForMOS(t *testing.T) {
-	tests := []struct {
-		mos  float64
-		want string
-	}{{0, "bad"}, {0.99, "bad"}, {1, "poor"}, {2.5, "fair"}, {3.99, "good"}, {4, "excellent"}, {5, "excellent"}}
-	for _, tt := range tests {
-		if got := WordForMOS(tt.mos); got != tt.want {
-			t.Errorf("WordForMOS(%v) = %q, want %q", tt.mos, got, tt.want)
-		}
 	}
 }
 

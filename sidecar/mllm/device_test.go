@@ -32,7 +32,7 @@ func runOnDevice(t *testing.T, opts LoadOptions) (*Model, deviceRun) {
 	var r deviceRun
 	seqs := prompts(t, m, 2, true)
 	r.feats = floats(seqs[0].Images[0].Tokens)
-	out, cache, err := m.Prefill(seqs, ForwardOptions{Logits: LogitsAll, Hidden: true})
+	out, _, err := m.Prefill(seqs, ForwardOptions{Logits: LogitsAll, Hidden: true})
 	if err != nil {
 		t.Fatal(err)
 	}

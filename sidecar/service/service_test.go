@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/m3gate/m3gate/schemas"
+	"github.com/m3gate/m3gate/schemas/iqa"
 )
 
 // brightnessEngine is a small real engine for tests: it decodes each image
@@ -74,7 +75,7 @@ func (e *brightnessEngine) Score(ctx context.Context, items []schemas.ScoreItem,
 		mos := 5 * sum / float64(b.Dx()*b.Dy()) / 255
 		out[i].Aspects = map[string]schemas.AspectResult{}
 		for _, a := range opts.Aspects {
-			out[i].Aspects[a] = schemas.AspectResult{MOS: mos, Rating: schemas.RatingForMOS(mos), Description: it.Prompt, Source: schemas.SourceWordProbs}
+			out[i].Aspects[a] = schemas.AspectResult{MOS: mos, Rating: iqa.RatingWord(mos), Description: it.Prompt, Source: schemas.SourceWordProbs}
 		}
 	}
 	return out, nil

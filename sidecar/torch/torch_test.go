@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"runtime"
 	"testing"
 
 	"github.com/sugarme/gotch"
@@ -37,6 +38,11 @@ func TestLinearSoftmax(t *testing.T) {
 }
 
 func TestSetThreads(t *testing.T) {
+	// With OpenMP, libtorch's thread count is per OS thread once that
+	// thread has run torch (later threads take the last count set): the
+	// goroutine must not move between SetThreads and Threads.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	defer SetThreads(0)
 	for _, n := range []int{1, 2} {
 		if err := SetThreads(n); err != nil {

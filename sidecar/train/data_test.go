@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/m3gate/m3gate/schemas/labels"
 )
 
 func TestReadConversations(t *testing.T) {
@@ -16,8 +18,8 @@ func TestReadConversations(t *testing.T) {
 	if got, want := len(recs), 2; got != want {
 		t.Fatalf("records: got %d, want %d", got, want)
 	}
-	if !recs[0].HasMOS || recs[0].MOS != 3.4 || recs[1].HasMOS {
-		t.Errorf("mos: got %v/%v and %v, want 3.4/true and false", recs[0].MOS, recs[0].HasMOS, recs[1].HasMOS)
+	if recs[0].MOS == nil || *recs[0].MOS != 3.4 || recs[1].MOS != nil {
+		t.Errorf("mos: got %v and %v, want 3.4 and none", recs[0].MOS, recs[1].MOS)
 	}
 	if got := Select(recs, "correspondence", "test", 0); len(got) != 1 || got[0].Image != "b.jpg" || got[0].Line != 2 {
 		t.Errorf("select: got %+v", got)
@@ -32,7 +34,9 @@ func TestReadConversationsErrors(t *testing.T) {
 		{"bad json", good + "\n{not json\n", "x.jsonl:2"},
 		{"empty description", strings.Replace(good, `"d"`, `""`, 1), "empty teacher_description"},
 		{"unknown word", strings.Replace(good, `"good"`, `"great"`, 1), `rating word "great"`},
-		{"duplicate", good + "\n" + good, "repeats line 1"},
+		{"duplicate", good + "\n" + good, "x.jsonl:2: duplicate: image \"a.jpg\" aspect quality already on line 1"},
+		{"unknown aspect", strings.Replace(good, `"quality"`, `"beauty"`, 1), `x.jsonl:1: parse: unknown aspect "beauty" (known:`},
+		{"every bad line", "{\n" + good + "\n[]\n", "x.jsonl:3: parse: json"},
 		{"mos range", strings.Replace(good, `"rating_word"`, `"mos":7,"rating_word"`, 1), "mos 7 outside"},
 		{"empty file", "\n", "no records"},
 	} {
@@ -66,11 +70,17 @@ func TestReadMOS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	recs := []Record{{Image: "a.jpg", Aspect: "quality", Line: 1}, {Image: "b.jpg", Aspect: "quality", Line: 2}}
-	if err := JoinMOS(recs, tcsv); err != nil || recs[1].MOS != 0.5 {
+	twoRecs := func() []Record {
+		return []Record{
+			{Conversation: labels.Conversation{Image: "a.jpg", Aspect: "quality", Line: 1}},
+			{Conversation: labels.Conversation{Image: "b.jpg", Aspect: "quality", Line: 2}},
+		}
+	}
+	recs := twoRecs()
+	if err := JoinMOS(recs, tcsv); err != nil || recs[1].MOS == nil || *recs[1].MOS != 0.5 {
 		t.Errorf("join csv: err %v, b.jpg %v", err, recs[1].MOS)
 	}
-	recs = []Record{{Image: "a.jpg", Aspect: "quality", Line: 1}, {Image: "b.jpg", Aspect: "quality", Line: 2}}
+	recs = twoRecs()
 	if err := JoinMOS(recs, tman); err == nil || !strings.Contains(err.Error(), "line 2 (b.jpg") {
 		t.Errorf("join manifest: got %v, want an error naming line 2", err)
 	}
@@ -78,25 +88,6 @@ func TestReadMOS(t *testing.T) {
 	os.WriteFile(bad, []byte("name,mos_quality\na.jpg,9\n"), 0o644)
 	if _, err := ReadMOS(bad); err == nil || !strings.Contains(err.Error(), "bad.csv:2") {
 		t.Errorf("bad csv: got %v, want an error naming bad.csv:2", err)
-	}
-}
-
-func TestSRCC(t *testing.T) {
-	// Values from scipy.stats.spearmanr (ties averaged).
-	for _, tc := range []struct {
-		a, b []float64
-		want float64
-	}{
-		{[]float64{1, 2, 3, 4, 5}, []float64{5, 6, 7, 8, 7}, 0.8207826816681233},
-		{[]float64{1, 2, 2, 3}, []float64{1, 3, 2, 4}, 0.9486832980505139},
-		{[]float64{3, 1, 2}, []float64{1, 3, 2}, -1},
-	} {
-		if got := SRCC(tc.a, tc.b); got-tc.want > 1e-12 || tc.want-got > 1e-12 {
-			t.Errorf("SRCC(%v, %v) = %v, want %v", tc.a, tc.b, got, tc.want)
-		}
-	}
-	if got := SRCC([]float64{1, 1}, []float64{1, 2}); got == got {
-		t.Errorf("constant input: got %v, want NaN", got)
 	}
 }
 
@@ -116,6 +107,31 @@ func TestCosineLR(t *testing.T) {
 	} {
 		if got := cosineLR(base, tc.step, tc.warmup, tc.total); got-tc.want > 1e-12 || tc.want-got > 1e-12 {
 			t.Errorf("cosineLR(step %d, warmup %d, total %d) = %v, want %v", tc.step, tc.warmup, tc.total, got, tc.want)
+		}
+	}
+}
+
+// TestOptionsUnknownAspect: both trainers refuse an --aspect that is not
+// one of iqa.Aspects before loading anything, with the one aspect error.
+func TestOptionsUnknownAspect(t *testing.T) {
+	want := `--aspect: unknown aspect "beauty" (known: quality, correspondence, authenticity)`
+	f := DefaultFinetuneOptions()
+	f.Model, f.Data, f.Out = "m", "d", "o"
+	p := DefaultPredictorOptions()
+	p.Model, p.Data, p.Out = "m", "d", "o"
+	for _, aspect := range []string{"", "authenticity"} {
+		f.Aspect, p.Aspect = aspect, aspect
+		if err := f.validate(); err != nil {
+			t.Errorf("finetune --aspect %q: %v", aspect, err)
+		}
+		if err := p.validate(); err != nil {
+			t.Errorf("train-predictor --aspect %q: %v", aspect, err)
+		}
+	}
+	f.Aspect, p.Aspect = "beauty", "beauty"
+	for name, err := range map[string]error{"finetune": f.validate(), "train-predictor": p.validate()} {
+		if err == nil || err.Error() != name+": "+want {
+			t.Errorf("%s: got %v, want %q", name, err, name+": "+want)
 		}
 	}
 }

@@ -30,6 +30,7 @@ func TestDeviceCUDAOnCPUOnlyBuild(t *testing.T) {
 // TestDeviceCPUExplicitEqualsDefault: --device cpu trains exactly as the
 // default: the same losses, bit for bit.
 func TestDeviceCPUExplicitEqualsDefault(t *testing.T) {
+	skipShort(t)
 	var ft [][]float64
 	var pr [][]float64
 	for _, dev := range []string{"", "cpu"} {

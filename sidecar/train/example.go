@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/m3gate/m3gate/schemas/iqa"
 	"github.com/m3gate/m3gate/sidecar/m3"
 	"github.com/m3gate/m3gate/sidecar/mllm"
 )
@@ -64,7 +65,7 @@ func buildExample(m *mllm.Model, rec Record, description string, ratingFirst [5]
 	if err != nil {
 		return example{}, fmt.Errorf("build example %s line %d: %w", rec.Image, rec.Line, err)
 	}
-	ex := example{rec: rec, tokens: full, labels: make([]int64, len(full)), rating: ratingIndex(rec.RatingWord)}
+	ex := example{rec: rec, tokens: full, labels: make([]int64, len(full)), rating: iqa.RatingIndex(rec.RatingWord)}
 	for i := range ex.labels {
 		ex.labels[i] = ignoreLabel
 	}
@@ -106,7 +107,7 @@ func buildExample(m *mllm.Model, rec Record, description string, ratingFirst [5]
 func ratingFirstTokens(m *mllm.Model) ([5]int64, error) {
 	var out [5]int64
 	seen := map[int64]string{}
-	for i, w := range m3.RatingWords {
+	for i, w := range iqa.RatingWords {
 		ids, err := m.Tokenizer.Encode(" " + w)
 		if err != nil || len(ids) == 0 {
 			return out, fmt.Errorf("rating word %q does not tokenise: %v", w, err)

@@ -18,6 +18,7 @@ import (
 	"github.com/sugarme/gotch"
 	"github.com/sugarme/gotch/ts"
 
+	"github.com/m3gate/m3gate/schemas/iqa"
 	"github.com/m3gate/m3gate/sidecar/lora"
 	"github.com/m3gate/m3gate/sidecar/mllm"
 	"github.com/m3gate/m3gate/sidecar/tensorio"
@@ -91,6 +92,11 @@ func (o FinetuneOptions) validate() error {
 		return fmt.Errorf("finetune: lr %g must be positive, warmup ratio %g in [0,1], weight decay %g and max grad norm %g non-negative", o.LR, o.WarmupRatio, o.WeightDecay, o.MaxGradNorm)
 	case o.DType != "f32" && o.DType != "bf16":
 		return fmt.Errorf("finetune: --dtype %q: want f32 or bf16", o.DType)
+	}
+	if o.Aspect != "" {
+		if err := iqa.CheckAspect(o.Aspect); err != nil {
+			return fmt.Errorf("finetune: --aspect: %w", err)
+		}
 	}
 	if _, err := torch.ParseDevice(o.Device); err != nil {
 		return fmt.Errorf("finetune: --device: %w", err)

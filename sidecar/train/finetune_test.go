@@ -36,6 +36,7 @@ func tinyFinetune(t testing.TB, out string) FinetuneOptions {
 }
 
 func TestFinetuneLossFalls(t *testing.T) {
+	skipShort(t)
 	o := tinyFinetune(t, t.TempDir())
 	o.Epochs = 12 // 12 steps over the same 4 conversations
 	o.LoRA.LoraDropout = 0
@@ -76,6 +77,7 @@ func TestFinetuneLossFalls(t *testing.T) {
 // TestFinetuneResume stops a run after 3 of 5 steps, resumes it and
 // compares the final adapter with an uninterrupted run's.
 func TestFinetuneResume(t *testing.T) {
+	skipShort(t)
 	full := uninterrupted(t)
 	half := full
 	half.Out = t.TempDir()
@@ -114,6 +116,7 @@ func TestFinetuneResume(t *testing.T) {
 // from the periodic checkpoint (step 2 of 5) and still ends with the
 // uninterrupted run's adapter.
 func TestFinetuneResumeAfterKill(t *testing.T) {
+	skipShort(t)
 	full := uninterrupted(t)
 	killed := full
 	killed.Out = t.TempDir()
@@ -280,6 +283,7 @@ func TestLossMatchesFullLogits(t *testing.T) {
 // TestFinetuneBF16 trains with bf16 base weights: the LoRA weights stay f32
 // and still receive gradients through the bf16 forward.
 func TestFinetuneBF16(t *testing.T) {
+	skipShort(t)
 	o := tinyFinetune(t, t.TempDir())
 	o.DType, o.Epochs, o.LoRA.LoraDropout, o.LR = "bf16", 6, 0, 2e-2
 	res, err := Finetune(context.Background(), o, nil)

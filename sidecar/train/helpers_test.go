@@ -8,6 +8,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/m3gate/m3gate/internal/testenv"
 	"github.com/m3gate/m3gate/sidecar/mllm"
 )
 
@@ -17,6 +18,15 @@ var (
 	tinyErr  error
 	testRoot string
 )
+
+// skipShort skips a test that runs whole training jobs under go test
+// -short (make test runs it).
+func skipShort(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("runs training jobs; skipped with -short")
+	}
+}
 
 func TestMain(m *testing.M) {
 	var err error
@@ -51,20 +61,15 @@ func loadTiny(t testing.TB) *mllm.Model {
 	return m
 }
 
-// sharedAGIQA returns the shared AGIQA-3K folder (../shared/data/agiqa-3k
-// from the repository root), skipping the test when it is absent.
+// sharedAGIQA returns the shared AGIQA-3K folder (testenv.SharedData),
+// skipping the test when it is absent.
 func sharedAGIQA(t testing.TB) string {
 	t.Helper()
-	dir, err := filepath.Abs(filepath.Join("..", "..", "..", "shared", "data", "agiqa-3k"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir := testenv.DataDir(t)
 	for _, f := range []string{"conversations.jsonl", "data.csv", "images"} {
-		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
-			t.Skipf("shared AGIQA-3K data not found (%v); skipping", err)
-		}
+		testenv.SharedData(t, "agiqa-3k/"+f)
 	}
-	return dir
+	return filepath.Join(dir, "agiqa-3k")
 }
 
 // subset writes the first n records of aspect and split of the shared

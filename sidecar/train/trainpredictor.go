@@ -12,12 +12,12 @@ import (
 	"math/rand"
 	"os"
 	"path/filepath"
-	"sort"
 	"time"
 
 	"github.com/sugarme/gotch"
 	"github.com/sugarme/gotch/ts"
 
+	"github.com/m3gate/m3gate/schemas/iqa"
 	"github.com/m3gate/m3gate/sidecar/mllm"
 	"github.com/m3gate/m3gate/sidecar/tensorio"
 	"github.com/m3gate/m3gate/sidecar/torch"
@@ -82,6 +82,11 @@ func (o PredictorOptions) validate() error {
 		return fmt.Errorf("train-predictor: --val-description %q: want generated, teacher or student", o.ValDescription)
 	case o.DType != "f32" && o.DType != "bf16":
 		return fmt.Errorf("train-predictor: --dtype %q: want f32 or bf16", o.DType)
+	}
+	if o.Aspect != "" {
+		if err := iqa.CheckAspect(o.Aspect); err != nil {
+			return fmt.Errorf("train-predictor: --aspect: %w", err)
+		}
 	}
 	if _, err := torch.ParseDevice(o.Device); err != nil {
 		return fmt.Errorf("train-predictor: --device: %w", err)
@@ -206,7 +211,7 @@ func predictorRecords(opts PredictorOptions) (train, val []Record, err error) {
 		}
 	}
 	for _, r := range append(append([]Record(nil), train...), val...) {
-		if !r.HasMOS {
+		if r.MOS == nil {
 			return nil, nil, fmt.Errorf("%s line %d (%s): %w", opts.Data, r.Line, r.Image, errNoMOS)
 		}
 	}
@@ -371,7 +376,7 @@ func (r *predictorRun) step(it featureItem) (loss float64, err error) {
 			return err
 		}
 		setGradEnabled(true) // see finetuner.forward
-		mos := ts.FloatScalar(it.rec.MOS)
+		mos := ts.FloatScalar(*it.rec.MOS)
 		l := y.MustSubScalar(mos, true).MustSquare(true).MustMean(gotch.Float, true)
 		torch.KeepScalars(mos)
 		if err := l.Backward(); err != nil {
@@ -397,7 +402,7 @@ func (r *predictorRun) endEpoch(ctx context.Context, epoch int, trainLoss float6
 	}
 	srcc, vloss = math.NaN(), math.NaN()
 	if len(preds) > 0 {
-		srcc, vloss = SRCC(preds, mos), mse(preds, mos)
+		srcc, vloss = validationSRCC(preds, mos), mse(preds, mos)
 	}
 	st := &r.st
 	st.Epoch, st.Steps = epoch+1, r.opt.step
@@ -511,7 +516,7 @@ func predictItems(ctx context.Context, p *xlstm.Predictor, lmW *ts.Tensor, items
 			return nil, nil, err
 		}
 		preds = append(preds, y[0])
-		mos = append(mos, it.rec.MOS)
+		mos = append(mos, *it.rec.MOS)
 	}
 	return preds, mos, nil
 }
@@ -538,53 +543,12 @@ func mse(a, b []float64) float64 {
 	return s / float64(len(a))
 }
 
-// SRCC is Spearman's rank correlation of a and b (average ranks for ties);
-// NaN when either is constant or shorter than 2.
-func SRCC(a, b []float64) float64 {
-	if len(a) != len(b) || len(a) < 2 {
+// validationSRCC is iqa.SRCC of the predictions against the labels, NaN
+// where it is undefined (fewer than 2 items, or a constant vector).
+func validationSRCC(preds, mos []float64) float64 {
+	v, err := iqa.SRCC(preds, mos)
+	if err != nil {
 		return math.NaN()
 	}
-	return pearson(ranks(a), ranks(b))
-}
-
-func ranks(v []float64) []float64 {
-	idx := make([]int, len(v))
-	for i := range idx {
-		idx[i] = i
-	}
-	sort.SliceStable(idx, func(x, y int) bool { return v[idx[x]] < v[idx[y]] })
-	r := make([]float64, len(v))
-	for i := 0; i < len(idx); {
-		j := i
-		for j+1 < len(idx) && v[idx[j+1]] == v[idx[i]] {
-			j++
-		}
-		avg := float64(i+j)/2 + 1
-		for k := i; k <= j; k++ {
-			r[idx[k]] = avg
-		}
-		i = j + 1
-	}
-	return r
-}
-
-func pearson(a, b []float64) float64 {
-	n := float64(len(a))
-	ma, mb := 0.0, 0.0
-	for i := range a {
-		ma += a[i]
-		mb += b[i]
-	}
-	ma, mb = ma/n, mb/n
-	var sab, saa, sbb float64
-	for i := range a {
-		da, db := a[i]-ma, b[i]-mb
-		sab += da * db
-		saa += da * da
-		sbb += db * db
-	}
-	if saa == 0 || sbb == 0 {
-		return math.NaN()
-	}
-	return sab / math.Sqrt(saa*sbb)
+	return v
 }

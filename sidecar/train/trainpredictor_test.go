@@ -26,6 +26,7 @@ func tinyPredictor(t testing.TB, out string) PredictorOptions {
 }
 
 func TestTrainPredictor(t *testing.T) {
+	skipShort(t)
 	o := tinyPredictor(t, t.TempDir())
 	o.Cache = filepath.Join(t.TempDir(), "features")
 	res, err := TrainPredictor(context.Background(), o, testLog{t})
@@ -63,6 +64,7 @@ func TestTrainPredictor(t *testing.T) {
 // TestTrainPredictorResume stops a run during epoch 3 of 4, resumes it and
 // compares the final predictor with an uninterrupted run's.
 func TestTrainPredictorResume(t *testing.T) {
+	skipShort(t)
 	cache := filepath.Join(t.TempDir(), "features")
 	full := tinyPredictor(t, t.TempDir())
 	full.Cache = cache

@@ -153,14 +153,13 @@ func (sp spec) values(rng *rand.Rand) []float32 {
 	case initPowerlawBias:
 		// bias[h, g, d] (flat (h·4+g)·DH+d); only the forget slot g=1 is
 		// non-zero: -(-5 + 12·(d/(DH-1))^(0.3+1.3·ratio)).
-		dh := n / 4
 		nh := 1
 		// shape is [NH·4·DH]; recover DH from the recurrent kernel's rule:
 		// callers pass ratio in a; heads in b.
 		if sp.b > 0 {
 			nh = int(sp.b)
 		}
-		dh = n / (4 * nh)
+		dh := n / (4 * nh)
 		for h := 0; h < nh; h++ {
 			for d := 0; d < dh; d++ {
 				x := 0.0

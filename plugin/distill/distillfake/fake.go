@@ -19,6 +19,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/m3gate/m3gate/schemas/iqa"
 )
 
 // Request is what the fake decoded from one call.
@@ -142,7 +144,7 @@ func (s *Server) Requests() []Request {
 	return append([]Request(nil), s.requests...)
 }
 
-var aspectRE = regexp.MustCompile(`"(quality|correspondence|authenticity)"`)
+var aspectRE = regexp.MustCompile(`"(` + strings.Join(iqa.Aspects, "|") + `)"`)
 
 // GoodAnswer returns a well-formed answer: a JSON object with a 45-word
 // explanation without digits per aspect.

@@ -9,6 +9,7 @@ import (
 	"math"
 	"strings"
 
+	"github.com/m3gate/m3gate/schemas/iqa"
 	"github.com/m3gate/m3gate/sidecar/train"
 )
 
@@ -24,7 +25,7 @@ func finetune(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.StringVar(&o.Images, "images", "", "image folder (default: DATA's folder/images)")
 	fs.StringVar(&o.Out, "out", "", "output folder: final PEFT adapter, checkpoint-N/, metrics.jsonl (required)")
 	fs.StringVar(&o.Adapter, "adapter", "", "PEFT LoRA adapter to start from (default: a fresh one)")
-	fs.StringVar(&o.Aspect, "aspect", "", "train on this aspect only: quality, correspondence or authenticity (default: all)")
+	fs.StringVar(&o.Aspect, "aspect", "", "train on this aspect only: "+strings.Join(iqa.Aspects, ", ")+" (default: all)")
 	fs.StringVar(&o.TrainSplit, "train-split", o.TrainSplit, "split of the training records")
 	fs.StringVar(&o.ValSplit, "val-split", o.ValSplit, `split of the validation records ("" for none)`)
 	fs.IntVar(&o.MaxTrain, "max-train", 0, "use at most this many training records (0: all)")
@@ -91,7 +92,7 @@ func trainPredictor(ctx context.Context, args []string, stdout, stderr io.Writer
 	fs.StringVar(&o.Labels, "labels", "", "MOS labels: AGIQA-3K data.csv or an m3gate manifest JSONL (default: the records' mos field)")
 	fs.StringVar(&o.Out, "out", "", "output folder: best.safetensors, last.safetensors, metrics.jsonl (required)")
 	fs.StringVar(&o.Cache, "cache", "", "feature cache folder (default: OUT/features)")
-	fs.StringVar(&o.Aspect, "aspect", "", "aspect to train: quality, correspondence or authenticity (default: all records)")
+	fs.StringVar(&o.Aspect, "aspect", "", "aspect to train: "+strings.Join(iqa.Aspects, ", ")+" (default: all records)")
 	fs.StringVar(&o.TrainSplit, "train-split", o.TrainSplit, "split of the training records")
 	fs.StringVar(&o.ValSplit, "val-split", o.ValSplit, `split of the validation records ("" for none)`)
 	fs.IntVar(&o.MaxTrain, "max-train", 0, "use at most this many training records (0: all)")

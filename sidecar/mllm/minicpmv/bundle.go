@@ -7,14 +7,15 @@ import (
 
 	"github.com/sugarme/gotch"
 
+	"github.com/m3gate/m3gate/schemas/iqa"
 	"github.com/m3gate/m3gate/sidecar/tensorio"
 	"github.com/m3gate/m3gate/sidecar/torch"
 	"github.com/m3gate/m3gate/sidecar/xlstm"
 )
 
 // BundleAspects are the aspects a tiny bundle has adapters and predictors
-// for.
-var BundleAspects = []string{"quality", "correspondence", "authenticity"}
+// for: all of them.
+var BundleAspects = iqa.Aspects
 
 // BundleLayout names the parts of an M3-AGIQA bundle under its directory:
 // the base model, one adapter directory and one predictor checkpoint per

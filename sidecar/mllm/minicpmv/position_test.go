@@ -13,6 +13,9 @@ const python = "/usr/bin/python3"
 
 func needTorch(t *testing.T) {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("runs Python with torch; skipped with -short")
+	}
 	if err := exec.Command(python, "-c", "import torch, numpy").Run(); err != nil {
 		t.Skipf("skipping: %s cannot import torch and numpy (%v); install python3-torch python3-numpy", python, err)
 	}

@@ -108,6 +108,9 @@ func values(t *testing.T, run func() []float64) []float64 {
 // embeddings (through the logits), logits at every position, greedy tokens
 // and the reference's beam search (3 beams, repetition penalty 1.2).
 func TestMatchesReference(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the Python reference; skipped with -short")
+	}
 	dir := tinyModel(t, gotch.Float)
 	m, err := Load(dir, LoadOptions{})
 	if err != nil {
