@@ -57,7 +57,6 @@ func (m *Model) Close() {
 	}
 	m.closed = true
 	m.params.Drop()
-	m.text.Close()
 }
 
 func (m *Model) usable() error {

@@ -27,9 +27,8 @@ __attribute__((target("avx2,fma"))) inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// block computes Y[m, n..n+R) for m < M: R rows of W at once, so each
-// load of an x vector feeds R fused multiply-adds and each W vector
-// (a memory operand) M of them.
+// block computes Y[m, n..n+R) for m < M: R rows of W, each W vector
+// feeding M fused multiply-adds.
 // load8 reads 8 weights as f32: plain loads for f32, bf16 widened
 // exactly (a bf16 is the top half of the f32 with the same value).
 __attribute__((target("avx2,fma"))) inline __m256 load8(const float *w) { return _mm256_loadu_ps(w); }
@@ -71,16 +70,14 @@ __attribute__((target("avx2,fma"))) inline void block(const float *X, const WT *
   }
 }
 
-// rows computes Y[m, n] for m < M, n in [n0, n1): blocks of R rows of W
-// (R·M accumulators, at most 12 of AVX2's 16 registers), then the rest
-// one row at a time.
+// rows computes Y[m, n] for m < M, n in [n0, n1), one row of W at a time:
+// a single sequential stream per thread is what the hardware prefetcher
+// follows best (measured on 49152×576 f32, 2 threads: 21.7 GB/s for 3
+// rows, against 14.3 GB/s reading 4 rows of W at once and 12.2 with 2).
 template <int M, typename WT>
 __attribute__((target("avx2,fma"))) void rows(const float *X, const WT *W, const float *B, float *Y,
                                                int64_t K, int64_t N, int64_t n0, int64_t n1) {
-  constexpr int R = M <= 3 ? 4 : 3;
-  int64_t n = n0;
-  for (; n + R <= n1; n += R) block<M, R>(X, W, B, Y, K, N, n);
-  for (; n < n1; n++) block<M, 1>(X, W, B, Y, K, N, n);
+  for (int64_t n = n0; n < n1; n++) block<M, 1>(X, W, B, Y, K, N, n);
 }
 
 template <typename WT>

@@ -170,6 +170,13 @@ func (r Raw) Narrow(dim, start, length int64) Raw {
 	return result(out)
 }
 
+// Neg is -r.
+func (r Raw) Neg() Raw {
+	var out lib.Ctensor
+	lib.AtgNeg(&out, r.c)
+	return result(out)
+}
+
 // Silu is x·sigmoid(x).
 func (r Raw) Silu() Raw {
 	var out lib.Ctensor

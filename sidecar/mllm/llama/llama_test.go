@@ -123,13 +123,15 @@ func TestRopeHandComputed(t *testing.T) {
 	pos := []int64{0, 5, 17}
 	xt := tensorOf(append(append(append([]float32{}, x...), x...), x...), 1, 3, 8)
 	cos, sin := m.Tables([][]int64{pos}, 2)
-	got := floats(ApplyRope(xt, cos, sin, m.rotQ, nil))
-	// the per-head path (taken for long inputs) agrees with the wide one
+	got := floats(ApplyRope(xt, cos, sin, 4))
+	// rotate_half from views equals the product with its signed
+	// permutation matrix (exact), on a longer input
 	long := tensorOf(make([]float32, 10*8), 1, 10, 8).MustAdd(randTensor(9, 1, 10, 8), true)
 	lpos := [][]int64{{0, 1, 2, 3, 4, 5, 6, 7, 8, 99}}
 	lc, ls := m.Tables(lpos, 2)
-	if d := maxAbsDiff(floats(ApplyRope(long, lc, ls, m.rotQ, nil)), floats(ApplyRope(long, lc, ls, m.rotQ, m.rotHead))); d != 0 {
-		t.Errorf("per-head and block-diagonal rotate_half differ by %g", d)
+	byMatrix := long.MustMul(lc, false).MustAdd(long.MustMatmul(rotateHalfMatrix(2, 4), false).MustMul(ls, true), true)
+	if d := maxAbsDiff(floats(ApplyRope(long, lc, ls, 4)), floats(byMatrix)); d != 0 {
+		t.Errorf("rotate_half from views and from the permutation matrix differ by %g", d)
 	}
 	for j, p := range pos {
 		for h := 0; h < 2; h++ {
@@ -148,4 +150,20 @@ func TestRopeHandComputed(t *testing.T) {
 			}
 		}
 	}
+}
+
+// rotateHalfMatrix returns R with x·R = rotate_half(x) applied per head:
+// for each head block, out[j] = -x[j+d/2] for j < d/2 and x[j-d/2] above.
+func rotateHalfMatrix(heads, hd int) *ts.Tensor {
+	n := heads * hd
+	r := make([]float32, n*n)
+	half := hd / 2
+	for h := 0; h < heads; h++ {
+		o := h * hd
+		for j := 0; j < half; j++ {
+			r[(o+j+half)*n+o+j] = -1
+			r[(o+j)*n+o+j+half] = 1
+		}
+	}
+	return tensorOf(r, int64(n), int64(n))
 }

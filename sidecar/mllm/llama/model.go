@@ -75,14 +75,6 @@ func (m *Model) Bind(kind gotch.DType, dev gotch.Device) {
 	m.rope = NewRope(m.Config, kind, dev)
 }
 
-// Close frees what Bind built; the parameters belong to the Params they
-// were declared in.
-func (m *Model) Close() {
-	if m.rope != nil {
-		m.rope.Close()
-	}
-}
-
 // Embed looks up ids, b rows of t tokens, and returns [b, t, D].
 func (m *Model) Embed(ids []int64, b, t int) *ts.Tensor {
 	it := torch.ToDevice(ts.MustOfSlice(ids).MustView([]int64{int64(b), int64(t)}, true), m.Device, true)

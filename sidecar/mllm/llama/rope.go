@@ -10,14 +10,12 @@ import (
 )
 
 // Rope is Llama's rotary position embedding: the inverse frequencies (f32,
-// as Hugging Face's LlamaRotaryEmbedding) and the rotate_half matrices.
+// as Hugging Face's LlamaRotaryEmbedding).
 type Rope struct {
 	headDim       int
 	dtype         gotch.DType
 	device        gotch.Device
 	invFreq       []float32
-	rotQ, rotK    *ts.Tensor // block-diagonal rotate_half over all query / key heads
-	rotHead       *ts.Tensor // one head's rotate_half matrix
 	heads, kvHead int
 }
 
@@ -30,37 +28,7 @@ func NewRope(c Config, kind gotch.DType, dev gotch.Device) *Rope {
 		e := float32(2*i) / float32(hd)
 		r.invFreq[i] = float32(1.0 / math.Pow(c.RopeTheta, float64(e)))
 	}
-	r.rotQ = torch.ToDevice(rotateHalfMatrix(c.NumAttentionHeads, hd, kind), dev, true)
-	r.rotK = torch.ToDevice(rotateHalfMatrix(c.NumKeyValueHeads, hd, kind), dev, true)
-	r.rotHead = torch.ToDevice(rotateHalfMatrix(1, hd, kind), dev, true)
 	return r
-}
-
-// Close frees the rotate_half matrices.
-func (r *Rope) Close() {
-	for _, t := range []*ts.Tensor{r.rotQ, r.rotK, r.rotHead} {
-		t.MustDrop()
-	}
-}
-
-// rotateHalfMatrix returns R with x·R = rotate_half(x) applied per head:
-// for each head block, out[j] = -x[j+d/2] for j < d/2 and x[j-d/2] above.
-func rotateHalfMatrix(heads, hd int, kind gotch.DType) *ts.Tensor {
-	n := heads * hd
-	r := make([]float32, n*n)
-	half := hd / 2
-	for h := 0; h < heads; h++ {
-		o := h * hd
-		for j := 0; j < half; j++ {
-			r[(o+j+half)*n+o+j] = -1
-			r[(o+j)*n+o+j+half] = 1
-		}
-	}
-	t := ts.MustOfSlice(r).MustView([]int64{int64(n), int64(n)}, true)
-	if kind != gotch.Float {
-		t = t.MustTotype(kind, true)
-	}
-	return t
 }
 
 // Tables returns cos and sin [B, T, heads·hd] for the given positions
@@ -120,13 +88,13 @@ type Rotation struct {
 // Query rotates queries [B, T, heads·hd] (or [heads·hd]); x stays the
 // caller's.
 func (a *Rotation) Query(x torch.Raw) torch.Raw {
-	return applyRope(x, torch.Borrow(a.cosQ), torch.Borrow(a.sinQ), torch.Borrow(a.r.rotQ), torch.Borrow(a.r.rotHead))
+	return applyRope(x, torch.Borrow(a.cosQ), torch.Borrow(a.sinQ), int64(a.r.headDim))
 }
 
 // Key rotates keys [B, T, kvHeads·hd] (or [kvHeads·hd]); x stays the
 // caller's.
 func (a *Rotation) Key(x torch.Raw) torch.Raw {
-	return applyRope(x, torch.Borrow(a.cosK), torch.Borrow(a.sinK), torch.Borrow(a.r.rotK), torch.Borrow(a.r.rotHead))
+	return applyRope(x, torch.Borrow(a.cosK), torch.Borrow(a.sinK), int64(a.r.headDim))
 }
 
 // Drop frees the tables.
@@ -136,34 +104,26 @@ func (a *Rotation) Drop() {
 	}
 }
 
-// ApplyRope is x·cos + rotate_half(x)·sin with x [B, T, heads·hd].
-// rotate_half is a matmul with a signed permutation (exact): with the
-// heads·hd-wide block-diagonal rot for short inputs (one op, decode steps),
-// per head with the hd-wide rotHead for long ones (prefill), where the wide
-// matmul would cost more than the two extra view ops.
-func ApplyRope(x, cos, sin, rot, rotHead *ts.Tensor) *ts.Tensor {
-	defer torch.Keep(x, cos, sin, rot, rotHead)
-	var rh torch.Raw
-	if rotHead != nil {
-		rh = torch.Borrow(rotHead)
-	}
-	return applyRope(torch.Borrow(x), torch.Borrow(cos), torch.Borrow(sin), torch.Borrow(rot), rh).Wrap()
+// ApplyRope is x·cos + rotate_half(x)·sin with x [B, T, heads·hd] (or
+// [heads·hd]) and heads of hd dimensions: rotate_half(x) is, per head,
+// (-x[hd/2:], x[:hd/2]), built from views, a negation and one
+// concatenation (exact).
+func ApplyRope(x, cos, sin *ts.Tensor, hd int) *ts.Tensor {
+	defer torch.Keep(x, cos, sin)
+	return applyRope(torch.Borrow(x), torch.Borrow(cos), torch.Borrow(sin), int64(hd)).Wrap()
 }
 
-// applyRope is ApplyRope on torch.Raw handles (rotHead: a zero Raw for
-// none); x stays the caller's.
-func applyRope(x, cos, sin, rot, rotHead torch.Raw) torch.Raw {
-	var r torch.Raw
+// applyRope is ApplyRope on torch.Raw handles; x stays the caller's.
+func applyRope(x, cos, sin torch.Raw, hd int64) torch.Raw {
 	sz := x.Size()
-	if rotHead.Defined() && len(sz) == 3 && sz[0]*sz[1] > 8 {
-		hd := rotHead.Size()[0]
-		x4 := x.View(sz[0], sz[1], sz[2]/hd, hd)
-		r4 := x4.Matmul(rotHead)
-		r = r4.View(sz...)
-		torch.FreeRaw(x4, r4)
-	} else {
-		r = x.Matmul(rot)
-	}
+	heads := append(append([]int64(nil), sz[:len(sz)-1]...), sz[len(sz)-1]/hd, hd)
+	xh := x.Reshape(heads...)
+	half := hd / 2
+	lo, hi := xh.Narrow(-1, 0, half), xh.Narrow(-1, half, half)
+	neg := hi.Neg()
+	rh := torch.Cat(-1, neg, lo)
+	r := rh.View(sz...)
+	torch.FreeRaw(xh, lo, hi, neg, rh)
 	rs := r.Mul(sin)
 	xc := x.Mul(cos)
 	out := xc.Add(rs)

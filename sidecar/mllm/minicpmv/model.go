@@ -89,9 +89,6 @@ func (m *Model) Close() {
 		return
 	}
 	m.closed = true
-	if m.Text != nil {
-		m.Text.Close()
-	}
 	m.params.Drop()
 }
 
