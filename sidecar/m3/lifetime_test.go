@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"github.com/sugarme/gotch/ts"
+
+	"github.com/m3gate/m3gate/sidecar/torch"
 )
 
 // liveTensorNames is the set of gotch tensors not yet freed (gotch names
@@ -47,12 +49,15 @@ func TestScoreFreesItsTensors(t *testing.T) {
 			t.Fatal(err)
 		}
 		prev := debug.SetGCPercent(-1)
-		before := liveTensorNames()
+		before, rawBefore := liveTensorNames(), torch.LiveRaw()
 		_, err := s.Score(ctx, items, aspects, opts)
-		after := liveTensorNames()
+		after, rawAfter := liveTensorNames(), torch.LiveRaw()
 		debug.SetGCPercent(prev)
 		if err != nil {
 			t.Fatal(err)
+		}
+		if rawAfter != rawBefore {
+			t.Errorf("%+v: Score left %d raw libtorch handles unfreed", opts, rawAfter-rawBefore)
 		}
 		var left []string
 		for n := range after {

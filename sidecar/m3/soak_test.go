@@ -12,6 +12,8 @@ import (
 	"testing"
 
 	"github.com/sugarme/gotch/ts"
+
+	"github.com/m3gate/m3gate/sidecar/torch"
 )
 
 // BenchmarkSoakTiny scores b.N images one by one (two aspects, one with an
@@ -51,8 +53,8 @@ func BenchmarkSoakTiny(b *testing.B) {
 		// so the Go heap's high-water mark moves RSS the most)
 		debug.FreeOSMemory()
 		settled[k] = rssMB(b)
-		b.Logf("after %d images: RSS %.1f MB (%.1f MB settled), %d live tensors, %d made so far, Go heap %.1f MB",
-			[]int{1, b.N / 2, b.N}[k], rss[k], settled[k], live[k], made, heap)
+		b.Logf("after %d images: RSS %.1f MB (%.1f MB settled), %d live tensors, %d raw handles, %d made so far, Go heap %.1f MB",
+			[]int{1, b.N / 2, b.N}[k], rss[k], settled[k], live[k], torch.LiveRaw(), made, heap)
 	}
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {

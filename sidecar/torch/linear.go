@@ -52,6 +52,7 @@ func RowsLinearRaw(x, w, b Raw) (y Raw, ok bool, err error) {
 	var msg [256]C.char
 	switch C.m3_rows_linear(unsafe.Pointer(x.c), unsafe.Pointer(w.c), unsafe.Pointer(b.c), &out, &msg[0], C.int(len(msg))) {
 	case 0:
+		liveRaw.Add(1)
 		return Raw{lib.Ctensor(out)}, true, nil
 	case 1:
 		return Raw{}, false, nil

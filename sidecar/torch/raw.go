@@ -1,6 +1,7 @@
 package torch
 
 import (
+	"sync/atomic"
 	"unsafe"
 
 	"github.com/sugarme/gotch"
@@ -21,19 +22,34 @@ import (
 // libtorch error, like gotch's Must* ops: run them under Run.
 type Raw struct{ c lib.Ctensor }
 
+// liveRaw counts Raw handles made and not yet freed or wrapped.
+var liveRaw atomic.Int64
+
+// LiveRaw is the number of Raw handles made (by ops, Share and
+// RowsLinearRaw) and not yet freed or handed to gotch with Wrap: a count
+// that grows across passes is a leak.
+func LiveRaw() int64 { return liveRaw.Load() }
+
 // Borrow returns t's handle; t keeps ownership (keep t reachable).
 func Borrow(t *ts.Tensor) Raw { return Raw{lib.Ctensor(t.Ctensor())} }
 
 // Wrap hands r to gotch: the *ts.Tensor owns it from now on.
-func (r Raw) Wrap() *ts.Tensor { return ts.New(r.c) }
+func (r Raw) Wrap() *ts.Tensor {
+	liveRaw.Add(-1)
+	return ts.New(r.c)
+}
 
 // Share returns a new handle on r's storage (a shallow clone), owned by
 // the caller: r may be freed while the new handle lives.
-func (r Raw) Share() Raw { return Raw{lib.AtShallowClone(r.c)} }
+func (r Raw) Share() Raw {
+	liveRaw.Add(1)
+	return Raw{lib.AtShallowClone(r.c)}
+}
 
 // Free releases r. Freeing a zero Raw does nothing.
 func (r Raw) Free() {
 	if r.c != nil {
+		liveRaw.Add(-1)
 		lib.AtFree(r.c)
 	}
 }
@@ -67,6 +83,9 @@ func (r Raw) DType() gotch.DType { return gotch.CKind2DType(lib.AtScalarType(r.c
 func result(out lib.Ctensor) Raw {
 	if err := ts.TorchErr(); err != nil {
 		panic(err)
+	}
+	if out != nil {
+		liveRaw.Add(1)
 	}
 	return Raw{out}
 }
