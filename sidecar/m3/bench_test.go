@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"os"
+	"runtime/debug"
 	"sort"
 	"testing"
 	"time"
@@ -44,6 +45,9 @@ func benchScore(b *testing.B, n, nAspects, maxTokens int) {
 	// core; libtorch's default here is one thread).
 	if err := torch.SetThreads(0); err != nil {
 		b.Fatal(err)
+	}
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(torch.GCPercent)
 	}
 	s, err := New(m, nil)
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -53,6 +54,10 @@ func load256M(b *testing.B) *Model {
 		// libtorch's default here is one thread).
 		if bigErr == nil {
 			bigErr = torch.SetThreads(0)
+		}
+		// and its collector target
+		if os.Getenv("GOGC") == "" {
+			debug.SetGCPercent(torch.GCPercent)
 		}
 	})
 	if bigErr != nil {

@@ -35,6 +35,16 @@ import (
 //     the pass that made them ends, so memory does not wait on the
 //     collector.
 
+// GCPercent is the Go collector's target the sidecar runs with when GOGC
+// is not set (benchmarks use it too). gotch attaches a 100 KB Go
+// allocation to every tensor so that the collector notices the C memory
+// behind it: at Go's default of 100 the collector ran every few MB of that
+// garbage and cost 40–90% more CPU per image than passes with the
+// collector held (BenchmarkSoakTiny, user+sys, before the text model moved
+// to Raw handles); at 400 about 10% more, while the live Go heap stays a
+// few tens of MB.
+const GCPercent = 400
+
 // Run runs fn as one libtorch pass: on a locked OS thread, with autograd
 // on or off (the thread's previous mode is restored afterwards, also when
 // fn panics), a panic returned as an error wrapped with what. Runs nest (an inner Run restores the outer mode).

@@ -24,6 +24,7 @@ import (
 	"github.com/m3gate/m3gate/schemas"
 	"github.com/m3gate/m3gate/sidecar/cmd/m3gate-sidecar/internal/stdioguard"
 	"github.com/m3gate/m3gate/sidecar/service"
+	"github.com/m3gate/m3gate/sidecar/torch"
 )
 
 // subcommand is one offline job: it gets the arguments after its command
@@ -37,18 +38,9 @@ var subcommands = map[string]subcommand{
 	"train-predictor": trainPredictor,
 }
 
-// gcPercent is the collector's target when GOGC is not set. gotch attaches
-// a 100 KB Go allocation to every tensor so that the collector notices the
-// C memory behind it, and a scored image makes about 5,000 tensors (tiny
-// model; more on real ones): at Go's default of 100 the collector runs
-// every few MB of that garbage and costs 40–90% more CPU per image than
-// passes with the collector held (BenchmarkSoakTiny, user+sys); at 400 it
-// costs about 10% more, while the live Go heap stays a few tens of MB.
-const gcPercent = 400
-
 func main() {
 	if os.Getenv("GOGC") == "" {
-		debug.SetGCPercent(gcPercent)
+		debug.SetGCPercent(torch.GCPercent)
 	}
 	if schemas.IsPluginProcess() {
 		os.Exit(servePlugin(os.Args[1:]))
