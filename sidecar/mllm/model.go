@@ -4,12 +4,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
-	"sort"
-	"strings"
 
 	"github.com/sugarme/gotch"
-	"github.com/sugarme/gotch/ts"
 
 	"github.com/m3gate/m3gate/sidecar/mllm/layers"
 	"github.com/m3gate/m3gate/sidecar/mllm/llama"
@@ -157,53 +153,19 @@ func LoadWeights(cfg Config, path string, opts LoadOptions) (*Model, error) {
 	}
 	defer ck.Close()
 	m := &Model{Config: cfg, DType: kind, Device: dev}
-	specs := m.build()
-	want := map[string]bool{}
-	var missing, shape []string
-	for _, s := range specs {
-		want[s.Name] = true
-		info, ok := ck.Info(s.Name)
-		if !ok {
-			missing = append(missing, s.Name)
-			continue
-		}
-		if !slices.Equal(info.Shape, s.Shape) {
-			shape = append(shape, fmt.Sprintf("%s has shape %v, want %v", s.Name, info.Shape, s.Shape))
-		}
+	m.build()
+	var tied []string
+	if cfg.TieWordEmbeddings {
+		tied = []string{"lm_head.weight"}
 	}
-	var unexpected []string
-	for _, n := range ck.Names() {
-		if !want[n] && !(cfg.TieWordEmbeddings && n == "lm_head.weight") {
-			unexpected = append(unexpected, n)
+	as := func(s layers.Param, info tensorio.Info) gotch.DType {
+		if keepBF16(info, s, kind, dev, opts) {
+			return gotch.BFloat16
 		}
+		return kind
 	}
-	if len(missing)+len(shape)+len(unexpected) > 0 {
-		var parts []string
-		if len(missing) > 0 {
-			parts = append(parts, "missing tensors: "+listNames(missing))
-		}
-		if len(unexpected) > 0 {
-			parts = append(parts, "unexpected tensors: "+listNames(unexpected))
-		}
-		if len(shape) > 0 {
-			parts = append(parts, "mis-shaped tensors: "+listNames(shape))
-		}
-		return nil, fmt.Errorf("load weights %s: %s", path, strings.Join(parts, "; "))
-	}
-	for _, s := range specs {
-		as := kind
-		if info, _ := ck.Info(s.Name); keepBF16(info, s, kind, dev, opts) {
-			as = gotch.BFloat16
-		}
-		t, err := ck.TensorAs(s.Name, as)
-		if err == nil && torch.IsCUDA(dev) {
-			t, err = toDeviceErr(t, dev)
-		}
-		if err != nil {
-			m.params.Drop() // the tensors loaded so far
-			return nil, fmt.Errorf("load weights %s: %s: %w", path, s.Name, err)
-		}
-		*s.Dst = t
+	if err := m.params.Load(ck, dev, as, tied...); err != nil {
+		return nil, fmt.Errorf("load weights %s: %w", path, err)
 	}
 	if err := torch.Run("load weights", false, func() error {
 		m.text.Bind(kind, dev)
@@ -220,22 +182,4 @@ func LoadWeights(cfg Config, path string, opts LoadOptions) (*Model, error) {
 func keepBF16(info tensorio.Info, spec layers.Param, kind gotch.DType, dev gotch.Device, opts LoadOptions) bool {
 	return !opts.WidenBF16 && kind == gotch.Float && !torch.IsCUDA(dev) && info.DType == "BF16" &&
 		(spec.Kind == layers.KindLinear || spec.Kind == layers.KindEmbed)
-}
-
-func listNames(names []string) string {
-	sort.Strings(names)
-	if len(names) > 8 {
-		return strings.Join(names[:8], ", ") + fmt.Sprintf(" (and %d more)", len(names)-8)
-	}
-	return strings.Join(names, ", ")
-}
-
-// toDeviceErr copies a freshly loaded (CPU) tensor to dev and frees the
-// CPU copy, returning gotch's error (out of GPU memory) instead of a panic.
-func toDeviceErr(t *ts.Tensor, dev gotch.Device) (*ts.Tensor, error) {
-	out, err := t.To(dev, true)
-	if err != nil {
-		return nil, err // To has freed t
-	}
-	return out, nil
 }

@@ -5,11 +5,8 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"sort"
-	"strings"
 
 	"github.com/sugarme/gotch"
-	"github.com/sugarme/gotch/ts"
 
 	"github.com/m3gate/m3gate/sidecar/bpe"
 	"github.com/m3gate/m3gate/sidecar/mllm/layers"
@@ -179,22 +176,14 @@ func LoadWeights(cfg Config, path string, opts LoadOptions) (*Model, error) {
 	}
 	defer ck.Close()
 	m := &Model{Config: cfg, DType: kind, Device: dev}
-	specs := m.build()
-	if err := checkNames(ck, specs, cfg.TieWordEmbeddings); err != nil {
-		return nil, fmt.Errorf("load weights %s: %w", path, err)
+	m.build()
+	var tied []string
+	if cfg.TieWordEmbeddings {
+		tied = []string{"llm.lm_head.weight"}
 	}
-	for _, s := range specs {
-		t, err := ck.TensorAs(s.Name, kind)
-		if err == nil && torch.IsCUDA(dev) {
-			var moved *ts.Tensor
-			moved, err = t.To(dev, true)
-			t = moved
-		}
-		if err != nil {
-			m.params.Drop()
-			return nil, fmt.Errorf("load weights %s: %s: %w", path, s.Name, err)
-		}
-		*s.Dst = t
+	as := func(layers.Param, tensorio.Info) gotch.DType { return kind }
+	if err := m.params.Load(ck, dev, as, tied...); err != nil {
+		return nil, fmt.Errorf("load weights %s: %w", path, err)
 	}
 	if err := torch.Run("minicpmv", false, func() error {
 		m.Text.Bind(kind, dev)
@@ -204,51 +193,6 @@ func LoadWeights(cfg Config, path string, opts LoadOptions) (*Model, error) {
 		return nil, err
 	}
 	return m, nil
-}
-
-// checkNames compares the checkpoint's tensors with the model's: every
-// declared tensor present with its shape, nothing else.
-func checkNames(ck *tensorio.Checkpoint, specs []layers.Param, tied bool) error {
-	want := map[string]bool{}
-	var missing, shape, unexpected []string
-	for _, s := range specs {
-		want[s.Name] = true
-		info, ok := ck.Info(s.Name)
-		if !ok {
-			missing = append(missing, s.Name)
-			continue
-		}
-		if !slices.Equal(info.Shape, s.Shape) {
-			shape = append(shape, fmt.Sprintf("%s has shape %v, want %v", s.Name, info.Shape, s.Shape))
-		}
-	}
-	for _, n := range ck.Names() {
-		if !want[n] && !(tied && n == "llm.lm_head.weight") {
-			unexpected = append(unexpected, n)
-		}
-	}
-	var parts []string
-	if len(missing) > 0 {
-		parts = append(parts, "missing tensors: "+listNames(missing))
-	}
-	if len(unexpected) > 0 {
-		parts = append(parts, "unexpected tensors: "+listNames(unexpected))
-	}
-	if len(shape) > 0 {
-		parts = append(parts, "mis-shaped tensors: "+listNames(shape))
-	}
-	if len(parts) > 0 {
-		return fmt.Errorf("%s", strings.Join(parts, "; "))
-	}
-	return nil
-}
-
-func listNames(names []string) string {
-	sort.Strings(names)
-	if len(names) > 8 {
-		return strings.Join(names[:8], ", ") + fmt.Sprintf(" (and %d more)", len(names)-8)
-	}
-	return strings.Join(names, ", ")
 }
 
 func (m *Model) usable() error {
