@@ -143,11 +143,8 @@ func (e *Engine) Load(ctx context.Context, req schemas.LoadRequest, progress fun
 	if err := torch.SetThreads(req.Threads); err != nil {
 		return fmt.Errorf("load: %w", err)
 	}
-	if req.ModelDir == "" {
-		return fmt.Errorf("load: no model directory given")
-	}
-	if st, err := os.Stat(req.ModelDir); err != nil || !st.IsDir() {
-		return fmt.Errorf("load: model directory %s does not exist (get one with `m3gate model fetch smolvlm-256m`, or `m3gate model tiny --out DIR` for a random-weight demo model)", req.ModelDir)
+	if err := checkModelDir(req.ModelDir, "get one with `m3gate model fetch smolvlm-256m`, or `m3gate model tiny --out DIR` for a random-weight demo model"); err != nil {
+		return err
 	}
 	total := dirWeightBytes(req.ModelDir)
 	progress(schemas.LoadProgress{Stage: "model", TotalBytes: total, Message: "loading " + req.ModelDir})
@@ -168,33 +165,13 @@ func (e *Engine) Load(ctx context.Context, req schemas.LoadRequest, progress fun
 		return fmt.Errorf("load: %w", err)
 	}
 
-	var set *lora.Set
-	for _, aspect := range sortedKeys(req.Adapters) {
-		dir := req.Adapters[aspect]
-		progress(schemas.LoadProgress{Stage: "adapter", Message: aspect + ": " + dir})
-		a, err := lora.Load(dir, aspect)
-		if err != nil {
-			return fmt.Errorf("load adapter %s: %w", aspect, err)
-		}
-		if set == nil {
-			set = lora.NewSet(model.Linears(), lora.SetOptions{})
-		}
-		if err := set.Add(a); err != nil {
-			return fmt.Errorf("load adapter %s: %w", aspect, err)
-		}
+	set, err := loadAdapters(req.Adapters, model.Linears(), lora.SetOptions{}, progress)
+	if err != nil {
+		return err
 	}
-	preds := map[string]*xlstm.Predictor{}
-	for _, aspect := range sortedKeys(req.Predictors) {
-		path := req.Predictors[aspect]
-		progress(schemas.LoadProgress{Stage: "predictor", Message: aspect + ": " + path})
-		p, err := xlstm.Load(path, model.Device)
-		if err != nil {
-			return fmt.Errorf("load predictor %s: %w", aspect, err)
-		}
-		if in := p.Config().InputDim; in != model.Config.Text.VocabSize {
-			return fmt.Errorf("load predictor %s: %s takes %d-wide logits but the model's vocabulary has %d tokens", aspect, path, in, model.Config.Text.VocabSize)
-		}
-		preds[aspect] = p
+	preds, err := loadPredictors(req.Predictors, model.Device, model.Config.Text.VocabSize, progress)
+	if err != nil {
+		return err
 	}
 	var sw AdapterSwitch
 	if set != nil {
@@ -428,4 +405,55 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// checkModelDir reports a missing model directory with how to get one.
+func checkModelDir(dir, howToGet string) error {
+	if dir == "" {
+		return fmt.Errorf("load: no model directory given")
+	}
+	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+		return fmt.Errorf("load: model directory %s does not exist (%s)", dir, howToGet)
+	}
+	return nil
+}
+
+// loadAdapters loads the LoRA adapter of each aspect (sorted) into one set
+// over linears; nil when there are none.
+func loadAdapters(adapters map[string]string, linears map[string]*mllm.Linear, opts lora.SetOptions, progress func(schemas.LoadProgress)) (*lora.Set, error) {
+	var set *lora.Set
+	for _, aspect := range sortedKeys(adapters) {
+		dir := adapters[aspect]
+		progress(schemas.LoadProgress{Stage: "adapter", Message: aspect + ": " + dir})
+		a, err := lora.Load(dir, aspect)
+		if err != nil {
+			return nil, fmt.Errorf("load adapter %s: %w", aspect, err)
+		}
+		if set == nil {
+			set = lora.NewSet(linears, opts)
+		}
+		if err := set.Add(a); err != nil {
+			return nil, fmt.Errorf("load adapter %s: %w", aspect, err)
+		}
+	}
+	return set, nil
+}
+
+// loadPredictors loads the xLSTM predictor of each aspect (sorted) on dev
+// and checks that it takes vocab-wide logits.
+func loadPredictors(predictors map[string]string, dev gotch.Device, vocab int, progress func(schemas.LoadProgress)) (map[string]*xlstm.Predictor, error) {
+	preds := map[string]*xlstm.Predictor{}
+	for _, aspect := range sortedKeys(predictors) {
+		path := predictors[aspect]
+		progress(schemas.LoadProgress{Stage: "predictor", Message: aspect + ": " + path})
+		p, err := xlstm.Load(path, dev)
+		if err != nil {
+			return nil, fmt.Errorf("load predictor %s: %w", aspect, err)
+		}
+		if in := p.Config().InputDim; in != vocab {
+			return nil, fmt.Errorf("load predictor %s: %s takes %d-wide logits but the model's vocabulary has %d tokens", aspect, path, in, vocab)
+		}
+		preds[aspect] = p
+	}
+	return preds, nil
 }

@@ -172,11 +172,8 @@ func (e *miniCPMEngine) Load(ctx context.Context, req schemas.LoadRequest, progr
 	if err := torch.SetThreads(req.Threads); err != nil {
 		return fmt.Errorf("load: %w", err)
 	}
-	if req.ModelDir == "" {
-		return fmt.Errorf("load: no model directory given")
-	}
-	if st, err := os.Stat(req.ModelDir); err != nil || !st.IsDir() {
-		return fmt.Errorf("load: model directory %s does not exist (get it with `m3gate model fetch m3-agiqa`, or `m3gate model tiny --family minicpmv25 --out DIR` for a random-weight test model)", req.ModelDir)
+	if err := checkModelDir(req.ModelDir, "get it with `m3gate model fetch m3-agiqa`, or `m3gate model tiny --family minicpmv25 --out DIR` for a random-weight test model"); err != nil {
+		return err
 	}
 	total := dirWeightBytes(req.ModelDir)
 	progress(schemas.LoadProgress{Stage: "model", TotalBytes: total, Message: "loading " + req.ModelDir})
@@ -200,33 +197,13 @@ func (e *miniCPMEngine) Load(ctx context.Context, req schemas.LoadRequest, progr
 	for _, p := range model.Params() {
 		params[p.Name] = *p.Dst
 	}
-	var set *lora.Set
-	for _, aspect := range sortedKeys(req.Adapters) {
-		dir := req.Adapters[aspect]
-		progress(schemas.LoadProgress{Stage: "adapter", Message: aspect + ": " + dir})
-		a, err := lora.Load(dir, aspect)
-		if err != nil {
-			return fmt.Errorf("load adapter %s: %w", aspect, err)
-		}
-		if set == nil {
-			set = lora.NewSet(model.Linears(), lora.SetOptions{Params: params})
-		}
-		if err := set.Add(a); err != nil {
-			return fmt.Errorf("load adapter %s: %w", aspect, err)
-		}
+	set, err := loadAdapters(req.Adapters, model.Linears(), lora.SetOptions{Params: params}, progress)
+	if err != nil {
+		return err
 	}
-	preds := map[string]*xlstm.Predictor{}
-	for _, aspect := range sortedKeys(req.Predictors) {
-		path := req.Predictors[aspect]
-		progress(schemas.LoadProgress{Stage: "predictor", Message: aspect + ": " + path})
-		p, err := xlstm.Load(path, model.Device)
-		if err != nil {
-			return fmt.Errorf("load predictor %s: %w", aspect, err)
-		}
-		if in := p.Config().InputDim; in != model.Config.Text.VocabSize {
-			return fmt.Errorf("load predictor %s: %s takes %d-wide logits but the model's vocabulary has %d tokens", aspect, path, in, model.Config.Text.VocabSize)
-		}
-		preds[aspect] = p
+	preds, err := loadPredictors(req.Predictors, model.Device, model.Config.Text.VocabSize, progress)
+	if err != nil {
+		return err
 	}
 	seen := map[int64]string{}
 	for i, w := range iqa.RatingWords {
