@@ -90,19 +90,25 @@ func result(out lib.Ctensor) Raw {
 	return Raw{out}
 }
 
-// Add is r + o.
-func (r Raw) Add(o Raw) Raw {
+// unary runs a one-operand op of gotch's generated C API on r.
+func unary(op func(*lib.Ctensor, lib.Ctensor), r Raw) Raw {
 	var out lib.Ctensor
-	lib.AtgAdd(&out, r.c, o.c)
+	op(&out, r.c)
 	return result(out)
 }
 
-// Mul is r ⊙ o.
-func (r Raw) Mul(o Raw) Raw {
+// binary runs a two-operand op of gotch's generated C API on r and o.
+func binary(op func(*lib.Ctensor, lib.Ctensor, lib.Ctensor), r, o Raw) Raw {
 	var out lib.Ctensor
-	lib.AtgMul(&out, r.c, o.c)
+	op(&out, r.c, o.c)
 	return result(out)
 }
+
+// Add is r + o.
+func (r Raw) Add(o Raw) Raw { return binary(lib.AtgAdd, r, o) }
+
+// Mul is r ⊙ o.
+func (r Raw) Mul(o Raw) Raw { return binary(lib.AtgMul, r, o) }
 
 // AddScalar is r + v.
 func (r Raw) AddScalar(v float64) Raw {
@@ -123,18 +129,10 @@ func (r Raw) MulScalar(v float64) Raw {
 }
 
 // Matmul is torch.matmul(r, o).
-func (r Raw) Matmul(o Raw) Raw {
-	var out lib.Ctensor
-	lib.AtgMatmul(&out, r.c, o.c)
-	return result(out)
-}
+func (r Raw) Matmul(o Raw) Raw { return binary(lib.AtgMatmul, r, o) }
 
 // Mv is the matrix-vector product r·v.
-func (r Raw) Mv(v Raw) Raw {
-	var out lib.Ctensor
-	lib.AtgMv(&out, r.c, v.c)
-	return result(out)
-}
+func (r Raw) Mv(v Raw) Raw { return binary(lib.AtgMv, r, v) }
 
 // Linear is r·wᵀ + b (b may be a zero Raw: no bias).
 func (r Raw) Linear(w, b Raw) Raw {
@@ -190,32 +188,16 @@ func (r Raw) Narrow(dim, start, length int64) Raw {
 }
 
 // Neg is -r.
-func (r Raw) Neg() Raw {
-	var out lib.Ctensor
-	lib.AtgNeg(&out, r.c)
-	return result(out)
-}
+func (r Raw) Neg() Raw { return unary(lib.AtgNeg, r) }
 
 // Silu is x·sigmoid(x).
-func (r Raw) Silu() Raw {
-	var out lib.Ctensor
-	lib.AtgSilu(&out, r.c)
-	return result(out)
-}
+func (r Raw) Silu() Raw { return unary(lib.AtgSilu, r) }
 
 // Square is r².
-func (r Raw) Square() Raw {
-	var out lib.Ctensor
-	lib.AtgSquare(&out, r.c)
-	return result(out)
-}
+func (r Raw) Square() Raw { return unary(lib.AtgSquare, r) }
 
 // Rsqrt is 1/√r.
-func (r Raw) Rsqrt() Raw {
-	var out lib.Ctensor
-	lib.AtgRsqrt(&out, r.c)
-	return result(out)
-}
+func (r Raw) Rsqrt() Raw { return unary(lib.AtgRsqrt, r) }
 
 // MeanLast is the mean over the last dimension, kept, in kind.
 func (r Raw) MeanLast(kind gotch.DType) Raw {
