@@ -99,34 +99,25 @@ func ReadManifest(path string) (*Manifest, *labels.Report, error) {
 	m := &Manifest{Path: path}
 	rep := &labels.Report{}
 	seen := map[string]int{}
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64*1024), 16*1024*1024)
-	line := 0
-	for sc.Scan() {
-		line++
-		b := bytes.TrimSpace(sc.Bytes())
-		if len(b) == 0 {
-			continue
-		}
-		rep.Rows++
+	err = rep.Lines(f, func(line int, b []byte) {
 		var rec Record
 		dec := json.NewDecoder(bytes.NewReader(b))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&rec); err != nil {
 			rep.Add(path, line, labels.KindParse, "%v", err)
-			continue
+			return
 		}
 		if !validateRecord(rep, path, line, rec) {
-			continue
+			return
 		}
 		if prev, ok := seen[rec.Image]; ok {
 			rep.Add(path, line, labels.KindDuplicate, "image %q already listed on line %d", rec.Image, prev)
-			continue
+			return
 		}
 		seen[rec.Image] = line
 		m.Records = append(m.Records, rec)
-	}
-	if err := sc.Err(); err != nil {
+	})
+	if err != nil {
 		return nil, nil, fmt.Errorf("read manifest %s: %w", path, err)
 	}
 	rep.Records = len(m.Records)

@@ -1,7 +1,6 @@
 package labels
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
 	"fmt"
@@ -62,33 +61,24 @@ func ReadConversations(path string, rep *Report) ([]Conversation, error) {
 func DecodeConversations(r io.Reader, path string, rep *Report) ([]Conversation, error) {
 	var out []Conversation
 	seen := map[string]int{}
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64*1024), 16*1024*1024)
-	line := 0
-	for sc.Scan() {
-		line++
-		b := bytes.TrimSpace(sc.Bytes())
-		if len(b) == 0 {
-			continue
-		}
-		rep.Rows++
+	err := rep.Lines(r, func(line int, b []byte) {
 		var c Conversation
 		if err := json.Unmarshal(b, &c); err != nil {
 			rep.Add(path, line, KindParse, "%v", err)
-			continue
+			return
 		}
 		c.Line = line
 		if !c.check(path, rep) {
-			continue
+			return
 		}
 		if prev, dup := seen[c.Key()]; dup {
 			rep.Add(path, line, KindDuplicate, "image %q aspect %s already on line %d", c.Image, c.Aspect, prev)
-			continue
+			return
 		}
 		seen[c.Key()] = line
 		out = append(out, c)
-	}
-	if err := sc.Err(); err != nil {
+	})
+	if err != nil {
 		return nil, fmt.Errorf("read conversations %s: %w", path, err)
 	}
 	return out, nil

@@ -17,6 +17,8 @@
 package labels
 
 import (
+	"bufio"
+	"bytes"
 	"fmt"
 	"io"
 	"sort"
@@ -137,4 +139,27 @@ func (r *Report) Err() error {
 		s = append(s, p.String())
 	}
 	return fmt.Errorf("%d problems: %s", len(r.Problems), strings.Join(s, "; "))
+}
+
+// MaxLineBytes is the longest line a label file may have.
+const MaxLineBytes = 16 << 20
+
+// Lines calls fn with the number (from 1) and the trimmed bytes of each
+// non-blank line of r, counting them in rep.Rows: the loop of every JSON
+// Lines label reader. The error is the reader's (or a line longer than
+// MaxLineBytes).
+func (rep *Report) Lines(r io.Reader, fn func(line int, b []byte)) error {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64*1024), MaxLineBytes)
+	line := 0
+	for sc.Scan() {
+		line++
+		b := bytes.TrimSpace(sc.Bytes())
+		if len(b) == 0 {
+			continue
+		}
+		rep.Rows++
+		fn(line, b)
+	}
+	return sc.Err()
 }

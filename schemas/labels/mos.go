@@ -1,8 +1,6 @@
 package labels
 
 import (
-	"bufio"
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -83,16 +81,7 @@ func readMOSManifest(path string, rep *Report) (MOSTable, error) {
 	}
 	defer f.Close()
 	t := MOSTable{}
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64*1024), 16*1024*1024)
-	line := 0
-	for sc.Scan() {
-		line++
-		b := bytes.TrimSpace(sc.Bytes())
-		if len(b) == 0 {
-			continue
-		}
-		rep.Rows++
+	err = rep.Lines(f, func(line int, b []byte) {
 		var rec struct {
 			Image string             `json:"image"`
 			Name  string             `json:"name"`
@@ -100,7 +89,7 @@ func readMOSManifest(path string, rep *Report) (MOSTable, error) {
 		}
 		if err := json.Unmarshal(b, &rec); err != nil {
 			rep.Add(path, line, KindParse, "%v", err)
-			continue
+			return
 		}
 		name := rec.Name
 		if name == "" {
@@ -108,7 +97,7 @@ func readMOSManifest(path string, rep *Report) (MOSTable, error) {
 		}
 		if name == "" {
 			rep.Add(path, line, KindMissingField, "no image or name")
-			continue
+			return
 		}
 		ok := true
 		for a, v := range rec.MOS {
@@ -123,8 +112,8 @@ func readMOSManifest(path string, rep *Report) (MOSTable, error) {
 		if ok {
 			t.add(filepath.Base(name), rec.MOS)
 		}
-	}
-	if err := sc.Err(); err != nil {
+	})
+	if err != nil {
 		return nil, fmt.Errorf("read labels %s: %w", path, err)
 	}
 	return t, nil
