@@ -1,7 +1,6 @@
 package mllm
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -9,7 +8,6 @@ import (
 	"github.com/sugarme/gotch"
 
 	"github.com/m3gate/m3gate/sidecar/mllm/layers"
-	"github.com/m3gate/m3gate/sidecar/tensorio"
 	"github.com/m3gate/m3gate/sidecar/torch"
 )
 
@@ -93,15 +91,7 @@ func WriteTinyWith(dir string, opts TinyOptions) (err error) {
 		return err
 	}
 	m := &Model{Config: cfg}
-	var tensors []tensorio.Named
-	for _, s := range m.build() {
-		t := layers.RandomTensor(s, opts.Seed)
-		if opts.DType == gotch.BFloat16 {
-			t = t.MustTotype(gotch.BFloat16, true)
-		}
-		tensors = append(tensors, tensorio.Named{Name: s.Name, Tensor: t})
-	}
-	if err := tensorio.Write(filepath.Join(dir, "model.safetensors"), tensors, map[string]string{"format": "pt"}); err != nil {
+	if err := layers.WriteRandom(filepath.Join(dir, "model.safetensors"), m.build(), opts.Seed, opts.DType); err != nil {
 		return fmt.Errorf("write tiny model: %w", err)
 	}
 	eou := vocab["<end_of_utterance>"]
@@ -133,14 +123,8 @@ func WriteTinyWith(dir string, opts TinyOptions) (err error) {
 			"unk_token": "<|endoftext|>", "additional_special_tokens": SpecialTokens(),
 		},
 	}
-	for name, v := range files {
-		raw, err := json.MarshalIndent(v, "", "  ")
-		if err != nil {
-			return fmt.Errorf("write tiny model %s: %w", name, err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, name), append(raw, '\n'), 0o644); err != nil {
-			return fmt.Errorf("write tiny model: %w", err)
-		}
+	if err := layers.WriteJSONFiles(dir, files); err != nil {
+		return fmt.Errorf("write tiny model: %w", err)
 	}
 	if err := os.WriteFile(filepath.Join(dir, "tokenizer.json"), tok, 0o644); err != nil {
 		return fmt.Errorf("write tiny model: %w", err)

@@ -1,11 +1,19 @@
 package layers
 
 import (
+	"encoding/json"
+	"fmt"
 	"hash/fnv"
 	"math"
 	"math/rand"
+	"os"
+	"path/filepath"
 
+	"github.com/sugarme/gotch"
 	"github.com/sugarme/gotch/ts"
+
+	"github.com/m3gate/m3gate/sidecar/tensorio"
+	"github.com/m3gate/m3gate/sidecar/torch"
 )
 
 // RandomTensor draws one parameter for a random-weight test model (the tiny
@@ -42,4 +50,44 @@ func RandomTensor(s Param, seed int64) *ts.Tensor {
 		v[i] = float32(x)
 	}
 	return ts.MustOfSlice(v).MustView(s.Shape, true)
+}
+
+// WriteRandom writes a random-weight checkpoint of params (RandomTensor
+// with seed, stored in kind: f32 or bf16) to the safetensors file path.
+func WriteRandom(path string, params []Param, seed int64, kind gotch.DType) error {
+	var tensors []tensorio.Named
+	defer func() {
+		for _, t := range tensors {
+			t.Tensor.MustDrop()
+		}
+	}()
+	err := torch.Run("random weights", false, func() error {
+		for _, s := range params {
+			t := RandomTensor(s, seed)
+			if kind == gotch.BFloat16 {
+				t = t.MustTotype(gotch.BFloat16, true)
+			}
+			tensors = append(tensors, tensorio.Named{Name: s.Name, Tensor: t})
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return tensorio.Write(path, tensors, map[string]string{"format": "pt"})
+}
+
+// WriteJSONFiles writes each value as indented JSON to dir/name: the
+// config files of a model directory.
+func WriteJSONFiles(dir string, files map[string]any) error {
+	for name, v := range files {
+		raw, err := json.MarshalIndent(v, "", "  ")
+		if err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), append(raw, '\n'), 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -9,8 +9,6 @@ import (
 	"github.com/sugarme/gotch"
 
 	"github.com/m3gate/m3gate/sidecar/mllm/layers"
-	"github.com/m3gate/m3gate/sidecar/tensorio"
-	"github.com/m3gate/m3gate/sidecar/torch"
 )
 
 // TinyOptions configures WriteTiny.
@@ -60,25 +58,8 @@ func WriteTiny(dir string, o TinyOptions) (err error) {
 		return fmt.Errorf("write tiny model: %w", err)
 	}
 	m := &Model{Config: cfg}
-	var tensors []tensorio.Named
-	err = torch.Run("minicpmv", false, func() error {
-		for _, s := range m.build() {
-			t := layers.RandomTensor(s, o.Seed)
-			if o.DType == gotch.BFloat16 {
-				t = t.MustTotype(gotch.BFloat16, true)
-			}
-			tensors = append(tensors, tensorio.Named{Name: s.Name, Tensor: t})
-		}
-		return nil
-	})
-	if err != nil {
+	if err := layers.WriteRandom(filepath.Join(dir, "model.safetensors"), m.build(), o.Seed, o.DType); err != nil {
 		return fmt.Errorf("write tiny model: %w", err)
-	}
-	if err := tensorio.Write(filepath.Join(dir, "model.safetensors"), tensors, map[string]string{"format": "pt"}); err != nil {
-		return fmt.Errorf("write tiny model: %w", err)
-	}
-	for _, t := range tensors {
-		t.Tensor.MustDrop()
 	}
 	conf := tinyConfigJSON(nv)
 	if o.DType == gotch.BFloat16 {
@@ -94,14 +75,8 @@ func WriteTiny(dir string, o TinyOptions) (err error) {
 			"tokenizer_class": "MiniCPMVTokenizerFast",
 		},
 	}
-	for name, v := range files {
-		raw, err := json.MarshalIndent(v, "", "  ")
-		if err != nil {
-			return fmt.Errorf("write tiny model %s: %w", name, err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, name), append(raw, '\n'), 0o644); err != nil {
-			return fmt.Errorf("write tiny model: %w", err)
-		}
+	if err := layers.WriteJSONFiles(dir, files); err != nil {
+		return fmt.Errorf("write tiny model: %w", err)
 	}
 	if err := os.WriteFile(filepath.Join(dir, "tokenizer.json"), tok, 0o644); err != nil {
 		return fmt.Errorf("write tiny model: %w", err)
