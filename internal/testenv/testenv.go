@@ -20,6 +20,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -232,4 +234,25 @@ func abs(t testing.TB, p string) string {
 		t.Fatal(err)
 	}
 	return a
+}
+
+// ProcStatusKB reads a kB field of /proc/PID/status (VmRSS, VmHWM, ...);
+// pid 0 is this process.
+func ProcStatusKB(pid int, field string) (int64, error) {
+	path := "/proc/self/status"
+	if pid != 0 {
+		path = fmt.Sprintf("/proc/%d/status", pid)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, field+":"); ok {
+			if f := strings.Fields(v); len(f) > 0 {
+				return strconv.ParseInt(f[0], 10, 64)
+			}
+		}
+	}
+	return 0, fmt.Errorf("no %s in %s", field, path)
 }

@@ -1,18 +1,15 @@
 package m3
 
 import (
-	"bufio"
 	"context"
-	"os"
 	"runtime"
 	"runtime/debug"
-	"strconv"
-	"strings"
 	"sync/atomic"
 	"testing"
 
 	"github.com/sugarme/gotch/ts"
 
+	"github.com/m3gate/m3gate/internal/testenv"
 	"github.com/m3gate/m3gate/sidecar/torch"
 )
 
@@ -78,23 +75,11 @@ func BenchmarkSoakTiny(b *testing.B) {
 
 // rssMB is this process's resident set size (VmRSS) in MB.
 func rssMB(b *testing.B) float64 {
-	f, err := os.Open("/proc/self/status")
+	kb, err := testenv.ProcStatusKB(0, "VmRSS")
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
-			kb, err := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 64)
-			if err != nil {
-				b.Fatal(err)
-			}
-			return kb / 1024
-		}
-	}
-	b.Fatal("no VmRSS in /proc/self/status")
-	return 0
+	return float64(kb) / 1024
 }
 
 func heapMB() float64 {

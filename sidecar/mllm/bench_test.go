@@ -1,14 +1,12 @@
 package mllm
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime/debug"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -16,6 +14,7 @@ import (
 
 	"github.com/sugarme/gotch/ts"
 
+	"github.com/m3gate/m3gate/internal/testenv"
 	"github.com/m3gate/m3gate/sidecar/torch"
 )
 
@@ -80,19 +79,8 @@ func TestWrite256MHelper(t *testing.T) {
 
 // peakRSSMB is VmHWM of this process in MB.
 func peakRSSMB() float64 {
-	f, err := os.Open("/proc/self/status")
-	if err != nil {
-		return 0
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
-			kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 64)
-			return kb / 1024
-		}
-	}
-	return 0
+	kb, _ := testenv.ProcStatusKB(0, "VmHWM")
+	return float64(kb) / 1024
 }
 
 // benchPrompt is a 64-image-token + 150-text-token prompt.

@@ -1,7 +1,6 @@
 package tensorio
 
 import (
-	"bufio"
 	"fmt"
 	"os"
 	"os/exec"
@@ -13,24 +12,12 @@ import (
 
 	"github.com/sugarme/gotch"
 	"github.com/sugarme/gotch/ts"
+
+	"github.com/m3gate/m3gate/internal/testenv"
 )
 
 // procStatusKB reads a "Vm…:  N kB" field of /proc/self/status.
-func procStatusKB(field string) (int64, error) {
-	f, err := os.Open("/proc/self/status")
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		line := sc.Text()
-		if rest, ok := strings.CutPrefix(line, field+":"); ok {
-			return strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-		}
-	}
-	return 0, fmt.Errorf("%s not in /proc/self/status", field)
-}
+func procStatusKB(field string) (int64, error) { return testenv.ProcStatusKB(0, field) }
 
 // BenchmarkOpenLarge opens a 256 MiB BF16 checkpoint (16 tensors) and loads
 // every tensor, keeping them all alive, as a model load does. It reports

@@ -1,15 +1,13 @@
 package torch
 
 import (
-	"bufio"
-	"os"
 	"runtime/debug"
-	"strconv"
-	"strings"
 	"testing"
 
 	"github.com/sugarme/gotch"
 	"github.com/sugarme/gotch/ts"
+
+	"github.com/m3gate/m3gate/internal/testenv"
 )
 
 // BenchmarkOpRSS runs b.N tiny ops, each result freed at once, and reports
@@ -38,21 +36,9 @@ func BenchmarkOpRSS(b *testing.B) {
 }
 
 func rssKB(b *testing.B) int64 {
-	f, err := os.Open("/proc/self/status")
+	kb, err := testenv.ProcStatusKB(0, "VmRSS")
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
-			n, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-			if err != nil {
-				b.Fatal(err)
-			}
-			return n
-		}
-	}
-	b.Fatal("no VmRSS")
-	return 0
+	return kb
 }
