@@ -9,7 +9,6 @@ import (
 	"image/color"
 	"image/png"
 	"math"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -213,20 +212,7 @@ func TestBrowserReviewPageAndReport(t *testing.T) {
 	bin := chromiumPath(t)
 	t.Setenv("M3GATE_SCORING_THRESHOLDS_QUALITY", "2.5")
 	_, base := startDaemon(t)
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		resp, err := http.Get(base + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("daemon never ready")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitReady(t, base)
 	shots := filepath.Join("..", "..", "build")
 	if err := os.MkdirAll(shots, 0o755); err != nil {
 		t.Fatal(err)

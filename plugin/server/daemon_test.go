@@ -151,20 +151,7 @@ func waitExit(t *testing.T, pid int, within time.Duration) {
 func TestDaemonScoresAndStopsOnSIGTERM(t *testing.T) {
 	cmd, base := startDaemon(t)
 	sc := sidecarOf(t, cmd.Process.Pid)
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		resp, err := http.Get(base + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("daemon never ready")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitReady(t, base)
 
 	var img bytes.Buffer
 	pic := image.NewNRGBA(image.Rect(0, 0, 48, 32))
