@@ -4,9 +4,7 @@ import (
 	"bytes"
 	"compress/zlib"
 	"context"
-	"encoding/binary"
 	"errors"
-	"hash/crc32"
 	"image"
 	"image/png"
 	"os"
@@ -226,39 +224,11 @@ func TestRealSidecarFrozenIsNotReady(t *testing.T) {
 // bombPNG writes a w×h 8-bit black PNG, RGB (gray when w is over a
 // million), streaming the deflate data.
 func bombPNG(w, h int) []byte {
-	var z bytes.Buffer
-	zw, _ := zlib.NewWriterLevel(&z, zlib.BestCompression)
-	channels := 3
+	ct := byte(2)
 	if w > 1_000_000 {
-		channels = 1
+		ct = 0
 	}
-	row := make([]byte, 1+channels*w)
-	for range h {
-		zw.Write(row)
-	}
-	zw.Close()
-	var out bytes.Buffer
-	chunk := func(typ string, data []byte) {
-		binary.Write(&out, binary.BigEndian, uint32(len(data)))
-		c := crc32.NewIEEE()
-		c.Write([]byte(typ))
-		c.Write(data)
-		out.WriteString(typ)
-		out.Write(data)
-		binary.Write(&out, binary.BigEndian, c.Sum32())
-	}
-	out.WriteString("\x89PNG\r\n\x1a\n")
-	ihdr := make([]byte, 13)
-	binary.BigEndian.PutUint32(ihdr[0:], uint32(w))
-	binary.BigEndian.PutUint32(ihdr[4:], uint32(h))
-	ihdr[8], ihdr[9] = 8, 2 // 8-bit RGB
-	if channels == 1 {
-		ihdr[9] = 0
-	}
-	chunk("IHDR", ihdr)
-	chunk("IDAT", z.Bytes())
-	chunk("IEND", nil)
-	return out.Bytes()
+	return testenv.RawPNG(w, h, ct, 8, zlib.BestCompression, nil)
 }
 
 // peakRSS is the sidecar's peak resident set (VmHWM).

@@ -6,11 +6,9 @@ import (
 	"compress/zlib"
 	"context"
 	"crypto/sha256"
-	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"image"
 	"image/png"
 	"math"
@@ -105,34 +103,8 @@ func largePNG(t testing.TB) []byte {
 
 // noisePNG encodes a w×h RGBA image of random pixels without compression.
 func noisePNG(w, h int) []byte {
-	var raw bytes.Buffer
-	row := make([]byte, 1+4*w) // filter byte 0 (none) + pixels
 	rng := rand.NewChaCha8([32]byte{1})
-	var z bytes.Buffer
-	zw, _ := zlib.NewWriterLevel(&z, zlib.NoCompression)
-	for range h {
-		rng.Read(row[1:])
-		zw.Write(row)
-	}
-	zw.Close()
-	chunk := func(typ string, data []byte) {
-		binary.Write(&raw, binary.BigEndian, uint32(len(data)))
-		c := crc32.NewIEEE()
-		c.Write([]byte(typ))
-		c.Write(data)
-		raw.WriteString(typ)
-		raw.Write(data)
-		binary.Write(&raw, binary.BigEndian, c.Sum32())
-	}
-	raw.WriteString("\x89PNG\r\n\x1a\n")
-	ihdr := make([]byte, 13)
-	binary.BigEndian.PutUint32(ihdr[0:], uint32(w))
-	binary.BigEndian.PutUint32(ihdr[4:], uint32(h))
-	ihdr[8], ihdr[9] = 8, 6 // 8-bit RGBA
-	chunk("IHDR", ihdr)
-	chunk("IDAT", z.Bytes())
-	chunk("IEND", nil)
-	return raw.Bytes()
+	return testenv.RawPNG(w, h, 6, 8, zlib.NoCompression, func(_ int, buf []byte) { rng.Read(buf) })
 }
 
 func TestNoisePNGDecodes(t *testing.T) {

@@ -3,14 +3,14 @@ package imageproc
 import (
 	"bytes"
 	"compress/zlib"
-	"encoding/binary"
-	"hash/crc32"
 	"image"
 	"image/color"
 	"runtime"
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/m3gate/m3gate/internal/testenv"
 )
 
 // rawPNG writes a non-interlaced PNG of w×h pixels of colour type ct
@@ -18,36 +18,7 @@ import (
 // excluded) is row(y); the deflate stream is written as the rows come,
 // so huge images cost only their compressed size.
 func rawPNG(w, h int, ct, bits byte, row func(y int, buf []byte)) []byte {
-	channels := map[byte]int{0: 1, 2: 3, 6: 4}[ct]
-	var z bytes.Buffer
-	zw, _ := zlib.NewWriterLevel(&z, zlib.BestSpeed)
-	line := make([]byte, 1+w*channels*int(bits)/8)
-	for y := range h {
-		if row != nil {
-			row(y, line[1:])
-		}
-		zw.Write(line)
-	}
-	zw.Close()
-	var out bytes.Buffer
-	chunk := func(typ string, data []byte) {
-		binary.Write(&out, binary.BigEndian, uint32(len(data)))
-		c := crc32.NewIEEE()
-		c.Write([]byte(typ))
-		c.Write(data)
-		out.WriteString(typ)
-		out.Write(data)
-		binary.Write(&out, binary.BigEndian, c.Sum32())
-	}
-	out.WriteString("\x89PNG\r\n\x1a\n")
-	ihdr := make([]byte, 13)
-	binary.BigEndian.PutUint32(ihdr[0:], uint32(w))
-	binary.BigEndian.PutUint32(ihdr[4:], uint32(h))
-	ihdr[8], ihdr[9] = bits, ct
-	chunk("IHDR", ihdr)
-	chunk("IDAT", z.Bytes())
-	chunk("IEND", nil)
-	return out.Bytes()
+	return testenv.RawPNG(w, h, ct, bits, zlib.BestSpeed, row)
 }
 
 var (
