@@ -11,6 +11,8 @@
 package layers
 
 import (
+	"sync"
+
 	"github.com/sugarme/gotch"
 	"github.com/sugarme/gotch/ts"
 
@@ -58,9 +60,7 @@ func (l *Linear) ForwardRaw(x torch.Raw) torch.Raw {
 	}
 	if !ok {
 		if kind := x.DType(); w.DType() != kind { // bf16 storage, f32 compute
-			wide := w.Totype(kind)
-			y = blas(x, wide, b)
-			wide.Free()
+			y = blasWidened(x, w, b, kind)
 		} else {
 			y = blas(x, w, b)
 		}
@@ -75,6 +75,47 @@ func (l *Linear) ForwardRaw(x torch.Raw) torch.Raw {
 		}
 		Drop(xt)
 	}
+	return y
+}
+
+// maxScratch bounds the reused buffer of blasWidened (bytes): SmolVLM's
+// largest layer needs 9.4 MB; a larger weight (an 8B model's MLP, an LM
+// head over all positions) is widened into a tensor of its own.
+const maxScratch = 64 << 20
+
+// scratch is the f32 buffer bf16-stored weights are widened into for
+// BLAS products of many rows (prefill, vision): one allocation reused by
+// every layer, where a fresh tensor per product had its pages faulted in
+// and zeroed by the system each time.
+var scratch struct {
+	sync.Mutex
+	buf  *ts.Tensor // 1-D, on the CPU (bf16 storage is CPU-only)
+	kind gotch.DType
+}
+
+// blasWidened is blas with w widened to kind first.
+func blasWidened(x, w, b torch.Raw, kind gotch.DType) torch.Raw {
+	sz := w.Size()
+	n := sz[0] * sz[1]
+	if n*int64(kind.Size()) > maxScratch {
+		wide := w.Totype(kind)
+		defer wide.Free()
+		return blas(x, wide, b)
+	}
+	scratch.Lock()
+	defer scratch.Unlock()
+	if scratch.buf == nil || scratch.kind != kind || scratch.buf.Numel() < uint(n) {
+		if scratch.buf != nil {
+			scratch.buf.MustDrop()
+		}
+		scratch.buf = ts.MustEmpty([]int64{n}, kind, gotch.CPU) // grows to the largest layer
+		scratch.kind = kind
+	}
+	flat := torch.Borrow(scratch.buf).Narrow(0, 0, n)
+	wide := flat.View(sz...)
+	wide.CopyFrom(w)
+	y := blas(x, wide, b)
+	torch.FreeRaw(flat, wide)
 	return y
 }
 
