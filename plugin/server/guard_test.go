@@ -90,26 +90,29 @@ func TestSubscriberCap(t *testing.T) {
 func TestChunkedBodyBudget(t *testing.T) {
 	f := &fakeScorer{}
 	_, ts := newTestServer(t, f, func(c *Config) { c.MaxInflightBytes = 1 << 20 })
-	// A raw connection sends 2 MiB of a chunked body and then stops
-	// writing to read the answer: a client still writing when the server
-	// refuses and closes can see its write reset instead of the 429
-	// (net/http's client did, about once in a few hundred runs).
+	// A raw connection sends a chunked body past the budget from one
+	// goroutine while the test reads the answer on another. The server
+	// answers 429, half-closes and later closes with the rest of the body
+	// unread, which resets the connection: a writer still sending then
+	// sees its write reset (CI did, with a single goroutine that flushed
+	// before reading), but the answer already sits in the receive queue.
 	conn, err := net.Dial("tcp", strings.TrimPrefix(ts.URL, "http://"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
 	conn.SetDeadline(time.Now().Add(10 * time.Second))
-	w := bufio.NewWriter(conn)
-	fmt.Fprintf(w, "POST /v1/score HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n", strings.TrimPrefix(ts.URL, "http://"))
-	chunk := func(b string) { fmt.Fprintf(w, "%x\r\n%s\r\n", len(b), b) }
-	chunk(`{"images":[{"data":"`)
-	for range 32 { // 2 MiB
-		chunk(strings.Repeat("A", 64<<10))
-	}
-	if err := w.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	wrote := make(chan error, 1)
+	go func() {
+		w := bufio.NewWriter(conn)
+		fmt.Fprintf(w, "POST /v1/score HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n", strings.TrimPrefix(ts.URL, "http://"))
+		chunk := func(b string) { fmt.Fprintf(w, "%x\r\n%s\r\n", len(b), b) }
+		chunk(`{"images":[{"data":"`)
+		for range 20 { // 1.25 MiB: past the 1 MiB budget
+			chunk(strings.Repeat("A", 64<<10))
+		}
+		wrote <- w.Flush()
+	}()
 	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -121,6 +124,9 @@ func TestChunkedBodyBudget(t *testing.T) {
 	}
 	if f.calls.Load() != 0 {
 		t.Error("the refused request reached the scorer")
+	}
+	if err := <-wrote; err != nil {
+		t.Logf("the writer saw %v after the refusal", err)
 	}
 }
 
