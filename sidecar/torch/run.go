@@ -3,8 +3,13 @@ package torch
 import (
 	"fmt"
 	"runtime"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"unsafe"
 
 	"github.com/sugarme/gotch"
+	lib "github.com/sugarme/gotch/libtch"
 	"github.com/sugarme/gotch/ts"
 )
 
@@ -12,7 +17,7 @@ import (
 // and the helpers below are the one place that provides them:
 //
 //   - Grad mode is thread-local in libtorch, and a goroutine moves between
-//     OS threads: a pass runs on one locked thread with the mode it needs
+//     OS threads: a pass runs on the one pass thread (Run) with the mode it needs
 //     (threads libtorch did not start can begin with grad off, so it is set
 //     explicitly either way) and restores the previous mode after.
 //   - a panic in a pass (a bug, or one of gotch's helpers that panics)
@@ -45,16 +50,96 @@ import (
 // the text model's Raw handles keep most of a pass off gotch's books.
 const GCPercent = 400
 
-// Run runs fn as one libtorch pass: on a locked OS thread, with autograd
-// on or off (the thread's previous mode is restored afterwards, also when
-// fn panics), a panic returned as an error wrapped with what. Runs nest (an inner Run restores the outer mode).
+// Run runs fn as one libtorch pass: on the pass thread (below), with
+// autograd on or off (the thread's previous mode is restored afterwards,
+// also when fn panics), a panic returned as an error wrapped with what.
+// Runs nest: a Run inside a pass runs in place, and an inner Run restores
+// the outer mode. Passes from different goroutines take turns. fn must not
+// wait on another goroutine's Run (that one waits for fn's pass to end).
+//
+// Every pass runs on one OS thread for the life of the process, because
+// libgomp (libtorch's OpenMP) keeps a separate pool of worker threads for
+// each thread that starts parallel work: passes spread over the Go
+// runtime's threads made a pool per thread, the idle pools' workers spun
+// against the busy one, and with more workers than cores libgomp shortens
+// every worker's spin before it sleeps, so each of a decode step's 200
+// parallel products woke a sleeping worker (a 256M decode step: 30 ms
+// spread, 22 ms on one thread; BenchmarkDecode256M).
 func Run(what string, grad bool, fn func() error) (err error) {
+	onPassThread(func() { err = runHere(what, grad, fn) })
+	return err
+}
+
+// runHere is Run on the calling, already locked, thread.
+func runHere(what string, grad bool, fn func() error) (err error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	defer Recover(&err, what)
 	prev := SetGradEnabled(grad)
 	defer SetGradEnabled(prev)
 	return fn()
+}
+
+// onPassThread runs fn on the pass thread (see Run): in place when the
+// caller is on it already, else handed over, waiting for it to end.
+func onPassThread(fn func()) {
+	if tid := passes.tid.Load(); tid != 0 && int64(syscall.Gettid()) == tid {
+		fn()
+		return
+	}
+	passes.once.Do(startPassThread)
+	p := pass{fn: fn, done: make(chan bool, 1)}
+	passes.work <- p
+	if exited := <-p.done; exited {
+		// fn called runtime.Goexit (t.FailNow in a test): end the
+		// caller's goroutine as it would have ended before.
+		runtime.Goexit()
+	}
+}
+
+// pass is one Run handed to the pass thread; done says whether fn ended by
+// runtime.Goexit instead of returning.
+type pass struct {
+	fn   func()
+	done chan bool
+}
+
+var passes struct {
+	once sync.Once
+	work chan pass
+	tid  atomic.Int64 // the pass thread's OS thread id, once started
+}
+
+// startPassThread starts the goroutine that owns the pass thread: locked
+// to it for good, running one pass at a time.
+func startPassThread() {
+	passes.work = make(chan pass)
+	started := make(chan struct{})
+	go passLoop(started)
+	<-started
+}
+
+func passLoop(started chan struct{}) {
+	runtime.LockOSThread() // never unlocked: the thread is the pass thread
+	passes.tid.Store(int64(syscall.Gettid()))
+	if started != nil {
+		close(started)
+	}
+	for p := range passes.work {
+		returned := false
+		func() {
+			defer func() {
+				if !returned {
+					// runtime.Goexit ends this goroutine and, locked,
+					// its thread: a new one takes over the passes.
+					go passLoop(nil)
+				}
+				p.done <- !returned
+			}()
+			p.fn()
+			returned = true
+		}()
+	}
 }
 
 // Recover turns a panic into an error wrapped with what; use it deferred: defer torch.Recover(&err, "select cache").
@@ -89,8 +174,8 @@ func Drop(list ...*ts.Tensor) {
 func Float64s(t *ts.Tensor, del bool) []float64 {
 	c := t.MustDetach(false).MustTo(gotch.CPU, true).MustTotype(gotch.Double, true).MustContiguous(true)
 	out := make([]float64, c.Numel())
-	if len(out) > 0 {
-		c.MustCopyData(out, c.Numel())
+	if err := CopyOut(c, out); err != nil {
+		panic(err)
 	}
 	Drop(c)
 	if del {
@@ -99,4 +184,33 @@ func Float64s(t *ts.Tensor, del bool) []float64 {
 		Keep(t)
 	}
 	return out
+}
+
+// CopyOut copies t's values into dst, which must hold t.Numel() elements of
+// t's element type (copied from the device, in row-major order, when t is
+// on a GPU or not contiguous). gotch's CopyData checks its destination
+// element by element through reflection, about 30 ns each: 4–5 ms per
+// decode step for three sequences' logits.
+func CopyOut[T float32 | float64 | int64](t *ts.Tensor, dst []T) error {
+	var want gotch.DType
+	switch any(dst).(type) {
+	case []float32:
+		want = gotch.Float
+	case []float64:
+		want = gotch.Double
+	case []int64:
+		want = gotch.Int64
+	}
+	if got := t.DType(); got != want {
+		return fmt.Errorf("copy out: tensor is %v, destination %v", got, want)
+	}
+	if n := t.Numel(); uint(len(dst)) != n {
+		return fmt.Errorf("copy out: tensor has %d values, destination %d", n, len(dst))
+	}
+	if len(dst) == 0 {
+		return nil
+	}
+	lib.AtCopyData(lib.Ctensor(t.Ctensor()), unsafe.Pointer(&dst[0]), uint(len(dst)), want.Size())
+	Keep(t)
+	return ts.TorchErr()
 }

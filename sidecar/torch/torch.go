@@ -34,13 +34,20 @@ func SetThreads(n int) error {
 	if n > 1024 {
 		return fmt.Errorf("set threads: %d is more than 1024", n)
 	}
+	// The count is per OS thread once a thread has run torch (later
+	// threads start from the last count set): set it where passes run
+	// and on the caller's thread.
 	C.at_set_num_threads(C.int(n))
+	onPassThread(func() { C.at_set_num_threads(C.int(n)) })
 	return nil
 }
 
-// Threads returns libtorch's current intra-op thread count.
+// Threads returns libtorch's intra-op thread count on the thread that runs
+// passes (see Run).
 func Threads() int {
-	return int(C.at_get_num_threads())
+	n := 0
+	onPassThread(func() { n = int(C.at_get_num_threads()) })
+	return n
 }
 
 // SetGradEnabled turns libtorch's autograd on or off for the calling OS

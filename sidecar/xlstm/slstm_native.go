@@ -25,8 +25,8 @@ func useNativeSLSTM(wx, r *ts.Tensor) bool {
 func float32sOf(t *ts.Tensor) []float32 {
 	c := t.MustDetach(false).MustContiguous(true)
 	out := make([]float32, c.Numel())
-	if len(out) > 0 {
-		c.MustCopyData(out, c.Numel())
+	if err := torch.CopyOut(c, out); err != nil {
+		panic(err)
 	}
 	torch.Drop(c)
 	torch.Keep(t)

@@ -80,7 +80,7 @@ func Run(ctx context.Context, dec Decoder, cache *kvcache.Cache, last *ts.Tensor
 		// The one place Go reads the logits: copied to the CPU first
 		// (no copy when the model runs there).
 		host := torch.ToCPU(logits, false)
-		err := host.CopyData(buf, uint(b*vocab))
+		err := torch.CopyOut(host, buf)
 		torch.Keep(logits, host)
 		if host != logits {
 			torch.Drop(host)
