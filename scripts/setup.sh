@@ -2,7 +2,9 @@
 # setup.sh prepares a Debian machine to build and test m3gate. It is
 # idempotent: every step checks first and does nothing when already done.
 #
-#   - installs Debian's libtorch-dev (CPU libtorch 1.13) when missing, plus the
+#   - installs Debian's libtorch-dev (CPU libtorch 1.13) when missing, OpenBLAS
+#     built for OpenMP (libopenblas0-openmp: the sidecar loads it ahead of
+#     the system's pthreads build, see sidecar/torch/blas.go), plus the
 #     python3 torch/numpy/scipy used only by reference tests and protoc for
 #     regenerating the gRPC code, and chromium for the review page's browser
 #     test (plugin/server TestBrowserReviewPageAndReport);
@@ -26,7 +28,7 @@ fi
 
 need=()
 dpkg -s libtorch-dev >/dev/null 2>&1 || need+=(libtorch-dev)
-for p in python3-torch python3-numpy python3-scipy python3-pil protobuf-compiler chromium; do
+for p in libopenblas0-openmp python3-torch python3-numpy python3-scipy python3-pil protobuf-compiler chromium; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if ((${#need[@]})); then

@@ -1,6 +1,7 @@
 package torch
 
 import (
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -118,3 +119,17 @@ func TestCopyOut(t *testing.T) {
 // exitGoroutine is runtime.Goexit, kept apart so that vet sees no
 // unreachable code after it.
 var exitGoroutine = runtime.Goexit
+
+// TestBLASIsOpenMP: where Debian's OpenMP build of OpenBLAS is installed
+// (scripts/setup.sh installs it), the binary loads it rather than the
+// system's default pthreads build (see blas.go).
+func TestBLASIsOpenMP(t *testing.T) {
+	matches, _ := filepath.Glob("/usr/lib/*-linux-gnu/openblas-openmp/libblas.so.3")
+	if len(matches) == 0 {
+		t.Skip("libopenblas0-openmp is not installed")
+	}
+	got := BLAS()
+	if !strings.Contains(got, "/openblas-openmp/") {
+		t.Errorf("BLAS() = %q, want the openblas-openmp build", got)
+	}
+}
