@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"os"
-	"runtime/debug"
 	"sort"
 	"testing"
 	"time"
@@ -46,9 +45,7 @@ func benchScore(b *testing.B, n, nAspects, maxTokens int) {
 	if err := torch.SetThreads(0); err != nil {
 		b.Fatal(err)
 	}
-	if os.Getenv("GOGC") == "" {
-		debug.SetGCPercent(torch.GCPercent)
-	}
+	torch.SetCollector()
 	s, err := New(m, nil)
 	if err != nil {
 		b.Fatal(err)

@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime/debug"
 	"strings"
 	"sync"
 	"testing"
@@ -54,10 +53,8 @@ func load256M(b *testing.B) *Model {
 		if bigErr == nil {
 			bigErr = torch.SetThreads(0)
 		}
-		// and its collector target
-		if os.Getenv("GOGC") == "" {
-			debug.SetGCPercent(torch.GCPercent)
-		}
+		// and its collector settings
+		torch.SetCollector()
 	})
 	if bigErr != nil {
 		b.Fatal(bigErr)

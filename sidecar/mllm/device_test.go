@@ -68,9 +68,13 @@ func runOnDevice(t *testing.T, opts LoadOptions) (*Model, deviceRun) {
 	}
 	r.joined = floats(ext.Logits)
 	// Everything stayed on the model's device.
+	devices := map[string]gotch.Device{"cache": g.Cache.K[0].Device(), "joined cache": joined.K[0].Device()}
 	for name, x := range map[string]*ts.Tensor{"features": seqs[0].Images[0].Tokens, "logits": out.Logits,
-		"hidden": out.Hidden, "cache": g.Cache.K[0], "joined cache": joined.K[0], "extend logits": ext.Logits} {
-		if d := torch.TensorDevice(x); !torch.SameDevice(d, m.Device) {
+		"hidden": out.Hidden, "extend logits": ext.Logits} {
+		devices[name] = torch.TensorDevice(x)
+	}
+	for name, d := range devices {
+		if !torch.SameDevice(d, m.Device) {
 			t.Errorf("%s on %s, model on %s", name, torch.DeviceName(d), torch.DeviceName(m.Device))
 		}
 	}

@@ -248,3 +248,30 @@ func SDPA(q, k, v, mask Raw, scale float64) Raw {
 	lib.AtgScaledDotProductAttention(&out, q.c, k.c, v.c, mc, 0, 0, scale, 0)
 	return result(out)
 }
+
+// Device is where r's storage lives (the CPU, or a CUDA device).
+func (r Raw) Device() gotch.Device {
+	var d gotch.Device
+	d = d.OfCInt(int32(lib.AtDevice(r.c)))
+	result(nil)
+	if IsCUDA(d) {
+		return d
+	}
+	return gotch.CPU
+}
+
+// Zeros is a new tensor of zeros of the given shape, kind and device.
+func Zeros(shape []int64, kind gotch.DType, device gotch.Device) Raw {
+	var out lib.Ctensor
+	lib.AtgZeros(&out, shape, len(shape), kind.CInt(), int32(device.CInt()))
+	return result(out)
+}
+
+// IndexSelect is r's entries at the given indices along dim (a copy).
+func (r Raw) IndexSelect(dim int64, idx []int64) Raw {
+	ix := ToDevice(ts.MustOfSlice(idx), r.Device(), true)
+	var out lib.Ctensor
+	lib.AtgIndexSelect(&out, r.c, dim, lib.Ctensor(ix.Ctensor()))
+	Drop(ix)
+	return result(out)
+}

@@ -11,7 +11,6 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"sort"
 	"strconv"
 	"strings"
@@ -39,9 +38,7 @@ var subcommands = map[string]subcommand{
 }
 
 func main() {
-	if os.Getenv("GOGC") == "" {
-		debug.SetGCPercent(torch.GCPercent)
-	}
+	torch.SetCollector()
 	if schemas.IsPluginProcess() {
 		os.Exit(servePlugin(os.Args[1:]))
 	}

@@ -13,13 +13,16 @@
 // values instead of the whole cache. Continuing any other cache (an older
 // one, a Clone) copies into new buffers first, so every cache keeps
 // seeing exactly its own slots.
+//
+// K and V are raw libtorch handles (torch.Raw), not gotch tensors: a decode
+// step makes one view per layer for each, and as *ts.Tensor those 60
+// views cost gotch's Go-side bookkeeping and collector garbage every step.
 package kvcache
 
 import (
 	"fmt"
 
 	"github.com/sugarme/gotch"
-	"github.com/sugarme/gotch/ts"
 
 	"github.com/m3gate/m3gate/sidecar/torch"
 )
@@ -27,7 +30,7 @@ import (
 // Cache holds the keys and values of every text layer for a batch of
 // sequences.
 type Cache struct {
-	K, V    []*ts.Tensor // per layer [B, nKV, T, hd]
+	K, V    []torch.Raw // per layer [B, nKV, T, hd], owned by the cache
 	Valid   [][]bool     // [B][T]: false for padding slots
 	NextPos []int64      // per sequence, the position of its next token
 
@@ -37,7 +40,7 @@ type Cache struct {
 // store is one batch's key and value buffers, shared by the caches whose
 // K and V are views of it.
 type store struct {
-	k, v  []*ts.Tensor // per layer [B, nKV, cap, hd]
+	k, v  []torch.Raw // per layer [B, nKV, cap, hd]
 	cap   int
 	owner *Cache // the cache whose slots end where the buffer's writes do
 	refs  int    // caches holding views
@@ -47,8 +50,8 @@ type store struct {
 func (s *store) release() {
 	s.refs--
 	if s.refs == 0 {
-		torch.Drop(s.k...)
-		torch.Drop(s.v...)
+		torch.FreeRaw(s.k...)
+		torch.FreeRaw(s.v...)
 		s.k, s.v = nil, nil
 	}
 }
@@ -67,7 +70,7 @@ type Spec struct {
 func (c *Cache) Reserve(next *Cache, tq int, spec Spec) {
 	past := c.Len()
 	need := past + tq
-	next.K, next.V = make([]*ts.Tensor, spec.Layers), make([]*ts.Tensor, spec.Layers)
+	next.K, next.V = make([]torch.Raw, spec.Layers), make([]torch.Raw, spec.Layers)
 	if c != nil && c.st != nil && c.st.owner == c && c.st.cap >= need {
 		next.st = c.st
 		c.st.owner = next
@@ -77,19 +80,15 @@ func (c *Cache) Reserve(next *Cache, tq int, spec Spec) {
 	st := &store{cap: need + max(128, need/2), owner: next, refs: 1}
 	shape := []int64{int64(next.Batch()), int64(spec.KVHeads), int64(st.cap), int64(spec.HeadDim)}
 	for l := 0; l < spec.Layers; l++ {
-		k := ts.MustZeros(shape, spec.DType, spec.Device)
-		v := ts.MustZeros(shape, spec.DType, spec.Device)
+		k := torch.Zeros(shape, spec.DType, spec.Device)
+		v := torch.Zeros(shape, spec.DType, spec.Device)
 		if past > 0 {
-			kr, vr := torch.Borrow(k).Narrow(2, 0, int64(past)), torch.Borrow(v).Narrow(2, 0, int64(past))
-			kr.CopyFrom(torch.Borrow(c.K[l]))
-			vr.CopyFrom(torch.Borrow(c.V[l]))
+			kr, vr := k.Narrow(2, 0, int64(past)), v.Narrow(2, 0, int64(past))
+			kr.CopyFrom(c.K[l])
+			vr.CopyFrom(c.V[l])
 			torch.FreeRaw(kr, vr)
 		}
 		st.k, st.v = append(st.k, k), append(st.v, v)
-	}
-	if c != nil {
-		torch.Keep(c.K...)
-		torch.Keep(c.V...)
 	}
 	next.st = st
 }
@@ -101,17 +100,14 @@ func (next *Cache) Put(l int, k, v torch.Raw) (kAll, vAll torch.Raw) {
 	st := next.st
 	n := int64(next.Len())
 	tq := k.Size()[2]
-	for _, p := range []struct {
-		buf *ts.Tensor
-		src torch.Raw
-	}{{st.k[l], k}, {st.v[l], v}} {
-		dst := torch.Borrow(p.buf).Narrow(2, n-tq, tq)
-		dst.CopyFrom(p.src)
+	for _, p := range [][2]torch.Raw{{st.k[l], k}, {st.v[l], v}} {
+		dst := p[0].Narrow(2, n-tq, tq)
+		dst.CopyFrom(p[1])
 		dst.Free()
 	}
-	next.K[l] = torch.Borrow(st.k[l]).Narrow(2, 0, n).Wrap()
-	next.V[l] = torch.Borrow(st.v[l]).Narrow(2, 0, n).Wrap()
-	return torch.Borrow(next.K[l]), torch.Borrow(next.V[l])
+	next.K[l] = st.k[l].Narrow(2, 0, n)
+	next.V[l] = st.v[l].Narrow(2, 0, n)
+	return next.K[l], next.V[l]
 }
 
 // Len is the number of cache slots (padding included).
@@ -135,7 +131,7 @@ func (c *Cache) device() gotch.Device {
 	if c == nil || len(c.K) == 0 {
 		return gotch.CPU
 	}
-	return torch.TensorDevice(c.K[0])
+	return c.K[0].Device()
 }
 
 // Append returns the positions of new tokens marked valid ([B][Tq], false
@@ -182,29 +178,33 @@ func (c *Cache) HasPadding() bool {
 }
 
 // Free frees the cache's keys and values now (buffers shared with other
-// caches once the last of them is freed). Caches that share its K and V
-// tensors (a Clone) become unusable too; caches made from it by a forward
-// pass, Select or Join do not share them.
+// caches once the last of them is freed). Other caches, a Clone among
+// them, stay usable; each is freed on its own.
 func (c *Cache) Free() {
 	if c == nil {
 		return
 	}
-	torch.Drop(c.K...)
-	torch.Drop(c.V...)
+	torch.FreeRaw(c.K...)
+	torch.FreeRaw(c.V...)
+	c.K, c.V = nil, nil
 	if c.st != nil {
 		c.st.release()
 		c.st = nil
 	}
 }
 
-// Clone returns an independent copy of the cache's bookkeeping; the tensors
-// are shared, which is safe because a forward pass writes only into
-// buffers the cache it continues owns the tail of (never a Clone).
+// Clone returns an independent copy of the cache's bookkeeping with its own
+// handles on the same keys and values, which is safe because a forward
+// pass writes only into buffers the cache it continues owns the tail of
+// (never a Clone). Free it on its own.
 func (c *Cache) Clone() *Cache {
 	if c == nil {
 		return nil
 	}
-	out := &Cache{K: append([]*ts.Tensor(nil), c.K...), V: append([]*ts.Tensor(nil), c.V...), NextPos: append([]int64(nil), c.NextPos...), st: c.st}
+	out := &Cache{NextPos: append([]int64(nil), c.NextPos...), st: c.st}
+	for l := range c.K {
+		out.K, out.V = append(out.K, c.K[l].Share()), append(out.V, c.V[l].Share())
+	}
 	if c.st != nil {
 		c.st.refs++
 	}
@@ -227,13 +227,11 @@ func (c *Cache) Select(idx ...int) (out *Cache, err error) {
 	for i, v := range idx {
 		ix[i] = int64(v)
 	}
-	it := torch.ToDevice(ts.MustOfSlice(ix), c.device(), true)
 	out = &Cache{}
 	for l := range c.K {
-		out.K = append(out.K, c.K[l].MustIndexSelect(0, it, false))
-		out.V = append(out.V, c.V[l].MustIndexSelect(0, it, false))
+		out.K = append(out.K, c.K[l].IndexSelect(0, ix))
+		out.V = append(out.V, c.V[l].IndexSelect(0, ix))
 	}
-	torch.Drop(it)
 	for _, i := range idx {
 		out.Valid = append(out.Valid, append([]bool(nil), c.Valid[i]...))
 		out.NextPos = append(out.NextPos, c.NextPos[i])
@@ -257,25 +255,23 @@ func Join(caches ...*Cache) (out *Cache, err error) {
 	}
 	out = &Cache{}
 	for l := range caches[0].K {
-		var ks, vs, padded []*ts.Tensor
+		var ks, vs, padded []torch.Raw
 		for _, c := range caches {
 			pad := int64(maxT - c.Len())
 			k, v := c.K[l], c.V[l]
 			if pad > 0 {
-				sz := k.MustSize()
-				z := ts.MustZeros([]int64{sz[0], sz[1], pad, sz[3]}, k.DType(), torch.TensorDevice(k))
-				k = ts.MustCat([]*ts.Tensor{z, k}, 2)
-				v = ts.MustCat([]*ts.Tensor{z, v}, 2)
-				torch.Drop(z)
+				sz := k.Size()
+				z := torch.Zeros([]int64{sz[0], sz[1], pad, sz[3]}, k.DType(), k.Device())
+				k = torch.Cat(2, z, k)
+				v = torch.Cat(2, z, v)
+				z.Free()
 				padded = append(padded, k, v)
 			}
 			ks, vs = append(ks, k), append(vs, v)
 		}
-		out.K = append(out.K, ts.MustCat(ks, 0))
-		out.V = append(out.V, ts.MustCat(vs, 0))
-		torch.Drop(padded...)
-		torch.Keep(ks...)
-		torch.Keep(vs...)
+		out.K = append(out.K, torch.Cat(0, ks...))
+		out.V = append(out.V, torch.Cat(0, vs...))
+		torch.FreeRaw(padded...)
 	}
 	for _, c := range caches {
 		pad := maxT - c.Len()

@@ -145,7 +145,7 @@ func (m *Model) Forward(x *ts.Tensor, valid [][]bool, cache *kvcache.Cache) (*ts
 	if inPlace {
 		cache.Reserve(next, tq, kvcache.Spec{Layers: len(m.Layers), KVHeads: c.NumKeyValueHeads, HeadDim: c.HeadDim, DType: m.DType, Device: m.Device})
 	} else {
-		next.K, next.V = make([]*ts.Tensor, len(m.Layers)), make([]*ts.Tensor, len(m.Layers))
+		next.K, next.V = make([]torch.Raw, len(m.Layers)), make([]torch.Raw, len(m.Layers))
 	}
 	for li := range m.Layers {
 		kv := func(k, v torch.Raw) (torch.Raw, torch.Raw) {
@@ -154,16 +154,12 @@ func (m *Model) Forward(x *ts.Tensor, valid [][]bool, cache *kvcache.Cache) (*ts
 			}
 			kAll, vAll := k.Share(), v.Share()
 			if cache != nil {
-				kAll, vAll = torch.Cat(2, torch.Borrow(cache.K[li]), k), torch.Cat(2, torch.Borrow(cache.V[li]), v)
+				kAll, vAll = torch.Cat(2, cache.K[li], k), torch.Cat(2, cache.V[li], v)
 			}
-			next.K[li], next.V[li] = kAll.Wrap(), vAll.Wrap()
+			next.K[li], next.V[li] = kAll, vAll
 			return kAll, vAll
 		}
 		xr = m.Layers[li].Forward(xr, rot, mr, kv)
-	}
-	if cache != nil {
-		torch.Keep(cache.K...)
-		torch.Keep(cache.V...)
 	}
 	rot.Drop()
 	torch.Drop(mask)
