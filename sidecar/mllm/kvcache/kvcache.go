@@ -31,8 +31,8 @@ import (
 // sequences.
 type Cache struct {
 	K, V    []torch.Raw // per layer [B, nKV, T, hd], owned by the cache
-	Valid   [][]bool     // [B][T]: false for padding slots
-	NextPos []int64      // per sequence, the position of its next token
+	Valid   [][]bool    // [B][T]: false for padding slots
+	NextPos []int64     // per sequence, the position of its next token
 
 	st *store // the buffers K and V are views of; nil when they own their tensors
 }
