@@ -10,6 +10,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <exception>
@@ -96,19 +97,31 @@ rowsFn<WT> forRows(int M) {
   return nullptr;
 }
 
-// run splits W's rows over libtorch's threads for each group of up to 4
-// rows of x.
+// run computes y for each group of up to 4 rows of x. W's rows go out in
+// chunks of about 64 KB of f32 weights (enough work to amortise taking
+// one, small enough to balance) that libtorch's threads take in turn from
+// a shared counter: a static split into one half per thread left the
+// first thread done waiting whenever the other had been held up (woken
+// late, preempted by another thread of the process: a 256M decode step
+// went from 32–34 / 37–41 ms to 29–31 / 36–37 ms for one / three
+// sequences, BenchmarkDecode256M and BenchmarkDecodeBatch3256M alternating).
 template <typename WT>
 void run(const float *X, const WT *W, const float *B, float *Y, int64_t M, int64_t K, int64_t N) {
-  // About 64 KB of f32 W per task: enough work to amortise a task, small
-  // enough that both threads finish together.
   const int64_t grain = std::max<int64_t>(1, 16384 / K);
+  const int64_t chunks = (N + grain - 1) / grain;
   for (int64_t m0 = 0; m0 < M; m0 += 4) {
     const int rm = static_cast<int>(std::min<int64_t>(4, M - m0));
     rowsFn<WT> f = forRows<WT>(rm);
     const float *Xm = X + m0 * K;
     float *Ym = Y + m0 * N;
-    at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) { f(Xm, W, B, Ym, K, N, n0, n1); });
+    std::atomic<int64_t> next{0};
+    const int64_t workers = std::min<int64_t>(at::get_num_threads(), chunks);
+    at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+      for (int64_t c; (c = next.fetch_add(1, std::memory_order_relaxed)) < chunks;) {
+        const int64_t n0 = c * grain;
+        f(Xm, W, B, Ym, K, N, n0, std::min(N, n0 + grain));
+      }
+    });
   }
 }
 
