@@ -62,7 +62,7 @@ func gqaAttention(q, k, v, mask torch.Raw, nkv, nrep, hd int, scale float64) tor
 	NKV, NR, HD := int64(nkv), int64(nrep), int64(hd)
 	if q.Dim() == 1 { // single-token mode: q [H·hd] → [1, nKV, nrep, hd] and back
 		qv := q.View(1, NKV, NR, HD)
-		o := layers.SDPARaw(qv, k, v, mask, scale)
+		o := attendFew(qv, k, v, mask, scale)
 		out := o.View(NKV * NR * HD)
 		torch.FreeRaw(qv, o)
 		return out
@@ -71,7 +71,7 @@ func gqaAttention(q, k, v, mask torch.Raw, nkv, nrep, hd int, scale float64) tor
 	B, Tq := sz[0], sz[1]
 	if Tq == 1 { // one query: the regrouping is a view
 		qv := q.View(B, NKV, NR, HD)
-		o := layers.SDPARaw(qv, k, v, mask, scale)
+		o := attendFew(qv, k, v, mask, scale)
 		out := o.View(B, 1, NKV*NR*HD)
 		torch.FreeRaw(qv, o)
 		return out
@@ -87,4 +87,18 @@ func gqaAttention(q, k, v, mask torch.Raw, nkv, nrep, hd int, scale float64) tor
 	out := op.Reshape(B, Tq, NKV*NR*HD)
 	torch.FreeRaw(o, o5, op)
 	return out
+}
+
+// attendFew is layers.SDPARaw for a decode step's few queries, through
+// torch.AttendFew (one call instead of about ten libtorch ops and two BLAS
+// products per layer) where it takes the tensors.
+func attendFew(q, k, v, mask torch.Raw, scale float64) torch.Raw {
+	o, ok, err := torch.AttendFew(q, k, v, mask, scale)
+	if err != nil {
+		panic(err) // torch.Run returns it as the pass's error
+	}
+	if ok {
+		return o
+	}
+	return layers.SDPARaw(q, k, v, mask, scale)
 }
