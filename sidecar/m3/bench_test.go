@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sugarme/gotch"
+
 	"github.com/m3gate/m3gate/sidecar/mllm"
 	"github.com/m3gate/m3gate/sidecar/torch"
 )
@@ -36,7 +38,7 @@ func benchScore(b *testing.B, n, nAspects, maxTokens int) {
 	if dir == "" {
 		b.Skip("set MLLM_BENCH_256M_DIR to a model written by `m3gate model tiny --size 256m`")
 	}
-	m, err := mllm.Load(dir, mllm.LoadOptions{})
+	m, err := mllm.Load(dir, mllm.LoadOptions{DType: benchDType()})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -114,4 +116,13 @@ func benchAspects(b *testing.B) []Aspect {
 		out = append(out, Aspect{Name: name, Prompts: p})
 	}
 	return out
+}
+
+// benchDType is the compute dtype of the 256M benchmarks: f32, or bf16 with
+// MLLM_BENCH_DTYPE=bf16 (the opt-in model.dtype: bf16).
+func benchDType() gotch.DType {
+	if os.Getenv("MLLM_BENCH_DTYPE") == "bf16" {
+		return gotch.BFloat16
+	}
+	return gotch.Float
 }

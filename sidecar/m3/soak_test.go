@@ -15,7 +15,8 @@ import (
 
 // BenchmarkSoakTiny scores b.N images one by one (two aspects, one with an
 // xLSTM predictor, 16-token descriptions) on the tiny model with the
-// garbage collector running normally, and reports the resident set size
+// garbage collector set as the sidecar sets it (torch.SetCollector), and
+// reports the resident set size
 // after the first image, at b.N/2 and at the end (as it is, and settled
 // after a collection), with the number of live libtorch tensors: memory that stays flat shows that each pass
 // frees what it made. Run it as
@@ -23,6 +24,7 @@ import (
 //	go test -run '^$' -bench SoakTiny -benchtime 1000x ./sidecar/m3/
 func BenchmarkSoakTiny(b *testing.B) {
 	m := loadTiny(b)
+	torch.SetCollector()
 	s, err := New(m, nil)
 	if err != nil {
 		b.Fatal(err)
