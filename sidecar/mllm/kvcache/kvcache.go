@@ -126,14 +126,6 @@ func (c *Cache) Batch() int {
 	return len(c.Valid)
 }
 
-// device is where the cache's tensors live (the CPU for an empty cache).
-func (c *Cache) device() gotch.Device {
-	if c == nil || len(c.K) == 0 {
-		return gotch.CPU
-	}
-	return c.K[0].Device()
-}
-
 // Append returns the positions of new tokens marked valid ([B][Tq], false
 // = a padding slot, which gets position 1) after c (nil for a fresh
 // prefill), and the bookkeeping of the cache that holds them: validity
