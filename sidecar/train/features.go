@@ -152,9 +152,13 @@ func (b *featureBuilder) describe(ctx context.Context, r Record, feats []*mllm.I
 	if err != nil {
 		return "", err
 	}
+	defer cache.Free()
 	gen, err := b.m.Generate(ctx, cache, out.Logits, mllm.GenerateOptions{MaxTokens: b.genTokens, StopTokens: b.stops})
 	if err != nil {
 		return "", err
+	}
+	if gen.Cache != cache {
+		gen.Cache.Free()
 	}
 	toks := gen.Tokens[0]
 	if gen.Stopped[0] && len(toks) > 0 {
@@ -195,10 +199,12 @@ func (b *featureBuilder) compute(ctx context.Context, r Record, src, path string
 	if err != nil {
 		return err
 	}
-	out, _, err := b.m.Prefill([]mllm.Sequence{seq}, mllm.ForwardOptions{Logits: mllm.LogitsNone, Hidden: true})
+	out, cache, err := b.m.Prefill([]mllm.Sequence{seq}, mllm.ForwardOptions{Logits: mllm.LogitsNone, Hidden: true})
 	if err != nil {
 		return err
 	}
+	// Only the hidden states are used.
+	cache.Free()
 	h := out.Hidden.MustSelect(0, 0, false) // [T, H]
 	if t := h.MustSize()[0]; t > int64(b.maxLen) {
 		h = h.MustNarrow(0, 0, int64(b.maxLen), true)

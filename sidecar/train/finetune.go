@@ -344,10 +344,13 @@ func (f *finetuner) forward(exs []*example, grad bool) (*ts.Tensor, int, int, er
 	}
 	// Only the positions that predict an assistant token need logits: take
 	// the final hidden states there and apply lm_head to those rows alone.
-	out, _, err := f.m.Prefill(seqs, mllm.ForwardOptions{Logits: mllm.LogitsNone, Hidden: true, Grad: grad})
+	out, cache, err := f.m.Prefill(seqs, mllm.ForwardOptions{Logits: mllm.LogitsNone, Hidden: true, Grad: grad})
 	if err != nil {
 		return nil, 0, 0, err
 	}
+	// The cache is not used; the keys and values the backward pass needs
+	// are held by autograd's graph, not by the cache's handles.
+	cache.Free()
 	// mllm restores grad mode through gotch's GradSetEnabled, whose result
 	// is wrong (always false): set it again for the loss.
 	setGradEnabled(grad)

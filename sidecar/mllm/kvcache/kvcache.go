@@ -17,10 +17,15 @@
 // K and V are raw libtorch handles (torch.Raw), not gotch tensors: a decode
 // step makes one view per layer for each, and as *ts.Tensor those 60
 // views cost gotch's Go-side bookkeeping and collector garbage every step.
+// Free releases them; a cache that becomes unreachable unfreed is freed by
+// a finalizer, as gotch's tensors are, so a forgotten cache costs memory
+// until the next collection rather than for good.
 package kvcache
 
 import (
 	"fmt"
+	"runtime"
+	"sync/atomic"
 
 	"github.com/sugarme/gotch"
 
@@ -35,6 +40,16 @@ type Cache struct {
 	NextPos []int64     // per sequence, the position of its next token
 
 	st *store // the buffers K and V are views of; nil when they own their tensors
+	id uint64 // names the cache as a store's owner without keeping it reachable
+}
+
+var lastID atomic.Uint64
+
+// newCache returns an empty cache with its id and its finalizer.
+func newCache() *Cache {
+	c := &Cache{id: lastID.Add(1)}
+	runtime.SetFinalizer(c, (*Cache).Free)
+	return c
 }
 
 // store is one batch's key and value buffers, shared by the caches whose
@@ -42,14 +57,13 @@ type Cache struct {
 type store struct {
 	k, v  []torch.Raw // per layer [B, nKV, cap, hd]
 	cap   int
-	owner *Cache // the cache whose slots end where the buffer's writes do
-	refs  int    // caches holding views
+	owner uint64       // the id of the cache whose slots end where the buffer's writes do
+	refs  atomic.Int32 // caches holding views (finalizers release from their own goroutine)
 }
 
 // release drops one cache's hold on s and frees the buffers with the last.
 func (s *store) release() {
-	s.refs--
-	if s.refs == 0 {
+	if s.refs.Add(-1) == 0 {
 		torch.FreeRaw(s.k...)
 		torch.FreeRaw(s.v...)
 		s.k, s.v = nil, nil
@@ -71,13 +85,14 @@ func (c *Cache) Reserve(next *Cache, tq int, spec Spec) {
 	past := c.Len()
 	need := past + tq
 	next.K, next.V = make([]torch.Raw, spec.Layers), make([]torch.Raw, spec.Layers)
-	if c != nil && c.st != nil && c.st.owner == c && c.st.cap >= need {
+	if c != nil && c.st != nil && c.st.owner == c.id && c.st.cap >= need {
 		next.st = c.st
-		c.st.owner = next
-		c.st.refs++
+		c.st.owner = next.id
+		c.st.refs.Add(1)
 		return
 	}
-	st := &store{cap: need + max(128, need/2), owner: next, refs: 1}
+	st := &store{cap: need + max(128, need/2), owner: next.id}
+	st.refs.Store(1)
 	shape := []int64{int64(next.Batch()), int64(spec.KVHeads), int64(st.cap), int64(spec.HeadDim)}
 	for l := 0; l < spec.Layers; l++ {
 		k := torch.Zeros(shape, spec.DType, spec.Device)
@@ -90,6 +105,7 @@ func (c *Cache) Reserve(next *Cache, tq int, spec Spec) {
 		}
 		st.k, st.v = append(st.k, k), append(st.v, v)
 	}
+	runtime.KeepAlive(c) // its finalizer must not free c.K, c.V under the copies
 	next.st = st
 }
 
@@ -133,7 +149,8 @@ func (c *Cache) Batch() int {
 // per layer).
 func (c *Cache) Append(valid [][]bool) (pos [][]int64, next *Cache) {
 	b, tq := len(valid), len(valid[0])
-	next = &Cache{Valid: make([][]bool, b), NextPos: make([]int64, b)}
+	next = newCache()
+	next.Valid, next.NextPos = make([][]bool, b), make([]int64, b)
 	pos = make([][]int64, b)
 	for i := 0; i < b; i++ {
 		var p int64
@@ -193,12 +210,14 @@ func (c *Cache) Clone() *Cache {
 	if c == nil {
 		return nil
 	}
-	out := &Cache{NextPos: append([]int64(nil), c.NextPos...), st: c.st}
+	out := newCache()
+	out.NextPos, out.st = append([]int64(nil), c.NextPos...), c.st
 	for l := range c.K {
 		out.K, out.V = append(out.K, c.K[l].Share()), append(out.V, c.V[l].Share())
 	}
+	runtime.KeepAlive(c)
 	if c.st != nil {
-		c.st.refs++
+		c.st.refs.Add(1)
 	}
 	for _, v := range c.Valid {
 		out.Valid = append(out.Valid, append([]bool(nil), v...))
@@ -219,11 +238,12 @@ func (c *Cache) Select(idx ...int) (out *Cache, err error) {
 	for i, v := range idx {
 		ix[i] = int64(v)
 	}
-	out = &Cache{}
+	out = newCache()
 	for l := range c.K {
 		out.K = append(out.K, c.K[l].IndexSelect(0, ix))
 		out.V = append(out.V, c.V[l].IndexSelect(0, ix))
 	}
+	runtime.KeepAlive(c)
 	for _, i := range idx {
 		out.Valid = append(out.Valid, append([]bool(nil), c.Valid[i]...))
 		out.NextPos = append(out.NextPos, c.NextPos[i])
@@ -245,7 +265,7 @@ func Join(caches ...*Cache) (out *Cache, err error) {
 		}
 		maxT = max(maxT, c.Len())
 	}
-	out = &Cache{}
+	out = newCache()
 	for l := range caches[0].K {
 		var ks, vs, padded []torch.Raw
 		for _, c := range caches {
@@ -265,6 +285,7 @@ func Join(caches ...*Cache) (out *Cache, err error) {
 		out.V = append(out.V, torch.Cat(0, vs...))
 		torch.FreeRaw(padded...)
 	}
+	runtime.KeepAlive(caches)
 	for _, c := range caches {
 		pad := maxT - c.Len()
 		for i := range c.Valid {

@@ -2,6 +2,7 @@ package llama
 
 import (
 	"fmt"
+	"runtime"
 
 	"github.com/sugarme/gotch"
 	"github.com/sugarme/gotch/ts"
@@ -161,6 +162,9 @@ func (m *Model) Forward(x *ts.Tensor, valid [][]bool, cache *kvcache.Cache) (*ts
 		}
 		xr = m.Layers[li].Forward(xr, rot, mr, kv)
 	}
+	// cache's finalizer must not free its keys and values while the
+	// layers read them (the copy into new buffers, or the concatenation).
+	runtime.KeepAlive(cache)
 	rot.Drop()
 	torch.Drop(mask)
 	h := m.Norm.ForwardRaw(xr).Wrap()

@@ -170,6 +170,9 @@ func (m *Model) Describe(ctx context.Context, cache *kvcache.Cache, last *ts.Ten
 		if err != nil {
 			return nil, fmt.Errorf("describe: %w", err)
 		}
+		if g.Cache != cache {
+			g.Cache.Free()
+		}
 		toks := g.Tokens[0]
 		if n := len(toks); n > 0 && isIn(toks[n-1], m.ids.terminators) {
 			toks = toks[:n-1]
