@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "attend.h"
+#include "kernel.h"
 
 namespace {
 
@@ -50,12 +51,6 @@ __attribute__((target("avx2,fma"))) void head(const float *q, const float *k, in
       for (int64_t d = 0; d < hd; d++) or_[d] += p * vt[d];
     }
   }
-}
-
-void copyErr(const char *msg, char *err, int errlen) {
-  if (errlen <= 0) return;
-  std::strncpy(err, msg, errlen - 1);
-  err[errlen - 1] = 0;
 }
 
 }  // namespace
@@ -95,7 +90,7 @@ int m3_attend(void *qp, void *kp, void *vp, void *mp, double scale, void **out, 
     *out = new at::Tensor(o);
     return 0;
   } catch (const std::exception &e) {
-    copyErr(e.what(), err, errlen);
+    m3CopyErr(e.what(), err, errlen);
     return -1;
   }
 }

@@ -6,12 +6,7 @@ package torch
 */
 import "C"
 
-import (
-	"errors"
-	"unsafe"
-
-	lib "github.com/sugarme/gotch/libtch"
-)
+import "unsafe"
 
 // AttendFew returns softmax(q·kᵀ·scale + mask)·v for a few queries against
 // a KV cache in one call: q [B, H, R, hd] with R at most 64, k and v
@@ -23,13 +18,6 @@ import (
 func AttendFew(q, k, v, mask Raw, scale float64) (o Raw, ok bool, err error) {
 	var out unsafe.Pointer
 	var msg [256]C.char
-	switch C.m3_attend(unsafe.Pointer(q.c), unsafe.Pointer(k.c), unsafe.Pointer(v.c), unsafe.Pointer(mask.c), C.double(scale), &out, &msg[0], C.int(len(msg))) {
-	case 0:
-		liveRaw.Add(1)
-		return Raw{lib.Ctensor(out)}, true, nil
-	case 1:
-		return Raw{}, false, nil
-	default:
-		return Raw{}, false, errors.New("attend: " + C.GoString(&msg[0]))
-	}
+	rc := C.m3_attend(unsafe.Pointer(q.c), unsafe.Pointer(k.c), unsafe.Pointer(v.c), unsafe.Pointer(mask.c), C.double(scale), &out, &msg[0], C.int(len(msg)))
+	return kernelResult("attend", rc, out, msg[:])
 }

@@ -15,6 +15,7 @@
 #include <cstring>
 #include <exception>
 
+#include "kernel.h"
 #include "linear.h"
 
 namespace {
@@ -125,12 +126,6 @@ void run(const float *X, const WT *W, const float *B, float *Y, int64_t M, int64
   }
 }
 
-void copyErr(const char *msg, char *err, int errlen) {
-  if (errlen <= 0) return;
-  std::strncpy(err, msg, errlen - 1);
-  err[errlen - 1] = 0;
-}
-
 }  // namespace
 
 extern "C" {
@@ -169,7 +164,7 @@ int m3_rows_linear(void *xp, void *wp, void *bp, void **out, char *err, int errl
     *out = new at::Tensor(y);
     return 0;
   } catch (const std::exception &e) {
-    copyErr(e.what(), err, errlen);
+    m3CopyErr(e.what(), err, errlen);
     return -1;
   }
 }

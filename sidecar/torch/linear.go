@@ -50,13 +50,22 @@ func RowsLinearRaw(x, w, b Raw) (y Raw, ok bool, err error) {
 	}
 	var out unsafe.Pointer
 	var msg [256]C.char
-	switch C.m3_rows_linear(unsafe.Pointer(x.c), unsafe.Pointer(w.c), unsafe.Pointer(b.c), &out, &msg[0], C.int(len(msg))) {
+	rc := C.m3_rows_linear(unsafe.Pointer(x.c), unsafe.Pointer(w.c), unsafe.Pointer(b.c), &out, &msg[0], C.int(len(msg)))
+	return kernelResult("rows linear", rc, out, msg[:])
+}
+
+// kernelResult is the result of one of this package's kernel wrappers
+// (linear.cpp, attend.cpp): rc 0 with a new tensor in out, 1 when the
+// kernel does not take the arguments, else an error with the wrapper's
+// message in msg.
+func kernelResult(what string, rc C.int, out unsafe.Pointer, msg []C.char) (Raw, bool, error) {
+	switch rc {
 	case 0:
 		liveRaw.Add(1)
 		return Raw{lib.Ctensor(out)}, true, nil
 	case 1:
 		return Raw{}, false, nil
 	default:
-		return Raw{}, false, errors.New("rows linear: " + C.GoString(&msg[0]))
+		return Raw{}, false, errors.New(what + ": " + C.GoString(&msg[0]))
 	}
 }
