@@ -196,6 +196,7 @@ func (e *Engine) Load(ctx context.Context, req schemas.LoadRequest, progress fun
 			"image_size":   strconv.Itoa(model.Config.Vision.ImageSize),
 			"image_tokens": strconv.Itoa(model.Config.ImageSeqLen()),
 			"threads":      strconv.Itoa(torch.Threads()),
+			"blas":         torch.BLAS(),
 		},
 	}
 	progress(schemas.LoadProgress{Stage: "ready", DoneBytes: total, TotalBytes: total})

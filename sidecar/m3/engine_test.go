@@ -92,6 +92,9 @@ func TestEngine(t *testing.T) {
 	if info := e.Info(); info.Family != "idefics3" || info.Device != "cpu" || len(info.AdapterAspects) != 1 || len(info.PredictorAspects) != 1 {
 		t.Errorf("info %+v", info)
 	}
+	if got, want := e.Info().Details["blas"], torch.BLAS(); got != want || got == "" {
+		t.Errorf("info blas %q, want the loaded library %q", got, want)
+	}
 	imgPath := filepath.Join(t.TempDir(), "blue.png")
 	if err := os.WriteFile(imgPath, pngBytes(t, 40, 30, color.RGBA{0, 0, 255, 255}), 0o644); err != nil {
 		t.Fatal(err)

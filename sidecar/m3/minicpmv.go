@@ -234,6 +234,7 @@ func (e *miniCPMEngine) Load(ctx context.Context, req schemas.LoadRequest, progr
 			"query_num": strconv.Itoa(model.Config.QueryNum),
 			"decode":    decodeName(fo),
 			"threads":   strconv.Itoa(torch.Threads()),
+			"blas":      torch.BLAS(),
 		},
 	}
 	progress(schemas.LoadProgress{Stage: "ready", DoneBytes: total, TotalBytes: total})

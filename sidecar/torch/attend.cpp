@@ -63,7 +63,6 @@ int m3_attend(void *qp, void *kp, void *vp, void *mp, double scale, void **out, 
     const at::Tensor &k = *static_cast<at::Tensor *>(kp);
     const at::Tensor &v = *static_cast<at::Tensor *>(vp);
     const at::Tensor *m = static_cast<at::Tensor *>(mp);
-    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) return 1;
     auto f32cpu = [](const at::Tensor &t) {
       return t.defined() && t.device().is_cpu() && t.scalar_type() == at::kFloat && !t.requires_grad() && t.dim() == 4;
     };

@@ -16,6 +16,9 @@ import "unsafe"
 // on, other shapes, no AVX2): the caller then uses libtorch's attention.
 // Results equal libtorch's up to float32 summation order.
 func AttendFew(q, k, v, mask Raw, scale float64) (o Raw, ok bool, err error) {
+	if !kernelsOK {
+		return Raw{}, false, nil
+	}
 	var out unsafe.Pointer
 	var msg [256]C.char
 	rc := C.m3_attend(unsafe.Pointer(q.c), unsafe.Pointer(k.c), unsafe.Pointer(v.c), unsafe.Pointer(mask.c), C.double(scale), &out, &msg[0], C.int(len(msg)))

@@ -20,7 +20,9 @@ import (
 // BLAS's gemm, which pays off from there.
 const MaxRowsLinear = 8
 
-var rowsLinearOK = C.m3_rows_linear_supported() == 1
+// kernelsOK says whether this CPU runs the package's kernels (RowsLinear,
+// AttendFew): AVX2 and FMA.
+var kernelsOK = C.m3_rows_linear_supported() == 1
 
 // RowsLinear returns x·Wᵀ (+ b) for x [..., K] of at most MaxRowsLinear
 // rows, w [N, K] and b [N] (or nil), computed by a kernel that streams W
@@ -45,7 +47,7 @@ func RowsLinear(x, w, b *ts.Tensor) (*ts.Tensor, error) {
 // RowsLinearRaw is RowsLinear on Raw handles (b: a zero Raw for no bias);
 // ok is false when the kernel does not take these tensors.
 func RowsLinearRaw(x, w, b Raw) (y Raw, ok bool, err error) {
-	if !rowsLinearOK {
+	if !kernelsOK {
 		return Raw{}, false, nil
 	}
 	var out unsafe.Pointer

@@ -12,7 +12,7 @@ import (
 // linear over row counts, odd and even widths (the vector loop's tails)
 // and with and without bias.
 func TestRowsLinearMatchesLinear(t *testing.T) {
-	if !rowsLinearOK {
+	if !kernelsOK {
 		t.Skip("this CPU has no AVX2/FMA: RowsLinear always defers to libtorch")
 	}
 	ManualSeed(1)
@@ -54,7 +54,7 @@ func TestRowsLinearMatchesLinear(t *testing.T) {
 // inputs against libtorch's linear on the same weights widened to f32
 // (exact), so only the summation order differs.
 func TestRowsLinearBF16Weights(t *testing.T) {
-	if !rowsLinearOK {
+	if !kernelsOK {
 		t.Skip("this CPU has no AVX2/FMA: RowsLinear always defers to libtorch")
 	}
 	ManualSeed(2)

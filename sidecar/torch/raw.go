@@ -145,19 +145,19 @@ func (r Raw) Linear(w, b Raw) Raw {
 	return result(out)
 }
 
-// View is r viewed as shape.
-func (r Raw) View(shape ...int64) Raw {
+// withDims runs an op of gotch's generated C API that takes a list of
+// dimensions or sizes on r.
+func withDims(op func(*lib.Ctensor, lib.Ctensor, []int64, int), r Raw, dims []int64) Raw {
 	var out lib.Ctensor
-	lib.AtgView(&out, r.c, shape, len(shape))
+	op(&out, r.c, dims, len(dims))
 	return result(out)
 }
 
+// View is r viewed as shape.
+func (r Raw) View(shape ...int64) Raw { return withDims(lib.AtgView, r, shape) }
+
 // Reshape is r reshaped to shape (a view when possible).
-func (r Raw) Reshape(shape ...int64) Raw {
-	var out lib.Ctensor
-	lib.AtgReshape(&out, r.c, shape, len(shape))
-	return result(out)
-}
+func (r Raw) Reshape(shape ...int64) Raw { return withDims(lib.AtgReshape, r, shape) }
 
 // Transpose swaps dimensions d0 and d1 (a view).
 func (r Raw) Transpose(d0, d1 int64) Raw {
@@ -167,11 +167,7 @@ func (r Raw) Transpose(d0, d1 int64) Raw {
 }
 
 // Permute reorders r's dimensions (a view).
-func (r Raw) Permute(dims ...int64) Raw {
-	var out lib.Ctensor
-	lib.AtgPermute(&out, r.c, dims, len(dims))
-	return result(out)
-}
+func (r Raw) Permute(dims ...int64) Raw { return withDims(lib.AtgPermute, r, dims) }
 
 // Select is r indexed at index along dim (a view).
 func (r Raw) Select(dim, index int64) Raw {
@@ -267,11 +263,18 @@ func Zeros(shape []int64, kind gotch.DType, device gotch.Device) Raw {
 	return result(out)
 }
 
-// IndexSelect is r's entries at the given indices along dim (a copy).
-func (r Raw) IndexSelect(dim int64, idx []int64) Raw {
-	ix := ToDevice(ts.MustOfSlice(idx), r.Device(), true)
+// Int64s is a new 1-D int64 tensor of vals on device.
+func Int64s(vals []int64, device gotch.Device) Raw {
+	t := ToDevice(ts.MustOfSlice(vals), device, true)
+	r := Borrow(t).Share()
+	Drop(t)
+	return r
+}
+
+// IndexSelect is r's entries at the indices idx (an int64 tensor on r's
+// device) along dim (a copy).
+func (r Raw) IndexSelect(dim int64, idx Raw) Raw {
 	var out lib.Ctensor
-	lib.AtgIndexSelect(&out, r.c, dim, lib.Ctensor(ix.Ctensor()))
-	Drop(ix)
+	lib.AtgIndexSelect(&out, r.c, dim, idx.c)
 	return result(out)
 }

@@ -239,9 +239,13 @@ func (c *Cache) Select(idx ...int) (out *Cache, err error) {
 		ix[i] = int64(v)
 	}
 	out = newCache()
-	for l := range c.K {
-		out.K = append(out.K, c.K[l].IndexSelect(0, ix))
-		out.V = append(out.V, c.V[l].IndexSelect(0, ix))
+	if len(c.K) > 0 {
+		it := torch.Int64s(ix, c.K[0].Device())
+		for l := range c.K {
+			out.K = append(out.K, c.K[l].IndexSelect(0, it))
+			out.V = append(out.V, c.V[l].IndexSelect(0, it))
+		}
+		it.Free()
 	}
 	runtime.KeepAlive(c)
 	for _, i := range idx {
