@@ -6,6 +6,7 @@ import (
 	"math"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/sugarme/gotch"
@@ -98,6 +99,7 @@ type Scorer struct {
 	adapters AdapterSwitch
 	wordIDs  [5]int64
 	stops    []int64
+	reused   atomic.Int64 // description tokens round 2 did not run again (for tests)
 }
 
 // New prepares a scorer on model. adapters may be nil when no aspect uses
@@ -270,14 +272,15 @@ type groupRun struct {
 	opts  Options
 	n     int // sequences: items × aspects
 
-	prefix       []mllm.Sequence // round 1: image and question
-	round1Last   *ts.Tensor      // its last logits [n, V]
-	round1Hidden []*ts.Tensor    // per sequence, its hidden states [1, S, H]
-	cache        *mllm.KVCache   // holding the round-1 prefix
-	desc         []string        // the assistant's round-1 answers
-	last         *ts.Tensor      // round 2's last logits [n, V]
-	hidden       []*ts.Tensor    // per sequence, the whole conversation's hidden states [1, S, H]
-	probs        []float64       // [n, 5] rating-word probabilities
+	prefix       []mllm.Sequence  // round 1: image and question
+	round1Last   *ts.Tensor       // its last logits [n, V]
+	round1Hidden []*ts.Tensor     // per sequence, its hidden states [1, S, H]
+	cache        *mllm.KVCache    // holding the round-1 prefix
+	desc         []string         // the assistant's round-1 answers
+	gen          *mllm.Generation // how they were generated (nil without descriptions)
+	last         *ts.Tensor       // round 2's last logits [n, V]
+	hidden       []*ts.Tensor     // per sequence, the whole conversation's hidden states [1, S, H]
+	probs        []float64        // [n, 5] rating-word probabilities
 
 	describeTime, rateTime time.Duration // per sequence
 
@@ -297,6 +300,9 @@ func (g *groupRun) free() {
 	torch.Drop(g.owned...)
 	torch.Drop(g.hidden...)
 	torch.Drop(g.round1Hidden...)
+	if g.gen != nil {
+		torch.Drop(g.gen.Hidden...)
+	}
 }
 
 // keep records tensors and caches for free.
@@ -324,10 +330,11 @@ func (g *groupRun) describe(ctx context.Context) error {
 		return err
 	}
 	if !g.opts.SkipDescription {
-		gen, err := m.Generate(ctx, cache, g.round1Last, mllm.GenerateOptions{MaxTokens: g.opts.MaxNewTokens, StopTokens: g.s.stops})
+		gen, err := m.Generate(ctx, cache, g.round1Last, mllm.GenerateOptions{MaxTokens: g.opts.MaxNewTokens, StopTokens: g.s.stops, KeepHidden: !g.opts.Uncached})
 		if err != nil {
 			return err
 		}
+		g.gen = gen
 		if gen.Cache != cache {
 			g.keep(gen.Cache)
 		}
@@ -388,7 +395,17 @@ func (g *groupRun) continueWithRating(ctx context.Context) error {
 			return nil
 		})
 	}
-	o, c, err := m.Extend(g.cache, cont, mllm.ForwardOptions{Logits: mllm.LogitsLast, Hidden: true})
+	base, took, err := g.reuseDescriptions(full)
+	if err != nil {
+		return err
+	}
+	if base != g.cache {
+		g.keep(base)
+	}
+	for k := range cont {
+		cont[k].Tokens = cont[k].Tokens[took[k]:]
+	}
+	o, c, err := m.Extend(base, cont, mllm.ForwardOptions{Logits: mllm.LogitsLast, Hidden: true})
 	if err != nil {
 		return err
 	}
@@ -396,12 +413,68 @@ func (g *groupRun) continueWithRating(ctx context.Context) error {
 	g.last = o.Logits
 	return torch.Run("hidden states", false, func() error {
 		for k := range cont {
+			parts := []*ts.Tensor{g.round1Hidden[k]}
+			if took[k] > 0 {
+				parts = append(parts, g.descHidden(k, took[k]))
+			}
 			b := unpad(o.Hidden, k, o.Pad[k])
-			g.hidden = append(g.hidden, ts.MustCat([]*ts.Tensor{g.round1Hidden[k], b}, 1))
+			g.hidden = append(g.hidden, ts.MustCat(append(parts, b), 1))
+			torch.Drop(parts[1:]...)
 			torch.Drop(b)
 		}
 		return nil
 	})
+}
+
+// reuseDescriptions is where round 2 starts for the three-message prompts
+// full: the generation's cache rewound, per sequence, to the longest start
+// of its description that full spells with the very tokens the model
+// generated (normally all of it; a description whose text tokenizes
+// differently from how it was generated, or was cut inside a character,
+// keeps the part before that), so that only the rest runs again. took[k]
+// is the number of description tokens sequence k keeps. Without
+// generated descriptions (or with Uncached) it is the round-1 cache and
+// nothing is taken.
+func (g *groupRun) reuseDescriptions(full []mllm.Sequence) (*mllm.KVCache, []int, error) {
+	took := make([]int, g.n)
+	if g.gen == nil || len(g.gen.Hidden) == 0 || g.gen.Cache == g.cache {
+		return g.cache, took, nil
+	}
+	keep := make([]int, g.n)
+	total := 0
+	for k := range full {
+		p := len(g.prefix[k].Tokens)
+		toks := g.gen.Tokens[k]
+		fed := toks[:max(len(toks)-1, 0)]                 // the last token was never fed
+		rest := full[k].Tokens[p : len(full[k].Tokens)-1] // leave round 2 one token at least
+		n := 0
+		for n < len(fed) && n < len(rest) && fed[n] == rest[n] {
+			n++
+		}
+		took[k], keep[k] = n, p+n
+		total += n
+	}
+	g.s.reused.Add(int64(total))
+	if total == 0 {
+		return g.cache, took, nil
+	}
+	back, err := g.gen.Cache.Rewind(keep)
+	if err != nil {
+		return nil, nil, err
+	}
+	return back, took, nil
+}
+
+// descHidden is sequence k's hidden states of its first n description
+// tokens as the decode steps computed them, [1, n, H].
+func (g *groupRun) descHidden(k, n int) *ts.Tensor {
+	rows := make([]*ts.Tensor, n)
+	for j := range rows {
+		rows[j] = g.gen.Hidden[j].MustSelect(0, int64(k), false)
+	}
+	h := ts.MustStack(rows, 0).MustUnsqueeze(0, true)
+	torch.Drop(rows...)
+	return h
 }
 
 // encodeRoundOne tokenizes every sequence's round-1 prompt into prefix.

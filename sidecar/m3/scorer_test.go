@@ -314,3 +314,67 @@ func TestSharedPrefix(t *testing.T) {
 		torch.Drop(f.Tokens)
 	}
 }
+
+// TestScoreReusesDescriptions: when a description's text tokenizes back
+// to the tokens the model generated (as a trained model's words do; here
+// the head is restricted to whole words), round 2 continues the
+// generation's cache instead of running the description again, and gives
+// what running the whole prompt again gives: the same rating words,
+// word probabilities and predictor MOS (which reads the description's
+// hidden states as the decode steps computed them).
+func TestScoreReusesDescriptions(t *testing.T) {
+	dir := t.TempDir()
+	if err := mllm.WriteTiny(dir, "tiny", 7); err != nil {
+		t.Fatal(err)
+	}
+	m, err := mllm.Load(dir, mllm.LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeWords(t, m)
+	s, err := New(m, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	items := []Item{
+		{Pixels: randomPixels(m, 1), Prompt: "a red apple on a table"},
+		{Pixels: randomPixels(m, 2), Prompt: "sushi"},
+	}
+	aspects := []Aspect{
+		{Name: "quality", Prompts: testPrompts, Predictor: tinyPredictor(t, m)},
+		{Name: "correspondence", Prompts: corrPrompts},
+	}
+	const tokens = 12
+	ctx := context.Background()
+	got, err := s.Score(ctx, items, aspects, Options{MaxNewTokens: tokens})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Words never stop: every sequence fed tokens-1 tokens back, all kept.
+	if n, want := s.reused.Load(), int64(len(items)*len(aspects)*(tokens-1)); n != want {
+		t.Errorf("round 2 kept %d description tokens, want %d", n, want)
+	}
+	want, err := s.Score(ctx, items, aspects, Options{MaxNewTokens: tokens, Uncached: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.reused.Load() != int64(len(items)*len(aspects)*(tokens-1)) {
+		t.Error("the uncached run reused description tokens")
+	}
+	for i := range items {
+		for j := range aspects {
+			g, w := got[i][j], want[i][j]
+			if g.Description != w.Description || len(strings.Fields(g.Description)) < tokens-2 {
+				t.Fatalf("item %d %s: descriptions %q and %q", i, g.Aspect, g.Description, w.Description)
+			}
+			if g.Rating != w.Rating || math.Abs(g.MOS-w.MOS) > 1e-4 {
+				t.Errorf("item %d %s: reused %s %.6f, from scratch %s %.6f", i, g.Aspect, g.Rating, g.MOS, w.Rating, w.MOS)
+			}
+			for word, p := range w.WordProbs {
+				if math.Abs(g.WordProbs[word]-p) > 1e-4 {
+					t.Errorf("item %d %s: P(%s) reused %.6f, from scratch %.6f", i, g.Aspect, word, g.WordProbs[word], p)
+				}
+			}
+		}
+	}
+}

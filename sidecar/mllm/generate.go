@@ -53,7 +53,16 @@ func (d textDecoder) DecodeStep(cache *KVCache, tokens []int64) (logits *ts.Tens
 	return logits, next, err
 }
 
-var _ generate.Decoder = textDecoder{}
+// DecodeStepHidden implements generate.HiddenDecoder.
+func (d textDecoder) DecodeStepHidden(cache *KVCache, tokens []int64) (logits, hidden *ts.Tensor, next *KVCache, err error) {
+	err = torch.Run("decode step", false, func() error {
+		logits, hidden, next = d.text.StepHidden(cache, tokens)
+		return nil
+	})
+	return logits, hidden, next, err
+}
+
+var _ generate.HiddenDecoder = textDecoder{}
 
 // GenerationConfig is the part of generation_config.json the runtime uses.
 type GenerationConfig struct {

@@ -359,3 +359,96 @@ func TestCacheContinuationsStayApart(t *testing.T) {
 	check("prefix+b+c", obc, prefix, b, c)
 	check("prefix+a+d+c", odc, prefix, a, d, c)
 }
+
+// TestGenerateHiddenAndRewind: the hidden states a generation keeps equal
+// a prefill's at the same positions, and a generation cache rewound to
+// part of each description and extended equals prefilling the prompt,
+// that part and the extension: the scorer's round 2 continues a
+// description this way instead of running it again.
+func TestGenerateHiddenAndRewind(t *testing.T) {
+	m := loadTiny(t, 0)
+	seqs := prompts(t, m, 3, true) // different lengths: left padding
+	out, cache, err := m.Prefill(seqs, ForwardOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Stop sequence 1 early on its own third token, so that the others'
+	// later steps give it padding slots.
+	probe, err := m.Generate(context.Background(), cache, out.Logits, GenerateOptions{MaxTokens: 6})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := probe.Tokens[1][2]
+	g, err := m.Generate(context.Background(), cache, out.Logits, GenerateOptions{MaxTokens: 6, KeepHidden: true, StopTokens: []int64{stop}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(g.Hidden) == 0 || len(g.Hidden) != max(len(g.Tokens[0]), len(g.Tokens[1]), len(g.Tokens[2]))-1 {
+		t.Fatalf("%d hidden steps for tokens %v", len(g.Hidden), g.Tokens)
+	}
+	if !g.Stopped[1] {
+		t.Fatalf("sequence 1 did not stop on %d: %v", stop, g.Tokens[1])
+	}
+	fed := make([][]int64, len(seqs)) // the tokens the generation cache holds
+	var full []Sequence
+	for i, s := range seqs {
+		fed[i] = g.Tokens[i][:len(g.Tokens[i])-1]
+		full = append(full, Sequence{Tokens: append(append([]int64{}, s.Tokens...), fed[i]...), Images: s.Images})
+	}
+	ref, _, err := m.Prefill(full, ForwardOptions{Logits: LogitsNone, Hidden: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, s := range seqs {
+		for j := range fed[i] {
+			want := ref.Hidden.MustSelect(0, int64(i), false).MustSelect(0, int64(ref.Pad[i]+len(s.Tokens)+j), true)
+			got := g.Hidden[j].MustSelect(0, int64(i), false)
+			if d := maxAbsDiff(floats(got), floats(want)); d > 1e-4 {
+				t.Errorf("seq %d token %d: kept hidden state differs from the prefill's by %g", i, j, d)
+			}
+		}
+	}
+
+	// Keep 0, 1 and all of the fed tokens, then continue with the same text.
+	cont, err := m.Tokenizer.Encode("<end_of_utterance>\nUser: Rate it.")
+	if err != nil {
+		t.Fatal(err)
+	}
+	keep := make([]int, len(seqs))
+	var tails, want []Sequence
+	for i, s := range seqs {
+		n := []int{0, 1, len(fed[2])}[i]
+		n = min(n, len(fed[i]))
+		keep[i] = len(s.Tokens) + n
+		tails = append(tails, Sequence{Tokens: cont})
+		want = append(want, Sequence{Tokens: append(append(append([]int64{}, s.Tokens...), fed[i][:n]...), cont...), Images: s.Images})
+	}
+	back, err := g.Cache.Rewind(keep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer back.Free()
+	got, _, err := m.Extend(back, tails, ForwardOptions{Logits: LogitsAll})
+	if err != nil {
+		t.Fatal(err)
+	}
+	exp, _, err := m.Prefill(want, ForwardOptions{Logits: LogitsAll})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range seqs {
+		for j := range cont {
+			a := got.Logits.MustSelect(0, int64(i), false).MustSelect(0, int64(got.Pad[i]+j), true)
+			b := exp.Logits.MustSelect(0, int64(i), false).MustSelect(0, int64(exp.Pad[i]+len(want[i].Tokens)-len(cont)+j), true)
+			if d := maxAbsDiff(floats(a), floats(b)); d > 1e-4 {
+				t.Errorf("seq %d (kept %d) continuation token %d: logits differ from a fresh prefill by %g", i, keep[i], j, d)
+			}
+		}
+	}
+	if _, err := g.Cache.Rewind([]int{0, 0}); err == nil {
+		t.Error("rewinding with the wrong number of lengths: no error")
+	}
+	if _, err := g.Cache.Rewind([]int{0, int(g.Cache.NextPos[1]) + 1, 0}); err == nil {
+		t.Error("keeping more tokens than a sequence holds: no error")
+	}
+}

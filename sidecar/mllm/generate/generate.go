@@ -25,6 +25,14 @@ type Decoder interface {
 	DecodeStep(cache *kvcache.Cache, tokens []int64) (*ts.Tensor, *kvcache.Cache, error)
 }
 
+// HiddenDecoder is a Decoder that can also return the final normed hidden
+// states of the tokens it was fed, [B, D] (the LM head's input), which
+// Run keeps with Options.KeepHidden.
+type HiddenDecoder interface {
+	Decoder
+	DecodeStepHidden(cache *kvcache.Cache, tokens []int64) (logits, hidden *ts.Tensor, next *kvcache.Cache, err error)
+}
+
 // Options configures Run.
 type Options struct {
 	MaxTokens   int     // at most this many new tokens per sequence (> 0)
@@ -34,6 +42,9 @@ type Options struct {
 	StopTokens  []int64 // a sampled stop token ends its sequence (kept in Tokens)
 	// KeepLogits records each step's logits [B, V] in Result.Logits.
 	KeepLogits bool
+	// KeepHidden records each step's hidden states in Result.Hidden; the
+	// decoder must be a HiddenDecoder.
+	KeepHidden bool
 }
 
 // Result is what Run generated.
@@ -41,6 +52,11 @@ type Result struct {
 	Tokens  [][]int64    // new tokens per sequence, stop token included
 	Stopped []bool       // true when the sequence ended on a stop token
 	Logits  []*ts.Tensor // with KeepLogits, on the model's device
+	// Hidden (with KeepHidden) holds, per decode step j, the final normed
+	// hidden states [B, D] of the tokens fed in it: row i is that of
+	// Tokens[i][j] while sequence i was still being fed (the rows of
+	// finished sequences are padding). The caller frees them.
+	Hidden []*ts.Tensor
 	// Cache holds the prompt and every new token of each sequence except
 	// its last one (which was sampled but never fed back).
 	Cache *kvcache.Cache
@@ -49,7 +65,7 @@ type Result struct {
 // Run continues from cache, whose last forward pass returned last
 // ([B, V] logits, f32), sampling up to MaxTokens tokens per sequence. It
 // checks ctx before every step.
-func Run(ctx context.Context, dec Decoder, cache *kvcache.Cache, last *ts.Tensor, opts Options) (*Result, error) {
+func Run(ctx context.Context, dec Decoder, cache *kvcache.Cache, last *ts.Tensor, opts Options) (_ *Result, err error) {
 	if opts.MaxTokens <= 0 {
 		return nil, fmt.Errorf("generate: max tokens must be positive, got %d", opts.MaxTokens)
 	}
@@ -62,12 +78,24 @@ func Run(ctx context.Context, dec Decoder, cache *kvcache.Cache, last *ts.Tensor
 		return nil, fmt.Errorf("generate: logits shape %v, want [%d V]", sz, b)
 	}
 	vocab := int(sz[1])
+	hd, _ := dec.(HiddenDecoder)
+	if opts.KeepHidden && hd == nil {
+		return nil, fmt.Errorf("generate: KeepHidden needs a decoder that returns hidden states")
+	}
 	stop := map[int64]bool{}
 	for _, s := range opts.StopTokens {
 		stop[s] = true
 	}
 	rng := rand.New(rand.NewSource(opts.Seed))
 	g := &Result{Tokens: make([][]int64, b), Stopped: make([]bool, b), Cache: cache}
+	defer func() {
+		if err != nil { // what the steps made so far is nobody's
+			torch.Drop(g.Hidden...)
+			if g.Cache != cache {
+				g.Cache.Free()
+			}
+		}
+	}()
 	buf := make([]float32, b*vocab)
 	logits := last
 	for {
@@ -80,7 +108,7 @@ func Run(ctx context.Context, dec Decoder, cache *kvcache.Cache, last *ts.Tensor
 		// The one place Go reads the logits: copied to the CPU first
 		// (no copy when the model runs there).
 		host := torch.ToCPU(logits, false)
-		err := torch.CopyOut(host, buf)
+		err = torch.CopyOut(host, buf)
 		torch.Keep(logits, host)
 		if host != logits {
 			torch.Drop(host)
@@ -111,9 +139,18 @@ func Run(ctx context.Context, dec Decoder, cache *kvcache.Cache, last *ts.Tensor
 			}
 			return g, nil
 		}
-		out, next, err := dec.DecodeStep(g.Cache, feed)
+		var out, hidden *ts.Tensor
+		var nc *kvcache.Cache
+		if opts.KeepHidden {
+			out, hidden, nc, err = hd.DecodeStepHidden(g.Cache, feed)
+		} else {
+			out, nc, err = dec.DecodeStep(g.Cache, feed)
+		}
 		if err != nil {
 			return nil, err
+		}
+		if hidden != nil {
+			g.Hidden = append(g.Hidden, hidden)
 		}
 		// The caches and logits of earlier steps are this loop's own:
 		// free them now (the caller's cache and logits are left alone).
@@ -123,7 +160,7 @@ func Run(ctx context.Context, dec Decoder, cache *kvcache.Cache, last *ts.Tensor
 		if logits != last && !opts.KeepLogits {
 			torch.Drop(logits)
 		}
-		g.Cache, logits = next, out
+		g.Cache, logits = nc, out
 	}
 }
 

@@ -225,6 +225,37 @@ func (c *Cache) Clone() *Cache {
 	return out
 }
 
+// Rewind returns a cache in which sequence i holds only its first keep[i]
+// tokens: its later slots stay in place but are hidden, and its next
+// token takes position keep[i], so continuing it equals continuing a
+// cache that never held them. keep[i] may not exceed the tokens sequence
+// i holds. The result shares c's keys and values as a Clone does.
+func (c *Cache) Rewind(keep []int) (*Cache, error) {
+	if len(keep) != c.Batch() {
+		return nil, fmt.Errorf("rewind cache: %d lengths for a batch of %d", len(keep), c.Batch())
+	}
+	for i, n := range keep {
+		if n < 0 || int64(n) > c.NextPos[i] {
+			return nil, fmt.Errorf("rewind cache: sequence %d holds %d tokens, cannot keep %d", i, c.NextPos[i], n)
+		}
+	}
+	out := c.Clone()
+	for i, n := range keep {
+		seen := 0
+		for j, ok := range out.Valid[i] {
+			if !ok {
+				continue
+			}
+			if seen >= n {
+				out.Valid[i][j] = false
+			}
+			seen++
+		}
+		out.NextPos[i] = int64(n)
+	}
+	return out, nil
+}
+
 // Select returns a cache of the sequences at the given batch indices (an
 // index may repeat, e.g. to continue one prefix several ways in a batch).
 func (c *Cache) Select(idx ...int) (out *Cache, err error) {

@@ -209,6 +209,17 @@ func (m *Model) Logits(h *ts.Tensor) *ts.Tensor {
 // hidden padding slot: the sequence has finished) and returns the next
 // logits [B, V] (f32, on the model's device) and the extended cache.
 func (m *Model) Step(cache *kvcache.Cache, tokens []int64) (logits *ts.Tensor, next *kvcache.Cache) {
+	logits, _, next = m.step(cache, tokens, false)
+	return logits, next
+}
+
+// StepHidden is Step that also returns the fed tokens' final normed
+// hidden states [B, D] (the LM head's input), as Forward's would be.
+func (m *Model) StepHidden(cache *kvcache.Cache, tokens []int64) (logits, hidden *ts.Tensor, next *kvcache.Cache) {
+	return m.step(cache, tokens, true)
+}
+
+func (m *Model) step(cache *kvcache.Cache, tokens []int64, keep bool) (logits, hidden *ts.Tensor, next *kvcache.Cache) {
 	b := len(tokens)
 	ids := make([]int64, b)
 	valid := make([][]bool, b)
@@ -221,14 +232,21 @@ func (m *Model) Step(cache *kvcache.Cache, tokens []int64) (logits *ts.Tensor, n
 	h, next := m.Forward(m.Embed(ids, b, 1), valid, cache)
 	if h.Dim() == 1 { // single-token mode
 		logits = m.Head.Forward(h).MustView([]int64{1, -1}, true)
+		if keep {
+			hidden = h.MustView([]int64{1, -1}, false)
+		}
 		torch.Drop(h)
 	} else {
 		last := h.MustSelect(1, 0, true)
 		logits = m.Head.Forward(last)
-		torch.Drop(last)
+		if keep {
+			hidden = last
+		} else {
+			torch.Drop(last)
+		}
 	}
 	if logits.DType() != gotch.Float {
 		logits = logits.MustTotype(gotch.Float, true)
 	}
-	return logits, next
+	return logits, hidden, next
 }
