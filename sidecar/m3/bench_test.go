@@ -50,6 +50,9 @@ func benchScore(b *testing.B, n, nAspects, maxTokens int) {
 		b.Fatal(err)
 	}
 	torch.SetCollector()
+	if _, err := torch.SetMalloc(); err != nil {
+		b.Fatal(err)
+	}
 	writeWords(b, m)
 	s, err := New(m, nil)
 	if err != nil {

@@ -25,6 +25,9 @@ import (
 func BenchmarkSoakTiny(b *testing.B) {
 	m := loadTiny(b)
 	torch.SetCollector()
+	if _, err := torch.SetMalloc(); err != nil {
+		b.Fatal(err)
+	}
 	s, err := New(m, nil)
 	if err != nil {
 		b.Fatal(err)

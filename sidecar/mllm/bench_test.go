@@ -55,6 +55,9 @@ func load256M(b *testing.B) *Model {
 		}
 		// and its collector settings
 		torch.SetCollector()
+		if bigErr == nil {
+			_, bigErr = torch.SetMalloc()
+		}
 	})
 	if bigErr != nil {
 		b.Fatal(bigErr)

@@ -39,6 +39,9 @@ var subcommands = map[string]subcommand{
 
 func main() {
 	torch.SetCollector()
+	if _, err := torch.SetMalloc(); err != nil {
+		fmt.Fprintln(os.Stderr, "m3gate-sidecar:", err) // slower, not wrong
+	}
 	if schemas.IsPluginProcess() {
 		os.Exit(servePlugin(os.Args[1:]))
 	}
