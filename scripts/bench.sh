@@ -11,7 +11,9 @@
 #   - plain torch: scripts/ref_idefics3.py bench (torch from Debian's
 #     python3, OMP_WAIT_POLICY=PASSIVE, one thread per core as the sidecar);
 #   - m3gate again on the same shapes in bf16 (the dtype SmolVLM ships in),
-#     written once into build/bench-256m-bf16: decode and three aspects.
+#     written once into build/bench-256m-bf16: decode and three aspects,
+#     then vision, prefill and three aspects with model.dtype mixed (bf16
+#     products, opt-in).
 #
 # The two run alternately, BENCH_ROUNDS rounds (default 2) of BENCH_COUNT
 # iterations each (default 1), so that both see the same machine load; the
@@ -20,7 +22,7 @@
 # BENCH_EXTRA=1 also runs the predictor, safetensors and preprocessing
 # benchmarks. Run it through `make bench` (which builds and sets the cgo
 # flags); raw output goes to build/bench/, the table to build/bench.txt.
-# About 4 minutes per round on an idle 2-core machine.
+# About 5 minutes per round on an idle 2-core machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=build/bench-256m
@@ -56,6 +58,11 @@ for ((r = 1; r <= rounds; r++)); do
     -benchtime "${count}x" ./sidecar/mllm/ | tee "$out/go16-$r.txt"
   MLLM_BENCH_256M_DIR=$PWD/$model16 go test -run '^$' -bench '^BenchmarkScore3Aspects(64|128)Tok256M$' \
     -benchtime "${count}x" ./sidecar/m3/ | tee "$out/score16-$r.txt"
+  echo "bench: round $r of $rounds: m3gate, model.dtype mixed (bf16 products), on the bf16 checkpoint"
+  MLLM_BENCH_DTYPE=mixed MLLM_BENCH_256M_DIR=$PWD/$model16 go test -run '^$' -bench '^Benchmark(VisionEncode|Prefill)256M$' \
+    -benchtime "${count}x" ./sidecar/mllm/ | tee "$out/gomx-$r.txt"
+  MLLM_BENCH_DTYPE=mixed MLLM_BENCH_256M_DIR=$PWD/$model16 go test -run '^$' -bench '^BenchmarkScore3Aspects(64|128)Tok256M$' \
+    -benchtime "${count}x" ./sidecar/m3/ | tee "$out/scoremx-$r.txt"
 done
 /usr/bin/python3 - "$out" "$rounds" "$count" "$model" "$model16" <<'PY' | tee build/bench.txt
 import json, os, re, sys, time
@@ -118,6 +125,23 @@ print("| peak RSS, decode stages (GB; weights %.2f GB) | %s (%s× weights) |" % 
 for n in (64, 128):
     b = "BenchmarkScore3Aspects%dTok256M" % n
     print("| one image, 3 aspects, %d-token descriptions (s) | %s |" % (n, rng([m[b]["median-s"] for m in sc16], "%.1f")))
+gomx = [metrics(os.path.join(out, "gomx-%d.txt" % r)) for r in range(1, rounds + 1)]
+scmx = [metrics(os.path.join(out, "scoremx-%d.txt" % r)) for r in range(1, rounds + 1)]
+print()
+print("model.dtype: mixed (opt-in: bf16 products for the image and prompts, f32 otherwise) on the bf16 checkpoint;")
+print("ratios against plain torch in f32 from the same rounds:")
+print()
+print("| stage | m3gate | ratio |")
+print("|---|---|---|")
+for stage, b, unit, gs, key, rs, fmt in rows[:2]:
+    g = [m[b][unit] * gs for m in gomx]
+    p = [x[key] * rs for x in ref]
+    print("| %s | %s | %s |" % (stage, rng(g, fmt), rng([a / c for a, c in zip(g, p)], "%.2f")))
+for n in (64, 128):
+    b = "BenchmarkScore3Aspects%dTok256M" % n
+    print("| one image, 3 aspects, %d-token descriptions (s) | %s | |" % (n, rng([m[b]["median-s"] for m in scmx], "%.1f")))
+    print("| … of which vision / describe / rate (s) | %s / %s / %s | |" % tuple(
+        rng([m[b][k] for m in scmx], "%.2f") for k in ("vision-s/image", "describe-s/image", "rate-s/image")))
 PY
 if [[ ${BENCH_EXTRA:-0} == 1 ]]; then
   {

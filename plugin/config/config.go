@@ -27,7 +27,8 @@ type Model struct {
 	Dir string `mapstructure:"dir" yaml:"dir" json:"dir"`
 	// Family is the architecture family: idefics3 or minicpmv25.
 	Family string `mapstructure:"family" yaml:"family" json:"family"`
-	// DType is the compute dtype: f32 or bf16.
+	// DType is the compute dtype: f32, mixed (f32 with bf16 products for
+	// the vision tower and prompts on CPUs with avx512_bf16) or bf16.
 	DType string `mapstructure:"dtype" yaml:"dtype" json:"dtype"`
 	// Device is cpu or cuda.
 	Device string `mapstructure:"device" yaml:"device" json:"device"`

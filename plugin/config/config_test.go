@@ -108,7 +108,7 @@ func TestLoadBad(t *testing.T) {
 		{"list_as_string.yaml", []string{`testdata/bad/list_as_string.yaml:2: comfyui.servers: want a list, got string "http://127.0.0.1:8188"`}},
 		{"listen.yaml", []string{`testdata/bad/listen.yaml:3: daemon.listen: want host:port such as 127.0.0.1:8190, got "8190"`}},
 		{"several.yaml", []string{
-			`testdata/bad/several.yaml:2: model.dtype: "f16" is not one of f32, bf16`,
+			`testdata/bad/several.yaml:2: model.dtype: "f16" is not one of f32, mixed, bf16`,
 			`testdata/bad/several.yaml:3: model.threads: -1 is out of range [0, 1024]`,
 			`testdata/bad/several.yaml:5: scoring.gate: "most" is not one of all, any`,
 			`testdata/bad/several.yaml:7: comfyui.servers[0]: URL "ftp://x" must start with http:// or https://`,

@@ -17,7 +17,7 @@ import (
 // Allowed values of enumerated keys.
 var (
 	Families = []string{"idefics3", "minicpmv25"}
-	DTypes   = []string{"f32", "bf16"}
+	DTypes   = []string{"f32", "mixed", "bf16"}
 	Gates    = []string{"all", "any"}
 	Levels   = []string{"debug", "info", "warn", "error"}
 	Formats  = []string{"text", "json"}

@@ -40,7 +40,7 @@ func benchScore(b *testing.B, n, nAspects, maxTokens int) {
 	if dir == "" {
 		b.Skip("set MLLM_BENCH_256M_DIR to a model written by `m3gate model tiny --size 256m`")
 	}
-	m, err := mllm.Load(dir, mllm.LoadOptions{DType: benchDType()})
+	m, err := mllm.Load(dir, benchLoadOptions())
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -165,11 +165,15 @@ func writeWords(b testing.TB, m *mllm.Model) {
 	}
 }
 
-// benchDType is the compute dtype of the 256M benchmarks: f32, or bf16 with
-// MLLM_BENCH_DTYPE=bf16 (the opt-in model.dtype: bf16).
-func benchDType() gotch.DType {
-	if os.Getenv("MLLM_BENCH_DTYPE") == "bf16" {
-		return gotch.BFloat16
+// benchLoadOptions are the load options of the 256M benchmarks: f32, or
+// with MLLM_BENCH_DTYPE=bf16 bf16 compute (model.dtype: bf16) and with
+// MLLM_BENCH_DTYPE=mixed bf16 products (model.dtype: mixed).
+func benchLoadOptions() mllm.LoadOptions {
+	switch os.Getenv("MLLM_BENCH_DTYPE") {
+	case "bf16":
+		return mllm.LoadOptions{DType: gotch.BFloat16}
+	case "mixed":
+		return mllm.LoadOptions{BF16Products: true}
 	}
-	return gotch.Float
+	return mllm.LoadOptions{}
 }

@@ -59,6 +59,11 @@ const (
 	OptionMaxPromptTokens = "max_prompt_tokens"
 )
 
+// DTypeMixed is the LoadRequest dtype of f32 compute with bf16 products
+// for the vision tower and prompts on the CPU (mllm.LoadOptions.
+// BF16Products): opt-in, for CPUs with avx512_bf16 or amx_bf16.
+const DTypeMixed = "mixed"
+
 // DefaultMaxPromptTokens is the default OptionMaxPromptTokens: far more than
 // any generation prompt needs (CLIP reads 77 tokens), far less than what
 // would hold the model for minutes (prefill cost grows faster than
@@ -110,8 +115,10 @@ func (e *Engine) Load(ctx context.Context, req schemas.LoadRequest, progress fun
 	case "", "f32", "float32":
 	case "bf16", "bfloat16":
 		opts.DType = gotch.BFloat16
+	case DTypeMixed:
+		opts.BF16Products = true
 	default:
-		return fmt.Errorf("load: dtype %q: want f32 or bf16", req.DType)
+		return fmt.Errorf("load: dtype %q: want f32, %s or bf16", req.DType, DTypeMixed)
 	}
 	maxPixels := int64(imageproc.DefaultMaxPixels)
 	var split *bool // nil: the model's processor config decides
@@ -187,6 +194,8 @@ func (e *Engine) Load(ctx context.Context, req schemas.LoadRequest, progress fun
 	dtype := "f32"
 	if opts.DType == gotch.BFloat16 {
 		dtype = "bf16"
+	} else if opts.BF16Products {
+		dtype = DTypeMixed
 	}
 	e.info = schemas.ModelInfo{
 		Family: family, ModelDir: req.ModelDir, Device: torch.DeviceName(model.Device), DType: dtype,

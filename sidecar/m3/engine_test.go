@@ -367,3 +367,33 @@ func TestEngineImageSplittingFromProcessorConfig(t *testing.T) {
 		})
 	}
 }
+
+// TestEngineMixed: dtype "mixed" loads with bf16 products (reported as
+// "mixed" and as bf16 products on the model's layers) where the CPU has
+// bf16 instructions, and is refused with the cause where it does not or
+// the device is a GPU.
+func TestEngineMixed(t *testing.T) {
+	modelDir, _, _ := engineFixture(t)
+	e := NewEngine()
+	err := e.Load(context.Background(), schemas.LoadRequest{ModelDir: modelDir, DType: DTypeMixed, Threads: 1}, nil)
+	if !torch.HasBF16Products() {
+		if err == nil || !strings.Contains(err.Error(), "avx512_bf16") {
+			t.Fatalf("mixed on a CPU without bf16 instructions: error %v, want one naming avx512_bf16", err)
+		}
+		return
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := e.Info().DType; got != DTypeMixed {
+		t.Errorf("info dtype %q, want %q", got, DTypeMixed)
+	}
+	for name, l := range e.model.Linears() {
+		if !l.BF16Products {
+			t.Errorf("layer %s runs without bf16 products", name)
+		}
+	}
+	if err := NewEngine().Load(context.Background(), schemas.LoadRequest{ModelDir: modelDir, DType: DTypeMixed, Device: "cuda"}, nil); err == nil {
+		t.Error("mixed on a GPU device: no error")
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/sugarme/gotch"
+	"github.com/sugarme/gotch/ts"
 
 	"github.com/m3gate/m3gate/schemas/iqa"
 	"github.com/m3gate/m3gate/sidecar/mllm"
@@ -377,4 +378,126 @@ func TestScoreReusesDescriptions(t *testing.T) {
 			}
 		}
 	}
+}
+
+// sharpenWords multiplies the LM-head rows of the rating words by f:
+// random weights spread the probability over the whole vocabulary and
+// give the five words nearly equal shares (the tiny model's two most
+// probable lie within 0.001), where a trained model puts most of it on
+// the words, peaked; sharpened, the words take clear, different shares,
+// and every error in their logits counts f times.
+func sharpenWords(t *testing.T, s *Scorer, f float32) {
+	t.Helper()
+	lm := s.model.Linears()["lm_head"]
+	if lm == nil || s.model.Config.TieWordEmbeddings {
+		t.Fatal("the model needs an untied lm_head")
+	}
+	rows := make([]float32, s.model.Config.Text.VocabSize)
+	for i := range rows {
+		rows[i] = 1
+	}
+	for _, id := range s.wordIDs {
+		rows[id] = f
+	}
+	if err := torch.Run("sharpen", false, func() error {
+		col := ts.MustOfSlice(rows).MustView([]int64{-1, 1}, true)
+		lm.W.MustMul_(col)
+		torch.Drop(col)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestMixedKeepsRatings checks the "results unchanged" rule on the opt-in
+// mixed dtype (bf16 products for the image and the prompts, f32
+// otherwise), for an f32 and a bf16 checkpoint (SmolVLM's dtype, whose
+// weights bf16 products use as they are): on every item × aspect the
+// rating-word probabilities stay within 0.02 of f32's, and the rating
+// word is the same wherever that bound allows no other. The rating words'
+// head rows are sharpened 5× (sharpenWords). Not a proof for every model:
+// sharpened 25×, the same model's probabilities moved by up to 0.02–0.08
+// (sensitivity grows with how peaked the words are), which is why mixed
+// is opt-in and f32 the default.
+func TestMixedKeepsRatings(t *testing.T) {
+	if !torch.HasBF16Products() {
+		t.Skip("this CPU has no bf16 matrix instructions (Load refuses mixed: TestBF16Products)")
+	}
+	for _, dt := range []gotch.DType{gotch.Float, gotch.BFloat16} {
+		t.Run(dt.String(), func(t *testing.T) { testMixedKeepsRatings(t, dt) })
+	}
+}
+
+func testMixedKeepsRatings(t *testing.T, dt gotch.DType) {
+	dir := t.TempDir()
+	if err := mllm.WriteTinyWith(dir, mllm.TinyOptions{Size: "tiny", Seed: 7, DType: dt}); err != nil {
+		t.Fatal(err)
+	}
+	items := []Item{
+		{Prompt: "a red apple on a table"}, {Prompt: "statue of a man, baroque style"},
+		{Prompt: "sushi"}, {Prompt: "a lighthouse at dusk, oil painting"},
+	}
+	aspects := []Aspect{
+		{Name: "quality", Prompts: testPrompts},
+		{Name: "correspondence", Prompts: corrPrompts},
+	}
+	var res [2][][]Result
+	for i, mixed := range []bool{false, true} {
+		m, err := mllm.Load(dir, mllm.LoadOptions{BF16Products: mixed})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for k := range items {
+			items[k].Pixels = randomPixels(m, int64(k+1))
+		}
+		s, err := New(m, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sharpenWords(t, s, 5)
+
+		if res[i], err = s.Score(context.Background(), items, aspects, Options{MaxNewTokens: 8}); err != nil {
+			t.Fatal(err)
+		}
+		m.Close()
+	}
+	// Each probability moves by at most worst, so the most probable word
+	// can change only where f32's two most probable are within 2·worst.
+	worst, moved := 0.0, 0
+	for i := range items {
+		for j := range aspects {
+			f32, mixed := res[0][i][j], res[1][i][j]
+			if mixed.Description != f32.Description {
+				moved++
+			}
+			for _, w := range iqa.RatingWords {
+				d := math.Abs(mixed.WordProbs[w] - f32.WordProbs[w])
+				worst = math.Max(worst, d)
+				if d > 0.02 {
+					t.Errorf("item %d %s: P(%s) mixed %.4f, f32 %.4f", i, f32.Aspect, w, mixed.WordProbs[w], f32.WordProbs[w])
+				}
+			}
+		}
+	}
+	compared := 0
+	for i := range items {
+		for j := range aspects {
+			f32, mixed := res[0][i][j], res[1][i][j]
+			probs := make([]float64, 0, len(iqa.RatingWords))
+			for _, w := range iqa.RatingWords {
+				probs = append(probs, f32.WordProbs[w])
+			}
+			slices.Sort(probs)
+			if probs[len(probs)-1]-probs[len(probs)-2] > 2*worst {
+				compared++
+				if mixed.Rating != f32.Rating {
+					t.Errorf("item %d %s: rating %s mixed, %s f32", i, f32.Aspect, mixed.Rating, f32.Rating)
+				}
+			}
+		}
+	}
+	if compared < len(items)*len(aspects)/2 {
+		t.Errorf("only %d of %d ratings had a margin over 2·%.4f to compare", compared, len(items)*len(aspects), worst)
+	}
+	t.Logf("max |P mixed - P f32| = %.4f; %d of %d ratings compared; %d descriptions differ", worst, compared, len(items)*len(aspects), moved)
 }

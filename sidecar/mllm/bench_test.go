@@ -47,7 +47,8 @@ func load256M(b *testing.B) *Model {
 			}
 			defer os.RemoveAll(dir)
 		}
-		bigModel, bigErr = Load(dir, LoadOptions{})
+		// MLLM_BENCH_DTYPE=mixed: bf16 products (model.dtype: mixed).
+		bigModel, bigErr = Load(dir, LoadOptions{BF16Products: os.Getenv("MLLM_BENCH_DTYPE") == "mixed"})
 		// The sidecar's thread setting (one intra-op thread per core;
 		// libtorch's default here is one thread).
 		if bigErr == nil {

@@ -82,6 +82,14 @@ type LoadOptions struct {
 	// summation order. (Everything else, and every other case, is
 	// converted to the compute dtype at load.)
 	WidenBF16 bool
+	// BF16Products runs the many-row products of f32 compute on the CPU
+	// (the vision tower, prompts) in bf16, about twice as fast on CPUs
+	// with avx512_bf16 (see layers.Linear.BF16Products); decode steps
+	// stay f32. It changes results slightly (within the 0.02 rule of the
+	// rating-word probabilities on the parity tests): opt-in, the
+	// sidecar's dtype "mixed". Load refuses it on a CPU without
+	// avx512_bf16 or amx_bf16, where the products would be slower.
+	BF16Products bool
 	// Device is where the weights live and the model runs: the zero
 	// value or gotch.CPU for the CPU, gotch.CudaBuilder(n) for a GPU
 	// (torch.ParseDevice reads "cpu", "cuda", "cuda:N"). A CUDA device
@@ -173,6 +181,19 @@ func LoadWeights(cfg Config, path string, opts LoadOptions) (*Model, error) {
 	}); err != nil {
 		m.params.Drop()
 		return nil, err
+	}
+	if opts.BF16Products {
+		if kind != gotch.Float || torch.IsCUDA(dev) {
+			m.params.Drop()
+			return nil, fmt.Errorf("load weights: bf16 products are for f32 compute on the CPU")
+		}
+		if !torch.HasBF16Products() {
+			m.params.Drop()
+			return nil, fmt.Errorf("load weights: bf16 products: this CPU has no avx512_bf16 or amx_bf16, where they would be slower than f32")
+		}
+		for _, l := range m.params.Linears {
+			l.BF16Products = true
+		}
 	}
 	return m, nil
 }

@@ -742,3 +742,86 @@ func TestCloseFreesWeights(t *testing.T) {
 		t.Errorf("a failed Load left %d of its %d tensors allocated", leaked, len(weights))
 	}
 }
+
+// TestBF16Products: with LoadOptions.BF16Products the image features and
+// a prompt's logits stay within bf16 rounding of the f32 model's (and do
+// differ: the bf16 products ran), while a decode step — a few rows — is
+// computed exactly as in f32. Load refuses the option where it cannot
+// pay: bf16 compute, and CPUs without bf16 instructions.
+func TestBF16Products(t *testing.T) {
+	dir := tinyModelDir(t)
+	if _, err := Load(dir, LoadOptions{DType: gotch.BFloat16, BF16Products: true}); err == nil {
+		t.Error("bf16 products with bf16 compute: no error")
+	}
+	if !torch.HasBF16Products() {
+		if _, err := Load(dir, LoadOptions{BF16Products: true}); err == nil || !strings.Contains(err.Error(), "avx512_bf16") {
+			t.Errorf("bf16 products on a CPU without bf16 instructions: error %v, want one naming avx512_bf16", err)
+		}
+		t.Skip("this CPU has no bf16 matrix instructions")
+	}
+	exact, err := Load(dir, LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer exact.Close()
+	mixed, err := Load(dir, LoadOptions{BF16Products: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mixed.Close()
+	px := testPixels(5, exact.Config.Vision.ImageSize)
+	var feats [2]*ImageFeatures
+	var logits [2][]float32
+	var caches [2]*KVCache
+	for i, m := range []*Model{exact, mixed} {
+		f, err := m.EncodeImage(px)
+		if err != nil {
+			t.Fatal(err)
+		}
+		feats[i] = f
+		seq, err := m.EncodeChat([]Message{UserMessage("Rate the quality of this image, please.", true)}, true, []*ImageFeatures{f})
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, c, err := m.Prefill([]Sequence{seq}, ForwardOptions{Logits: LogitsAll})
+		if err != nil {
+			t.Fatal(err)
+		}
+		logits[i], caches[i] = floats(out.Logits), c
+	}
+	within := func(name string, got, want []float32, rel float64) {
+		t.Helper()
+		scale := 0.0
+		for _, v := range want {
+			scale = math.Max(scale, math.Abs(float64(v)))
+		}
+		d := maxAbsDiff(got, want)
+		t.Logf("%s: max |bf16 products - f32| = %.3g (max |value| %.3g)", name, d, scale)
+		if d > rel*scale {
+			t.Errorf("%s: bf16 products differ from f32 by %g, more than %g of the largest value %g", name, d, rel, scale)
+		}
+		if d == 0 {
+			t.Errorf("%s: bf16 products give exactly the f32 values: the bf16 path did not run", name)
+		}
+	}
+	within("image features", floats(feats[1].Tokens), floats(feats[0].Tokens), 0.05)
+	within("prompt logits", logits[1], logits[0], 0.05)
+	// A decode step on the same cache: the few-row kernel, exact.
+	var step [2][]float32
+	for i, m := range []*Model{exact, mixed} {
+		var l *ts.Tensor
+		err := torch.Run("step", false, func() error {
+			var next *KVCache
+			l, next = m.text.Step(caches[0], []int64{42})
+			next.Free()
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		step[i] = floats(l)
+	}
+	if d := maxAbsDiff(step[1], step[0]); d != 0 {
+		t.Errorf("a decode step differs by %g with bf16 products; want exactly the f32 logits", d)
+	}
+}

@@ -14,6 +14,7 @@ import (
 
 	lib "github.com/sugarme/gotch/libtch"
 	"github.com/sugarme/gotch/ts"
+	"golang.org/x/sys/cpu"
 )
 
 // MaxRowsLinear is the most rows RowsLinear computes; more rows go to
@@ -70,4 +71,11 @@ func kernelResult(what string, rc C.int, out unsafe.Pointer, msg []C.char) (Raw,
 	default:
 		return Raw{}, false, errors.New(what + ": " + C.GoString(&msg[0]))
 	}
+}
+
+// HasBF16Products reports whether this CPU has bf16 matrix instructions
+// (avx512_bf16 or amx_bf16), with which libtorch's bf16 products (oneDNN)
+// run about twice as fast as f32 ones; without them they are slower.
+func HasBF16Products() bool {
+	return cpu.X86.HasAVX512BF16 || cpu.X86.HasAMXBF16
 }

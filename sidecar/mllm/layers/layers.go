@@ -34,6 +34,12 @@ type Linear struct {
 	W     *ts.Tensor  // [out, in]
 	B     *ts.Tensor  // nil when the layer has no bias
 	Delta LinearDelta // nil: no adapter
+	// BF16Products runs the f32 products of more than
+	// torch.MaxRowsLinear rows (vision, prompts) in bf16: x and W rounded
+	// to bf16, libtorch's bf16 matrix product (oneDNN, f32 accumulation),
+	// an f32 result, the bias added in f32. A bf16-stored W is used as it
+	// is. Decode steps' few rows stay exact. See mllm.LoadOptions.
+	BF16Products bool
 }
 
 // Forward applies the layer to x [..., in] and returns [..., out]. A
@@ -59,7 +65,9 @@ func (l *Linear) ForwardRaw(x torch.Raw) torch.Raw {
 		panic(err)
 	}
 	if !ok {
-		if kind := x.DType(); w.DType() != kind { // bf16 storage, f32 compute
+		if kind := x.DType(); l.BF16Products && kind == gotch.Float {
+			y = bf16Product(x, w, b)
+		} else if w.DType() != kind { // bf16 storage, f32 compute
 			y = blasWidened(x, w, b, kind)
 		} else {
 			y = blas(x, w, b)
@@ -116,6 +124,27 @@ func blasWidened(x, w, b torch.Raw, kind gotch.DType) torch.Raw {
 	wide.CopyFrom(w)
 	y := blas(x, wide, b)
 	torch.FreeRaw(flat, wide)
+	return y
+}
+
+// bf16Product is x·wᵀ (+ b) for f32 x with x and w rounded to bf16 (see
+// Linear.BF16Products).
+func bf16Product(x, w, b torch.Raw) torch.Raw {
+	xb := x.Totype(gotch.BFloat16)
+	defer xb.Free()
+	wb := w
+	if w.DType() != gotch.BFloat16 {
+		wb = w.Totype(gotch.BFloat16)
+		defer wb.Free()
+	}
+	yb := xb.Linear(wb, torch.Raw{})
+	y := yb.Totype(gotch.Float)
+	yb.Free()
+	if b.Defined() {
+		yy := y.Add(b)
+		y.Free()
+		y = yy
+	}
 	return y
 }
 
