@@ -317,11 +317,53 @@ func (c *Checkpoint) Tensor(name string) (*ts.Tensor, error) {
 	kind, _ := KindOf(r.e.DType)
 	start := r.sh.hdr.DataStart + r.e.Begin
 	end := r.sh.hdr.DataStart + r.e.End
-	t, err := fromBytes(r.sh.data[start:end], r.e.Shape, kind)
+	t, err := fromMapping(r.sh.data, start, end, r.e.Shape, kind)
 	if err != nil {
 		return nil, fmt.Errorf("tensor %q in %s: %w", name, r.sh.path, err)
 	}
-	release(r.sh.data, start, end)
+	return t, nil
+}
+
+// copyChunk is how much of a large tensor fromMapping copies before it
+// releases those mapped pages.
+const copyChunk = 8 << 20
+
+// fromMapping copies data[start:end] into a new CPU tensor and releases
+// the mapped pages it read. A large tensor is copied copyChunk bytes at a
+// time, each chunk's pages released as soon as it is copied: copied in one
+// piece, the whole mapped range and the tensor were resident together, so
+// loading peaked one largest tensor above the weights (113 MB for
+// SmolVLM-256M's f32 embeddings, 1 GB for an 8B model's bf16 ones).
+func fromMapping(data []byte, start, end int64, shape []int64, kind gotch.DType) (*ts.Tensor, error) {
+	if end-start <= copyChunk {
+		t, err := fromBytes(data[start:end], shape, kind)
+		if err == nil {
+			release(data, start, end)
+		}
+		return t, err
+	}
+	numel := int64(1)
+	for _, s := range shape {
+		numel *= s
+	}
+	if numel*int64(kind.Size()) != end-start {
+		return nil, fmt.Errorf("%d bytes do not hold %v %v", end-start, kind, shape)
+	}
+	t, err := ts.Empty(shape, kind, gotch.CPU)
+	if err != nil {
+		return nil, cleanErr(err)
+	}
+	p, err := t.DataPtr()
+	if err != nil {
+		t.MustDrop()
+		return nil, cleanErr(err)
+	}
+	dst := unsafe.Slice((*byte)(p), end-start)
+	for off := start; off < end; off += copyChunk {
+		stop := min(off+copyChunk, end)
+		copy(dst[off-start:stop-start], data[off:stop])
+		release(data, off, stop)
+	}
 	return t, nil
 }
 

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"unsafe"
 
+	"github.com/m3gate/m3gate/internal/testenv"
 	"github.com/m3gate/m3gate/sidecar/tensorio/header"
 	"github.com/sugarme/gotch"
 	"github.com/sugarme/gotch/ts"
@@ -398,5 +399,55 @@ func TestConcurrentTensors(t *testing.T) {
 	close(errs)
 	for err := range errs {
 		t.Error(err)
+	}
+}
+
+// TestLargeTensorChunked: a tensor larger than copyChunk (here 3.2 chunks,
+// not a whole number of pages) reads back byte for byte, and reading it
+// raises the peak RSS by about the tensor, not by the tensor and its
+// mapped file pages together (which copying it in one piece did).
+func TestLargeTensorChunked(t *testing.T) {
+	const n = (copyChunk*16/5)/4 + 3 // f32 values
+	want := randomBytes(11, 4*n)
+	small := f32Bytes(1, 2, 3)
+	path := filepath.Join(t.TempDir(), "big.safetensors")
+	if err := Write(path, []Named{
+		{Name: "a", Tensor: tensorOf(t, small, []int64{3}, gotch.Float)},
+		{Name: "big", Tensor: tensorOf(t, want, []int64{n}, gotch.Float)},
+	}, nil); err != nil {
+		t.Fatal(err)
+	}
+	ck, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ck.Close()
+	// Reset the peak to the current RSS (Linux: clear_refs 5).
+	if err := os.WriteFile("/proc/self/clear_refs", []byte("5"), 0); err != nil {
+		t.Skipf("cannot reset the peak RSS: %v", err)
+	}
+	before, err := testenv.ProcStatusKB(0, "VmHWM")
+	if err != nil {
+		t.Skip(err)
+	}
+	x, err := ck.Tensor("big")
+	if err != nil {
+		t.Fatal(err)
+	}
+	after, err := testenv.ProcStatusKB(0, "VmHWM")
+	if err != nil {
+		t.Fatal(err)
+	}
+	grew := after - before
+	if got := rawBytes(t, x); !bytes.Equal(got, want) {
+		t.Fatal("the large tensor's bytes differ from what was written")
+	}
+	if a, err := ck.Tensor("a"); err != nil || !bytes.Equal(rawBytes(t, a), small) {
+		t.Fatalf("the tensor before it: %v", err)
+	}
+	size := int64(4*n) >> 10
+	t.Logf("peak RSS grew %d KB reading a %d KB tensor", grew, size)
+	if grew > size+2*(copyChunk>>10) {
+		t.Errorf("peak RSS grew %d KB reading a %d KB tensor: more than the tensor and two chunks", grew, size)
 	}
 }
