@@ -189,6 +189,13 @@ func (r Raw) Neg() Raw { return unary(lib.AtgNeg, r) }
 // Silu is x·sigmoid(x).
 func (r Raw) Silu() Raw { return unary(lib.AtgSilu, r) }
 
+// GeluInPlace applies GELU (approximate "tanh" or "none") to r in place.
+func (r Raw) GeluInPlace(approximate string) {
+	var out lib.Ctensor
+	lib.AtgGelu_(&out, r.c, approximate)
+	result(out).Free() // a second handle on r's storage
+}
+
 // Square is r².
 func (r Raw) Square() Raw { return unary(lib.AtgSquare, r) }
 
