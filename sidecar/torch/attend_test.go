@@ -15,7 +15,7 @@ func TestAttendFewMatchesSDPA(t *testing.T) {
 	for _, c := range []struct {
 		b, h, r, hd, t int64
 		masked         bool
-	}{{1, 3, 3, 64, 1, false}, {3, 3, 3, 64, 217, false}, {3, 3, 3, 64, 217, true}, {2, 2, 5, 16, 9, true}, {1, 1, 1, 7, 4, false}} {
+	}{{1, 3, 3, 64, 1, false}, {3, 3, 3, 64, 217, false}, {3, 3, 3, 64, 217, true}, {2, 2, 5, 16, 9, true}, {1, 1, 1, 7, 4, false}, {1, 2, 11, 136, 33, true}} {
 		err := Run("test", false, func() error {
 			q := Borrow(ts.MustRandn([]int64{c.b, c.h, c.r, c.hd}, gotch.Float, gotch.CPU)).Share()
 			kb := Borrow(ts.MustRandn([]int64{c.b, c.h, c.t + 50, c.hd}, gotch.Float, gotch.CPU)).Share()
