@@ -109,3 +109,45 @@ func TestAttendChunkedMatchesSDPA(t *testing.T) {
 	}
 	torch.Keep(q, k, v)
 }
+
+// TestRMSNormKernelMatchesComposed: the one-call kernel (torch.RMSNorm)
+// equals libtorch's composed ops up to the summation order of the
+// squares, for a decode step's vector, a few rows and a prefill's many
+// rows (several OpenMP tasks), and a non-contiguous input falls back to
+// the composed ops.
+func TestRMSNormKernelMatchesComposed(t *testing.T) {
+	n := &RMSNorm{W: randTensor(1, 576), Eps: 1e-5}
+	for _, shape := range [][]int64{{576}, {3, 1, 576}, {2, 214, 576}, {1, 5, 13}} {
+		if shape[len(shape)-1] != 576 {
+			n = &RMSNorm{W: randTensor(2, 13), Eps: 1e-6}
+		}
+		x := randTensor(3, shape...)
+		var got, want []float32
+		err := torch.Run("rms", false, func() error {
+			xr := torch.Borrow(x)
+			y, ok, err := torch.RMSNorm(xr, torch.Borrow(n.W), n.Eps)
+			if err != nil || !ok {
+				t.Fatalf("%v: kernel ok %v, error %v", shape, ok, err)
+			}
+			c := n.composed(xr)
+			got, want = floats(y.Wrap()), floats(c.Wrap())
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d := maxAbsDiff(got, want); d > 1e-5 {
+			t.Errorf("%v: kernel and composed ops differ by %g", shape, d)
+		}
+	}
+	x := randTensor(4, 576, 4).MustT(true) // [4, 576], not contiguous
+	err := torch.Run("rms", false, func() error {
+		if _, ok, err := torch.RMSNorm(torch.Borrow(x), torch.Borrow(n.W), 1e-5); ok || err != nil {
+			t.Errorf("non-contiguous input: kernel ok %v, error %v; want it left to libtorch", ok, err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}

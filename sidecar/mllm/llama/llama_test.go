@@ -167,3 +167,38 @@ func rotateHalfMatrix(heads, hd int) *ts.Tensor {
 	}
 	return tensorOf(r, int64(n), int64(n))
 }
+
+// TestRopeKernelMatchesComposed: the one-call kernel (torch.Rope) gives
+// exactly libtorch's composed ops, for a decode step's vector and a
+// prefill's rows.
+func TestRopeKernelMatchesComposed(t *testing.T) {
+	m := NewRope(Config{NumAttentionHeads: 9, NumKeyValueHeads: 3, HeadDim: 64, RopeTheta: 100000}, gotch.Float, gotch.CPU)
+	for _, c := range []struct {
+		pos   [][]int64
+		shape []int64
+	}{{[][]int64{{300}}, []int64{576}}, {[][]int64{{5}, {77}, {1}}, []int64{3, 1, 576}}, {[][]int64{make([]int64, 214)}, []int64{1, 214, 576}}} {
+		for i := range c.pos[0] {
+			if len(c.pos[0]) > 1 {
+				c.pos[0][i] = int64(i)
+			}
+		}
+		cos, sin := m.Tables(c.pos, 9)
+		x := randTensor(5, c.shape...)
+		var got, want []float32
+		err := torch.Run("rope", false, func() error {
+			xr, cr, sr := torch.Borrow(x), torch.Borrow(cos), torch.Borrow(sin)
+			y, ok, err := torch.Rope(xr, cr, sr, 64)
+			if err != nil || !ok {
+				t.Fatalf("%v: kernel ok %v, error %v", c.shape, ok, err)
+			}
+			got, want = floats(y.Wrap()), floats(composedRope(xr, cr, sr, 64).Wrap())
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d := maxAbsDiff(got, want); d != 0 {
+			t.Errorf("%v: kernel and composed ops differ by %g", c.shape, d)
+		}
+	}
+}

@@ -1,0 +1,101 @@
+// norm.cpp holds the text model's two per-layer element-wise blocks as one
+// call each: RMSNorm (libtorch: square, mean, add, rsqrt, two products)
+// and the rotary embedding (reshape, two narrows, negation, concatenation,
+// two products and a sum). A decode step runs each about 60 times on a
+// few rows, where every libtorch op costs far more in dispatch and
+// allocation than its arithmetic; prefill rows go over libtorch's OpenMP
+// threads. Both round exactly as the composed ops do (no fused
+// multiply-adds: the pragma below), except that RMSNorm's sum of squares
+// is added up in another order.
+#pragma GCC optimize("fp-contract=off")
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <exception>
+
+#include "kernel.h"
+#include "norm.h"
+
+namespace {
+
+bool f32cpu(const at::Tensor &t) {
+  return t.defined() && t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous() &&
+         !t.requires_grad();
+}
+
+// rowGrain is how many rows one OpenMP task takes: fewer rows than this
+// (a decode step) run on the calling thread alone.
+constexpr int64_t rowGrain = 16;
+
+}  // namespace
+
+extern "C" {
+
+int m3_rms_norm(void *xp, void *wp, double eps, void **out, char *err, int errlen) {
+  try {
+    const at::Tensor &x = *static_cast<at::Tensor *>(xp);
+    const at::Tensor &w = *static_cast<at::Tensor *>(wp);
+    if (at::GradMode::is_enabled() || !f32cpu(x) || !f32cpu(w) || x.dim() < 1 || w.dim() != 1) return 1;
+    const int64_t D = x.size(-1);
+    if (w.size(0) != D || D == 0) return 1;
+    const int64_t rows = x.numel() / D;
+    at::Tensor y = at::empty_like(x);
+    const float *X = x.data_ptr<float>(), *W = w.data_ptr<float>();
+    float *Y = y.data_ptr<float>();
+    const float e = static_cast<float>(eps);
+    at::parallel_for(0, rows, rowGrain, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; r++) {
+        const float *xr = X + r * D;
+        float *yr = Y + r * D;
+        float ss[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        int64_t d = 0;
+        for (; d + 8 <= D; d += 8)
+          for (int j = 0; j < 8; j++) ss[j] += xr[d + j] * xr[d + j];
+        float s = ((ss[0] + ss[1]) + (ss[2] + ss[3])) + ((ss[4] + ss[5]) + (ss[6] + ss[7]));
+        for (; d < D; d++) s += xr[d] * xr[d];
+        const float v = 1.0f / std::sqrt(s * (1.0f / static_cast<float>(D)) + e);
+        for (d = 0; d < D; d++) {
+          const float h = xr[d] * v;
+          yr[d] = h * W[d];
+        }
+      }
+    });
+    *out = new at::Tensor(y);
+    return 0;
+  } catch (const std::exception &e) {
+    m3CopyErr(e.what(), err, errlen);
+    return -1;
+  }
+}
+
+int m3_rope(void *xp, void *cp, void *sp, long hd, void **out, char *err, int errlen) {
+  try {
+    const at::Tensor &x = *static_cast<at::Tensor *>(xp);
+    const at::Tensor &c = *static_cast<at::Tensor *>(cp);
+    const at::Tensor &s = *static_cast<at::Tensor *>(sp);
+    if (at::GradMode::is_enabled() || !f32cpu(x) || !f32cpu(c) || !f32cpu(s) || hd <= 0 || hd % 2 != 0) return 1;
+    if (c.sizes() != x.sizes() || s.sizes() != x.sizes() || x.dim() < 1 || x.size(-1) % hd != 0) return 1;
+    const int64_t D = x.size(-1), rows = x.numel() / D, half = hd / 2;
+    at::Tensor y = at::empty_like(x);
+    const float *X = x.data_ptr<float>(), *C = c.data_ptr<float>(), *S = s.data_ptr<float>();
+    float *Y = y.data_ptr<float>();
+    at::parallel_for(0, rows, rowGrain, [&](int64_t r0, int64_t r1) {
+      for (int64_t i = r0 * D; i < r1 * D; i += hd) {
+        for (int64_t j = 0; j < hd; j++) {
+          const float rot = j < half ? -X[i + j + half] : X[i + j - half];
+          const float a = X[i + j] * C[i + j];
+          const float b = rot * S[i + j];
+          Y[i + j] = a + b;
+        }
+      }
+    });
+    *out = new at::Tensor(y);
+    return 0;
+  } catch (const std::exception &e) {
+    m3CopyErr(e.what(), err, errlen);
+    return -1;
+  }
+}
+
+}  // extern "C"
