@@ -141,10 +141,6 @@ func benchAspects(b *testing.B) []Aspect {
 // length, from scratch. The amount of compute per step is unchanged.
 func writeWords(b testing.TB, m *mllm.Model) {
 	b.Helper()
-	lm := m.Linears()["lm_head"]
-	if lm == nil || m.Config.TieWordEmbeddings {
-		b.Fatal("the bench model needs an untied lm_head")
-	}
 	rows := make([]float32, m.Config.Text.VocabSize)
 	words := 0
 	for id := range rows {
@@ -159,7 +155,18 @@ func writeWords(b testing.TB, m *mllm.Model) {
 	if words < 20 {
 		b.Fatalf("the tokenizer has only %d whole-word tokens", words)
 	}
-	err := torch.Run("bench words", false, func() error {
+	scaleHeadRows(b, m, rows)
+}
+
+// scaleHeadRows multiplies row i of the model's (untied) LM head by
+// rows[i].
+func scaleHeadRows(tb testing.TB, m *mllm.Model, rows []float32) {
+	tb.Helper()
+	lm := m.Linears()["lm_head"]
+	if lm == nil || m.Config.TieWordEmbeddings {
+		tb.Fatal("the model needs an untied lm_head")
+	}
+	err := torch.Run("scale head rows", false, func() error {
 		mask := torch.ToDevice(ts.MustOfSlice(rows), torch.TensorDevice(lm.W), true)
 		col := mask.MustView([]int64{-1, 1}, true).MustTotype(lm.W.DType(), true)
 		lm.W.MustMul_(col)
@@ -167,7 +174,7 @@ func writeWords(b testing.TB, m *mllm.Model) {
 		return nil
 	})
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 }
 
