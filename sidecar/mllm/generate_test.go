@@ -423,6 +423,7 @@ func TestGenerateHiddenAndRewind(t *testing.T) {
 		tails = append(tails, Sequence{Tokens: cont})
 		want = append(want, Sequence{Tokens: append(append(append([]int64{}, s.Tokens...), fed[i][:n]...), cont...), Images: s.Images})
 	}
+	before := floats(g.Cache.K[0].Share().Wrap())
 	back, err := g.Cache.Rewind(keep)
 	if err != nil {
 		t.Fatal(err)
@@ -431,6 +432,11 @@ func TestGenerateHiddenAndRewind(t *testing.T) {
 	got, _, err := m.Extend(back, tails, ForwardOptions{Logits: LogitsAll})
 	if err != nil {
 		t.Fatal(err)
+	}
+	// The rewound cache continued in place; the generation's own keys
+	// are untouched.
+	if d := maxAbsDiff(floats(g.Cache.K[0].Share().Wrap()), before); d != 0 {
+		t.Errorf("extending the rewound cache changed the generation cache's keys by %g", d)
 	}
 	exp, _, err := m.Prefill(want, ForwardOptions{Logits: LogitsAll})
 	if err != nil {

@@ -229,7 +229,10 @@ func (c *Cache) Clone() *Cache {
 // tokens: its later slots stay in place but are hidden, and its next
 // token takes position keep[i], so continuing it equals continuing a
 // cache that never held them. keep[i] may not exceed the tokens sequence
-// i holds. The result shares c's keys and values as a Clone does.
+// i holds. The result shares c's keys and values as a Clone does, and
+// takes over c's place as the owner of their buffers' tail: continuing it
+// writes in place after all of c's slots (which c's views never reach),
+// while continuing c afterwards copies, as continuing any non-owner does.
 func (c *Cache) Rewind(keep []int) (*Cache, error) {
 	if len(keep) != c.Batch() {
 		return nil, fmt.Errorf("rewind cache: %d lengths for a batch of %d", len(keep), c.Batch())
@@ -240,6 +243,9 @@ func (c *Cache) Rewind(keep []int) (*Cache, error) {
 		}
 	}
 	out := c.Clone()
+	if c.st != nil && c.st.owner == c.id {
+		c.st.owner = out.id
+	}
 	for i, n := range keep {
 		seen := 0
 		for j, ok := range out.Valid[i] {
