@@ -396,4 +396,9 @@ func TestEngineMixed(t *testing.T) {
 	if err := NewEngine().Load(context.Background(), schemas.LoadRequest{ModelDir: modelDir, DType: DTypeMixed, Device: "cuda"}, nil); err == nil {
 		t.Error("mixed on a GPU device: no error")
 	}
+	f := newMiniCPMFixture(t)
+	req := schemas.LoadRequest{ModelDir: f.model, Family: FamilyMiniCPMV25, DType: DTypeMixed, Threads: 1}
+	if err := NewEngine().Load(context.Background(), req, nil); err == nil || !strings.Contains(err.Error(), "idefics3 family") {
+		t.Errorf("mixed for MiniCPM-V: error %v, want one saying it is for idefics3", err)
+	}
 }

@@ -166,6 +166,8 @@ func (e *miniCPMEngine) Load(ctx context.Context, req schemas.LoadRequest, progr
 	case "", "f32", "float32":
 	case "bf16", "bfloat16":
 		kind = gotch.BFloat16
+	case DTypeMixed:
+		return fmt.Errorf("load: dtype %q is for the idefics3 family; MiniCPM-V runs f32 or bf16", req.DType)
 	default:
 		return fmt.Errorf("load: dtype %q: want f32 or bf16", req.DType)
 	}
