@@ -49,8 +49,7 @@ func benchScore(b *testing.B, n, nAspects, maxTokens int) {
 	if err := torch.SetThreads(0); err != nil {
 		b.Fatal(err)
 	}
-	torch.SetCollector()
-	if _, err := torch.SetMalloc(); err != nil {
+	if err := torch.SetMemory(); err != nil {
 		b.Fatal(err)
 	}
 	writeWords(b, m)

@@ -15,7 +15,7 @@ import (
 
 // BenchmarkSoakTiny scores b.N images one by one (two aspects, one with an
 // xLSTM predictor, 16-token descriptions) on the tiny model with the
-// garbage collector set as the sidecar sets it (torch.SetCollector), and
+// memory settings the sidecar runs with (torch.SetMemory), and
 // reports the resident set size
 // after the first image, at b.N/2 and at the end (as it is, and settled
 // after a collection), with the number of live libtorch tensors: memory that stays flat shows that each pass
@@ -24,8 +24,7 @@ import (
 //	go test -run '^$' -bench SoakTiny -benchtime 1000x ./sidecar/m3/
 func BenchmarkSoakTiny(b *testing.B) {
 	m := loadTiny(b)
-	torch.SetCollector()
-	if _, err := torch.SetMalloc(); err != nil {
+	if err := torch.SetMemory(); err != nil {
 		b.Fatal(err)
 	}
 	s, err := New(m, nil)

@@ -54,10 +54,9 @@ func load256M(b *testing.B) *Model {
 		if bigErr == nil {
 			bigErr = torch.SetThreads(0)
 		}
-		// and its collector settings
-		torch.SetCollector()
+		// and its memory settings
 		if bigErr == nil {
-			_, bigErr = torch.SetMalloc()
+			bigErr = torch.SetMemory()
 		}
 	})
 	if bigErr != nil {

@@ -342,12 +342,8 @@ func fromMapping(data []byte, start, end int64, shape []int64, kind gotch.DType)
 		}
 		return t, err
 	}
-	numel := int64(1)
-	for _, s := range shape {
-		numel *= s
-	}
-	if numel*int64(kind.Size()) != end-start {
-		return nil, fmt.Errorf("%d bytes do not hold %v %v", end-start, kind, shape)
+	if _, err := holds(end-start, shape, kind); err != nil {
+		return nil, err
 	}
 	t, err := ts.Empty(shape, kind, gotch.CPU)
 	if err != nil {
@@ -418,14 +414,24 @@ func release(data []byte, start, end int64) {
 	_ = syscall.Madvise(data[start:end], syscall.MADV_DONTNEED)
 }
 
-// fromBytes copies raw little-endian element bytes into a new CPU tensor.
-func fromBytes(b []byte, shape []int64, kind gotch.DType) (*ts.Tensor, error) {
+// holds checks that n bytes are exactly a kind tensor of shape and
+// returns its element count.
+func holds(n int64, shape []int64, kind gotch.DType) (int64, error) {
 	numel := int64(1)
 	for _, s := range shape {
 		numel *= s
 	}
-	if numel*int64(kind.Size()) != int64(len(b)) {
-		return nil, fmt.Errorf("%d bytes do not hold %v %v", len(b), kind, shape)
+	if numel*int64(kind.Size()) != n {
+		return 0, fmt.Errorf("%d bytes do not hold %v %v", n, kind, shape)
+	}
+	return numel, nil
+}
+
+// fromBytes copies raw little-endian element bytes into a new CPU tensor.
+func fromBytes(b []byte, shape []int64, kind gotch.DType) (*ts.Tensor, error) {
+	numel, err := holds(int64(len(b)), shape, kind)
+	if err != nil {
+		return nil, err
 	}
 	if numel == 0 {
 		t, err := ts.Zeros(shape, kind, gotch.CPU)

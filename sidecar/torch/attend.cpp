@@ -10,7 +10,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <exception>
 #include <vector>
 
@@ -155,9 +154,7 @@ int m3_attend(void *qp, void *kp, void *vp, void *mp, double scale, void **out, 
     const at::Tensor &k = *static_cast<at::Tensor *>(kp);
     const at::Tensor &v = *static_cast<at::Tensor *>(vp);
     const at::Tensor *m = static_cast<at::Tensor *>(mp);
-    auto f32cpu = [](const at::Tensor &t) {
-      return t.defined() && t.device().is_cpu() && t.scalar_type() == at::kFloat && !t.requires_grad() && t.dim() == 4;
-    };
+    auto f32cpu = [](const at::Tensor &t) { return m3IsF32CPU(t) && t.dim() == 4; };
     if (at::GradMode::is_enabled() || !f32cpu(q) || !f32cpu(k) || !f32cpu(v) || (m && !f32cpu(*m))) return 1;
     const int64_t B = q.size(0), H = q.size(1), R = q.size(2), hd = q.size(3), T = k.size(2);
     if (!q.is_contiguous() || R > kMaxQueries || T == 0) return 1;

@@ -1,7 +1,16 @@
-// kernel.h is what the package's C++ kernels (linear.cpp, attend.cpp) share.
+// kernel.h is what the package's C++ kernels (linear.cpp, attend.cpp,
+// norm.cpp) share.
 #ifndef M3GATE_TORCH_KERNEL_H
 #define M3GATE_TORCH_KERNEL_H
+#include <ATen/ATen.h>
+
 #include <cstring>
+
+// m3IsF32CPU says whether t is a defined f32 tensor on the CPU outside
+// autograd: what every kernel here takes (each adds its own layout rules).
+inline bool m3IsF32CPU(const at::Tensor &t) {
+  return t.defined() && t.device().is_cpu() && t.scalar_type() == at::kFloat && !t.requires_grad();
+}
 
 // m3CopyErr copies msg into err (errlen bytes, always terminated): how a
 // wrapper hands a libtorch error back to Go.

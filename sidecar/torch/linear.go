@@ -58,7 +58,7 @@ func RowsLinearRaw(x, w, b Raw) (y Raw, ok bool, err error) {
 }
 
 // kernelResult is the result of one of this package's kernel wrappers
-// (linear.cpp, attend.cpp): rc 0 with a new tensor in out, 1 when the
+// (linear.cpp, attend.cpp, norm.cpp): rc 0 with a new tensor in out, 1 when the
 // kernel does not take the arguments, else an error with the wrapper's
 // message in msg.
 func kernelResult(what string, rc C.int, out unsafe.Pointer, msg []C.char) (Raw, bool, error) {

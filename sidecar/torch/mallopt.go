@@ -41,8 +41,7 @@ const (
 // SetMalloc sets glibc malloc's mmap and trim thresholds to
 // MallocMmapThreshold and MallocTrimThreshold, unless the environment
 // sets malloc tunables (GLIBC_TUNABLES with glibc.malloc, or the
-// MALLOC_*_ variables): the sidecar calls it first thing, and so do the
-// benchmarks. It reports whether it changed them.
+// MALLOC_*_ variables). It reports whether it changed them.
 func SetMalloc() (bool, error) {
 	if strings.Contains(os.Getenv("GLIBC_TUNABLES"), "glibc.malloc.") ||
 		os.Getenv("MALLOC_MMAP_THRESHOLD_") != "" || os.Getenv("MALLOC_TRIM_THRESHOLD_") != "" {
@@ -52,6 +51,16 @@ func SetMalloc() (bool, error) {
 		return false, fmt.Errorf("set malloc thresholds: mallopt refused")
 	}
 	return true, nil
+}
+
+// SetMemory applies the sidecar's memory settings, Go's (SetCollector)
+// and the C heap's (SetMalloc): the sidecar calls it first thing, and so
+// do the benchmarks. An error means only that malloc kept its defaults
+// (slower, not wrong).
+func SetMemory() error {
+	SetCollector()
+	_, err := SetMalloc()
+	return err
 }
 
 // mmappedBytes is the C heap's bytes in blocks of their own mmap.

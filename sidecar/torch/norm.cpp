@@ -19,10 +19,7 @@
 
 namespace {
 
-bool f32cpu(const at::Tensor &t) {
-  return t.defined() && t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous() &&
-         !t.requires_grad();
-}
+bool f32cpu(const at::Tensor &t) { return m3IsF32CPU(t) && t.is_contiguous(); }
 
 // rowGrain is how many rows one OpenMP task takes: fewer rows than this
 // (a decode step) run on the calling thread alone.

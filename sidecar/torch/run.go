@@ -62,8 +62,7 @@ const GCPercent = 400
 const GCMemoryLimit = 128 << 20
 
 // SetCollector sets the Go collector to GCPercent and GCMemoryLimit, each
-// unless GOGC or GOMEMLIMIT sets it: the sidecar calls it first thing, and
-// so do the benchmarks.
+// unless GOGC or GOMEMLIMIT sets it (see SetMemory).
 func SetCollector() {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(GCPercent)

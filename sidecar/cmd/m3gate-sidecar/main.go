@@ -38,8 +38,7 @@ var subcommands = map[string]subcommand{
 }
 
 func main() {
-	torch.SetCollector()
-	if _, err := torch.SetMalloc(); err != nil {
+	if err := torch.SetMemory(); err != nil {
 		fmt.Fprintln(os.Stderr, "m3gate-sidecar:", err) // slower, not wrong
 	}
 	if schemas.IsPluginProcess() {
