@@ -412,10 +412,15 @@ func (g *groupRun) continueWithRating(ctx context.Context) error {
 	g.keep(c, o.Logits, o.Hidden)
 	g.last = o.Logits
 	return torch.Run("hidden states", false, func() error {
+		var desc *ts.Tensor // [n, steps, H]: the descriptions' states, stacked once
+		if slices.Max(took) > 0 {
+			desc = ts.MustStack(g.gen.Hidden[:slices.Max(took)], 1)
+			defer torch.Drop(desc)
+		}
 		for k := range cont {
 			parts := []*ts.Tensor{g.round1Hidden[k]}
-			if took[k] > 0 {
-				parts = append(parts, g.descHidden(k, took[k]))
+			if took[k] > 0 { // sequence k's first took[k] tokens, [1, took[k], H]
+				parts = append(parts, desc.MustNarrow(0, int64(k), 1, false).MustNarrow(1, 0, int64(took[k]), true))
 			}
 			b := unpad(o.Hidden, k, o.Pad[k])
 			g.hidden = append(g.hidden, ts.MustCat(append(parts, b), 1))
@@ -463,18 +468,6 @@ func (g *groupRun) reuseDescriptions(full []mllm.Sequence) (*mllm.KVCache, []int
 		return nil, nil, err
 	}
 	return back, took, nil
-}
-
-// descHidden is sequence k's hidden states of its first n description
-// tokens as the decode steps computed them, [1, n, H].
-func (g *groupRun) descHidden(k, n int) *ts.Tensor {
-	rows := make([]*ts.Tensor, n)
-	for j := range rows {
-		rows[j] = g.gen.Hidden[j].MustSelect(0, int64(k), false)
-	}
-	h := ts.MustStack(rows, 0).MustUnsqueeze(0, true)
-	torch.Drop(rows...)
-	return h
 }
 
 // encodeRoundOne tokenizes every sequence's round-1 prompt into prefix.
