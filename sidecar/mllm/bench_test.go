@@ -156,6 +156,38 @@ func BenchmarkPrefill256M(b *testing.B) {
 	b.ReportMetric(peakRSSMB(), "peak-RSS-MB")
 }
 
+// BenchmarkPrefillRagged3256M prefills a batch of three text sequences of
+// 74, 50 and 91 tokens: the lengths of the three aspects' round-1
+// questions after their shared start, a batch whose padding is a fifth
+// of its slots.
+func BenchmarkPrefillRagged3256M(b *testing.B) {
+	m := load256M(b)
+	words, err := m.Tokenizer.Encode(strings.Repeat(" the image shows a cat with good detail and fair colors.", 40))
+	if err != nil {
+		b.Fatal(err)
+	}
+	var seqs []Sequence
+	tokens := 0
+	for _, n := range []int{74, 50, 91} {
+		seqs = append(seqs, Sequence{Tokens: words[:n]})
+		tokens += n
+	}
+	if _, _, err := m.Prefill(seqs, ForwardOptions{}); err != nil { // untimed, as above
+		b.Fatal(err)
+	}
+	var ds []time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		t0 := time.Now()
+		if _, _, err := m.Prefill(seqs, ForwardOptions{}); err != nil {
+			b.Fatal(err)
+		}
+		ds = append(ds, time.Since(t0))
+	}
+	b.ReportMetric(float64(tokens), "tokens")
+	b.ReportMetric(median(ds).Seconds(), "median-s")
+}
+
 func benchDecode(b *testing.B, batch int) {
 	m := load256M(b)
 	f, err := m.EncodeImage(testPixels(1, m.Config.Vision.ImageSize))

@@ -278,6 +278,14 @@ func Int64s(vals []int64, device gotch.Device) Raw {
 	return r
 }
 
+// IndexCopyInPlace copies the rows of src into r at the indices idx (an
+// int64 tensor on r's device) along dim, in place.
+func (r Raw) IndexCopyInPlace(dim int64, idx, src Raw) {
+	var out lib.Ctensor
+	lib.AtgIndexCopy_(&out, r.c, dim, idx.c, src.c)
+	result(out).Free() // a second handle on r's storage
+}
+
 // IndexSelect is r's entries at the indices idx (an int64 tensor on r's
 // device) along dim (a copy).
 func (r Raw) IndexSelect(dim int64, idx Raw) Raw {

@@ -20,18 +20,23 @@ type Attention struct {
 // cache.
 type KV func(k, v torch.Raw) (kAll, vAll torch.Raw)
 
-// Forward attends from h [B, Tq, D] (or [D] in single-token mode) over the
-// past tokens and the new ones, rotated by rot, storing the new keys and
-// values through kv; mask is [B, 1, nrep·Tq, T+Tq] or a zero Raw. It
-// returns the output projection (new); h and mask stay the caller's.
-func (a *Attention) Forward(h torch.Raw, rot *Rotation, mask torch.Raw, kv KV) torch.Raw {
+// Forward attends from h [B, Tq, D] (or [D] in single-token mode, or the
+// packed [N, D] of pack when pack is not nil) over the past tokens and the
+// new ones, rotated by rot, storing the new keys and values through kv;
+// mask is [B, 1, nrep·Tq, T+Tq] or a zero Raw. It returns the output
+// projection (new, packed like h); h and mask stay the caller's.
+func (a *Attention) Forward(h torch.Raw, rot *Rotation, mask torch.Raw, kv KV, pack *Packing) torch.Raw {
 	nkv, hd := int64(a.KVHeads), int64(a.HeadDim)
-	qp, kp := a.Q.ForwardRaw(h), a.K.ForwardRaw(h)
+	qp, kp, vp := a.Q.ForwardRaw(h), a.K.ForwardRaw(h), a.V.ForwardRaw(h)
+	if pack != nil {
+		qu, ku, vu := pack.unpack(qp), pack.unpack(kp), pack.unpack(vp)
+		torch.FreeRaw(qp, kp, vp)
+		qp, kp, vp = qu, ku, vu
+	}
 	q := rot.Query(qp)
 	kr := rot.Key(kp)
-	vp := a.V.ForwardRaw(h)
 	torch.FreeRaw(qp, kp)
-	sz := h.Size()
+	sz := q.Size()
 	B, Tq := int64(1), int64(1)
 	if len(sz) == 3 {
 		B, Tq = sz[0], sz[1]
@@ -48,6 +53,11 @@ func (a *Attention) Forward(h torch.Raw, rot *Rotation, mask torch.Raw, kv KV) t
 	kAll, vAll := kv(k, v)
 	torch.FreeRaw(k, v)
 	o := gqaAttention(q, kAll, vAll, mask, a.KVHeads, a.Heads/a.KVHeads, a.HeadDim, 1/math.Sqrt(float64(hd)))
+	if pack != nil {
+		op := pack.pack(o)
+		o.Free()
+		o = op
+	}
 	out := a.O.ForwardRaw(o)
 	torch.FreeRaw(q, o)
 	return out

@@ -31,10 +31,10 @@ type DecoderLayer struct {
 
 // Forward runs the block on the residual stream x, which it consumes
 // (frees), and returns the new stream; the new keys and values go to kv
-// (see Attention.Forward).
-func (l *DecoderLayer) Forward(x torch.Raw, rot *Rotation, mask torch.Raw, kv KV) (out torch.Raw) {
+// (see Attention.Forward, also for pack).
+func (l *DecoderLayer) Forward(x torch.Raw, rot *Rotation, mask torch.Raw, kv KV, pack *Packing) (out torch.Raw) {
 	h := l.InNorm.ForwardRaw(x)
-	a := l.Attn.Forward(h, rot, mask, kv)
+	a := l.Attn.Forward(h, rot, mask, kv, pack)
 	x1 := x.Add(a)
 	torch.FreeRaw(x, h, a)
 	h = l.PostNorm.ForwardRaw(x1)

@@ -139,6 +139,17 @@ func (m *Model) Forward(x *ts.Tensor, valid [][]bool, cache *kvcache.Cache) (*ts
 	}
 	xr := torch.Borrow(x).Share()
 	torch.Drop(x)
+	// Inference on a batch with padding among its new tokens runs the
+	// layers' per-token ops on the valid tokens only (see Packing).
+	var pack *Packing
+	if !torch.GradEnabled() && !noPacking {
+		pack = newPacking(valid, m)
+	}
+	if pack != nil {
+		xp := pack.pack(xr)
+		xr.Free()
+		xr = xp
+	}
 	// Inference writes the new keys and values into the cache's buffers;
 	// with autograd on (LoRA training) they are concatenated instead, as
 	// an in-place write would change tensors the backward pass reads.
@@ -160,17 +171,27 @@ func (m *Model) Forward(x *ts.Tensor, valid [][]bool, cache *kvcache.Cache) (*ts
 			next.K[li], next.V[li] = kAll, vAll
 			return kAll, vAll
 		}
-		xr = m.Layers[li].Forward(xr, rot, mr, kv)
+		xr = m.Layers[li].Forward(xr, rot, mr, kv, pack)
 	}
 	// cache's finalizer must not free its keys and values while the
 	// layers read them (the copy into new buffers, or the concatenation).
 	runtime.KeepAlive(cache)
 	rot.Drop()
 	torch.Drop(mask)
-	h := m.Norm.ForwardRaw(xr).Wrap()
+	hr := m.Norm.ForwardRaw(xr)
 	xr.Free()
-	return h, next
+	if pack != nil {
+		hu := pack.unpack(hr)
+		hr.Free()
+		hr = hu
+		pack.free()
+	}
+	return hr.Wrap(), next
 }
+
+// noPacking turns packing off, for tests that compare the packed and the
+// padded layouts.
+var noPacking bool
 
 // mask is the additive attention mask [B, 1, nrep·Tq, past+Tq] of the
 // cache next after tq new tokens: a key is visible when valid and not
