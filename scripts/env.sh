@@ -27,7 +27,11 @@ else
   export CGO_LDFLAGS="-L$_m3tc/cuda-stubs"
   unset _m3tc _m3hdr _m3lib
 fi
-# libtorch's OpenMP pool and OpenBLAS's pool busy-wait against each other
-# unless waiting threads sleep.
-export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
+# OpenMP workers spin about 1,000 iterations before they sleep, as the
+# sidecar runs them (sidecar/cmd/m3gate-sidecar/internal/openmp), so that
+# tests and benchmarks that run libtorch in their own process wait as the
+# sidecar does. A wait policy or spin count already set is kept.
+if [[ -z "${OMP_WAIT_POLICY:-}" && -z "${GOMP_SPINCOUNT:-}" ]]; then
+  export GOMP_SPINCOUNT=1000
+fi
 unset _m3root
