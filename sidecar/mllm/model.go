@@ -172,6 +172,7 @@ func LoadWeights(cfg Config, path string, opts LoadOptions) (*Model, error) {
 		}
 		return kind
 	}
+	m.params.MapEmbeddings = true // read in place (layers.Params)
 	if err := m.params.Load(ck, dev, as, tied...); err != nil {
 		return nil, fmt.Errorf("load weights %s: %w", path, err)
 	}

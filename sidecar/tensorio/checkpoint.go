@@ -363,6 +363,66 @@ func fromMapping(data []byte, start, end int64, shape []int64, kind gotch.DType)
 	return t, nil
 }
 
+// Mapping is a tensor's bytes in a private mapping of its file, for a
+// tensor that reads them in place (torch.FromMemory): only the pages a
+// pass touches become resident, as file pages the kernel may drop and
+// re-read. Writes (none are expected) stay private to the process.
+// Replacing the file by a rename keeps the mapped file; overwriting or
+// truncating it in place changes or (truncated) faults the tensor, as for
+// any mapped model.
+type Mapping struct {
+	Data []byte // the tensor's bytes
+	all  []byte // the whole mapping, page-aligned
+}
+
+// Unmap releases the mapping; nothing may read Data afterwards.
+// Unmapping twice does nothing.
+func (m *Mapping) Unmap() error {
+	if m == nil || m.all == nil {
+		return nil
+	}
+	err := syscall.Munmap(m.all)
+	m.all, m.Data = nil, nil
+	return err
+}
+
+// Map maps the bytes of tensor name (in the checkpoint's dtype) on their
+// own, privately, independent of the checkpoint's mapping and of Close.
+func (c *Checkpoint) Map(name string) (*Mapping, error) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.closed {
+		return nil, fmt.Errorf("map tensor %q: checkpoint is closed", name)
+	}
+	r, ok := c.entries[name]
+	if !ok {
+		return nil, fmt.Errorf("map tensor %q: not in the checkpoint", name)
+	}
+	kind, _ := KindOf(r.e.DType)
+	start := r.sh.hdr.DataStart + r.e.Begin
+	end := r.sh.hdr.DataStart + r.e.End
+	if _, err := holds(end-start, r.e.Shape, kind); err != nil {
+		return nil, fmt.Errorf("map tensor %q in %s: %w", name, r.sh.path, err)
+	}
+	if end == start {
+		return nil, fmt.Errorf("map tensor %q in %s: no bytes", name, r.sh.path)
+	}
+	f, err := os.Open(r.sh.path)
+	if err != nil {
+		return nil, fmt.Errorf("map tensor %q: %w", name, err)
+	}
+	defer f.Close()
+	base := start &^ (pageSize - 1)
+	if int64(int(end-base)) != end-base {
+		return nil, fmt.Errorf("map tensor %q: %d bytes are too many to map", name, end-base)
+	}
+	all, err := syscall.Mmap(int(f.Fd()), base, int(end-base), syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_PRIVATE)
+	if err != nil {
+		return nil, fmt.Errorf("map tensor %q in %s: %w", name, r.sh.path, err)
+	}
+	return &Mapping{Data: all[start-base:], all: all}, nil
+}
+
 // TensorAs returns a tensor converted to kind (for example BF16 to
 // gotch.Float, which is exact), on the CPU.
 func (c *Checkpoint) TensorAs(name string, kind gotch.DType) (*ts.Tensor, error) {

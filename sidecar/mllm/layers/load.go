@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/sugarme/gotch"
+	"github.com/sugarme/gotch/ts"
 
 	"github.com/m3gate/m3gate/sidecar/tensorio"
 	"github.com/m3gate/m3gate/sidecar/torch"
@@ -23,7 +24,14 @@ func (p *Params) Load(ck *tensorio.Checkpoint, dev gotch.Device, as func(Param, 
 	}
 	for _, s := range p.List {
 		info, _ := ck.Info(s.Name)
-		t, err := ck.TensorAs(s.Name, as(s, info))
+		kind := as(s, info)
+		if stored, _ := tensorio.KindOf(info.DType); p.MapEmbeddings && s.Kind == KindEmbed && !torch.IsCUDA(dev) && stored == kind {
+			if t, err := p.mapTensor(ck, s, kind); err == nil {
+				*s.Dst = t
+				continue
+			} // else copied, as any tensor (a misaligned one, say)
+		}
+		t, err := ck.TensorAs(s.Name, kind)
 		if err == nil && torch.IsCUDA(dev) {
 			t, err = t.To(dev, true) // To frees the CPU copy either way
 		}
@@ -34,6 +42,22 @@ func (p *Params) Load(ck *tensorio.Checkpoint, dev gotch.Device, as func(Param, 
 		*s.Dst = t
 	}
 	return nil
+}
+
+// mapTensor is tensor s of ck read in place from its own mapping of the
+// file (kept until Drop).
+func (p *Params) mapTensor(ck *tensorio.Checkpoint, s Param, kind gotch.DType) (*ts.Tensor, error) {
+	mp, err := ck.Map(s.Name)
+	if err != nil {
+		return nil, err
+	}
+	t, err := torch.FromMemory(mp.Data, s.Shape, kind)
+	if err != nil {
+		mp.Unmap()
+		return nil, err
+	}
+	p.mappings = append(p.mappings, mp)
+	return t, nil
 }
 
 // check compares the checkpoint's tensors with the declared ones.

@@ -1,6 +1,10 @@
 package layers
 
-import "github.com/sugarme/gotch/ts"
+import (
+	"github.com/sugarme/gotch/ts"
+
+	"github.com/m3gate/m3gate/sidecar/tensorio"
+)
 
 // Param kinds say how a random-weight model (mllm.WriteTiny) initialises
 // the tensor.
@@ -29,6 +33,14 @@ type Param struct {
 type Params struct {
 	List    []Param
 	Linears map[string]*Linear
+	// MapEmbeddings makes Load read token embedding tables on the CPU in
+	// place from the checkpoint file (a private mapping each, released by
+	// Drop) when they keep the file's dtype, instead of copying them: a
+	// pass looks up a few rows, so only those pages become resident (the
+	// 256M model's f32 table is 113 MB, an 8B model's bf16 one 1 GB).
+	MapEmbeddings bool
+
+	mappings []*tensorio.Mapping
 }
 
 // NewParams returns an empty collection.
@@ -75,4 +87,9 @@ func (p *Params) Drop() {
 			t.MustDrop()
 		}
 	}
+	// After the tensors that read them.
+	for _, mp := range p.mappings {
+		mp.Unmap()
+	}
+	p.mappings = nil
 }

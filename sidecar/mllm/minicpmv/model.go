@@ -182,6 +182,7 @@ func LoadWeights(cfg Config, path string, opts LoadOptions) (*Model, error) {
 		tied = []string{"llm.lm_head.weight"}
 	}
 	as := func(layers.Param, tensorio.Info) gotch.DType { return kind }
+	m.params.MapEmbeddings = true // read in place (layers.Params)
 	if err := m.params.Load(ck, dev, as, tied...); err != nil {
 		return nil, fmt.Errorf("load weights %s: %w", path, err)
 	}
