@@ -307,21 +307,29 @@ func (c *Checkpoint) Metadata() map[string]string {
 func (c *Checkpoint) Tensor(name string) (*ts.Tensor, error) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	if c.closed {
-		return nil, fmt.Errorf("tensor %q: checkpoint is closed", name)
+	r, kind, start, end, err := c.locate(name)
+	if err != nil {
+		return nil, fmt.Errorf("tensor %q: %w", name, err)
 	}
-	r, ok := c.entries[name]
-	if !ok {
-		return nil, fmt.Errorf("tensor %q: not in the checkpoint", name)
-	}
-	kind, _ := KindOf(r.e.DType)
-	start := r.sh.hdr.DataStart + r.e.Begin
-	end := r.sh.hdr.DataStart + r.e.End
 	t, err := fromMapping(r.sh.data, start, end, r.e.Shape, kind)
 	if err != nil {
 		return nil, fmt.Errorf("tensor %q in %s: %w", name, r.sh.path, err)
 	}
 	return t, nil
+}
+
+// locate is tensor name's entry, kind and byte range in its shard's
+// mapping; the caller holds c.mu.
+func (c *Checkpoint) locate(name string) (r ref, kind gotch.DType, start, end int64, err error) {
+	if c.closed {
+		return r, kind, 0, 0, errors.New("checkpoint is closed")
+	}
+	r, ok := c.entries[name]
+	if !ok {
+		return r, kind, 0, 0, errors.New("not in the checkpoint")
+	}
+	kind, _ = KindOf(r.e.DType)
+	return r, kind, r.sh.hdr.DataStart + r.e.Begin, r.sh.hdr.DataStart + r.e.End, nil
 }
 
 // copyChunk is how much of a large tensor fromMapping copies before it
@@ -391,16 +399,10 @@ func (m *Mapping) Unmap() error {
 func (c *Checkpoint) Map(name string) (*Mapping, error) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	if c.closed {
-		return nil, fmt.Errorf("map tensor %q: checkpoint is closed", name)
+	r, kind, start, end, err := c.locate(name)
+	if err != nil {
+		return nil, fmt.Errorf("map tensor %q: %w", name, err)
 	}
-	r, ok := c.entries[name]
-	if !ok {
-		return nil, fmt.Errorf("map tensor %q: not in the checkpoint", name)
-	}
-	kind, _ := KindOf(r.e.DType)
-	start := r.sh.hdr.DataStart + r.e.Begin
-	end := r.sh.hdr.DataStart + r.e.End
 	if _, err := holds(end-start, r.e.Shape, kind); err != nil {
 		return nil, fmt.Errorf("map tensor %q in %s: %w", name, r.sh.path, err)
 	}
