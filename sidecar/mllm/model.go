@@ -155,6 +155,15 @@ func LoadWeights(cfg Config, path string, opts LoadOptions) (*Model, error) {
 	if kind != gotch.BFloat16 && kind != gotch.Half {
 		kind = gotch.Float
 	}
+	// Refused before anything is read.
+	if opts.BF16Products {
+		if kind != gotch.Float || torch.IsCUDA(dev) {
+			return nil, fmt.Errorf("load weights: bf16 products are for f32 compute on the CPU")
+		}
+		if !torch.HasBF16Products() {
+			return nil, fmt.Errorf("load weights: bf16 products: this CPU has no avx512_bf16 or amx_bf16, where they would be slower than f32")
+		}
+	}
 	ck, err := tensorio.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("load weights: %w", err)
@@ -184,14 +193,6 @@ func LoadWeights(cfg Config, path string, opts LoadOptions) (*Model, error) {
 		return nil, err
 	}
 	if opts.BF16Products {
-		if kind != gotch.Float || torch.IsCUDA(dev) {
-			m.params.Drop()
-			return nil, fmt.Errorf("load weights: bf16 products are for f32 compute on the CPU")
-		}
-		if !torch.HasBF16Products() {
-			m.params.Drop()
-			return nil, fmt.Errorf("load weights: bf16 products: this CPU has no avx512_bf16 or amx_bf16, where they would be slower than f32")
-		}
 		for _, l := range m.params.Linears {
 			l.BF16Products = true
 		}
