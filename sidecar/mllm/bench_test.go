@@ -138,21 +138,7 @@ func BenchmarkPrefill256M(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	seq := benchPrompt(b, m, f)
-	if _, _, err := m.Prefill([]Sequence{seq}, ForwardOptions{}); err != nil { // untimed, as above
-		b.Fatal(err)
-	}
-	var ds []time.Duration
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		t0 := time.Now()
-		if _, _, err := m.Prefill([]Sequence{seq}, ForwardOptions{}); err != nil {
-			b.Fatal(err)
-		}
-		ds = append(ds, time.Since(t0))
-	}
-	b.ReportMetric(float64(len(seq.Tokens)), "tokens")
-	b.ReportMetric(median(ds).Seconds(), "median-s")
+	benchPrefill(b, m, []Sequence{benchPrompt(b, m, f)})
 	b.ReportMetric(peakRSSMB(), "peak-RSS-MB")
 }
 
@@ -167,12 +153,16 @@ func BenchmarkPrefillRagged3256M(b *testing.B) {
 		b.Fatal(err)
 	}
 	var seqs []Sequence
-	tokens := 0
 	for _, n := range []int{74, 50, 91} {
 		seqs = append(seqs, Sequence{Tokens: words[:n]})
-		tokens += n
 	}
-	if _, _, err := m.Prefill(seqs, ForwardOptions{}); err != nil { // untimed, as above
+	benchPrefill(b, m, seqs)
+}
+
+// benchPrefill times prefills of seqs after one untimed pass (as above)
+// and reports their median and the batch's tokens.
+func benchPrefill(b *testing.B, m *Model, seqs []Sequence) {
+	if _, _, err := m.Prefill(seqs, ForwardOptions{}); err != nil {
 		b.Fatal(err)
 	}
 	var ds []time.Duration
@@ -183,6 +173,10 @@ func BenchmarkPrefillRagged3256M(b *testing.B) {
 			b.Fatal(err)
 		}
 		ds = append(ds, time.Since(t0))
+	}
+	tokens := 0
+	for _, s := range seqs {
+		tokens += len(s.Tokens)
 	}
 	b.ReportMetric(float64(tokens), "tokens")
 	b.ReportMetric(median(ds).Seconds(), "median-s")
