@@ -25,6 +25,26 @@ bool f32cpu(const at::Tensor &t) { return m3IsF32CPU(t) && t.is_contiguous(); }
 // (a decode step) run on the calling thread alone.
 constexpr int64_t rowGrain = 16;
 
+// rowStride is the distance between the rows of x's last dimension when
+// its values are contiguous and its rows evenly spaced (a contiguous
+// tensor, or a column block of one such as a joined product's query
+// part), 0 otherwise.
+int64_t rowStride(const at::Tensor &x) {
+  if (x.dim() < 1 || x.stride(-1) != 1) return 0;
+  int64_t rs = 0, want = 0;
+  for (int64_t d = x.dim() - 2; d >= 0; d--) {
+    if (x.size(d) == 1) continue;
+    if (rs == 0) {
+      rs = want = x.stride(d);
+      if (rs < x.size(-1)) return 0;
+    } else if (x.stride(d) != want) {
+      return 0;
+    }
+    want *= x.size(d);
+  }
+  return rs == 0 ? x.size(-1) : rs;
+}
+
 }  // namespace
 
 extern "C" {
@@ -71,19 +91,24 @@ int m3_rope(void *xp, void *cp, void *sp, long hd, void **out, char *err, int er
     const at::Tensor &x = *static_cast<at::Tensor *>(xp);
     const at::Tensor &c = *static_cast<at::Tensor *>(cp);
     const at::Tensor &s = *static_cast<at::Tensor *>(sp);
-    if (at::GradMode::is_enabled() || !f32cpu(x) || !f32cpu(c) || !f32cpu(s) || hd <= 0 || hd % 2 != 0) return 1;
+    if (at::GradMode::is_enabled() || !m3IsF32CPU(x) || !f32cpu(c) || !f32cpu(s) || hd <= 0 || hd % 2 != 0) return 1;
     if (c.sizes() != x.sizes() || s.sizes() != x.sizes() || x.dim() < 1 || x.size(-1) % hd != 0) return 1;
+    const int64_t rs = rowStride(x);
+    if (rs == 0 || x.numel() == 0) return 1;
     const int64_t D = x.size(-1), rows = x.numel() / D, half = hd / 2;
-    at::Tensor y = at::empty_like(x);
+    at::Tensor y = at::empty(x.sizes(), x.options());
     const float *X = x.data_ptr<float>(), *C = c.data_ptr<float>(), *S = s.data_ptr<float>();
     float *Y = y.data_ptr<float>();
     at::parallel_for(0, rows, rowGrain, [&](int64_t r0, int64_t r1) {
-      for (int64_t i = r0 * D; i < r1 * D; i += hd) {
-        for (int64_t j = 0; j < hd; j++) {
-          const float rot = j < half ? -X[i + j + half] : X[i + j - half];
-          const float a = X[i + j] * C[i + j];
-          const float b = rot * S[i + j];
-          Y[i + j] = a + b;
+      for (int64_t r = r0; r < r1; r++) {
+        const float *xr = X + r * rs;
+        for (int64_t i = r * D, e = i + D; i < e; i += hd, xr += hd) {
+          for (int64_t j = 0; j < hd; j++) {
+            const float rot = j < half ? -xr[j + half] : xr[j - half];
+            const float a = xr[j] * C[i + j];
+            const float b = rot * S[i + j];
+            Y[i + j] = a + b;
+          }
         }
       }
     });

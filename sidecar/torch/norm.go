@@ -22,8 +22,10 @@ func RMSNorm(x, w Raw, eps float64) (y Raw, ok bool, err error) {
 
 // Rope returns x·cos + rotate_half(x)·sin in one call (libtorch: nine
 // ops), rotate_half per head of hd values being (-x[hd/2:], x[:hd/2]),
-// for x, cos and sin of one shape [..., heads·hd], contiguous f32 on the
-// CPU without autograd; ok is false for other tensors. Results equal the
+// for x, cos and sin of one shape [..., heads·hd], f32 on the CPU without
+// autograd, cos and sin contiguous and x's rows evenly spaced (contiguous,
+// or a column block of a contiguous tensor); ok is false for other
+// tensors. Results equal the
 // composed ops' exactly.
 func Rope(x, cos, sin Raw, hd int64) (y Raw, ok bool, err error) {
 	var out unsafe.Pointer

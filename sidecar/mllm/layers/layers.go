@@ -73,16 +73,24 @@ func (l *Linear) ForwardRaw(x torch.Raw) torch.Raw {
 			y = blas(x, w, b)
 		}
 	}
-	if l.Delta != nil {
-		xt := x.Share().Wrap()
-		if d := l.Delta.Forward(xt); d != nil {
-			sum := y.Add(torch.Borrow(d))
-			y.Free()
-			y = sum
-			Drop(d)
-		}
-		Drop(xt)
+	return l.addDelta(x, y)
+}
+
+// addDelta returns y, the layer's product for x, with the adapter's
+// output added (y itself without an adapter, or when it gives nothing;
+// otherwise y is freed).
+func (l *Linear) addDelta(x, y torch.Raw) torch.Raw {
+	if l.Delta == nil {
+		return y
 	}
+	xt := x.Share().Wrap()
+	if d := l.Delta.Forward(xt); d != nil {
+		sum := y.Add(torch.Borrow(d))
+		y.Free()
+		y = sum
+		Drop(d)
+	}
+	Drop(xt)
 	return y
 }
 

@@ -17,7 +17,8 @@ import (
 // every one of them with its declared shape and nothing else (apart from
 // the names in extra, such as an LM head tied to the embeddings). Each
 // tensor is converted to the dtype as gives for it, one at a time, and
-// moved to dev. On error nothing stays loaded.
+// moved to dev; then the layers declared by Fuse are joined. On error
+// nothing stays loaded.
 func (p *Params) Load(ck *tensorio.Checkpoint, dev gotch.Device, as func(Param, tensorio.Info) gotch.DType, extra ...string) error {
 	if err := p.check(ck, extra); err != nil {
 		return err
@@ -40,6 +41,15 @@ func (p *Params) Load(ck *tensorio.Checkpoint, dev gotch.Device, as func(Param, 
 			return fmt.Errorf("%s: %w", s.Name, err)
 		}
 		*s.Dst = t
+	}
+	if err := torch.Run("join fused layers", false, func() error {
+		for _, f := range p.fused {
+			f.join()
+		}
+		return nil
+	}); err != nil {
+		p.Drop()
+		return err
 	}
 	return nil
 }

@@ -41,6 +41,7 @@ type Params struct {
 	MapEmbeddings bool
 
 	mappings []*tensorio.Mapping
+	fused    []*Fused
 }
 
 // NewParams returns an empty collection.
@@ -86,6 +87,9 @@ func (p *Params) Drop() {
 			seen[t] = true
 			t.MustDrop()
 		}
+	}
+	for _, f := range p.fused {
+		f.drop()
 	}
 	// After the tensors that read them.
 	for _, mp := range p.mappings {

@@ -10,7 +10,9 @@ import (
 // Attention is Llama's self-attention: grouped-query heads (query head h
 // reads key/value head h / (heads/kvHeads)) with rotary positions.
 type Attention struct {
-	Q, K, V, O              *layers.Linear
+	Q, K, V, O *layers.Linear
+	// QKV runs Q, K and V as one product (nil: three).
+	QKV                     *layers.Fused
 	Heads, KVHeads, HeadDim int
 }
 
@@ -27,7 +29,13 @@ type KV func(k, v torch.Raw) (kAll, vAll torch.Raw)
 // projection (new, packed like h); h and mask stay the caller's.
 func (a *Attention) Forward(h torch.Raw, rot *Rotation, mask torch.Raw, kv KV, pack *Packing) torch.Raw {
 	nkv, hd := int64(a.KVHeads), int64(a.HeadDim)
-	qp, kp, vp := a.Q.ForwardRaw(h), a.K.ForwardRaw(h), a.V.ForwardRaw(h)
+	var qp, kp, vp torch.Raw
+	if a.QKV != nil {
+		p := a.QKV.ForwardRaw(h)
+		qp, kp, vp = p[0], p[1], p[2]
+	} else {
+		qp, kp, vp = a.Q.ForwardRaw(h), a.K.ForwardRaw(h), a.V.ForwardRaw(h)
+	}
 	if pack != nil {
 		qu, ku, vu := pack.unpack(qp), pack.unpack(kp), pack.unpack(vp)
 		torch.FreeRaw(qp, kp, vp)

@@ -170,20 +170,38 @@ func rotateHalfMatrix(heads, hd int) *ts.Tensor {
 
 // TestRopeKernelMatchesComposed: the one-call kernel (torch.Rope) gives
 // exactly libtorch's composed ops, for a decode step's vector and a
-// prefill's rows.
+// prefill's rows, contiguous or a column block of a joined product's
+// output (wide > 0: x is columns 192… of a [..., wide] tensor).
 func TestRopeKernelMatchesComposed(t *testing.T) {
 	m := NewRope(Config{NumAttentionHeads: 9, NumKeyValueHeads: 3, HeadDim: 64, RopeTheta: 100000}, gotch.Float, gotch.CPU)
 	for _, c := range []struct {
 		pos   [][]int64
 		shape []int64
-	}{{[][]int64{{300}}, []int64{576}}, {[][]int64{{5}, {77}, {1}}, []int64{3, 1, 576}}, {[][]int64{make([]int64, 214)}, []int64{1, 214, 576}}} {
-		for i := range c.pos[0] {
-			if len(c.pos[0]) > 1 {
-				c.pos[0][i] = int64(i)
+		wide  int64
+	}{
+		{[][]int64{{300}}, []int64{576}, 0},
+		{[][]int64{{5}, {77}, {1}}, []int64{3, 1, 576}, 0},
+		{[][]int64{make([]int64, 214)}, []int64{1, 214, 576}, 0},
+		{[][]int64{{300}}, []int64{576}, 960},
+		{[][]int64{{5}, {77}, {1}}, []int64{3, 1, 576}, 960},
+		{[][]int64{make([]int64, 214), make([]int64, 214)}, []int64{2, 214, 576}, 960},
+	} {
+		for _, row := range c.pos {
+			for i := range row {
+				if len(row) > 1 {
+					row[i] = int64(i)
+				}
 			}
 		}
 		cos, sin := m.Tables(c.pos, 9)
 		x := randTensor(5, c.shape...)
+		if c.wide > 0 {
+			shape := append(append([]int64(nil), c.shape[:len(c.shape)-1]...), c.wide)
+			x = randTensor(5, shape...).MustNarrow(-1, 192, 576, true)
+			if len(c.shape) > 1 && x.MustIsContiguous() {
+				t.Fatalf("%v: the column block is contiguous", c.shape)
+			}
+		}
 		var got, want []float32
 		err := torch.Run("rope", false, func() error {
 			xr, cr, sr := torch.Borrow(x), torch.Borrow(cos), torch.Borrow(sin)
@@ -198,7 +216,21 @@ func TestRopeKernelMatchesComposed(t *testing.T) {
 			t.Fatal(err)
 		}
 		if d := maxAbsDiff(got, want); d != 0 {
-			t.Errorf("%v: kernel and composed ops differ by %g", c.shape, d)
+			t.Errorf("%v (wide %d): kernel and composed ops differ by %g", c.shape, c.wide, d)
 		}
+	}
+	// Rows that are not evenly spaced (a transposed tensor) are left to
+	// the composed ops.
+	cos, sin := m.Tables([][]int64{{0, 1}}, 9)
+	x := randTensor(5, 576, 2).MustT(true).MustUnsqueeze(0, true)
+	err := torch.Run("rope", false, func() error {
+		_, ok, err := torch.Rope(torch.Borrow(x), torch.Borrow(cos), torch.Borrow(sin), 64)
+		if err != nil || ok {
+			t.Errorf("transposed rows: kernel ok %v, error %v; want it declined", ok, err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }

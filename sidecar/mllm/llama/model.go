@@ -52,6 +52,8 @@ func New(p *layers.Params, c Config, prefix, head string, tie bool) *Model {
 			Up:   p.Linear(lp+"mlp.up_proj", c.HiddenSize, c.IntermediateSize, c.MLPBias),
 			Down: p.Linear(lp+"mlp.down_proj", c.IntermediateSize, c.HiddenSize, c.MLPBias),
 		}
+		l.Attn.QKV = p.Fuse(l.Attn.Q, l.Attn.K, l.Attn.V)
+		l.MLP.GateUp = p.Fuse(l.MLP.Gate, l.MLP.Up)
 		p.RMSNorm(&l.InNorm, lp+"input_layernorm.weight", c.HiddenSize, c.RMSNormEps)
 		p.RMSNorm(&l.PostNorm, lp+"post_attention_layernorm.weight", c.HiddenSize, c.RMSNormEps)
 	}

@@ -34,7 +34,9 @@ type Config struct {
 // Attention is SigLIP's multi-head self-attention (no mask).
 type Attention struct {
 	Q, K, V, Out *layers.Linear
-	Heads        int
+	// QKV runs Q, K and V as one product (nil: three).
+	QKV   *layers.Fused
+	Heads int
 }
 
 // attentionChunk is how many queries AttendChunked takes at a time: 256
@@ -51,14 +53,19 @@ func (a *Attention) Forward(h *ts.Tensor) *ts.Tensor {
 	n, np, d := sz[0], sz[1], sz[2]
 	heads := int64(a.Heads)
 	hd := d / heads
-	split := func(l *layers.Linear) torch.Raw {
-		p := l.ForwardRaw(hr)
+	var ps []torch.Raw
+	if a.QKV != nil {
+		ps = a.QKV.ForwardRaw(hr)
+	} else {
+		ps = []torch.Raw{a.Q.ForwardRaw(hr), a.K.ForwardRaw(hr), a.V.ForwardRaw(hr)}
+	}
+	split := func(p torch.Raw) torch.Raw {
 		p4 := p.View(n, np, heads, hd)
 		t := p4.Transpose(1, 2)
 		torch.FreeRaw(p, p4)
 		return t
 	}
-	q, k, v := split(a.Q), split(a.K), split(a.V)
+	q, k, v := split(ps[0]), split(ps[1]), split(ps[2])
 	o := layers.AttendChunked(q, k, v, 1/math.Sqrt(float64(hd)), attentionChunk)
 	torch.FreeRaw(q, k, v)
 	ot := o.Transpose(1, 2)
@@ -145,6 +152,7 @@ func New(p *layers.Params, c Config, prefix string) *Encoder {
 		l.Attn.V = p.Linear(lp+"self_attn.v_proj", d, d, true)
 		l.Attn.Q = p.Linear(lp+"self_attn.q_proj", d, d, true)
 		l.Attn.Out = p.Linear(lp+"self_attn.out_proj", d, d, true)
+		l.Attn.QKV = p.Fuse(l.Attn.Q, l.Attn.K, l.Attn.V)
 		l.Attn.Heads = c.NumAttentionHeads
 		p.LayerNorm(&l.LN1, lp+"layer_norm1", d, c.LayerNormEps)
 		l.MLP = MLP{
