@@ -98,29 +98,38 @@ rowsFn<WT> forRows(int M) {
   return nullptr;
 }
 
-// run computes y for each group of up to 4 rows of x. W's rows go out in
-// chunks of about 64 KB of f32 weights (enough work to amortise taking
-// one, small enough to balance) that libtorch's threads take in turn from
-// a shared counter: a static split into one half per thread left the
-// first thread done waiting whenever the other had been held up (woken
-// late, preempted by another thread of the process: a 256M decode step
-// went from 32–34 / 37–41 ms to 29–31 / 36–37 ms for one / three
-// sequences, BenchmarkDecode256M and BenchmarkDecodeBatch3256M alternating).
+// run computes y for each group of up to 4 rows of x. libtorch's threads
+// take W's rows in turn from a shared counter, guided: each takes a
+// share of what is left (a quarter of it between two threads), at least
+// about 64 KB of f32 weights. A static split into one half per thread
+// left the first thread done waiting whenever the other had been held
+// up (woken late, preempted by another thread of the process: a 256M
+// decode step went from 32–34 / 37–41 ms to 29–31 / 36–37 ms for one /
+// three sequences with fixed 64 KB chunks); fixed chunks, though, break
+// each thread's sequential stream every 64 KB, which the hardware
+// prefetcher follows worse (a whole 256M step's products, three rows,
+// measured standalone: 19.2–20.1 ms with fixed 64 KB chunks, 17.4–17.7
+// guided, 17.6–17.9 with fixed 256 KB ones, whose last chunks balance
+// worse on the small matrices).
 template <typename WT>
 void run(const float *X, const WT *W, const float *B, float *Y, int64_t M, int64_t K, int64_t N) {
-  const int64_t grain = std::max<int64_t>(1, 16384 / K);
-  const int64_t chunks = (N + grain - 1) / grain;
+  const int64_t minRows = std::max<int64_t>(1, 16384 / K);
+  const int64_t workers = std::min<int64_t>(at::get_num_threads(), (N + minRows - 1) / minRows);
   for (int64_t m0 = 0; m0 < M; m0 += 4) {
     const int rm = static_cast<int>(std::min<int64_t>(4, M - m0));
     rowsFn<WT> f = forRows<WT>(rm);
     const float *Xm = X + m0 * K;
     float *Ym = Y + m0 * N;
     std::atomic<int64_t> next{0};
-    const int64_t workers = std::min<int64_t>(at::get_num_threads(), chunks);
     at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
-      for (int64_t c; (c = next.fetch_add(1, std::memory_order_relaxed)) < chunks;) {
-        const int64_t n0 = c * grain;
-        f(Xm, W, B, Ym, K, N, n0, std::min(N, n0 + grain));
+      int64_t n0 = next.load(std::memory_order_relaxed), n1;
+      for (;;) {
+        do {
+          if (n0 >= N) return;
+          n1 = std::min(N, n0 + std::max(minRows, (N - n0) / (2 * workers)));
+        } while (!next.compare_exchange_weak(n0, n1, std::memory_order_relaxed));
+        f(Xm, W, B, Ym, K, N, n0, n1);
+        n0 = next.load(std::memory_order_relaxed);
       }
     });
   }

@@ -50,6 +50,38 @@ func TestRowsLinearMatchesLinear(t *testing.T) {
 	}
 }
 
+// TestRowsLinearManyChunks compares the kernel with libtorch's linear on
+// weights the threads share out in many guided chunks (output widths that
+// the chunk sizes do not divide), on every core: each output must be
+// computed once, from its own row of W.
+func TestRowsLinearManyChunks(t *testing.T) {
+	if !kernelsOK {
+		t.Skip("this CPU has no AVX2/FMA: RowsLinear always defers to libtorch")
+	}
+	if err := SetThreads(0); err != nil {
+		t.Fatal(err)
+	}
+	ManualSeed(3)
+	for _, m := range []int64{1, 3} {
+		for _, nk := range [][2]int64{{4099, 576}, {1001, 64}, {30, 16384}} {
+			n, k := nk[0], nk[1]
+			x := ts.MustRandn([]int64{m, k}, gotch.Float, gotch.CPU)
+			w := ts.MustRandn([]int64{n, k}, gotch.Float, gotch.CPU)
+			got, err := RowsLinear(x, w, nil)
+			if err != nil || got == nil {
+				t.Fatalf("m %d n %d k %d: RowsLinear = %v, %v; want a tensor", m, n, k, got, err)
+			}
+			want := ts.MustLinear(x, w, ts.None)
+			diff := got.MustSub(want, false).MustAbs(true).MustMax(true).Float64Values()[0]
+			scale := want.MustAbs(false).MustMax(true).Float64Values()[0]
+			if diff > 1e-5*(1+scale) {
+				t.Errorf("m %d n %d k %d: max |RowsLinear - linear| = %g (max |y| %g)", m, n, k, diff, scale)
+			}
+			Drop(x, w, got, want)
+		}
+	}
+}
+
 // TestRowsLinearBF16Weights checks the kernel on bf16 weights under f32
 // inputs against libtorch's linear on the same weights widened to f32
 // (exact), so only the summation order differs.
@@ -121,5 +153,31 @@ func benchLinear(b *testing.B, rows bool) {
 			y = ts.MustLinear(x, w, ts.None)
 		}
 		y.MustDrop()
+	}
+}
+
+// BenchmarkRowsLinearStream times the kernel on weights far larger than
+// the caches (49152×576 f32, an LM head's size: 113 MB) for one and three
+// rows, in GB/s of weights read: how close a decode step's products come
+// to the memory's bandwidth.
+func BenchmarkRowsLinearStream(b *testing.B) {
+	if err := SetThreads(0); err != nil {
+		b.Fatal(err)
+	}
+	w := ts.MustRandn([]int64{49152, 576}, gotch.Float, gotch.CPU)
+	defer w.MustDrop()
+	for _, m := range []int64{1, 3} {
+		b.Run(fmt.Sprintf("rows=%d", m), func(b *testing.B) {
+			x := ts.MustRandn([]int64{m, 576}, gotch.Float, gotch.CPU)
+			defer x.MustDrop()
+			b.SetBytes(49152 * 576 * 4)
+			for i := 0; i < b.N; i++ {
+				y, err := RowsLinear(x, w, nil)
+				if err != nil || y == nil {
+					b.Fatal(err)
+				}
+				y.MustDrop()
+			}
+		})
 	}
 }
