@@ -11,7 +11,7 @@ import (
 // reads key/value head h / (heads/kvHeads)) with rotary positions.
 type Attention struct {
 	Q, K, V, O *layers.Linear
-	// QKV runs Q, K and V as one product (nil: three).
+	// QKV is Q, K and V declared as one product (layers.Fused).
 	QKV                     *layers.Fused
 	Heads, KVHeads, HeadDim int
 }
@@ -29,13 +29,8 @@ type KV func(k, v torch.Raw) (kAll, vAll torch.Raw)
 // projection (new, packed like h); h and mask stay the caller's.
 func (a *Attention) Forward(h torch.Raw, rot *Rotation, mask torch.Raw, kv KV, pack *Packing) torch.Raw {
 	nkv, hd := int64(a.KVHeads), int64(a.HeadDim)
-	var qp, kp, vp torch.Raw
-	if a.QKV != nil {
-		p := a.QKV.ForwardRaw(h)
-		qp, kp, vp = p[0], p[1], p[2]
-	} else {
-		qp, kp, vp = a.Q.ForwardRaw(h), a.K.ForwardRaw(h), a.V.ForwardRaw(h)
-	}
+	p := a.QKV.ForwardRaw(h)
+	qp, kp, vp := p[0], p[1], p[2]
 	if pack != nil {
 		qu, ku, vu := pack.unpack(qp), pack.unpack(kp), pack.unpack(vp)
 		torch.FreeRaw(qp, kp, vp)

@@ -8,19 +8,14 @@ import (
 // MLP is Llama's SwiGLU feed-forward block: Down(silu(Gate·x) ⊙ Up·x).
 type MLP struct {
 	Gate, Up, Down *layers.Linear
-	// GateUp runs Gate and Up as one product (nil: two).
+	// GateUp is Gate and Up declared as one product (layers.Fused).
 	GateUp *layers.Fused
 }
 
 // Forward applies the block to h (which stays the caller's).
 func (m *MLP) Forward(h torch.Raw) torch.Raw {
-	var gate, up torch.Raw
-	if m.GateUp != nil {
-		p := m.GateUp.ForwardRaw(h)
-		gate, up = p[0], p[1]
-	} else {
-		gate, up = m.Gate.ForwardRaw(h), m.Up.ForwardRaw(h)
-	}
+	p := m.GateUp.ForwardRaw(h)
+	gate, up := p[0], p[1]
 	act := gate.Silu()
 	g := act.Mul(up)
 	torch.FreeRaw(up, gate, act)

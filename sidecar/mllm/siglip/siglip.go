@@ -34,7 +34,7 @@ type Config struct {
 // Attention is SigLIP's multi-head self-attention (no mask).
 type Attention struct {
 	Q, K, V, Out *layers.Linear
-	// QKV runs Q, K and V as one product (nil: three).
+	// QKV is Q, K and V declared as one product (layers.Fused).
 	QKV   *layers.Fused
 	Heads int
 }
@@ -53,12 +53,7 @@ func (a *Attention) Forward(h *ts.Tensor) *ts.Tensor {
 	n, np, d := sz[0], sz[1], sz[2]
 	heads := int64(a.Heads)
 	hd := d / heads
-	var ps []torch.Raw
-	if a.QKV != nil {
-		ps = a.QKV.ForwardRaw(hr)
-	} else {
-		ps = []torch.Raw{a.Q.ForwardRaw(hr), a.K.ForwardRaw(hr), a.V.ForwardRaw(hr)}
-	}
+	ps := a.QKV.ForwardRaw(hr)
 	split := func(p torch.Raw) torch.Raw {
 		p4 := p.View(n, np, heads, hd)
 		t := p4.Transpose(1, 2)
