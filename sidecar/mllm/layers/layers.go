@@ -1,5 +1,6 @@
 // Package layers holds the building blocks the model families of
-// sidecar/mllm share: the Linear layer (with its adapter hook), LayerNorm,
+// sidecar/mllm share: the Linear layer (with its adapter hook), Fused
+// (Linear layers that read one input run as one product), LayerNorm,
 // RMSNorm, scaled dot-product attention, and Params, the list of
 // checkpoint tensors a model's modules declare when they are built.
 //
