@@ -13,8 +13,8 @@ import (
 // use, its inputs unpacked with zeros in the padding slots (which the mask
 // hides) and its output packed again.
 type Packing struct {
-	idx      torch.Raw // int64 [N]: slot b·Tq+t of each valid token
-	b, tq, n int64
+	idx   torch.Raw // int64 [N]: slot b·Tq+t of each valid token
+	b, tq int64
 }
 
 // newPacking returns the packing of valid [B][Tq], or nil when every slot
@@ -35,7 +35,7 @@ func newPacking(valid [][]bool, m *Model) *Packing {
 	if len(idx) == b*tq || len(idx) == 0 {
 		return nil
 	}
-	return &Packing{idx: torch.Int64s(idx, m.Device), b: int64(b), tq: int64(tq), n: int64(len(idx))}
+	return &Packing{idx: torch.Int64s(idx, m.Device), b: int64(b), tq: int64(tq)}
 }
 
 // pack returns the valid rows of x [B, Tq, C] as [N, C]; x stays the

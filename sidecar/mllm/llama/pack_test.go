@@ -1,25 +1,41 @@
 package llama
 
 import (
+	"path/filepath"
 	"testing"
 
 	"github.com/sugarme/gotch"
 
 	"github.com/m3gate/m3gate/sidecar/mllm/kvcache"
 	"github.com/m3gate/m3gate/sidecar/mllm/layers"
+	"github.com/m3gate/m3gate/sidecar/tensorio"
 	"github.com/m3gate/m3gate/sidecar/torch"
 )
 
 // tinyModel is a two-layer Llama with random weights (grouped-query
-// attention: 4 query heads over 2 KV heads).
+// attention: 4 query heads over 2 KV heads), loaded from a checkpoint as
+// the model families load theirs, so its projections are joined
+// (layers.Fused).
 func tinyModel(t *testing.T) *Model {
 	t.Helper()
 	c := Config{VocabSize: 50, HiddenSize: 64, IntermediateSize: 96, NumHiddenLayers: 2,
 		NumAttentionHeads: 4, NumKeyValueHeads: 2, HeadDim: 16, RMSNormEps: 1e-5, RopeTheta: 10000, MaxPositionEmbeddings: 128}
 	p := layers.NewParams()
 	m := New(p, c, "model.", "lm_head", false)
-	for _, q := range p.List {
-		*q.Dst = layers.RandomTensor(q, 7)
+	path := filepath.Join(t.TempDir(), "model.safetensors")
+	if err := layers.WriteRandom(path, p.List, 7, gotch.Float); err != nil {
+		t.Fatal(err)
+	}
+	ck, err := tensorio.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ck.Close()
+	if err := p.Load(ck, gotch.CPU, func(layers.Param, tensorio.Info) gotch.DType { return gotch.Float }); err != nil {
+		t.Fatal(err)
+	}
+	if !m.Layers[0].Attn.QKV.Joined() || !m.Layers[0].MLP.GateUp.Joined() {
+		t.Fatal("the loaded projections are not joined")
 	}
 	m.Bind(gotch.Float, gotch.CPU)
 	t.Cleanup(p.Drop)

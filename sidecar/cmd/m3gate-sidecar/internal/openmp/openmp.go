@@ -20,6 +20,7 @@ package openmp
 
 import (
 	"os"
+	"strings"
 	"syscall"
 )
 
@@ -32,10 +33,8 @@ const SpinCount = "1000"
 // OpenMP workers wait (OMP_WAIT_POLICY or GOMP_SPINCOUNT).
 func Env(environ []string) ([]string, bool) {
 	for _, kv := range environ {
-		for _, key := range []string{"OMP_WAIT_POLICY=", "GOMP_SPINCOUNT="} {
-			if len(kv) >= len(key) && kv[:len(key)] == key {
-				return environ, false
-			}
+		if strings.HasPrefix(kv, "OMP_WAIT_POLICY=") || strings.HasPrefix(kv, "GOMP_SPINCOUNT=") {
+			return environ, false
 		}
 	}
 	return append(append([]string(nil), environ...), "GOMP_SPINCOUNT="+SpinCount), true
