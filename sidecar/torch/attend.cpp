@@ -6,143 +6,17 @@
 // KV head) pair once on libtorch's OpenMP threads.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <immintrin.h>
 
-#include <algorithm>
-#include <cmath>
 #include <exception>
 #include <vector>
 
 #include "attend.h"
+#include "heads.h"
 #include "kernel.h"
 
 namespace {
 
 constexpr int64_t kMaxQueries = 64;
-
-// softmaxRows turns each of the R rows of T scores into probabilities.
-void softmaxRows(float *scores, int64_t R, int64_t T) {
-  for (int64_t r = 0; r < R; r++) {
-    float *sr = scores + r * T;
-    float mx = -INFINITY;
-    for (int64_t t = 0; t < T; t++) mx = std::max(mx, sr[t]);
-    float sum = 0;
-    for (int64_t t = 0; t < T; t++) {
-      sr[t] = std::exp(sr[t] - mx);
-      sum += sr[t];
-    }
-    for (int64_t t = 0; t < T; t++) sr[t] /= sum;
-  }
-}
-
-// headScalar computes the R query rows of one (batch, KV head) pair: q
-// and o are [R, hd] contiguous, k and v [T, hd] with row stride ks and
-// vs, mask [R, T] contiguous or null; scores holds R·T floats. It serves
-// head dimensions that are not a multiple of 8.
-void headScalar(const float *q, const float *k, int64_t ks, const float *v, int64_t vs, const float *mask, float *o,
-                int64_t R, int64_t T, int64_t hd, float scale, float *scores) {
-  for (int64_t r = 0; r < R; r++) {
-    const float *qr = q + r * hd;
-    for (int64_t t = 0; t < T; t++) {
-      const float *kt = k + t * ks;
-      float s = 0;
-      for (int64_t d = 0; d < hd; d++) s += qr[d] * kt[d];
-      s *= scale;
-      if (mask) s += mask[r * T + t];
-      scores[r * T + t] = s;
-    }
-  }
-  softmaxRows(scores, R, T);
-  for (int64_t r = 0; r < R; r++) {
-    const float *sr = scores + r * T;
-    float *or_ = o + r * hd;
-    std::fill(or_, or_ + hd, 0.f);
-    for (int64_t t = 0; t < T; t++) {
-      const float *vt = v + t * vs;
-      for (int64_t d = 0; d < hd; d++) or_[d] += sr[t] * vt[d];
-    }
-  }
-}
-
-__attribute__((target("avx2,fma"))) inline float hsum8(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-  return _mm_cvtss_f32(s);
-}
-
-// scores8 writes the scaled, masked scores of query rows r0..r0+N of q
-// against every key: each key row is loaded once for the N rows, whose
-// dot products run as independent 8-wide chains (a scalar dot product is
-// one chain of hd dependent multiply-adds per key).
-template <int N>
-__attribute__((target("avx2,fma"))) void scores8(const float *q, const float *k, int64_t ks, const float *mask,
-                                                 int64_t r0, int64_t T, int64_t hd, float scale, float *scores) {
-  for (int64_t t = 0; t < T; t++) {
-    const float *kt = k + t * ks;
-    __m256 acc[N];
-    for (int i = 0; i < N; i++) acc[i] = _mm256_setzero_ps();
-    for (int64_t d = 0; d < hd; d += 8) {
-      const __m256 kv = _mm256_loadu_ps(kt + d);
-      for (int i = 0; i < N; i++) acc[i] = _mm256_fmadd_ps(_mm256_loadu_ps(q + (r0 + i) * hd + d), kv, acc[i]);
-    }
-    for (int i = 0; i < N; i++) {
-      float s = hsum8(acc[i]) * scale;
-      if (mask) s += mask[(r0 + i) * T + t];
-      scores[(r0 + i) * T + t] = s;
-    }
-  }
-}
-
-// values8 adds Σ_t p[t]·v[t, d0..d0+8·NV) into o[d0..): NV 8-wide
-// accumulators held in registers over the keys.
-template <int NV>
-__attribute__((target("avx2,fma"))) void values8(const float *p, const float *v, int64_t vs, int64_t T, int64_t d0,
-                                                 float *o) {
-  __m256 acc[NV];
-  for (int j = 0; j < NV; j++) acc[j] = _mm256_setzero_ps();
-  for (int64_t t = 0; t < T; t++) {
-    const __m256 pt = _mm256_set1_ps(p[t]);
-    const float *vt = v + t * vs + d0;
-    for (int j = 0; j < NV; j++) acc[j] = _mm256_fmadd_ps(pt, _mm256_loadu_ps(vt + 8 * j), acc[j]);
-  }
-  for (int j = 0; j < NV; j++) _mm256_storeu_ps(o + d0 + 8 * j, acc[j]);
-}
-
-// head is headScalar with AVX2 for hd a multiple of 8: the scores of up
-// to four rows per pass over the keys, then each row's weighted sum of
-// the values, 64 dimensions at a time.
-__attribute__((target("avx2,fma"))) void head(const float *q, const float *k, int64_t ks, const float *v, int64_t vs,
-                                              const float *mask, float *o, int64_t R, int64_t T, int64_t hd,
-                                              float scale, float *scores) {
-  if (hd % 8 != 0) {
-    headScalar(q, k, ks, v, vs, mask, o, R, T, hd, scale, scores);
-    return;
-  }
-  int64_t r0 = 0;
-  for (; r0 + 4 <= R; r0 += 4) scores8<4>(q, k, ks, mask, r0, T, hd, scale, scores);
-  switch (R - r0) {
-    case 3: scores8<3>(q, k, ks, mask, r0, T, hd, scale, scores); break;
-    case 2: scores8<2>(q, k, ks, mask, r0, T, hd, scale, scores); break;
-    case 1: scores8<1>(q, k, ks, mask, r0, T, hd, scale, scores); break;
-  }
-  softmaxRows(scores, R, T);
-  for (int64_t r = 0; r < R; r++) {
-    const float *sr = scores + r * T;
-    float *or_ = o + r * hd;
-    int64_t d0 = 0;
-    for (; d0 + 64 <= hd; d0 += 64) values8<8>(sr, v, vs, T, d0, or_);
-    switch ((hd - d0) / 8) {
-      case 7: values8<7>(sr, v, vs, T, d0, or_); break;
-      case 6: values8<6>(sr, v, vs, T, d0, or_); break;
-      case 5: values8<5>(sr, v, vs, T, d0, or_); break;
-      case 4: values8<4>(sr, v, vs, T, d0, or_); break;
-      case 3: values8<3>(sr, v, vs, T, d0, or_); break;
-      case 2: values8<2>(sr, v, vs, T, d0, or_); break;
-      case 1: values8<1>(sr, v, vs, T, d0, or_); break;
-    }
-  }
-}
 
 }  // namespace
 

@@ -16,6 +16,7 @@
 
 #include "kernel.h"
 #include "norm.h"
+#include "rowops.h"
 
 namespace {
 
@@ -62,21 +63,7 @@ int m3_rms_norm(void *xp, void *wp, double eps, void **out, char *err, int errle
     float *Y = y.data_ptr<float>();
     const float e = static_cast<float>(eps);
     at::parallel_for(0, rows, rowGrain, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; r++) {
-        const float *xr = X + r * D;
-        float *yr = Y + r * D;
-        float ss[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-        int64_t d = 0;
-        for (; d + 8 <= D; d += 8)
-          for (int j = 0; j < 8; j++) ss[j] += xr[d + j] * xr[d + j];
-        float s = ((ss[0] + ss[1]) + (ss[2] + ss[3])) + ((ss[4] + ss[5]) + (ss[6] + ss[7]));
-        for (; d < D; d++) s += xr[d] * xr[d];
-        const float v = 1.0f / std::sqrt(s * (1.0f / static_cast<float>(D)) + e);
-        for (d = 0; d < D; d++) {
-          const float h = xr[d] * v;
-          yr[d] = h * W[d];
-        }
-      }
+      for (int64_t r = r0; r < r1; r++) rmsRow(X + r * D, W, Y + r * D, D, e);
     });
     *out = new at::Tensor(y);
     return 0;
@@ -95,22 +82,12 @@ int m3_rope(void *xp, void *cp, void *sp, long hd, void **out, char *err, int er
     if (c.sizes() != x.sizes() || s.sizes() != x.sizes() || x.dim() < 1 || x.size(-1) % hd != 0) return 1;
     const int64_t rs = rowStride(x);
     if (rs == 0 || x.numel() == 0) return 1;
-    const int64_t D = x.size(-1), rows = x.numel() / D, half = hd / 2;
+    const int64_t D = x.size(-1), rows = x.numel() / D;
     at::Tensor y = at::empty(x.sizes(), x.options());
     const float *X = x.data_ptr<float>(), *C = c.data_ptr<float>(), *S = s.data_ptr<float>();
     float *Y = y.data_ptr<float>();
     at::parallel_for(0, rows, rowGrain, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; r++) {
-        const float *xr = X + r * rs;
-        for (int64_t i = r * D, e = i + D; i < e; i += hd, xr += hd) {
-          for (int64_t j = 0; j < hd; j++) {
-            const float rot = j < half ? -xr[j + half] : xr[j - half];
-            const float a = xr[j] * C[i + j];
-            const float b = rot * S[i + j];
-            Y[i + j] = a + b;
-          }
-        }
-      }
+      for (int64_t r = r0; r < r1; r++) ropeRow(X + r * rs, C + r * D, S + r * D, Y + r * D, D, hd);
     });
     *out = new at::Tensor(y);
     return 0;

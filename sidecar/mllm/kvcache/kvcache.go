@@ -110,8 +110,8 @@ func (c *Cache) Reserve(next *Cache, tq int, spec Spec) {
 }
 
 // Put writes layer l's new keys and values k, v [B, nKV, tq, hd] after
-// the past slots of next (readied by Reserve) and returns all its keys
-// and values, past and new: views that next owns (do not free them).
+// the past ones in next's buffers (after Reserve) and returns next's
+// K[l], V[l] (see Wrote).
 func (next *Cache) Put(l int, k, v torch.Raw) (kAll, vAll torch.Raw) {
 	st := next.st
 	n := int64(next.Len())
@@ -121,6 +121,23 @@ func (next *Cache) Put(l int, k, v torch.Raw) (kAll, vAll torch.Raw) {
 		dst.CopyFrom(p[1])
 		dst.Free()
 	}
+	return next.Wrote(l)
+}
+
+// Buffers returns layer l's key and value buffers [B, nKV, cap, hd] of
+// next (after Reserve), which stay the cache's, and the number of slots n
+// that next holds: a caller that writes the new tokens' keys and values
+// itself puts them in the slots before n and then calls Wrote.
+func (next *Cache) Buffers(l int) (k, v torch.Raw, n int64) {
+	return next.st.k[l], next.st.v[l], int64(next.Len())
+}
+
+// Wrote records that layer l's new keys and values are in next's buffers
+// and returns next's K[l], V[l] [B, nKV, T, hd]: views of the buffers'
+// first T slots, owned by next.
+func (next *Cache) Wrote(l int) (kAll, vAll torch.Raw) {
+	st := next.st
+	n := int64(next.Len())
 	next.K[l] = st.k[l].Narrow(2, 0, n)
 	next.V[l] = st.v[l].Narrow(2, 0, n)
 	return next.K[l], next.V[l]

@@ -31,6 +31,21 @@ func (p *Params) Fuse(parts ...*Linear) *Fused {
 // Joined reports whether the parts run as one product.
 func (f *Fused) Joined() bool { return f.w != nil }
 
+// Plain returns the joined weight and bias (nil without one) when the
+// parts run as one product with no adapter on any of them; ok is false
+// otherwise. The tensors stay f's.
+func (f *Fused) Plain() (w, b *ts.Tensor, ok bool) {
+	if f.w == nil {
+		return nil, nil, false
+	}
+	for _, l := range f.Parts {
+		if l.Delta != nil {
+			return nil, nil, false
+		}
+	}
+	return f.w, f.b, true
+}
+
 // ForwardRaw returns each part's output for x, as the parts' own
 // ForwardRaw would (adapters included); x stays the caller's. The outputs
 // of a joined Fused without adapters are column blocks of one result:

@@ -161,6 +161,8 @@ func (m *Model) Forward(x *ts.Tensor, valid [][]bool, cache *kvcache.Cache) (*ts
 	} else {
 		next.K, next.V = make([]torch.Raw, len(m.Layers)), make([]torch.Raw, len(m.Layers))
 	}
+	// A decode step runs each layer as one call (decodeStep) where it can.
+	fast := inPlace && tq == 1 && pack == nil && !noDecodeStep
 	for li := range m.Layers {
 		kv := func(k, v torch.Raw) (torch.Raw, torch.Raw) {
 			if inPlace {
@@ -172,6 +174,12 @@ func (m *Model) Forward(x *ts.Tensor, valid [][]bool, cache *kvcache.Cache) (*ts
 			}
 			next.K[li], next.V[li] = kAll, vAll
 			return kAll, vAll
+		}
+		if fast {
+			if y, ok := m.Layers[li].decodeStep(xr, rot, mr, next, li); ok {
+				xr = y
+				continue
+			}
 		}
 		xr = m.Layers[li].Forward(xr, rot, mr, kv, pack)
 	}
@@ -194,6 +202,10 @@ func (m *Model) Forward(x *ts.Tensor, valid [][]bool, cache *kvcache.Cache) (*ts
 // noPacking turns packing off, for tests that compare the packed and the
 // padded layouts.
 var noPacking bool
+
+// noDecodeStep runs decode steps through the layers' ops, for tests that
+// compare them with decodeStep.
+var noDecodeStep bool
 
 // mask is the additive attention mask [B, 1, nrep·Tq, past+Tq] of the
 // cache next after tq new tokens: a key is visible when valid and not
