@@ -102,3 +102,48 @@ func abs32(x float32) float32 {
 	}
 	return x
 }
+
+// BenchmarkAttendFew times a decode step's attention for three sequences
+// (SmolVLM-256M: 3 KV heads of 64, 3 query heads each) over 250 cached
+// slots, cycling through 60 layers' caches (55 MB, more than the
+// last-level cache, as a decode step's weight stream leaves it): the
+// reported time is one layer's.
+func BenchmarkAttendFew(b *testing.B) {
+	if !kernelsOK {
+		b.Skip("this CPU has no AVX2/FMA")
+	}
+	if err := SetThreads(0); err != nil {
+		b.Fatal(err)
+	}
+	const layers, B, H, R, hd, T, capacity = 60, 3, 3, 3, 64, 250, 400
+	var q [layers]*ts.Tensor
+	var kb, vb [layers]*ts.Tensor
+	var k, v [layers]Raw
+	for l := range q {
+		q[l] = ts.MustRandn([]int64{B, H, R, hd}, gotch.Float, gotch.CPU)
+		kb[l] = ts.MustRandn([]int64{B, H, capacity, hd}, gotch.Float, gotch.CPU)
+		vb[l] = ts.MustRandn([]int64{B, H, capacity, hd}, gotch.Float, gotch.CPU)
+		k[l], v[l] = Borrow(kb[l]).Narrow(2, 0, T), Borrow(vb[l]).Narrow(2, 0, T)
+	}
+	defer func() {
+		for l := range q {
+			Drop(q[l], kb[l], vb[l])
+			FreeRaw(k[l], v[l])
+		}
+	}()
+	err := Run("bench", false, func() error {
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			l := i % layers
+			o, ok, err := AttendFew(Borrow(q[l]), k[l], v[l], Raw{}, 0.125)
+			if err != nil || !ok {
+				b.Fatal(ok, err)
+			}
+			o.Free()
+		}
+		return nil
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+}

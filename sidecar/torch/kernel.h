@@ -3,6 +3,8 @@
 #ifndef M3GATE_TORCH_KERNEL_H
 #define M3GATE_TORCH_KERNEL_H
 #include <ATen/ATen.h>
+#include <dlfcn.h>
+#include <immintrin.h>
 
 #include <cstring>
 
@@ -18,5 +20,15 @@ inline void m3CopyErr(const char *msg, char *err, int errlen) {
   if (errlen <= 0) return;
   std::strncpy(err, msg, errlen - 1);
   err[errlen - 1] = 0;
+}
+// M3Exp8 is an 8-wide exponential.
+using M3Exp8 = __m256 (*)(__m256);
+
+// m3SleefExp is SLEEF's AVX2 exponential (the one libtorch's vectorised
+// ops call, from the library its CPU build loads), found once, or null
+// when the process has none.
+inline M3Exp8 m3SleefExp() {
+  static const M3Exp8 f = reinterpret_cast<M3Exp8>(dlsym(RTLD_DEFAULT, "Sleef_expf8_u10avx2"));
+  return f;
 }
 #endif

@@ -14,7 +14,6 @@
 // for bit (up to the SiLU's exponential without SLEEF).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <dlfcn.h>
 #include <immintrin.h>
 
 #include <cmath>
@@ -57,22 +56,13 @@ bool vec(const at::Tensor *t, int64_t n, bool optional) {
   return m3IsF32CPU(*t) && t->is_contiguous() && t->numel() == n;
 }
 
-// expf8 is an 8-wide exponential: SLEEF's AVX2 one (libtorch's own
-// vectorised exp, whose library its CPU build loads) when the process
-// has it, found once; otherwise none.
-using expf8 = __m256 (*)(__m256);
-expf8 sleefExp() {
-  static const expf8 f = reinterpret_cast<expf8>(dlsym(RTLD_DEFAULT, "Sleef_expf8_u10avx2"));
-  return f;
-}
-
 // siluTimes writes silu(gate)·up for n values: with SLEEF's exponential
 // eight at a time as libtorch's vectorised SiLU computes it (x / (1 +
 // exp(-x)), so the results are libtorch's bit for bit), else with the C
 // library's.
 __attribute__((target("avx2,fma"))) void siluTimes(const float *gate, const float *up, float *out, int64_t n) {
   int64_t i = 0;
-  if (expf8 ex = sleefExp()) {
+  if (M3Exp8 ex = m3SleefExp()) {
     const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
     for (; i + 8 <= n; i += 8) {
       const __m256 x = _mm256_loadu_ps(gate + i);
@@ -90,7 +80,7 @@ __attribute__((target("avx2,fma"))) void siluTimes(const float *gate, const floa
 
 extern "C" {
 
-int m3_decode_layer_exact() { return sleefExp() != nullptr ? 1 : 0; }
+int m3_decode_layer_exact() { return m3SleefExp() != nullptr ? 1 : 0; }
 
 int m3_decode_layer(const m3_decoder *L, void *xp, void *kp, void *vp, long n, void *mp, void *cqp, void *sqp,
                     void *ckp, void *skp, void **out, char *err, int errlen) {
