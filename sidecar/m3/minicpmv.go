@@ -7,8 +7,10 @@ import (
 	"image"
 	"math"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/sugarme/gotch"
@@ -18,6 +20,7 @@ import (
 	"github.com/m3gate/m3gate/schemas/iqa"
 	"github.com/m3gate/m3gate/sidecar/imageproc"
 	"github.com/m3gate/m3gate/sidecar/lora"
+	"github.com/m3gate/m3gate/sidecar/mllm/kvcache"
 	"github.com/m3gate/m3gate/sidecar/mllm/minicpmv"
 	"github.com/m3gate/m3gate/sidecar/service"
 	"github.com/m3gate/m3gate/sidecar/torch"
@@ -320,6 +323,16 @@ func (e *miniCPMEngine) scoreAspect(ctx context.Context, img image.Image, genPro
 	t1 := time.Now()
 	r1 := p.RoundOneText(genPrompt)
 	desc := ""
+	// round 1's prompt (the image and the question), kept for round 2
+	var r1IDs []int64
+	var r1Out *minicpmv.Output
+	var r1Cache *kvcache.Cache
+	defer func() {
+		if r1Out != nil {
+			r1Out.Drop()
+			r1Cache.Free()
+		}
+	}()
 	if !skip {
 		ids, err := m.Tokenizer.EncodeParts(minicpmv.Render([]minicpmv.Message{{Role: "user", Content: r1}}, ph, true))
 		if err != nil {
@@ -329,9 +342,8 @@ func (e *miniCPMEngine) scoreAspect(ctx context.Context, img image.Image, genPro
 		if err != nil {
 			return res, err
 		}
+		r1IDs, r1Out, r1Cache = ids, out, cache
 		toks, err := m.Describe(ctx, cache, out.Last, minicpmv.DecodeOptions{MaxTokens: maxNew, NumBeams: e.opts.numBeams, RepetitionPenalty: e.opts.penalty})
-		out.Drop()
-		cache.Free()
 		if err != nil {
 			return res, err
 		}
@@ -349,7 +361,7 @@ func (e *miniCPMEngine) scoreAspect(ctx context.Context, img image.Image, genPro
 	if err != nil {
 		return res, err
 	}
-	out, cache, err := m.Prefill(ids, f)
+	out, cache, err := e.roundTwo(ids, f, r1IDs, r1Out, r1Cache)
 	if err != nil {
 		return res, err
 	}
@@ -416,6 +428,42 @@ func (e *miniCPMEngine) scoreAspect(ctx context.Context, img image.Image, genPro
 	res.Timings = map[string]time.Duration{"encode": encode, "describe": describe, "rate": rate, "predict": predict}
 	return res, nil
 }
+
+// roundTwo runs the three-message prompt ids: after round 1's cache when
+// round 1's prompt r1 starts it (the image and the question, most of an
+// 8B model's prompt, then run once per aspect instead of twice), else
+// whole. Its output holds the hidden states of every position of ids.
+func (e *miniCPMEngine) roundTwo(ids []int64, f *minicpmv.ImageFeatures, r1 []int64, r1Out *minicpmv.Output, r1Cache *kvcache.Cache) (*minicpmv.Output, *kvcache.Cache, error) {
+	m := e.model
+	if r1Out == nil || noRoundOneReuse || len(ids) <= len(r1) || !slices.Equal(ids[:len(r1)], r1) {
+		return m.Prefill(ids, f)
+	}
+	ext, cache, err := m.Extend(r1Cache, ids[len(r1):])
+	if err != nil {
+		return nil, nil, err
+	}
+	roundOneReused.Add(1)
+	out := &minicpmv.Output{Last: ext.Last}
+	err = torch.Run("round two", false, func() error {
+		out.Hidden = ts.MustCat([]*ts.Tensor{r1Out.Hidden, ext.Hidden}, 0)
+		return nil
+	})
+	ext.Hidden.MustDrop()
+	if err != nil {
+		ext.Last.MustDrop()
+		cache.Free()
+		return nil, nil, err
+	}
+	return out, cache, nil
+}
+
+// roundOneReused counts the round-2 prompts that continued round 1's
+// cache, for tests.
+var roundOneReused atomic.Int64
+
+// noRoundOneReuse makes round 2 prefill its whole prompt, for tests that
+// compare it with the reuse of round 1's cache.
+var noRoundOneReuse bool
 
 // decodeItem reads and decodes one item's image.
 func decodeItem(it schemas.ScoreItem, maxPixels int64) (image.Image, error) {

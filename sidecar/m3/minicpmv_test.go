@@ -216,3 +216,50 @@ func TestMiniCPMAdapterMergedEqualsUnmerged(t *testing.T) {
 		t.Errorf("description %q unmerged, %q merged", before.Description, after.Description)
 	}
 }
+
+// TestMiniCPMRoundTwoReusesRoundOne: round 2 continues round 1's cache
+// (the image and the question run once per aspect) and gives what
+// prefilling its whole prompt gives: the same word probabilities, the same
+// predictor MOS (which reads every position's hidden state) and the same
+// description, with an adapter and with greedy and beam decoding.
+func TestMiniCPMRoundTwoReusesRoundOne(t *testing.T) {
+	if testing.Short() {
+		t.Skip("scores twice with two engines; skipped with -short")
+	}
+	f := newMiniCPMFixture(t)
+	img := schemas.ScoreItem{Data: texturedPNG(t, 520, 400, 0), Prompt: "statue of a man"}
+	for _, beams := range []string{"1", "3"} {
+		e := loadMini(t, schemas.LoadRequest{ModelDir: f.model,
+			Adapters:   map[string]string{"quality": f.quality},
+			Predictors: map[string]string{"quality": f.predictor},
+			Options:    map[string]string{OptionNumBeams: beams}})
+		score := func(reuse bool) schemas.ItemResult {
+			noRoundOneReuse = !reuse
+			defer func() { noRoundOneReuse = false }()
+			return scoreMini(t, e, []schemas.ScoreItem{img}, "quality", "correspondence")[0]
+		}
+		want := score(false)
+		before := roundOneReused.Load()
+		got := score(true)
+		if n := roundOneReused.Load() - before; n != 2 {
+			t.Fatalf("beams %s: round 2 continued round 1 for %d of 2 aspects", beams, n)
+		}
+		for _, a := range []string{"quality", "correspondence"} {
+			g, w := got.Aspects[a], want.Aspects[a]
+			if g.Description != w.Description || g.Source != w.Source {
+				t.Errorf("beams %s, %s: %q (%s) reusing, %q (%s) whole", beams, a, g.Description, g.Source, w.Description, w.Source)
+			}
+			if d := math.Abs(g.MOS - w.MOS); d > 1e-5 {
+				t.Errorf("beams %s, %s: MOS %g reusing, %g whole", beams, a, g.MOS, w.MOS)
+			}
+			if len(g.WordProbs) != len(w.WordProbs) || len(w.WordProbs) == 0 {
+				t.Errorf("beams %s, %s: %d word probabilities reusing, %d whole", beams, a, len(g.WordProbs), len(w.WordProbs))
+			}
+			for word, wp := range w.WordProbs {
+				if d := math.Abs(g.WordProbs[word] - wp); d > 1e-5 {
+					t.Errorf("beams %s, %s: %q probability %g reusing, %g whole", beams, a, word, g.WordProbs[word], wp)
+				}
+			}
+		}
+	}
+}

@@ -124,6 +124,52 @@ func (m *Model) Prefill(ids []int64, f *ImageFeatures) (*Output, *kvcache.Cache,
 	return &out, cache, nil
 }
 
+// Extend runs the text tokens ids (no image) after cache, which stays
+// valid (a cache is immutable), and returns their hidden states, the last
+// logits and the extended cache: what Prefill of the whole sequence
+// returns for its last len(ids) positions.
+func (m *Model) Extend(cache *kvcache.Cache, ids []int64) (*Output, *kvcache.Cache, error) {
+	if err := m.usable(); err != nil {
+		return nil, nil, fmt.Errorf("extend: %w", err)
+	}
+	if len(ids) == 0 || cache.Batch() != 1 {
+		return nil, nil, fmt.Errorf("extend: %d tokens after a cache of %d sequences (want tokens after one)", len(ids), cache.Batch())
+	}
+	for i, id := range ids {
+		if id < 0 || id >= int64(m.Config.Text.VocabSize) {
+			return nil, nil, fmt.Errorf("extend: token %d at position %d is outside the vocabulary (%d)", id, i, m.Config.Text.VocabSize)
+		}
+		if id == m.ids.imStart || id == m.ids.imEnd {
+			return nil, nil, fmt.Errorf("extend: an image marker at position %d (images go in Prefill)", i)
+		}
+	}
+	var out Output
+	var next *kvcache.Cache
+	err := torch.Run("minicpmv", false, func() error {
+		t := len(ids)
+		x := m.Text.Embed(ids, 1, t)
+		valid := [][]bool{make([]bool, t)}
+		for i := range valid[0] {
+			valid[0][i] = true
+		}
+		var h *ts.Tensor
+		h, next = m.Text.Forward(x, valid, cache)
+		x.MustDrop()
+		if h.Dim() == 1 {
+			h = h.MustView([]int64{1, 1, -1}, true)
+		}
+		out.Hidden = h.MustSelect(0, 0, true)
+		last := out.Hidden.MustNarrow(0, int64(t-1), 1, false)
+		out.Last = m.Text.Logits(last)
+		last.MustDrop()
+		return nil
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("extend: %w", err)
+	}
+	return &out, next, nil
+}
+
 // Logits applies the LM head to hidden states (f32 result).
 func (m *Model) Logits(h *ts.Tensor) (out *ts.Tensor, err error) {
 	err = torch.Run("minicpmv", false, func() error {
