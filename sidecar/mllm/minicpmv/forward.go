@@ -94,12 +94,23 @@ func (m *Model) Prefill(ids []int64, f *ImageFeatures) (*Output, *kvcache.Cache,
 	if err != nil {
 		return nil, nil, fmt.Errorf("prefill: %w", err)
 	}
+	out, cache, err := m.forward(ids, at, f, nil)
+	if err != nil {
+		return nil, nil, fmt.Errorf("prefill: %w", err)
+	}
+	return out, cache, nil
+}
+
+// forward runs ids after cache (nil for a fresh sequence), the positions
+// marked in at (nil for none) holding f's rows, and returns their output
+// and the extended cache.
+func (m *Model) forward(ids []int64, at []bool, f *ImageFeatures, cache *kvcache.Cache) (*Output, *kvcache.Cache, error) {
 	var out Output
-	var cache *kvcache.Cache
-	err = torch.Run("minicpmv", false, func() error {
+	var next *kvcache.Cache
+	err := torch.Run("minicpmv", false, func() error {
 		t := len(ids)
 		x := m.Text.Embed(ids, 1, t)
-		if f != nil && len(f.Rows) > 0 {
+		if f != nil && len(f.Rows) > 0 && at != nil {
 			x = m.Text.Splice(x, at, f.Rows)
 		}
 		valid := [][]bool{make([]bool, t)}
@@ -107,7 +118,7 @@ func (m *Model) Prefill(ids []int64, f *ImageFeatures) (*Output, *kvcache.Cache,
 			valid[0][i] = true
 		}
 		var h *ts.Tensor
-		h, cache = m.Text.Forward(x, valid, nil)
+		h, next = m.Text.Forward(x, valid, cache)
 		x.MustDrop()
 		if h.Dim() == 1 {
 			h = h.MustView([]int64{1, 1, -1}, true)
@@ -119,9 +130,9 @@ func (m *Model) Prefill(ids []int64, f *ImageFeatures) (*Output, *kvcache.Cache,
 		return nil
 	})
 	if err != nil {
-		return nil, nil, fmt.Errorf("prefill: %w", err)
+		return nil, nil, err
 	}
-	return &out, cache, nil
+	return &out, next, nil
 }
 
 // Extend runs the text tokens ids (no image) after cache, which stays
@@ -143,31 +154,11 @@ func (m *Model) Extend(cache *kvcache.Cache, ids []int64) (*Output, *kvcache.Cac
 			return nil, nil, fmt.Errorf("extend: an image marker at position %d (images go in Prefill)", i)
 		}
 	}
-	var out Output
-	var next *kvcache.Cache
-	err := torch.Run("minicpmv", false, func() error {
-		t := len(ids)
-		x := m.Text.Embed(ids, 1, t)
-		valid := [][]bool{make([]bool, t)}
-		for i := range valid[0] {
-			valid[0][i] = true
-		}
-		var h *ts.Tensor
-		h, next = m.Text.Forward(x, valid, cache)
-		x.MustDrop()
-		if h.Dim() == 1 {
-			h = h.MustView([]int64{1, 1, -1}, true)
-		}
-		out.Hidden = h.MustSelect(0, 0, true)
-		last := out.Hidden.MustNarrow(0, int64(t-1), 1, false)
-		out.Last = m.Text.Logits(last)
-		last.MustDrop()
-		return nil
-	})
+	out, next, err := m.forward(ids, nil, nil, cache)
 	if err != nil {
 		return nil, nil, fmt.Errorf("extend: %w", err)
 	}
-	return &out, next, nil
+	return out, next, nil
 }
 
 // Logits applies the LM head to hidden states (f32 result).
