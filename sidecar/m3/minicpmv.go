@@ -362,6 +362,11 @@ func (e *miniCPMEngine) scoreAspect(ctx context.Context, img image.Image, genPro
 		return res, err
 	}
 	out, cache, err := e.roundTwo(ids, f, r1IDs, r1Out, r1Cache)
+	if r1Out != nil { // round 1's cache and states are round 2's copies now
+		r1Out.Drop()
+		r1Cache.Free()
+		r1Out = nil
+	}
 	if err != nil {
 		return res, err
 	}

@@ -62,7 +62,8 @@ func (l *DecoderLayer) Forward(x torch.Raw, rot *Rotation, mask torch.Raw, kv KV
 func (l *DecoderLayer) decodeStep(x torch.Raw, rot *Rotation, mask torch.Raw, next *kvcache.Cache, li int) (out torch.Raw, ok bool) {
 	qkv, qkvB, ok1 := l.Attn.QKV.Plain()
 	gu, guB, ok2 := l.MLP.GateUp.Plain()
-	if !ok1 || !ok2 || guB != nil || l.Attn.O.Delta != nil || l.MLP.Down.Delta != nil || l.MLP.Down.B != nil {
+	if !ok1 || !ok2 || guB != nil || l.Attn.O.Delta != nil || l.MLP.Down.Delta != nil || l.MLP.Down.B != nil ||
+		l.PostNorm.Eps != l.InNorm.Eps {
 		return x, false
 	}
 	d := torch.Decoder{
@@ -70,9 +71,6 @@ func (l *DecoderLayer) decodeStep(x torch.Raw, rot *Rotation, mask torch.Raw, ne
 		O: torch.Borrow(l.Attn.O.W), OBias: borrowOpt(l.Attn.O.B), PostNorm: torch.Borrow(l.PostNorm.W),
 		GateUp: torch.Borrow(gu), Down: torch.Borrow(l.MLP.Down.W),
 		Eps: l.InNorm.Eps, Heads: l.Attn.Heads, KVHeads: l.Attn.KVHeads, HeadDim: l.Attn.HeadDim,
-	}
-	if l.PostNorm.Eps != l.InNorm.Eps {
-		return x, false
 	}
 	k, v, n := next.Buffers(li)
 	y, ok, err := torch.DecodeLayer(&d, x, k, v, n, mask,
