@@ -8,7 +8,6 @@
 #include <ATen/Parallel.h>
 
 #include <exception>
-#include <vector>
 
 #include "attend.h"
 #include "heads.h"
@@ -41,13 +40,10 @@ int m3_attend(void *qp, void *kp, void *vp, void *mp, double scale, void **out, 
     const float *M = m ? m->data_ptr<float>() : nullptr;
     float *O = o.data_ptr<float>();
     const float sc = static_cast<float>(scale);
-    at::parallel_for(0, B * H, 1, [&](int64_t p0, int64_t p1) {
-      std::vector<float> scores(R * T);
-      for (int64_t p = p0; p < p1; p++) {
-        const int64_t b = p / H, h = p % H;
-        head(Q + p * R * hd, K + b * k.stride(0) + h * k.stride(1), k.stride(2), V + b * v.stride(0) + h * v.stride(1),
-             v.stride(2), M ? M + b * R * T : nullptr, O + p * R * hd, R, T, hd, sc, scores.data());
-      }
+    eachPair(B * H, R * T, [&](int64_t p, float *scores) {
+      const int64_t b = p / H, h = p % H;
+      head(Q + p * R * hd, K + b * k.stride(0) + h * k.stride(1), k.stride(2), V + b * v.stride(0) + h * v.stride(1),
+           v.stride(2), M ? M + b * R * T : nullptr, O + p * R * hd, R, T, hd, sc, scores);
     });
     *out = new at::Tensor(o);
     return 0;

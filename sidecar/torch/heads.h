@@ -4,11 +4,13 @@
 // a decoder layer.
 #ifndef M3GATE_TORCH_HEADS_H
 #define M3GATE_TORCH_HEADS_H
+#include <ATen/Parallel.h>
 #include <immintrin.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <vector>
 
 #include "kernel.h"
 
@@ -75,13 +77,6 @@ void headScalar(const float *q, const float *k, int64_t ks, const float *v, int6
   }
 }
 
-__attribute__((target("avx2,fma"))) inline float hsum8(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-  return _mm_cvtss_f32(s);
-}
-
 // kAhead is how many key rows ahead scores8 prefetches.
 constexpr int64_t kAhead = 8;
 
@@ -111,7 +106,7 @@ __attribute__((target("avx2,fma"))) void scores8(const float *q, const float *k,
       for (int i = 0; i < N; i++) acc[i] = _mm256_fmadd_ps(_mm256_loadu_ps(q + (r0 + i) * hd + d), kv, acc[i]);
     }
     for (int i = 0; i < N; i++) {
-      float s = hsum8(acc[i]) * scale;
+      float s = m3Hsum8(acc[i]) * scale;
       if (mask) s += mask[(r0 + i) * T + t];
       scores[(r0 + i) * T + t] = s;
     }
@@ -166,6 +161,16 @@ __attribute__((target("avx2,fma"))) void head(const float *q, const float *k, in
       case 1: values8<1>(sr, v, vs, T, d0, or_); break;
     }
   }
+}
+
+// eachPair runs f(p, scores) for the (sequence, KV head) pairs 0..P on
+// libtorch's threads, scores a scratch of n floats per thread (head's).
+template <typename F>
+void eachPair(int64_t P, int64_t n, const F &f) {
+  at::parallel_for(0, P, 1, [&](int64_t p0, int64_t p1) {
+    std::vector<float> scores(n);
+    for (int64_t p = p0; p < p1; p++) f(p, scores.data());
+  });
 }
 
 }  // namespace

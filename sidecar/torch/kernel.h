@@ -21,6 +21,15 @@ inline void m3CopyErr(const char *msg, char *err, int errlen) {
   std::strncpy(err, msg, errlen - 1);
   err[errlen - 1] = 0;
 }
+// m3Hsum8 is the sum of v's eight lanes (the decode products' and the
+// attention's reduction).
+__attribute__((target("avx2,fma"))) inline float m3Hsum8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+  return _mm_cvtss_f32(s);
+}
+
 // M3Exp8 is an 8-wide exponential.
 using M3Exp8 = __m256 (*)(__m256);
 

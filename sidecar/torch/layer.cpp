@@ -19,7 +19,6 @@
 #include <cmath>
 #include <exception>
 #include <memory>
-#include <vector>
 
 #include "heads.h"
 #include "kernel.h"
@@ -28,8 +27,6 @@
 #include "rows.h"
 
 namespace {
-
-constexpr int64_t kMaxSeqs = 8;
 
 // product runs y = x·Wᵀ (+ b) for M rows through the rows kernel, W f32
 // or bf16.
@@ -94,7 +91,7 @@ int m3_decode_layer(const m3_decoder *L, void *xp, void *kp, void *vp, long n, v
     if (H <= 0 || KV <= 0 || H % KV != 0 || hd <= 0 || hd % 2 != 0) return 1;
     const int64_t D = x.size(-1), B = D > 0 ? x.numel() / D : 0, nrep = H / KV;
     const int64_t Q = H * hd, KVW = KV * hd, NQKV = Q + 2 * KVW;
-    if (B < 1 || B > kMaxSeqs || n < 1) return 1;
+    if (B < 1 || B > kMaxRows || n < 1) return 1;
     const at::Tensor *gu = T(L->gate_up_w);
     if (!gu || !gu->defined() || gu->dim() != 2 || gu->size(0) % 2 != 0) return 1;
     const int64_t I = gu->size(0) / 2;
@@ -144,14 +141,11 @@ int m3_decode_layer(const m3_decoder *L, void *xp, void *kp, void *vp, long n, v
     }
     const float *M = mask ? mask->data_ptr<float>() : nullptr;
     const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
-    at::parallel_for(0, B * KV, 1, [&](int64_t p0, int64_t p1) {
-      std::vector<float> scores(nrep * n);
-      for (int64_t p = p0; p < p1; p++) {
-        const int64_t b = p / KV, j = p % KV;
-        head(qkv + b * NQKV + j * nrep * hd, K + b * kb.stride(0) + j * kb.stride(1), kb.stride(2),
-             V + b * vb.stride(0) + j * vb.stride(1), vb.stride(2), M ? M + b * nrep * n : nullptr,
-             att + b * Q + j * nrep * hd, nrep, n, hd, scale, scores.data());
-      }
+    eachPair(B * KV, nrep * n, [&](int64_t p, float *scores) {
+      const int64_t b = p / KV, j = p % KV;
+      head(qkv + b * NQKV + j * nrep * hd, K + b * kb.stride(0) + j * kb.stride(1), kb.stride(2),
+           V + b * vb.stride(0) + j * vb.stride(1), vb.stride(2), M ? M + b * nrep * n : nullptr,
+           att + b * Q + j * nrep * hd, nrep, n, hd, scale, scores);
     });
     product(att, *T(L->o_w), bias(L->o_b), o, B);
     for (int64_t i = 0; i < B * D; i++) Y[i] = X[i] + o[i];

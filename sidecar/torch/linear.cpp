@@ -14,12 +14,6 @@
 #include "linear.h"
 #include "rows.h"
 
-namespace {
-
-constexpr int kMaxRows = 8;
-
-}  // namespace
-
 extern "C" {
 
 int m3_rows_linear_supported() {

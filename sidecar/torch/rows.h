@@ -13,14 +13,13 @@
 #include <cstdint>
 #include <cstring>
 
+#include "kernel.h"
+
 namespace {
 
-__attribute__((target("avx2,fma"))) inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-  return _mm_cvtss_f32(s);
-}
+// kMaxRows is the most rows of x the kernel takes (run groups them by
+// four); more go to BLAS's gemm.
+constexpr int kMaxRows = 8;
 
 // block computes Y[m, n..n+R) for m < M: R rows of W, each W vector
 // feeding M fused multiply-adds.
@@ -57,7 +56,7 @@ __attribute__((target("avx2,fma"))) inline void block(const float *X, const WT *
   for (int r = 0; r < R; r++) {
     const WT *w = W + (n + r) * K;
     for (int m = 0; m < M; m++) {
-      float s = hsum(acc[r][m]);
+      float s = m3Hsum8(acc[r][m]);
       for (int64_t j = k; j < K; j++) s += widen(w[j]) * X[m * K + j];
       if (B) s += B[n + r];
       Y[m * N + n + r] = s;

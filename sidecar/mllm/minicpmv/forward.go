@@ -85,10 +85,8 @@ func (m *Model) Prefill(ids []int64, f *ImageFeatures) (*Output, *kvcache.Cache,
 	if len(ids) == 0 {
 		return nil, nil, fmt.Errorf("prefill: no tokens")
 	}
-	for i, id := range ids {
-		if id < 0 || id >= int64(m.Config.Text.VocabSize) {
-			return nil, nil, fmt.Errorf("prefill: token %d at position %d is outside the vocabulary (%d)", id, i, m.Config.Text.VocabSize)
-		}
+	if err := m.inVocab(ids); err != nil {
+		return nil, nil, fmt.Errorf("prefill: %w", err)
 	}
 	at, err := m.imageSlots(ids, f)
 	if err != nil {
@@ -99,6 +97,16 @@ func (m *Model) Prefill(ids []int64, f *ImageFeatures) (*Output, *kvcache.Cache,
 		return nil, nil, fmt.Errorf("prefill: %w", err)
 	}
 	return out, cache, nil
+}
+
+// inVocab checks that every id is a token of the text model's vocabulary.
+func (m *Model) inVocab(ids []int64) error {
+	for i, id := range ids {
+		if id < 0 || id >= int64(m.Config.Text.VocabSize) {
+			return fmt.Errorf("token %d at position %d is outside the vocabulary (%d)", id, i, m.Config.Text.VocabSize)
+		}
+	}
+	return nil
 }
 
 // forward runs ids after cache (nil for a fresh sequence), the positions
@@ -146,10 +154,10 @@ func (m *Model) Extend(cache *kvcache.Cache, ids []int64) (*Output, *kvcache.Cac
 	if len(ids) == 0 || cache.Batch() != 1 {
 		return nil, nil, fmt.Errorf("extend: %d tokens after a cache of %d sequences (want tokens after one)", len(ids), cache.Batch())
 	}
+	if err := m.inVocab(ids); err != nil {
+		return nil, nil, fmt.Errorf("extend: %w", err)
+	}
 	for i, id := range ids {
-		if id < 0 || id >= int64(m.Config.Text.VocabSize) {
-			return nil, nil, fmt.Errorf("extend: token %d at position %d is outside the vocabulary (%d)", id, i, m.Config.Text.VocabSize)
-		}
 		if id == m.ids.imStart || id == m.ids.imEnd {
 			return nil, nil, fmt.Errorf("extend: an image marker at position %d (images go in Prefill)", i)
 		}
