@@ -4,9 +4,10 @@ import (
 	"fmt"
 	"testing"
 
+	"github.com/sugarme/gotch/ts"
+
 	"github.com/m3gate/m3gate/sidecar/mllm/layers"
 	"github.com/m3gate/m3gate/sidecar/torch"
-	"github.com/sugarme/gotch/ts"
 )
 
 // TestDecodeStepMatchesLayers: decode steps run as one call per layer
